@@ -1,0 +1,131 @@
+//! Ring configuration, with LAN defaults.
+
+use crate::wire::{PACKET_OVERHEAD, RTR_RANGE_LEN, TOKEN_FIXED_LEN};
+use std::time::Duration;
+
+/// IPv4 header bytes, reserved out of the MTU.
+pub const IP_HEADER: usize = 20;
+/// UDP header bytes, reserved out of the MTU.
+pub const UDP_HEADER: usize = 8;
+/// Bytes reserved for link security (AES-GCM nonce 12 + tag 16), so that
+/// turning encryption on never changes how messages are packed.
+pub const SECURITY_OVERHEAD: usize = 28;
+
+/// Tunables of the ordering protocol. Every field has a LAN default
+/// ([`Config::default`]); `docs/protocol.md` explains each.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Link MTU in bytes (default 1500). The frame budget is the MTU minus
+    /// IP, UDP and security overhead.
+    pub mtu: usize,
+    /// Pack several client messages into one frame (default on). Off: one
+    /// message or fragment per frame; kept to measure what packing buys.
+    pub packing: bool,
+    /// Most new packets one member sends per token visit (default 32).
+    pub personal_window: u32,
+    /// Most packets, new and retransmitted, all members together send per
+    /// token rotation (default 160).
+    pub window: u32,
+    /// Accelerated ring: the holder passes the token before sending the last
+    /// `accelerated_window` packets of its visit (default on).
+    pub accelerated: bool,
+    /// Packets sent after the token in accelerated mode (default 16).
+    pub accelerated_window: u32,
+    /// Most packets that may be outstanding beyond the token's aru; bounds
+    /// every member's packet store (default 1024).
+    pub max_unstable: u64,
+    /// Resend the token if no sign that the ring moved on arrives within this
+    /// time after passing it (default 20 ms).
+    pub token_retransmit: Duration,
+    /// When the ring is idle, the representative holds the token this long
+    /// before passing it, instead of spinning (default 1 ms; zero disables).
+    pub token_hold: Duration,
+    /// Largest client message accepted by `submit` (default 1 MiB).
+    pub max_message: usize,
+    /// Most messages waiting to be sent; `submit` refuses more (default 8192).
+    pub max_pending_messages: usize,
+    /// Most payload bytes waiting to be sent; `submit` refuses more
+    /// (default 16 MiB).
+    pub max_pending_bytes: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            mtu: 1500,
+            packing: true,
+            personal_window: 32,
+            window: 160,
+            accelerated: true,
+            accelerated_window: 16,
+            max_unstable: 1024,
+            token_retransmit: Duration::from_millis(20),
+            token_hold: Duration::from_millis(1),
+            max_message: 1 << 20,
+            max_pending_messages: 8192,
+            max_pending_bytes: 16 << 20,
+        }
+    }
+}
+
+/// A configuration value that cannot work; names the field.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("invalid ring config: {field}: {reason}")]
+pub struct ConfigError {
+    /// The offending field.
+    pub field: &'static str,
+    /// Why it cannot work.
+    pub reason: &'static str,
+}
+
+impl Config {
+    /// Bytes available to one data packet on the wire (the frame budget).
+    pub fn frame_budget(&self) -> usize {
+        self.mtu
+            .saturating_sub(IP_HEADER + UDP_HEADER + SECURITY_OVERHEAD)
+    }
+
+    /// Most retransmission ranges a token may carry so it always fits one
+    /// frame, however many packets are missing.
+    pub fn max_rtr_ranges(&self) -> usize {
+        self.frame_budget().saturating_sub(TOKEN_FIXED_LEN) / RTR_RANGE_LEN
+    }
+
+    /// Checks that the values can work together.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let err = |field, reason| Err(ConfigError { field, reason });
+        // Room for the packet header, a chunk header with a full group list
+        // and at least 64 payload bytes.
+        if self.frame_budget() < PACKET_OVERHEAD + 16 + 256 + 64 || self.mtu > 65_507 {
+            return err("mtu", "must be between 477 and 65507 bytes");
+        }
+        if self.personal_window == 0 {
+            return err("personal_window", "must be at least 1");
+        }
+        if self.window < self.personal_window {
+            return err("window", "must be at least personal_window");
+        }
+        if self.accelerated && self.accelerated_window > self.personal_window {
+            return err("accelerated_window", "must not exceed personal_window");
+        }
+        if self.max_unstable < u64::from(self.window) {
+            return err("max_unstable", "must be at least window");
+        }
+        if self.token_retransmit.is_zero() {
+            return err("token_retransmit", "must be positive");
+        }
+        if self.token_hold >= self.token_retransmit {
+            return err("token_hold", "must be shorter than token_retransmit");
+        }
+        if self.max_message == 0 || self.max_message > u32::MAX as usize {
+            return err("max_message", "must be between 1 byte and 4 GiB");
+        }
+        if self.max_pending_messages == 0 || self.max_pending_bytes < self.max_message {
+            return err(
+                "max_pending_bytes",
+                "must hold at least one largest message",
+            );
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,834 @@
+//! Ordering: the Totem single-ring protocol for a known set of daemons.
+//!
+//! A [`Node`] is one daemon's ordering state machine. Exactly one token
+//! circulates among the members in ascending id order (wrapping around); the
+//! holder retransmits what others asked for, assigns the next sequence
+//! numbers to new packets (within flow control), updates the token's aru and
+//! retransmission requests, and passes it on. Every member delivers packets
+//! in sequence order; a `safe` message waits until the token shows every
+//! member holds it.
+//!
+//! # Calling contract
+//!
+//! Time is monotonic and supplied by the caller. After any `handle_*` or
+//! [`Node::submit`] call, drain [`Node::poll_transmit`] (send each datagram in
+//! the order given) and [`Node::poll_event`], then arm a timer for
+//! [`Node::poll_timeout`] and call [`Node::handle_timeout`] when it expires.
+
+mod config;
+mod pack;
+mod store;
+
+pub use config::{Config, ConfigError, IP_HEADER, SECURITY_OVERHEAD, UDP_HEADER};
+
+use crate::Time;
+use crate::wire::{
+    ChunkFlags, DataPacket, Datagram, Groups, MsgId, NodeId, PacketBuilder, RingId, RtrRange,
+    Service, Token,
+};
+use bytes::Bytes;
+use pack::{Outbox, Partial, Pending};
+use std::collections::VecDeque;
+use store::{Store, Stored};
+
+/// Where a datagram goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dest {
+    /// Every other member (IP multicast, or unicast fan-out).
+    All,
+    /// One member.
+    Node(NodeId),
+}
+
+/// A datagram to send.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transmit {
+    /// Destination.
+    pub dest: Dest,
+    /// The datagram.
+    pub bytes: Bytes,
+}
+
+/// Kind of a configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConfigKind {
+    /// A regular configuration (a ring).
+    Regular,
+    /// A transitional configuration (membership changes, next issue).
+    Transitional,
+}
+
+/// A configuration delivered in the ordered stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Configuration {
+    /// Regular or transitional.
+    pub kind: ConfigKind,
+    /// The ring.
+    pub ring_id: RingId,
+    /// Members, ascending.
+    pub members: Vec<NodeId>,
+}
+
+/// A delivered message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Delivery {
+    /// Unique id: origin daemon and its message counter.
+    pub id: MsgId,
+    /// Service it was sent with.
+    pub service: Service,
+    /// Destination groups.
+    pub groups: Groups,
+    /// The payload (a slice of the received frame when not fragmented).
+    pub payload: Bytes,
+    /// Sequence number of the packet that completed the message.
+    pub ring_seq: u64,
+}
+
+/// What the node tells its owner.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A message, in the total order.
+    Deliver(Delivery),
+    /// A configuration change, in the same order.
+    Configuration(Configuration),
+}
+
+/// Why `submit` refused a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SubmitError {
+    /// The send queue is full; try again once the ring has drained it.
+    #[error("send queue full")]
+    Backlogged,
+    /// The message exceeds `max_message` (the caller's misuse).
+    #[error("message of {0} bytes exceeds the configured maximum")]
+    TooLarge(usize),
+}
+
+/// Counters; all only grow.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Stats {
+    /// Datagrams that failed to decode (dropped).
+    pub bad_datagrams: u64,
+    /// Datagrams for another ring or from a non-member (dropped).
+    pub foreign: u64,
+    /// Data packets with a sequence number far beyond the window (dropped).
+    pub out_of_window: u64,
+    /// Data packets received for the first time.
+    pub packets_received: u64,
+    /// Data packets received again (dropped).
+    pub duplicate_packets: u64,
+    /// New data packets this node sent.
+    pub packets_sent: u64,
+    /// Packets this node retransmitted on request.
+    pub packets_retransmitted: u64,
+    /// Sequence numbers this node asked to be retransmitted.
+    pub retransmits_requested: u64,
+    /// Tokens accepted.
+    pub tokens_received: u64,
+    /// Tokens dropped as stale or duplicate (by token sequence).
+    pub stale_tokens: u64,
+    /// Tokens resent because the ring showed no progress.
+    pub token_retransmits: u64,
+    /// Messages submitted and accepted.
+    pub messages_submitted: u64,
+    /// Messages delivered.
+    pub messages_delivered: u64,
+    /// Fragments that did not fit their message (dropped; a protocol bug).
+    pub reassembly_errors: u64,
+    /// Datagrams handed out (data, retransmissions and tokens).
+    pub datagrams_sent: u64,
+    /// Bytes handed out, without IP/UDP headers.
+    pub bytes_sent: u64,
+}
+
+/// The token as last passed, kept until the ring shows it moved on.
+#[derive(Debug)]
+struct SentToken {
+    bytes: Bytes,
+    /// The token's `seq` when passed: a packet above it proves the token
+    /// reached someone after us.
+    seq: u64,
+    deadline: Time,
+}
+
+/// A token the node holds instead of passing (idle ring, or a ring of one).
+#[derive(Debug)]
+struct Held {
+    token: Token,
+    /// Pass it at this time; `None` holds until there is something to send.
+    deadline: Option<Time>,
+}
+
+/// One daemon's ordering state machine. See the module docs for the calling
+/// contract.
+#[derive(Debug)]
+pub struct Node {
+    cfg: Config,
+    id: NodeId,
+    members: Vec<NodeId>,
+    successor: NodeId,
+    ring_id: RingId,
+
+    store: Store,
+    /// Every packet up to here is held.
+    my_aru: u64,
+    /// Highest sequence number seen.
+    high_seq: u64,
+    /// Every member holds every packet up to here (the safe/stable line).
+    stable: u64,
+    /// Next packet to deliver from, and the chunk within it.
+    deliver_seq: u64,
+    deliver_chunk: usize,
+    partials: Vec<Partial>,
+
+    /// Highest token sequence accepted.
+    last_token_seq: u64,
+    /// The token's aru when this node last passed it.
+    last_departure_aru: u64,
+    /// The token's `seq` when this node last passed it.
+    last_departure_seq: u64,
+    /// Packets this node sent in its last visit (its share of `fcc`).
+    my_trc: u32,
+    /// Backlog this node added to the token in its last visit.
+    my_backlog: u32,
+    sent_token: Option<SentToken>,
+    held: Option<Held>,
+
+    outbox: Outbox,
+    next_msg_seq: u64,
+
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<Event>,
+    token_buf: Vec<u8>,
+    stats: Stats,
+}
+
+impl Node {
+    /// Creates member `id` of the ring `ring_id` formed by `members`. The
+    /// lowest member creates the token at `now`.
+    pub fn new(
+        cfg: Config,
+        id: NodeId,
+        members: &[NodeId],
+        ring_id: RingId,
+        now: Time,
+    ) -> Result<Self, ConfigError> {
+        cfg.validate()?;
+        let mut members = members.to_vec();
+        members.sort_unstable();
+        members.dedup();
+        let Some(pos) = members.iter().position(|&m| m == id) else {
+            return Err(ConfigError {
+                field: "members",
+                reason: "must include this daemon",
+            });
+        };
+        if members.contains(&NodeId::NONE) {
+            return Err(ConfigError {
+                field: "members",
+                reason: "id 65535 is reserved",
+            });
+        }
+        let successor = members[(pos + 1) % members.len()];
+        let mut node = Self {
+            cfg,
+            id,
+            members: members.clone(),
+            successor,
+            ring_id,
+            store: Store::new(),
+            my_aru: 0,
+            high_seq: 0,
+            stable: 0,
+            deliver_seq: 1,
+            deliver_chunk: 0,
+            partials: Vec::new(),
+            last_token_seq: 0,
+            last_departure_aru: 0,
+            last_departure_seq: 0,
+            my_trc: 0,
+            my_backlog: 0,
+            sent_token: None,
+            held: None,
+            outbox: Outbox::default(),
+            next_msg_seq: 1,
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            token_buf: Vec::new(),
+            stats: Stats::default(),
+        };
+        node.events.push_back(Event::Configuration(Configuration {
+            kind: ConfigKind::Regular,
+            ring_id,
+            members,
+        }));
+        if pos == 0 {
+            let token = Token {
+                ring_id,
+                token_seq: 0,
+                seq: 0,
+                aru: 0,
+                aru_id: NodeId::NONE,
+                fcc: 0,
+                backlog: 0,
+                rtr: Vec::new(),
+            };
+            node.held = Some(Held {
+                token,
+                deadline: Some(now),
+            });
+        }
+        Ok(node)
+    }
+
+    /// This daemon's id.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// The ring's members, ascending.
+    pub fn members(&self) -> &[NodeId] {
+        &self.members
+    }
+
+    /// The current ring id.
+    pub fn ring_id(&self) -> RingId {
+        self.ring_id
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Every packet up to this sequence number is held here.
+    pub fn aru(&self) -> u64 {
+        self.my_aru
+    }
+
+    /// Whether this node has received packet `seq` (collected packets count).
+    pub fn holds(&self, seq: u64) -> bool {
+        self.store.holds(seq)
+    }
+
+    /// Messages waiting to be sent.
+    pub fn pending(&self) -> usize {
+        self.outbox.len()
+    }
+
+    /// Packets held in the store (received or missing, not yet collected).
+    pub fn stored_packets(&self) -> usize {
+        self.store.len()
+    }
+
+    /// Submits a message for ordered delivery to every member (this one
+    /// included). Returns its id.
+    pub fn submit(
+        &mut self,
+        now: Time,
+        service: Service,
+        groups: Groups,
+        payload: Bytes,
+    ) -> Result<MsgId, SubmitError> {
+        if payload.len() > self.cfg.max_message {
+            return Err(SubmitError::TooLarge(payload.len()));
+        }
+        if self.outbox.len() >= self.cfg.max_pending_messages
+            || self.outbox.bytes() + payload.len() > self.cfg.max_pending_bytes
+        {
+            return Err(SubmitError::Backlogged);
+        }
+        let msg_seq = self.next_msg_seq;
+        self.next_msg_seq += 1;
+        self.outbox.push(Pending {
+            msg_seq,
+            service,
+            groups,
+            payload,
+            sent: 0,
+        });
+        self.stats.messages_submitted += 1;
+        // A held token is used at once rather than at its deadline.
+        if let Some(h) = &mut self.held {
+            if h.deadline.is_none_or(|d| d > now) {
+                h.deadline = Some(now);
+            }
+        }
+        Ok(MsgId {
+            origin: self.id,
+            seq: msg_seq,
+        })
+    }
+
+    /// Handles one datagram from the network. Undecodable, foreign and
+    /// duplicate datagrams are dropped and counted.
+    pub fn handle_datagram(&mut self, now: Time, bytes: Bytes) {
+        match Datagram::decode(bytes.clone()) {
+            Ok(Datagram::Data(p)) => self.handle_packet(bytes, p),
+            Ok(Datagram::Token(t)) => self.handle_token(now, t),
+            Err(_) => self.stats.bad_datagrams += 1,
+        }
+    }
+
+    /// The next deadline at which [`Node::handle_timeout`] must be called.
+    pub fn poll_timeout(&self) -> Option<Time> {
+        let a = self.sent_token.as_ref().map(|s| s.deadline);
+        let b = self.held.as_ref().and_then(|h| h.deadline);
+        match (a, b) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Handles expired timers: token retransmission, and passing a held token.
+    pub fn handle_timeout(&mut self, now: Time) {
+        if let Some(s) = &mut self.sent_token {
+            if s.deadline <= now {
+                s.deadline = now + self.cfg.token_retransmit;
+                let bytes = s.bytes.clone();
+                self.stats.token_retransmits += 1;
+                self.emit(Dest::Node(self.successor), bytes);
+            }
+        }
+        if self
+            .held
+            .as_ref()
+            .and_then(|h| h.deadline)
+            .is_some_and(|d| d <= now)
+        {
+            if let Some(h) = self.held.take() {
+                self.visit(now, h.token, false);
+            }
+        }
+    }
+
+    /// The next datagram to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// The next delivery or configuration event.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    fn emit(&mut self, dest: Dest, bytes: Bytes) {
+        self.stats.datagrams_sent += 1;
+        self.stats.bytes_sent += bytes.len() as u64;
+        self.transmits.push_back(Transmit { dest, bytes });
+    }
+
+    fn is_member(&self, id: NodeId) -> bool {
+        self.members.binary_search(&id).is_ok()
+    }
+
+    fn handle_packet(&mut self, raw: Bytes, packet: DataPacket) {
+        if packet.ring_id != self.ring_id || !self.is_member(packet.sender) {
+            self.stats.foreign += 1;
+            return;
+        }
+        let seq = packet.seq;
+        // Senders stay within max_unstable of the token's aru, which is at
+        // most ours: anything far beyond is bogus and must not grow the store.
+        if seq > self.store.base() + 4 * self.cfg.max_unstable {
+            self.stats.out_of_window += 1;
+            return;
+        }
+        // A packet above the token we passed proves the ring moved on.
+        if self.sent_token.as_ref().is_some_and(|s| seq > s.seq) {
+            self.sent_token = None;
+        }
+        if !self.store.insert(seq, Stored { raw, packet }) {
+            self.stats.duplicate_packets += 1;
+            return;
+        }
+        self.stats.packets_received += 1;
+        self.high_seq = self.high_seq.max(seq);
+        self.advance_aru();
+        self.deliver();
+    }
+
+    fn advance_aru(&mut self) {
+        while self.store.get(self.my_aru + 1).is_some() {
+            self.my_aru += 1;
+        }
+    }
+
+    fn handle_token(&mut self, now: Time, token: Token) {
+        if token.ring_id != self.ring_id {
+            self.stats.foreign += 1;
+            return;
+        }
+        if token.token_seq <= self.last_token_seq || self.held.is_some() {
+            self.stats.stale_tokens += 1;
+            return;
+        }
+        self.last_token_seq = token.token_seq;
+        self.stats.tokens_received += 1;
+        self.sent_token = None;
+        self.visit(now, token, true);
+    }
+
+    /// One token visit. `fresh` is false when re-using a token this node held.
+    fn visit(&mut self, now: Time, mut token: Token, fresh: bool) {
+        let alone = self.members.len() == 1;
+        if fresh {
+            // Totem's stable rule: a packet is held by every member once the
+            // token's aru has covered it on departure from here and on the
+            // following arrival: between the two every member saw it and
+            // would have lowered the aru had it been missing.
+            self.stable = self
+                .last_departure_aru
+                .min(token.aru)
+                .min(self.my_aru)
+                .max(self.stable);
+        }
+
+        // 1. Answer retransmission requests.
+        let retransmitted = self.answer_requests(&mut token);
+
+        // 2. Flow control: how many new packets this visit may send.
+        let frames_wanted = self
+            .outbox
+            .frames_needed(self.cfg.frame_budget(), self.cfg.packing);
+        let others_fcc = token.fcc.saturating_sub(self.my_trc);
+        let global_room = self
+            .cfg
+            .window
+            .saturating_sub(others_fcc.saturating_add(retransmitted));
+        let total_backlog = token
+            .backlog
+            .saturating_sub(self.my_backlog)
+            .saturating_add(frames_wanted);
+        let fair_share = if total_backlog == 0 {
+            self.cfg.window
+        } else {
+            u32::try_from(
+                (u64::from(self.cfg.window) * u64::from(frames_wanted))
+                    .div_ceil(u64::from(total_backlog)),
+            )
+            .unwrap_or(u32::MAX)
+            .max(1)
+        };
+        let store_room = (token.aru + self.cfg.max_unstable).saturating_sub(token.seq);
+        let allowed = self
+            .cfg
+            .personal_window
+            .min(global_room)
+            .min(fair_share)
+            .min(frames_wanted)
+            .min(u32::try_from(store_room).unwrap_or(u32::MAX));
+
+        // 3. New packets, numbered after the token's seq.
+        let mut new_packets: Vec<Bytes> = Vec::with_capacity(allowed as usize);
+        for _ in 0..allowed {
+            if self.outbox.is_empty() {
+                break;
+            }
+            let seq = token.seq + 1;
+            let mut b = PacketBuilder::new(self.ring_id, seq, self.id, self.cfg.frame_budget());
+            self.outbox.fill(&mut b, self.cfg.packing);
+            if b.count() == 0 {
+                break;
+            }
+            let raw = b.finish();
+            let Ok(packet) = DataPacket::decode(raw.clone()) else {
+                unreachable!("a packet this node built must decode");
+            };
+            token.seq = seq;
+            self.store.insert(
+                seq,
+                Stored {
+                    raw: raw.clone(),
+                    packet,
+                },
+            );
+            self.high_seq = self.high_seq.max(seq);
+            self.stats.packets_sent += 1;
+            new_packets.push(raw);
+        }
+        self.advance_aru();
+        let sent = u32::try_from(new_packets.len()).unwrap_or(u32::MAX);
+        let this_visit = sent.saturating_add(retransmitted);
+        token.fcc = others_fcc.saturating_add(this_visit);
+        self.my_trc = this_visit;
+        let backlog_left = self
+            .outbox
+            .frames_needed(self.cfg.frame_budget(), self.cfg.packing);
+        token.backlog = token
+            .backlog
+            .saturating_sub(self.my_backlog)
+            .saturating_add(backlog_left);
+        self.my_backlog = backlog_left;
+
+        // 4. The aru rules (Totem): lower it to ours if we miss something;
+        //    the member that lowered it may raise it again.
+        if self.my_aru < token.aru || token.aru_id == self.id || token.aru_id == NodeId::NONE {
+            token.aru = self.my_aru;
+            token.aru_id = if token.aru == token.seq {
+                NodeId::NONE
+            } else {
+                self.id
+            };
+        }
+
+        // 5. Ask for what we miss. On an accelerated ring the previous
+        //    holder's last packets may still be in flight behind the token, so
+        //    only gaps a full rotation old are requested.
+        let horizon = if self.cfg.accelerated {
+            self.last_departure_seq.min(token.seq)
+        } else {
+            token.seq
+        };
+        self.request_missing(&mut token, horizon);
+
+        if alone {
+            self.stable = self.my_aru;
+        }
+        self.last_departure_aru = token.aru;
+        self.last_departure_seq = token.seq;
+        self.deliver();
+
+        // 6. Pass the token, or hold it if the ring is idle.
+        let idle = new_packets.is_empty()
+            && retransmitted == 0
+            && token.rtr.is_empty()
+            && token.aru == token.seq
+            && token.backlog == 0
+            && self.outbox.is_empty();
+        if alone {
+            let deadline = if self.outbox.is_empty() {
+                None
+            } else {
+                Some(now)
+            };
+            self.held = Some(Held { token, deadline });
+            return;
+        }
+        if idle && self.members[0] == self.id && !self.cfg.token_hold.is_zero() && fresh {
+            self.held = Some(Held {
+                token,
+                deadline: Some(now + self.cfg.token_hold),
+            });
+            return;
+        }
+        let tail = if self.cfg.accelerated {
+            new_packets.len().min(self.cfg.accelerated_window as usize)
+        } else {
+            0
+        };
+        let split = new_packets.len() - tail;
+        let mut packets = new_packets.into_iter();
+        for raw in packets.by_ref().take(split) {
+            self.emit(Dest::All, raw);
+        }
+        token.token_seq = self.last_token_seq.max(token.token_seq) + 1;
+        self.last_token_seq = token.token_seq;
+        token.encode_into(&mut self.token_buf);
+        let bytes = Bytes::copy_from_slice(&self.token_buf);
+        self.sent_token = Some(SentToken {
+            bytes: bytes.clone(),
+            seq: token.seq,
+            deadline: now + self.cfg.token_retransmit,
+        });
+        self.emit(Dest::Node(self.successor), bytes);
+        for raw in packets {
+            self.emit(Dest::All, raw);
+        }
+    }
+
+    /// Retransmits requested packets this node holds and removes them from
+    /// the token's list. Returns how many were sent.
+    fn answer_requests(&mut self, token: &mut Token) -> u32 {
+        if token.rtr.is_empty() {
+            return 0;
+        }
+        let mut budget = self.cfg.window;
+        let mut sent = 0u32;
+        let mut left: Vec<RtrRange> = Vec::with_capacity(token.rtr.len());
+        let mut resend: Vec<Bytes> = Vec::new();
+        for r in std::mem::take(&mut token.rtr) {
+            let mut run: Option<RtrRange> = None;
+            for seq in r.start..r.end() {
+                let answered = if seq < self.store.base() {
+                    // Collected, so every member held it: a stale request.
+                    true
+                } else if budget > 0
+                    && let Some(s) = self.store.get(seq)
+                {
+                    resend.push(s.raw.clone());
+                    budget -= 1;
+                    sent += 1;
+                    true
+                } else {
+                    false
+                };
+                if !answered {
+                    match &mut run {
+                        Some(x) if x.end() == seq => x.len += 1,
+                        _ => {
+                            if let Some(x) = run.take() {
+                                left.push(x);
+                            }
+                            run = Some(RtrRange { start: seq, len: 1 });
+                        }
+                    }
+                }
+            }
+            left.extend(run);
+        }
+        token.rtr = left;
+        self.stats.packets_retransmitted += u64::from(sent);
+        for raw in resend {
+            self.emit(Dest::All, raw);
+        }
+        sent
+    }
+
+    /// Adds this node's missing packets up to `horizon` to the token's
+    /// requests, keeping the list sorted, merged and within one frame.
+    fn request_missing(&mut self, token: &mut Token, horizon: u64) {
+        let mut mine: Vec<RtrRange> = Vec::new();
+        let mut seq = self.my_aru + 1;
+        while seq <= horizon {
+            if self.store.holds(seq) {
+                seq += 1;
+                continue;
+            }
+            let start = seq;
+            while seq <= horizon && !self.store.holds(seq) {
+                seq += 1;
+            }
+            let len = u32::try_from(seq - start).unwrap_or(u32::MAX);
+            mine.push(RtrRange { start, len });
+        }
+        if mine.is_empty() {
+            return;
+        }
+        self.stats.retransmits_requested += mine.iter().map(|r| u64::from(r.len)).sum::<u64>();
+        let mut all: Vec<RtrRange> = std::mem::take(&mut token.rtr);
+        all.extend(mine);
+        all.sort_unstable_by_key(|r| r.start);
+        let mut merged: Vec<RtrRange> = Vec::with_capacity(all.len());
+        for r in all {
+            match merged.last_mut() {
+                Some(m) if r.start <= m.end() => {
+                    let end = m.end().max(r.end());
+                    m.len = u32::try_from(end - m.start).unwrap_or(u32::MAX);
+                }
+                _ => merged.push(r),
+            }
+        }
+        merged.truncate(self.cfg.max_rtr_ranges());
+        token.rtr = merged;
+    }
+
+    /// Delivers, in sequence order, every message that may be delivered: up
+    /// to our aru, and safe messages only up to the stable line.
+    fn deliver(&mut self) {
+        while self.deliver_seq <= self.my_aru {
+            let seq = self.deliver_seq;
+            let Some(stored) = self.store.get(seq) else {
+                unreachable!("packets up to my_aru are held");
+            };
+            let packet_len = stored.packet.chunks.len();
+            while self.deliver_chunk < packet_len {
+                let Some(stored) = self.store.get(seq) else {
+                    unreachable!()
+                };
+                let c = &stored.packet.chunks[self.deliver_chunk];
+                if c.flags.last && c.service == Service::Safe && seq > self.stable {
+                    return;
+                }
+                let origin = stored.packet.sender;
+                let c = c.clone();
+                self.deliver_chunk += 1;
+                self.take_chunk(origin, seq, c);
+            }
+            self.deliver_seq += 1;
+            self.deliver_chunk = 0;
+        }
+        let collect = self.stable.min(self.deliver_seq - 1);
+        self.store.collect(collect);
+    }
+
+    fn take_chunk(&mut self, origin: NodeId, ring_seq: u64, c: crate::wire::Chunk) {
+        let id = MsgId {
+            origin,
+            seq: c.msg_seq,
+        };
+        if c.flags == ChunkFlags::WHOLE {
+            self.push_delivery(Delivery {
+                id,
+                service: c.service,
+                groups: c.groups,
+                payload: c.data,
+                ring_seq,
+            });
+            return;
+        }
+        let at = self.partials.iter().position(|p| p.origin == origin);
+        if c.flags.first {
+            if let Some(i) = at {
+                self.partials.swap_remove(i);
+                self.stats.reassembly_errors += 1;
+            }
+            let mut buf = Vec::with_capacity(c.total_len as usize);
+            buf.extend_from_slice(&c.data);
+            self.partials.push(Partial {
+                origin,
+                msg_seq: c.msg_seq,
+                service: c.service,
+                groups: c.groups,
+                total_len: c.total_len as usize,
+                buf,
+            });
+            return;
+        }
+        let Some(i) = at else {
+            self.stats.reassembly_errors += 1;
+            return;
+        };
+        let p = &mut self.partials[i];
+        if p.msg_seq != c.msg_seq || p.buf.len() + c.data.len() > p.total_len {
+            self.partials.swap_remove(i);
+            self.stats.reassembly_errors += 1;
+            return;
+        }
+        p.buf.extend_from_slice(&c.data);
+        if !c.flags.last {
+            return;
+        }
+        let p = self.partials.swap_remove(i);
+        if p.buf.len() != p.total_len {
+            self.stats.reassembly_errors += 1;
+            return;
+        }
+        let id = MsgId {
+            origin,
+            seq: p.msg_seq,
+        };
+        self.push_delivery(Delivery {
+            id,
+            service: p.service,
+            groups: p.groups,
+            payload: Bytes::from(p.buf),
+            ring_seq,
+        });
+    }
+
+    fn push_delivery(&mut self, d: Delivery) {
+        self.stats.messages_delivered += 1;
+        self.events.push_back(Event::Deliver(d));
+    }
+}
+
+#[cfg(test)]
+mod tests;

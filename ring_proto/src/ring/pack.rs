@@ -1,0 +1,126 @@
+//! Packing client messages into frames, and reassembling fragments.
+
+use crate::wire::{ChunkFlags, Groups, NodeId, PacketBuilder, Service};
+use bytes::Bytes;
+use std::collections::VecDeque;
+
+/// A fragment is only started in a partly filled frame if at least this many
+/// payload bytes fit; otherwise the message starts in the next frame.
+const MIN_FRAGMENT: usize = 64;
+
+/// A submitted message waiting to be sent.
+#[derive(Debug)]
+pub(crate) struct Pending {
+    pub(crate) msg_seq: u64,
+    pub(crate) service: Service,
+    pub(crate) groups: Groups,
+    pub(crate) payload: Bytes,
+    /// Payload bytes already sent in earlier fragments.
+    pub(crate) sent: usize,
+}
+
+/// The queue of messages waiting for the token.
+#[derive(Debug, Default)]
+pub(crate) struct Outbox {
+    queue: VecDeque<Pending>,
+    bytes: usize,
+}
+
+impl Outbox {
+    pub(crate) fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    pub(crate) fn push(&mut self, p: Pending) {
+        self.bytes += p.payload.len() - p.sent;
+        self.queue.push_back(p);
+    }
+
+    /// Estimated number of frames the queue needs.
+    pub(crate) fn frames_needed(&self, budget: usize, packing: bool) -> u32 {
+        let est = if packing {
+            // Chunk headers of about 16 bytes per message.
+            (self.bytes + 16 * self.queue.len()).div_ceil(budget.max(1))
+        } else {
+            self.queue
+                .iter()
+                .map(|p| (p.payload.len() - p.sent).div_ceil(budget).max(1))
+                .sum()
+        };
+        u32::try_from(est).unwrap_or(u32::MAX)
+    }
+
+    /// Fills `b` from the front of the queue; returns the number of payload
+    /// bytes packed.
+    pub(crate) fn fill(&mut self, b: &mut PacketBuilder, packing: bool) -> usize {
+        let mut packed = 0;
+        while let Some(m) = self.queue.front_mut() {
+            let first = m.sent == 0;
+            let rest = m.payload.len() - m.sent;
+            let whole = ChunkFlags { first, last: true };
+            let whole_len = PacketBuilder::chunk_header_len(whole, &m.groups) + rest;
+            if rest <= u16::MAX as usize && whole_len <= b.remaining() {
+                b.push(
+                    m.msg_seq,
+                    m.service,
+                    whole,
+                    m.payload.len() as u32,
+                    &m.groups,
+                    &m.payload[m.sent..],
+                );
+                packed += rest;
+                self.bytes -= rest;
+                self.queue.pop_front();
+                if packing {
+                    continue;
+                }
+                break;
+            }
+            let part = ChunkFlags { first, last: false };
+            let room = b
+                .remaining()
+                .saturating_sub(PacketBuilder::chunk_header_len(part, &m.groups))
+                .min(u16::MAX as usize)
+                .min(rest - 1);
+            if b.count() > 0 && (room < MIN_FRAGMENT || whole_len <= b.budget_of_empty()) {
+                // Start the message in a fresh frame instead.
+                break;
+            }
+            if room == 0 {
+                break;
+            }
+            b.push(
+                m.msg_seq,
+                m.service,
+                part,
+                m.payload.len() as u32,
+                &m.groups,
+                &m.payload[m.sent..m.sent + room],
+            );
+            m.sent += room;
+            packed += room;
+            self.bytes -= room;
+            break;
+        }
+        packed
+    }
+}
+
+/// A message being reassembled from fragments.
+#[derive(Debug)]
+pub(crate) struct Partial {
+    pub(crate) origin: NodeId,
+    pub(crate) msg_seq: u64,
+    pub(crate) service: Service,
+    pub(crate) groups: Groups,
+    pub(crate) total_len: usize,
+    pub(crate) buf: Vec<u8>,
+}

@@ -1,0 +1,70 @@
+//! The JSON-lines trace: one line per event each daemon emitted.
+
+use crate::Time;
+use crate::wire::{MsgId, NodeId, RingId, Service};
+use serde::Serialize;
+use std::io::{self, Write};
+
+/// One trace line. See `docs/protocol.md`, "Simulator trace format".
+#[derive(Debug, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum TraceEvent<'a> {
+    /// A message delivered by `node`.
+    Delivery {
+        /// The daemon that delivered.
+        node: NodeId,
+        /// Virtual time in nanoseconds.
+        t_ns: u64,
+        /// Origin daemon of the message.
+        origin: NodeId,
+        /// The origin's message counter.
+        seq: u64,
+        /// Service name.
+        service: Service,
+        /// Payload size in bytes.
+        size: usize,
+        /// Ring sequence number of the packet that completed it.
+        ring_seq: u64,
+    },
+    /// A configuration installed by `node`.
+    Configuration {
+        /// The daemon that installed it.
+        node: NodeId,
+        /// Virtual time in nanoseconds.
+        t_ns: u64,
+        /// `regular` or `transitional`.
+        config: crate::ring::ConfigKind,
+        /// The ring id.
+        ring: RingId,
+        /// Members, ascending.
+        members: &'a [NodeId],
+    },
+}
+
+impl TraceEvent<'_> {
+    /// A delivery line.
+    pub fn delivery(
+        node: NodeId,
+        t: Time,
+        id: MsgId,
+        service: Service,
+        size: usize,
+        ring_seq: u64,
+    ) -> Self {
+        TraceEvent::Delivery {
+            node,
+            t_ns: t.as_nanos(),
+            origin: id.origin,
+            seq: id.seq,
+            service,
+            size,
+            ring_seq,
+        }
+    }
+}
+
+/// Writes trace lines to any writer.
+pub(crate) fn write_line<W: Write>(w: &mut W, ev: &TraceEvent<'_>) -> io::Result<()> {
+    serde_json::to_writer(&mut *w, ev).map_err(io::Error::other)?;
+    w.write_all(b"\n")
+}
