@@ -37,14 +37,11 @@ impl Time {
 impl Add<Duration> for Time {
     type Output = Self;
     fn add(self, d: Duration) -> Self {
-        Self(
-            self.0
-                .saturating_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
-        )
+        Self(self.0.saturating_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)))
     }
 }
 
-impl Sub<Time> for Time {
+impl Sub<Self> for Time {
     type Output = Duration;
     fn sub(self, earlier: Self) -> Duration {
         self.saturating_since(earlier)
@@ -53,11 +50,6 @@ impl Sub<Time> for Time {
 
 impl fmt::Display for Time {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}.{:06}s",
-            self.0 / 1_000_000_000,
-            (self.0 / 1_000) % 1_000_000
-        )
+        write!(f, "{}.{:06}s", self.0 / 1_000_000_000, (self.0 / 1_000) % 1_000_000)
     }
 }

@@ -1,1 +1,29 @@
-fn main() {}
+//! `ringfence`: the command line of the ringfence group communication system.
+//!
+//! Subcommands so far: `sim`, the deterministic simulator. The daemon, user,
+//! flood, monitor, keygen and demo commands join as their issues land.
+
+mod sim;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser, Debug)]
+#[command(name = "ringfence", version, about = "Secure group communication over a token ring")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the deterministic simulator over many seeds and check the invariants.
+    Sim(sim::SimArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Sim(args) => sim::main(&args),
+    }
+}

@@ -81,8 +81,7 @@ pub struct ConfigError {
 impl Config {
     /// Bytes available to one data packet on the wire (the frame budget).
     pub fn frame_budget(&self) -> usize {
-        self.mtu
-            .saturating_sub(IP_HEADER + UDP_HEADER + SECURITY_OVERHEAD)
+        self.mtu.saturating_sub(IP_HEADER + UDP_HEADER + SECURITY_OVERHEAD)
     }
 
     /// Most retransmission ranges a token may carry so it always fits one
@@ -121,10 +120,7 @@ impl Config {
             return err("max_message", "must be between 1 byte and 4 GiB");
         }
         if self.max_pending_messages == 0 || self.max_pending_bytes < self.max_message {
-            return err(
-                "max_pending_bytes",
-                "must hold at least one largest message",
-            );
+            return err("max_pending_bytes", "must hold at least one largest message");
         }
         Ok(())
     }

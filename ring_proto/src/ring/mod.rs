@@ -23,8 +23,7 @@ pub use config::{Config, ConfigError, IP_HEADER, SECURITY_OVERHEAD, UDP_HEADER};
 
 use crate::Time;
 use crate::wire::{
-    ChunkFlags, DataPacket, Datagram, Groups, MsgId, NodeId, PacketBuilder, RingId, RtrRange,
-    Service, Token,
+    ChunkFlags, DataPacket, Datagram, Groups, MsgId, NodeId, PacketBuilder, RingId, RtrRange, Service, Token,
 };
 use bytes::Bytes;
 use pack::{Outbox, Partial, Pending};
@@ -220,16 +219,10 @@ impl Node {
         members.sort_unstable();
         members.dedup();
         let Some(pos) = members.iter().position(|&m| m == id) else {
-            return Err(ConfigError {
-                field: "members",
-                reason: "must include this daemon",
-            });
+            return Err(ConfigError { field: "members", reason: "must include this daemon" });
         };
         if members.contains(&NodeId::NONE) {
-            return Err(ConfigError {
-                field: "members",
-                reason: "id 65535 is reserved",
-            });
+            return Err(ConfigError { field: "members", reason: "id 65535 is reserved" });
         }
         let successor = members[(pos + 1) % members.len()];
         let mut node = Self {
@@ -275,10 +268,7 @@ impl Node {
                 backlog: 0,
                 rtr: Vec::new(),
             };
-            node.held = Some(Held {
-                token,
-                deadline: Some(now),
-            });
+            node.held = Some(Held { token, deadline: Some(now) });
         }
         Ok(node)
     }
@@ -347,13 +337,7 @@ impl Node {
         }
         let msg_seq = self.next_msg_seq;
         self.next_msg_seq += 1;
-        self.outbox.push(Pending {
-            msg_seq,
-            service,
-            groups,
-            payload,
-            sent: 0,
-        });
+        self.outbox.push(Pending { msg_seq, service, groups, payload, sent: 0 });
         self.stats.messages_submitted += 1;
         // A held token is used at once rather than at its deadline.
         if let Some(h) = &mut self.held {
@@ -361,10 +345,7 @@ impl Node {
                 h.deadline = Some(now);
             }
         }
-        Ok(MsgId {
-            origin: self.id,
-            seq: msg_seq,
-        })
+        Ok(MsgId { origin: self.id, seq: msg_seq })
     }
 
     /// Handles one datagram from the network. Undecodable, foreign and
@@ -397,12 +378,7 @@ impl Node {
                 self.emit(Dest::Node(self.successor), bytes);
             }
         }
-        if self
-            .held
-            .as_ref()
-            .and_then(|h| h.deadline)
-            .is_some_and(|d| d <= now)
-        {
+        if self.held.as_ref().and_then(|h| h.deadline).is_some_and(|d| d <= now) {
             if let Some(h) = self.held.take() {
                 self.visit(now, h.token, false);
             }
@@ -484,40 +460,27 @@ impl Node {
             // token's aru has covered it on departure from here and on the
             // following arrival: between the two every member saw it and
             // would have lowered the aru had it been missing.
-            self.stable = self
-                .last_departure_aru
-                .min(token.aru)
-                .min(self.my_aru)
-                .max(self.stable);
+            self.stable = self.last_departure_aru.min(token.aru).min(self.my_aru).max(self.stable);
         }
 
         // 1. Answer retransmission requests.
         let retransmitted = self.answer_requests(&mut token);
 
         // 2. Flow control: how many new packets this visit may send.
-        let frames_wanted = self
-            .outbox
-            .frames_needed(self.cfg.frame_budget(), self.cfg.packing);
+        let frames_wanted = self.outbox.frames_needed(self.cfg.frame_budget(), self.cfg.packing);
         let others_fcc = token.fcc.saturating_sub(self.my_trc);
-        let global_room = self
-            .cfg
-            .window
-            .saturating_sub(others_fcc.saturating_add(retransmitted));
-        let total_backlog = token
-            .backlog
-            .saturating_sub(self.my_backlog)
-            .saturating_add(frames_wanted);
+        let global_room = self.cfg.window.saturating_sub(others_fcc.saturating_add(retransmitted));
+        let total_backlog = token.backlog.saturating_sub(self.my_backlog).saturating_add(frames_wanted);
         let fair_share = if total_backlog == 0 {
             self.cfg.window
         } else {
             u32::try_from(
-                (u64::from(self.cfg.window) * u64::from(frames_wanted))
-                    .div_ceil(u64::from(total_backlog)),
+                (u64::from(self.cfg.window) * u64::from(frames_wanted)).div_ceil(u64::from(total_backlog)),
             )
             .unwrap_or(u32::MAX)
             .max(1)
         };
-        let store_room = (token.aru + self.cfg.max_unstable).saturating_sub(token.seq);
+        let store_room = token.aru.saturating_add(self.cfg.max_unstable).saturating_sub(token.seq);
         let allowed = self
             .cfg
             .personal_window
@@ -543,13 +506,7 @@ impl Node {
                 unreachable!("a packet this node built must decode");
             };
             token.seq = seq;
-            self.store.insert(
-                seq,
-                Stored {
-                    raw: raw.clone(),
-                    packet,
-                },
-            );
+            self.store.insert(seq, Stored { raw: raw.clone(), packet });
             self.high_seq = self.high_seq.max(seq);
             self.stats.packets_sent += 1;
             new_packets.push(raw);
@@ -559,34 +516,21 @@ impl Node {
         let this_visit = sent.saturating_add(retransmitted);
         token.fcc = others_fcc.saturating_add(this_visit);
         self.my_trc = this_visit;
-        let backlog_left = self
-            .outbox
-            .frames_needed(self.cfg.frame_budget(), self.cfg.packing);
-        token.backlog = token
-            .backlog
-            .saturating_sub(self.my_backlog)
-            .saturating_add(backlog_left);
+        let backlog_left = self.outbox.frames_needed(self.cfg.frame_budget(), self.cfg.packing);
+        token.backlog = token.backlog.saturating_sub(self.my_backlog).saturating_add(backlog_left);
         self.my_backlog = backlog_left;
 
         // 4. The aru rules (Totem): lower it to ours if we miss something;
         //    the member that lowered it may raise it again.
         if self.my_aru < token.aru || token.aru_id == self.id || token.aru_id == NodeId::NONE {
             token.aru = self.my_aru;
-            token.aru_id = if token.aru == token.seq {
-                NodeId::NONE
-            } else {
-                self.id
-            };
+            token.aru_id = if token.aru == token.seq { NodeId::NONE } else { self.id };
         }
 
         // 5. Ask for what we miss. On an accelerated ring the previous
         //    holder's last packets may still be in flight behind the token, so
         //    only gaps a full rotation old are requested.
-        let horizon = if self.cfg.accelerated {
-            self.last_departure_seq.min(token.seq)
-        } else {
-            token.seq
-        };
+        let horizon = if self.cfg.accelerated { self.last_departure_seq.min(token.seq) } else { token.seq };
         self.request_missing(&mut token, horizon);
 
         if alone {
@@ -604,19 +548,12 @@ impl Node {
             && token.backlog == 0
             && self.outbox.is_empty();
         if alone {
-            let deadline = if self.outbox.is_empty() {
-                None
-            } else {
-                Some(now)
-            };
+            let deadline = if self.outbox.is_empty() { None } else { Some(now) };
             self.held = Some(Held { token, deadline });
             return;
         }
         if idle && self.members[0] == self.id && !self.cfg.token_hold.is_zero() && fresh {
-            self.held = Some(Held {
-                token,
-                deadline: Some(now + self.cfg.token_hold),
-            });
+            self.held = Some(Held { token, deadline: Some(now + self.cfg.token_hold) });
             return;
         }
         let tail = if self.cfg.accelerated {
@@ -645,46 +582,35 @@ impl Node {
     }
 
     /// Retransmits requested packets this node holds and removes them from
-    /// the token's list. Returns how many were sent.
+    /// the token's list. Returns how many were sent. Work is bounded by the
+    /// store's size and the window, whatever the ranges claim.
     fn answer_requests(&mut self, token: &mut Token) -> u32 {
         if token.rtr.is_empty() {
             return 0;
         }
+        let base = self.store.base();
+        let held_end = base + self.store.len() as u64; // one past the last slot
         let mut budget = self.cfg.window;
         let mut sent = 0u32;
-        let mut left: Vec<RtrRange> = Vec::with_capacity(token.rtr.len());
+        let mut left = RangeList::default();
         let mut resend: Vec<Bytes> = Vec::new();
         for r in std::mem::take(&mut token.rtr) {
-            let mut run: Option<RtrRange> = None;
-            for seq in r.start..r.end() {
-                let answered = if seq < self.store.base() {
-                    // Collected, so every member held it: a stale request.
-                    true
-                } else if budget > 0
-                    && let Some(s) = self.store.get(seq)
-                {
-                    resend.push(s.raw.clone());
-                    budget -= 1;
-                    sent += 1;
-                    true
-                } else {
-                    false
-                };
-                if !answered {
-                    match &mut run {
-                        Some(x) if x.end() == seq => x.len += 1,
-                        _ => {
-                            if let Some(x) = run.take() {
-                                left.push(x);
-                            }
-                            run = Some(RtrRange { start: seq, len: 1 });
-                        }
+            // Below the store: collected, so every member held it (stale).
+            let mut seq = r.start.max(base).min(r.end());
+            while seq < r.end().min(held_end) {
+                match self.store.get(seq) {
+                    Some(s) if budget > 0 => {
+                        resend.push(s.raw.clone());
+                        budget -= 1;
+                        sent += 1;
                     }
+                    _ => left.add(seq, seq + 1),
                 }
+                seq += 1;
             }
-            left.extend(run);
+            left.add(seq.max(held_end).min(r.end()), r.end());
         }
-        token.rtr = left;
+        token.rtr = left.0;
         self.stats.packets_retransmitted += u64::from(sent);
         for raw in resend {
             self.emit(Dest::All, raw);
@@ -695,39 +621,40 @@ impl Node {
     /// Adds this node's missing packets up to `horizon` to the token's
     /// requests, keeping the list sorted, merged and within one frame.
     fn request_missing(&mut self, token: &mut Token, horizon: u64) {
-        let mut mine: Vec<RtrRange> = Vec::new();
-        let mut seq = self.my_aru + 1;
-        while seq <= horizon {
-            if self.store.holds(seq) {
-                seq += 1;
-                continue;
-            }
-            let start = seq;
-            while seq <= horizon && !self.store.holds(seq) {
-                seq += 1;
-            }
-            let len = u32::try_from(seq - start).unwrap_or(u32::MAX);
-            mine.push(RtrRange { start, len });
-        }
-        if mine.is_empty() {
+        if horizon <= self.my_aru {
             return;
         }
-        self.stats.retransmits_requested += mine.iter().map(|r| u64::from(r.len)).sum::<u64>();
-        let mut all: Vec<RtrRange> = std::mem::take(&mut token.rtr);
-        all.extend(mine);
-        all.sort_unstable_by_key(|r| r.start);
-        let mut merged: Vec<RtrRange> = Vec::with_capacity(all.len());
-        for r in all {
-            match merged.last_mut() {
-                Some(m) if r.start <= m.end() => {
-                    let end = m.end().max(r.end());
-                    m.len = u32::try_from(end - m.start).unwrap_or(u32::MAX);
-                }
-                _ => merged.push(r),
+        let max = self.cfg.max_rtr_ranges();
+        let held_end = self.store.base() + self.store.len() as u64;
+        let mut mine = RangeList::default();
+        let mut seq = self.my_aru + 1;
+        while seq <= horizon && seq < held_end && mine.0.len() < max {
+            if !self.store.holds(seq) {
+                mine.add(seq, seq + 1);
+            }
+            seq += 1;
+        }
+        if mine.0.len() < max {
+            mine.add(seq.max(held_end), horizon + 1);
+        }
+        self.stats.retransmits_requested += mine.0.iter().map(|r| u64::from(r.len)).sum::<u64>();
+        let mut all = RangeList::default();
+        let mut theirs = std::mem::take(&mut token.rtr).into_iter().peekable();
+        let mut ours = mine.0.into_iter().peekable();
+        // Merge the two sorted lists.
+        loop {
+            let next = match (theirs.peek(), ours.peek()) {
+                (Some(a), Some(b)) if a.start <= b.start => theirs.next(),
+                (Some(_), Some(_)) | (None, Some(_)) => ours.next(),
+                (Some(_), None) => theirs.next(),
+                (None, None) => break,
+            };
+            if let Some(r) = next {
+                all.add(r.start, r.end());
             }
         }
-        merged.truncate(self.cfg.max_rtr_ranges());
-        token.rtr = merged;
+        all.0.truncate(max);
+        token.rtr = all.0;
     }
 
     /// Delivers, in sequence order, every message that may be delivered: up
@@ -740,9 +667,7 @@ impl Node {
             };
             let packet_len = stored.packet.chunks.len();
             while self.deliver_chunk < packet_len {
-                let Some(stored) = self.store.get(seq) else {
-                    unreachable!()
-                };
+                let Some(stored) = self.store.get(seq) else { unreachable!() };
                 let c = &stored.packet.chunks[self.deliver_chunk];
                 if c.flags.last && c.service == Service::Safe && seq > self.stable {
                     return;
@@ -760,10 +685,7 @@ impl Node {
     }
 
     fn take_chunk(&mut self, origin: NodeId, ring_seq: u64, c: crate::wire::Chunk) {
-        let id = MsgId {
-            origin,
-            seq: c.msg_seq,
-        };
+        let id = MsgId { origin, seq: c.msg_seq };
         if c.flags == ChunkFlags::WHOLE {
             self.push_delivery(Delivery {
                 id,
@@ -811,10 +733,7 @@ impl Node {
             self.stats.reassembly_errors += 1;
             return;
         }
-        let id = MsgId {
-            origin,
-            seq: p.msg_seq,
-        };
+        let id = MsgId { origin, seq: p.msg_seq };
         self.push_delivery(Delivery {
             id,
             service: p.service,
@@ -827,6 +746,40 @@ impl Node {
     fn push_delivery(&mut self, d: Delivery) {
         self.stats.messages_delivered += 1;
         self.events.push_back(Event::Deliver(d));
+    }
+}
+
+/// A sorted list of non-overlapping ranges, built in ascending order.
+#[derive(Debug, Default)]
+struct RangeList(Vec<RtrRange>);
+
+impl RangeList {
+    /// Adds `start..end` (ignored if empty), merging with the last range when
+    /// they touch. Ranges must come in ascending order of `start`.
+    fn add(&mut self, start: u64, end: u64) {
+        if start >= end {
+            return;
+        }
+        if let Some(last) = self.0.last_mut() {
+            if start <= last.end() {
+                let new_end = last.end().max(end);
+                if let Ok(len) = u32::try_from(new_end - last.start) {
+                    last.len = len;
+                    return;
+                }
+            }
+        }
+        // A run longer than a u32 is split; such runs only come from bogus
+        // tokens, and the list is truncated to one frame anyway.
+        let mut at = start.max(self.0.last().map_or(0, |l| l.end()));
+        while at < end {
+            let len = u32::try_from(end - at).unwrap_or(u32::MAX);
+            self.0.push(RtrRange { start: at, len });
+            at += u64::from(len);
+            if self.0.len() > 1 << 16 {
+                return;
+            }
+        }
     }
 }
 

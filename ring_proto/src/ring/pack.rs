@@ -50,10 +50,7 @@ impl Outbox {
             // Chunk headers of about 16 bytes per message.
             (self.bytes + 16 * self.queue.len()).div_ceil(budget.max(1))
         } else {
-            self.queue
-                .iter()
-                .map(|p| (p.payload.len() - p.sent).div_ceil(budget).max(1))
-                .sum()
+            self.queue.iter().map(|p| (p.payload.len() - p.sent).div_ceil(budget).max(1)).sum()
         };
         u32::try_from(est).unwrap_or(u32::MAX)
     }
@@ -68,14 +65,7 @@ impl Outbox {
             let whole = ChunkFlags { first, last: true };
             let whole_len = PacketBuilder::chunk_header_len(whole, &m.groups) + rest;
             if rest <= u16::MAX as usize && whole_len <= b.remaining() {
-                b.push(
-                    m.msg_seq,
-                    m.service,
-                    whole,
-                    m.payload.len() as u32,
-                    &m.groups,
-                    &m.payload[m.sent..],
-                );
+                b.push(m.msg_seq, m.service, whole, m.payload.len() as u32, &m.groups, &m.payload[m.sent..]);
                 packed += rest;
                 self.bytes -= rest;
                 self.queue.pop_front();

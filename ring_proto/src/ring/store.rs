@@ -24,10 +24,7 @@ pub(crate) struct Store {
 
 impl Store {
     pub(crate) fn new() -> Self {
-        Self {
-            base: 1,
-            slots: VecDeque::new(),
-        }
+        Self { base: 1, slots: VecDeque::new() }
     }
 
     /// Lowest sequence number not yet collected.
@@ -48,10 +45,7 @@ impl Store {
 
     /// Inserts a packet; false if it was already held or collected.
     pub(crate) fn insert(&mut self, seq: u64, s: Stored) -> bool {
-        let Some(i) = seq
-            .checked_sub(self.base)
-            .and_then(|i| usize::try_from(i).ok())
-        else {
+        let Some(i) = seq.checked_sub(self.base).and_then(|i| usize::try_from(i).ok()) else {
             return false;
         };
         if i >= self.slots.len() {

@@ -1,1 +1,208 @@
+//! Unit tests of the token rules, driven by hand. The simulator covers the
+//! protocol as a whole; these pin down single rules (Totem paper, section 3
+//! "the total ordering protocol", as refined in Spread's accelerated ring).
+
 use super::*;
+use crate::wire::{PacketBuilder, RTR_RANGE_LEN, TOKEN_FIXED_LEN};
+
+const RING: RingId = RingId { seq: 1, rep: NodeId(0) };
+
+fn ids(n: u16) -> Vec<NodeId> {
+    (0..n).map(NodeId).collect()
+}
+
+fn node(cfg: &Config, id: u16, n: u16) -> Node {
+    Node::new(cfg.clone(), NodeId(id), &ids(n), RING, Time::ZERO).unwrap()
+}
+
+fn plain() -> Config {
+    Config { accelerated: false, token_hold: Duration::ZERO, ..Config::default() }
+}
+
+fn token(seq: u64, token_seq: u64) -> Token {
+    Token { ring_id: RING, token_seq, seq, aru: 0, aru_id: NodeId(0), fcc: 0, backlog: 0, rtr: vec![] }
+}
+
+fn packet(seq: u64, sender: u16) -> Bytes {
+    let mut b = PacketBuilder::new(RING, seq, NodeId(sender), 1400);
+    b.push(seq, Service::Agreed, ChunkFlags::WHOLE, 1, &Groups::none(), b"x");
+    b.finish()
+}
+
+fn drain(n: &mut Node) -> Vec<Transmit> {
+    std::iter::from_fn(|| n.poll_transmit()).collect()
+}
+
+fn tokens(ts: &[Transmit]) -> Vec<Token> {
+    ts.iter().filter_map(|t| Token::decode(&t.bytes).ok()).collect()
+}
+
+use std::time::Duration;
+
+#[test]
+fn token_fits_one_frame_however_many_packets_are_missing() {
+    // Spread 4 crashed with "token too long for packet" at ~1,500 holes.
+    let cfg = plain();
+    let mut b = node(&cfg, 1, 2);
+    for seq in (1..=3000).step_by(2) {
+        b.handle_datagram(Time::ZERO, packet(seq, 0));
+    }
+    b.handle_datagram(Time::ZERO, Bytes::from(token(3000, 1).encode()));
+    let out = drain(&mut b);
+    let t = tokens(&out);
+    assert_eq!(t.len(), 1);
+    assert_eq!(t[0].rtr.len(), cfg.max_rtr_ranges());
+    assert_eq!(t[0].rtr[0], RtrRange { start: 2, len: 1 });
+    assert!(t[0].encoded_len() <= cfg.frame_budget());
+    assert!(cfg.max_rtr_ranges() * RTR_RANGE_LEN + TOKEN_FIXED_LEN <= cfg.frame_budget());
+}
+
+#[test]
+fn a_bogus_token_costs_bounded_work() {
+    let cfg = plain();
+    let mut b = node(&cfg, 1, 2);
+    let mut t = token(u64::MAX / 2, 1);
+    t.rtr = vec![RtrRange { start: 1, len: u32::MAX }];
+    b.handle_datagram(Time::ZERO, Bytes::from(t.encode()));
+    let out = tokens(&drain(&mut b));
+    assert_eq!(out.len(), 1);
+    assert!(out[0].encoded_len() <= cfg.frame_budget());
+}
+
+#[test]
+fn stale_and_duplicate_tokens_are_dropped() {
+    let cfg = plain();
+    let mut b = node(&cfg, 1, 2);
+    b.handle_datagram(Time::ZERO, Bytes::from(token(0, 5).encode()));
+    assert_eq!(tokens(&drain(&mut b)).len(), 1);
+    b.handle_datagram(Time::ZERO, Bytes::from(token(0, 5).encode()));
+    b.handle_datagram(Time::ZERO, Bytes::from(token(0, 3).encode()));
+    assert!(drain(&mut b).is_empty());
+    assert_eq!(b.stats().stale_tokens, 2);
+    assert_eq!(b.stats().tokens_received, 1);
+}
+
+#[test]
+fn the_token_is_resent_until_the_ring_moves_on() {
+    let cfg = plain();
+    let mut b = node(&cfg, 1, 3);
+    b.handle_datagram(Time::ZERO, Bytes::from(token(0, 1).encode()));
+    let first = drain(&mut b);
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].dest, Dest::Node(NodeId(2)));
+    let deadline = b.poll_timeout().unwrap();
+    assert_eq!(deadline, Time::ZERO + cfg.token_retransmit);
+    b.handle_timeout(deadline);
+    let again = drain(&mut b);
+    assert_eq!(again, first);
+    // A packet numbered above the token we passed proves a successor got it.
+    b.handle_datagram(deadline, packet(1, 2));
+    assert_eq!(b.poll_timeout(), None);
+    assert_eq!(b.stats().token_retransmits, 1);
+}
+
+#[test]
+fn packing_puts_many_messages_in_one_frame() {
+    for (packing, frames) in [(true, 3), (false, 30)] {
+        let cfg = Config { packing, ..plain() };
+        let mut a = node(&cfg, 0, 2);
+        for _ in 0..30 {
+            a.submit(Time::ZERO, Service::Agreed, Groups::none(), Bytes::from(vec![7u8; 100])).unwrap();
+        }
+        a.handle_timeout(Time::ZERO);
+        let out = drain(&mut a);
+        let data: Vec<_> = out.iter().filter(|t| t.dest == Dest::All).collect();
+        assert_eq!(data.len(), frames, "packing {packing}");
+        assert!(data.iter().all(|t| t.bytes.len() <= cfg.frame_budget()));
+    }
+}
+
+#[test]
+fn accelerated_ring_passes_the_token_before_its_last_packets() {
+    let cfg = Config { token_hold: Duration::ZERO, ..Config::default() };
+    let mut a = node(&cfg, 0, 2);
+    for _ in 0..40 {
+        a.submit(Time::ZERO, Service::Agreed, Groups::none(), Bytes::from(vec![1u8; 1000])).unwrap();
+    }
+    a.handle_timeout(Time::ZERO);
+    let out = drain(&mut a);
+    let at = out.iter().position(|t| t.dest == Dest::Node(NodeId(1))).unwrap();
+    assert_eq!(out.len() - at - 1, cfg.accelerated_window as usize);
+    assert_eq!(at, out.len() - 1 - cfg.accelerated_window as usize);
+}
+
+#[test]
+fn safe_messages_wait_for_the_token_to_show_every_member_holds_them() {
+    let cfg = plain();
+    let mut a = node(&cfg, 0, 2);
+    let mut b = node(&cfg, 1, 2);
+    a.submit(Time::ZERO, Service::Safe, Groups::none(), Bytes::from_static(b"s")).unwrap();
+    a.handle_timeout(Time::ZERO);
+    let mut delivered_b = 0;
+    let mut delivered_a = 0;
+    let mut now = Time::ZERO;
+    // Pass datagrams back and forth; count when each side delivers.
+    for round in 0..6 {
+        now = now + Duration::from_micros(100);
+        for t in drain(&mut a) {
+            b.handle_datagram(now, t.bytes);
+        }
+        for t in drain(&mut b) {
+            a.handle_datagram(now, t.bytes);
+        }
+        while let Some(e) = a.poll_event() {
+            if matches!(e, Event::Deliver(_)) {
+                delivered_a += 1;
+                assert!(b.holds(1), "round {round}: a delivered a safe message b lacks");
+            }
+        }
+        while let Some(e) = b.poll_event() {
+            if matches!(e, Event::Deliver(_)) {
+                delivered_b += 1;
+            }
+        }
+        if round == 0 {
+            // b holds the packet but has not seen the token cover it twice.
+            assert_eq!(delivered_b, 0);
+        }
+    }
+    assert_eq!((delivered_a, delivered_b), (1, 1));
+}
+
+#[test]
+fn submit_refuses_when_the_queue_is_full_or_the_message_too_large() {
+    let cfg = Config { max_pending_messages: 2, ..plain() };
+    let mut a = node(&cfg, 0, 2);
+    let m = || Bytes::from_static(b"m");
+    assert!(a.submit(Time::ZERO, Service::Agreed, Groups::none(), m()).is_ok());
+    assert!(a.submit(Time::ZERO, Service::Agreed, Groups::none(), m()).is_ok());
+    assert_eq!(a.submit(Time::ZERO, Service::Agreed, Groups::none(), m()), Err(SubmitError::Backlogged));
+    let big = Bytes::from(vec![0u8; cfg.max_message + 1]);
+    assert_eq!(
+        a.submit(Time::ZERO, Service::Agreed, Groups::none(), big),
+        Err(SubmitError::TooLarge(cfg.max_message + 1))
+    );
+}
+
+#[test]
+fn foreign_and_garbage_datagrams_are_counted_and_dropped() {
+    let cfg = plain();
+    let mut b = node(&cfg, 1, 2);
+    let mut other = token(0, 1);
+    other.ring_id = RingId { seq: 9, rep: NodeId(0) };
+    b.handle_datagram(Time::ZERO, Bytes::from(other.encode()));
+    b.handle_datagram(Time::ZERO, Bytes::from_static(b"garbage"));
+    b.handle_datagram(Time::ZERO, packet(1, 7));
+    b.handle_datagram(Time::ZERO, packet(1_000_000, 0));
+    assert!(drain(&mut b).is_empty());
+    let s = b.stats();
+    assert_eq!((s.foreign, s.bad_datagrams, s.out_of_window, s.packets_received), (2, 1, 1, 0));
+}
+
+#[test]
+fn config_errors_name_the_field() {
+    let bad = Config { mtu: 100, ..Config::default() };
+    assert_eq!(bad.validate().unwrap_err().field, "mtu");
+    let bad = Config { window: 1, ..Config::default() };
+    assert_eq!(bad.validate().unwrap_err().field, "window");
+}

@@ -101,30 +101,17 @@ impl Default for SimConfig {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Violation {
     /// Two daemons delivered different messages at the same position.
-    Order {
-        node: NodeId,
-        index: usize,
-        expected: Option<MsgId>,
-        got: Option<MsgId>,
-    },
+    Order { node: NodeId, index: usize, expected: Option<MsgId>, got: Option<MsgId> },
     /// A daemon delivered a message twice.
     Duplicate { node: NodeId, id: MsgId },
     /// A daemon delivered an origin's messages out of order or skipped one.
-    Fifo {
-        node: NodeId,
-        id: MsgId,
-        expected_seq: u64,
-    },
+    Fifo { node: NodeId, id: MsgId, expected_seq: u64 },
     /// A submitted message was not delivered by the end of the run.
     Lost { node: NodeId, id: MsgId },
     /// A delivered message's bytes or service differ from what was sent.
     Corrupt { node: NodeId, id: MsgId },
     /// A safe message was delivered before every member held its packet.
-    UnsafeDelivery {
-        node: NodeId,
-        id: MsgId,
-        missing_at: NodeId,
-    },
+    UnsafeDelivery { node: NodeId, id: MsgId, missing_at: NodeId },
     /// A message was delivered that nobody submitted.
     Phantom { node: NodeId, id: MsgId },
     /// The run hit the time limit before everything was delivered.
@@ -134,39 +121,23 @@ pub enum Violation {
 impl fmt::Display for Violation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Order {
-                node,
-                index,
-                expected,
-                got,
-            } => write!(
-                f,
-                "order: node {node} delivery #{index} is {got:?}, node 0 delivered {expected:?}"
-            ),
+            Self::Order { node, index, expected, got } => {
+                write!(f, "order: node {node} delivery #{index} is {got:?}, node 0 delivered {expected:?}")
+            }
             Self::Duplicate { node, id } => {
                 write!(f, "duplicate: node {node} delivered {id:?} twice")
             }
-            Self::Fifo {
-                node,
-                id,
-                expected_seq,
-            } => write!(
+            Self::Fifo { node, id, expected_seq } => write!(
                 f,
                 "fifo/gap: node {node} delivered {id:?}, expected seq {expected_seq} from that origin"
             ),
             Self::Lost { node, id } => write!(f, "lost: node {node} never delivered {id:?}"),
-            Self::Corrupt { node, id } => write!(
-                f,
-                "corrupt: node {node} delivered {id:?} with wrong bytes or service"
-            ),
-            Self::UnsafeDelivery {
-                node,
-                id,
-                missing_at,
-            } => write!(
-                f,
-                "unsafe: node {node} delivered safe {id:?} while node {missing_at} lacked it"
-            ),
+            Self::Corrupt { node, id } => {
+                write!(f, "corrupt: node {node} delivered {id:?} with wrong bytes or service")
+            }
+            Self::UnsafeDelivery { node, id, missing_at } => {
+                write!(f, "unsafe: node {node} delivered safe {id:?} while node {missing_at} lacked it")
+            }
             Self::Phantom { node, id } => {
                 write!(f, "phantom: node {node} delivered {id:?}, never submitted")
             }
@@ -201,11 +172,7 @@ pub struct Report {
 impl Report {
     /// Payload bytes over wire bytes.
     pub fn wire_efficiency(&self) -> f64 {
-        if self.wire_bytes == 0 {
-            0.0
-        } else {
-            self.payload_bytes as f64 / self.wire_bytes as f64
-        }
+        if self.wire_bytes == 0 { 0.0 } else { self.payload_bytes as f64 / self.wire_bytes as f64 }
     }
 }
 
@@ -218,9 +185,7 @@ struct Sent {
 
 fn digest(b: &[u8]) -> u64 {
     // FNV-1a: cheap and good enough to catch corruption in the simulator.
-    b.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &x| {
-        (h ^ u64::from(x)).wrapping_mul(0x100_0000_01b3)
-    })
+    b.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &x| (h ^ u64::from(x)).wrapping_mul(0x100_0000_01b3))
 }
 
 fn payload(rng: &mut ChaCha8Rng, len: usize) -> Bytes {
@@ -270,24 +235,15 @@ pub struct Sim<'t> {
 
 impl fmt::Debug for Sim<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Sim")
-            .field("seed", &self.cfg.seed)
-            .field("now", &self.now)
-            .finish_non_exhaustive()
+        f.debug_struct("Sim").field("seed", &self.cfg.seed).field("now", &self.now).finish_non_exhaustive()
     }
 }
 
 impl<'t> Sim<'t> {
     /// Builds the daemons, the network and the workload for `cfg`.
-    pub fn new(
-        cfg: SimConfig,
-        trace: Option<&'t mut dyn Write>,
-    ) -> Result<Self, crate::ring::ConfigError> {
+    pub fn new(cfg: SimConfig, trace: Option<&'t mut dyn Write>) -> Result<Self, crate::ring::ConfigError> {
         let ids: Vec<NodeId> = (0..cfg.nodes).map(|i| NodeId(i as u16)).collect();
-        let ring_id = RingId {
-            seq: 1,
-            rep: ids[0],
-        };
+        let ring_id = RingId { seq: 1, rep: ids[0] };
         let nodes = ids
             .iter()
             .map(|&id| Node::new(cfg.ring.clone(), id, &ids, ring_id, Time::ZERO))
@@ -299,19 +255,11 @@ impl<'t> Sim<'t> {
         for node in 0..w.senders.min(cfg.nodes) {
             for _ in 0..w.messages_per_sender {
                 let at = Time::from_nanos(load_rng.random_range(0..=w.span.as_nanos() as u64));
-                let service = if load_rng.random_bool(w.safe_fraction) {
-                    Service::Safe
-                } else {
-                    Service::Agreed
-                };
+                let service =
+                    if load_rng.random_bool(w.safe_fraction) { Service::Safe } else { Service::Agreed };
                 let len = draw_size(&mut load_rng, w);
                 let payload = payload(&mut load_rng, len);
-                plan.push(Planned {
-                    at,
-                    node,
-                    service,
-                    payload,
-                });
+                plan.push(Planned { at, node, service, payload });
             }
         }
         plan.sort_by_key(|p| p.at);
@@ -391,14 +339,7 @@ impl<'t> Sim<'t> {
             match self.nodes[node].submit(now, service, Groups::none(), payload.clone()) {
                 Ok(id) => {
                     self.payload_bytes += payload.len() as u64;
-                    self.sent.insert(
-                        id,
-                        Sent {
-                            service,
-                            digest: digest(&payload),
-                            len: payload.len(),
-                        },
-                    );
+                    self.sent.insert(id, Sent { service, digest: digest(&payload), len: payload.len() });
                     self.next_plan += 1;
                     self.drain(node);
                 }
@@ -453,14 +394,8 @@ impl<'t> Sim<'t> {
                         Some(_) => {}
                     }
                     if let Some(w) = self.trace.as_mut() {
-                        let ev = TraceEvent::delivery(
-                            node,
-                            now,
-                            d.id,
-                            d.service,
-                            d.payload.len(),
-                            d.ring_seq,
-                        );
+                        let ev =
+                            TraceEvent::delivery(node, now, d.id, d.service, d.payload.len(), d.ring_seq);
                         let _ = trace::write_line(w, &ev);
                     }
                     self.delivered[i].push(d.id);
@@ -482,8 +417,7 @@ impl<'t> Sim<'t> {
     }
 
     fn done(&self) -> bool {
-        self.next_plan == self.plan.len()
-            && self.delivered.iter().all(|d| d.len() == self.sent.len())
+        self.next_plan == self.plan.len() && self.delivered.iter().all(|d| d.len() == self.sent.len())
     }
 
     fn finish(mut self) -> Report {
@@ -529,27 +463,14 @@ impl<'t> Sim<'t> {
                 }
                 let expected = next.entry(id.origin).or_insert(1);
                 if id.seq != *expected {
-                    self.violations.push(Violation::Fifo {
-                        node,
-                        id,
-                        expected_seq: *expected,
-                    });
+                    self.violations.push(Violation::Fifo { node, id, expected_seq: *expected });
                 }
                 *expected = id.seq + 1;
             }
             // Everything submitted was delivered.
-            let mut lost: Vec<MsgId> = self
-                .sent
-                .keys()
-                .filter(|id| !seen.contains(id))
-                .copied()
-                .collect();
+            let mut lost: Vec<MsgId> = self.sent.keys().filter(|id| !seen.contains(id)).copied().collect();
             lost.sort_unstable();
-            self.violations.extend(
-                lost.into_iter()
-                    .take(5)
-                    .map(|id| Violation::Lost { node, id }),
-            );
+            self.violations.extend(lost.into_iter().take(5).map(|id| Violation::Lost { node, id }));
         }
     }
 }

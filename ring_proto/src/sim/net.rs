@@ -72,10 +72,7 @@ impl Network {
     }
 
     fn delay(&mut self) -> Duration {
-        let (lo, hi) = (
-            self.cfg.min_delay.as_nanos() as u64,
-            self.cfg.max_delay.as_nanos() as u64,
-        );
+        let (lo, hi) = (self.cfg.min_delay.as_nanos() as u64, self.cfg.max_delay.as_nanos() as u64);
         let mut d = Duration::from_nanos(self.rng.random_range(lo..=hi.max(lo)));
         if self.cfg.reorder > 0.0 && self.rng.random_bool(self.cfg.reorder) {
             let extra = self.cfg.reorder_delay.as_nanos() as u64;
@@ -92,20 +89,11 @@ impl Network {
         if self.lossy && self.cfg.loss > 0.0 && self.rng.random_bool(self.cfg.loss) {
             return;
         }
-        let copies = if self.cfg.dup > 0.0 && self.rng.random_bool(self.cfg.dup) {
-            2
-        } else {
-            1
-        };
+        let copies = if self.cfg.dup > 0.0 && self.rng.random_bool(self.cfg.dup) { 2 } else { 1 };
         for _ in 0..copies {
             let at = now + self.delay();
             self.order += 1;
-            self.queue.push(Reverse(InFlight {
-                at,
-                order: self.order,
-                to,
-                bytes: bytes.clone(),
-            }));
+            self.queue.push(Reverse(InFlight { at, order: self.order, to, bytes: bytes.clone() }));
         }
     }
 

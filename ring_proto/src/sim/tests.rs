@@ -4,26 +4,15 @@ fn lossy(seed: u64) -> SimConfig {
     SimConfig {
         seed,
         nodes: 3 + (seed % 3) as usize,
-        net: NetConfig {
-            loss: 0.1,
-            dup: 0.05,
-            reorder: 0.1,
-            ..NetConfig::default()
-        },
-        workload: Workload {
-            messages_per_sender: 60,
-            ..Workload::default()
-        },
+        net: NetConfig { loss: 0.1, dup: 0.05, reorder: 0.1, ..NetConfig::default() },
+        workload: Workload { messages_per_sender: 60, ..Workload::default() },
         ..SimConfig::default()
     }
 }
 
 #[test]
 fn clean_network_delivers_everything() {
-    let r = run(&SimConfig {
-        seed: 1,
-        ..SimConfig::default()
-    });
+    let r = run(&SimConfig { seed: 1, ..SimConfig::default() });
     assert_eq!(r.violations, vec![]);
     assert_eq!(r.submitted, 600);
     assert_eq!(r.deliveries, 1800);

@@ -43,14 +43,7 @@ pub enum TraceEvent<'a> {
 
 impl TraceEvent<'_> {
     /// A delivery line.
-    pub fn delivery(
-        node: NodeId,
-        t: Time,
-        id: MsgId,
-        service: Service,
-        size: usize,
-        ring_seq: u64,
-    ) -> Self {
+    pub fn delivery(node: NodeId, t: Time, id: MsgId, service: Service, size: usize, ring_seq: u64) -> Self {
         TraceEvent::Delivery {
             node,
             t_ns: t.as_nanos(),

@@ -34,10 +34,7 @@ pub struct Reader<'a> {
 impl<'a> Reader<'a> {
     /// Starts reading `buf` at offset `pos`.
     pub fn new(buf: &'a [u8], pos: usize) -> Self {
-        Self {
-            buf,
-            pos: pos.min(buf.len()),
-        }
+        Self { buf, pos: pos.min(buf.len()) }
     }
 
     /// Current offset.
@@ -88,10 +85,6 @@ impl<'a> Reader<'a> {
 
     /// Fails unless every byte was read.
     pub fn finish(&self) -> Result<(), DecodeError> {
-        if self.remaining() == 0 {
-            Ok(())
-        } else {
-            Err(DecodeError::TrailingBytes)
-        }
+        if self.remaining() == 0 { Ok(()) } else { Err(DecodeError::TrailingBytes) }
     }
 }

@@ -11,9 +11,7 @@ mod packet;
 mod token;
 
 pub use codec::{DecodeError, Reader};
-pub use packet::{
-    CHUNK_OVERHEAD, Chunk, ChunkFlags, DataPacket, Groups, PACKET_OVERHEAD, PacketBuilder,
-};
+pub use packet::{CHUNK_OVERHEAD, Chunk, ChunkFlags, DataPacket, Groups, PACKET_OVERHEAD, PacketBuilder};
 pub use token::{RTR_RANGE_LEN, RtrRange, TOKEN_FIXED_LEN, Token};
 
 use bytes::Bytes;

@@ -1,8 +1,8 @@
 //! Data packets: a header and one or more packed message chunks.
 
 use super::{
-    DecodeError, HEADER_LEN, KIND_DATA, NodeId, Reader, RingId, Service, peek_kind, put_header,
-    put_ring_id, read_ring_id,
+    DecodeError, HEADER_LEN, KIND_DATA, NodeId, Reader, RingId, Service, peek_kind, put_header, put_ring_id,
+    read_ring_id,
 };
 use bytes::Bytes;
 
@@ -26,10 +26,7 @@ pub struct ChunkFlags {
 
 impl ChunkFlags {
     /// A whole, unfragmented message.
-    pub const WHOLE: Self = Self {
-        first: true,
-        last: true,
-    };
+    pub const WHOLE: Self = Self { first: true, last: true };
 
     fn to_u8(self) -> u8 {
         u8::from(self.first) | (u8::from(self.last) << 1)
@@ -39,10 +36,7 @@ impl ChunkFlags {
         if b & !0b11 != 0 {
             return Err(DecodeError::BadValue("chunk flags"));
         }
-        Ok(Self {
-            first: b & 1 != 0,
-            last: b & 2 != 0,
-        })
+        Ok(Self { first: b & 1 != 0, last: b & 2 != 0 })
     }
 }
 
@@ -178,16 +172,8 @@ impl DataPacket {
             }
             let service = Service::from_u8(r.u8()?)?;
             let flags = ChunkFlags::from_u8(r.u8()?)?;
-            let declared_total = if flags.first && !flags.last {
-                Some(r.u32()?)
-            } else {
-                None
-            };
-            let groups = if flags.first {
-                Groups::read(&mut r, &buf)?
-            } else {
-                Groups::default()
-            };
+            let declared_total = if flags.first && !flags.last { Some(r.u32()?) } else { None };
+            let groups = if flags.first { Groups::read(&mut r, &buf)? } else { Groups::default() };
             let len = r.u16()? as usize;
             let start = r.pos();
             r.take(len)?;
@@ -199,22 +185,10 @@ impl DataPacket {
                 Some(t) => t,
                 None => len as u32,
             };
-            chunks.push(Chunk {
-                msg_seq,
-                service,
-                flags,
-                total_len,
-                groups,
-                data,
-            });
+            chunks.push(Chunk { msg_seq, service, flags, total_len, groups, data });
         }
         r.finish()?;
-        Ok(Self {
-            ring_id,
-            seq,
-            sender,
-            chunks,
-        })
+        Ok(Self { ring_id, seq, sender, chunks })
     }
 
     /// Encodes the packet. Used by tests and tools; the ring builds packets
@@ -222,14 +196,7 @@ impl DataPacket {
     pub fn encode(&self) -> Bytes {
         let mut b = PacketBuilder::new(self.ring_id, self.seq, self.sender, usize::MAX);
         for c in &self.chunks {
-            b.push(
-                c.msg_seq,
-                c.service,
-                c.flags,
-                c.total_len,
-                &c.groups,
-                &c.data,
-            );
+            b.push(c.msg_seq, c.service, c.flags, c.total_len, &c.groups, &c.data);
         }
         b.finish()
     }
@@ -253,11 +220,7 @@ impl PacketBuilder {
         out.extend_from_slice(&sender.0.to_be_bytes());
         out.push(0);
         out.extend_from_slice(&0u16.to_be_bytes());
-        Self {
-            out,
-            count: 0,
-            budget,
-        }
+        Self { out, count: 0, budget }
     }
 
     /// Header bytes a chunk with these properties needs besides its data.
@@ -303,8 +266,7 @@ impl PacketBuilder {
         if flags.first {
             self.out.extend_from_slice(groups.as_bytes());
         }
-        self.out
-            .extend_from_slice(&(data.len() as u16).to_be_bytes());
+        self.out.extend_from_slice(&(data.len() as u16).to_be_bytes());
         self.out.extend_from_slice(data);
         self.count += 1;
     }

@@ -4,10 +4,7 @@ use super::*;
 use proptest::prelude::*;
 
 fn ring_id() -> impl Strategy<Value = RingId> {
-    (any::<u16>(), any::<u64>()).prop_map(|(rep, seq)| RingId {
-        seq,
-        rep: NodeId(rep),
-    })
+    (any::<u16>(), any::<u64>()).prop_map(|(rep, seq)| RingId { seq, rep: NodeId(rep) })
 }
 
 fn service() -> impl Strategy<Value = Service> {
@@ -20,59 +17,24 @@ fn groups() -> impl Strategy<Value = Groups> {
 }
 
 fn chunk() -> impl Strategy<Value = Chunk> {
-    (
-        1u64..,
-        service(),
-        0u8..3,
-        groups(),
-        proptest::collection::vec(any::<u8>(), 0..300),
-        0u32..100_000,
-    )
+    (1u64.., service(), 0u8..3, groups(), proptest::collection::vec(any::<u8>(), 0..300), 0u32..100_000)
         .prop_map(|(msg_seq, service, kind, groups, data, extra)| {
             // kind 0: whole message, 1: first fragment, 2: middle or last fragment.
             let (flags, total_len, groups) = match kind {
                 0 => (ChunkFlags::WHOLE, data.len() as u32, groups),
-                1 => (
-                    ChunkFlags {
-                        first: true,
-                        last: false,
-                    },
-                    data.len() as u32 + 1 + extra,
-                    groups,
-                ),
-                _ => (
-                    ChunkFlags {
-                        first: false,
-                        last: extra % 2 == 0,
-                    },
-                    data.len() as u32,
-                    Groups::default(),
-                ),
+                1 => (ChunkFlags { first: true, last: false }, data.len() as u32 + 1 + extra, groups),
+                _ => {
+                    (ChunkFlags { first: false, last: extra % 2 == 0 }, data.len() as u32, Groups::default())
+                }
             };
-            Chunk {
-                msg_seq,
-                service,
-                flags,
-                total_len,
-                groups,
-                data: Bytes::from(data),
-            }
+            Chunk { msg_seq, service, flags, total_len, groups, data: Bytes::from(data) }
         })
 }
 
 fn packet() -> impl Strategy<Value = DataPacket> {
-    (
-        ring_id(),
-        1u64..,
-        any::<u16>(),
-        proptest::collection::vec(chunk(), 1..8),
+    (ring_id(), 1u64.., any::<u16>(), proptest::collection::vec(chunk(), 1..8)).prop_map(
+        |(ring_id, seq, sender, chunks)| DataPacket { ring_id, seq, sender: NodeId(sender), chunks },
     )
-        .prop_map(|(ring_id, seq, sender, chunks)| DataPacket {
-            ring_id,
-            seq,
-            sender: NodeId(sender),
-            chunks,
-        })
 }
 
 fn token() -> impl Strategy<Value = Token> {
@@ -94,16 +56,7 @@ fn token() -> impl Strategy<Value = Token> {
                 at = start + u64::from(len);
             }
             let seq = seq.max(at);
-            Token {
-                ring_id,
-                token_seq,
-                seq,
-                aru: seq / 2,
-                aru_id: NodeId(aru_id),
-                fcc,
-                backlog,
-                rtr,
-            }
+            Token { ring_id, token_seq, seq, aru: seq / 2, aru_id: NodeId(aru_id), fcc, backlog, rtr }
         })
 }
 
@@ -168,22 +121,10 @@ proptest! {
 
 #[test]
 fn header_errors_are_named() {
-    assert_eq!(
-        Datagram::decode(Bytes::from_static(b"RF")),
-        Err(DecodeError::Truncated)
-    );
-    assert_eq!(
-        Datagram::decode(Bytes::from_static(b"XX\x01\x01")),
-        Err(DecodeError::BadMagic)
-    );
-    assert_eq!(
-        Datagram::decode(Bytes::from_static(b"RF\x09\x01")),
-        Err(DecodeError::UnsupportedVersion(9))
-    );
-    assert_eq!(
-        Datagram::decode(Bytes::from_static(b"RF\x01\x77")),
-        Err(DecodeError::UnknownKind)
-    );
+    assert_eq!(Datagram::decode(Bytes::from_static(b"RF")), Err(DecodeError::Truncated));
+    assert_eq!(Datagram::decode(Bytes::from_static(b"XX\x01\x01")), Err(DecodeError::BadMagic));
+    assert_eq!(Datagram::decode(Bytes::from_static(b"RF\x09\x01")), Err(DecodeError::UnsupportedVersion(9)));
+    assert_eq!(Datagram::decode(Bytes::from_static(b"RF\x01\x77")), Err(DecodeError::UnknownKind));
 }
 
 #[test]

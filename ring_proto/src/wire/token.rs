@@ -1,8 +1,8 @@
 //! The token: the right to send, and the ring's shared ordering state.
 
 use super::{
-    DecodeError, HEADER_LEN, KIND_TOKEN, NodeId, Reader, RingId, peek_kind, put_header,
-    put_ring_id, read_ring_id,
+    DecodeError, HEADER_LEN, KIND_TOKEN, NodeId, Reader, RingId, peek_kind, put_header, put_ring_id,
+    read_ring_id,
 };
 
 /// Bytes of a token without retransmission requests: header (4), ring id
@@ -112,9 +112,7 @@ impl Token {
             let len = r.u32()?;
             let end = start.checked_add(u64::from(len));
             match end {
-                Some(end)
-                    if len > 0 && start >= 1 && start >= floor && end <= seq.saturating_add(1) =>
-                {
+                Some(end) if len > 0 && start >= 1 && start >= floor && end <= seq.saturating_add(1) => {
                     floor = end;
                 }
                 _ => return Err(DecodeError::BadValue("retransmission request")),
@@ -122,15 +120,6 @@ impl Token {
             rtr.push(RtrRange { start, len });
         }
         r.finish()?;
-        Ok(Self {
-            ring_id,
-            token_seq,
-            seq,
-            aru,
-            aru_id,
-            fcc,
-            backlog,
-            rtr,
-        })
+        Ok(Self { ring_id, token_seq, seq, aru, aru_id, fcc, backlog, rtr })
     }
 }
