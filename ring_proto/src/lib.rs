@@ -24,10 +24,12 @@
 
 #![forbid(unsafe_code)]
 
+mod node;
 pub mod ring;
 pub mod sim;
 mod time;
 pub mod wire;
 
+pub use node::{Incarnation, Node, Phase};
 pub use time::Time;
 pub use wire::{MsgId, NodeId, RingId, Service};

@@ -3,7 +3,7 @@
 
 use clap::Args;
 use ringfence_proto::ring::Config;
-use ringfence_proto::sim::{self, NetConfig, Report, SimConfig, Workload};
+use ringfence_proto::sim::{self, FaultKinds, NetConfig, Report, SimConfig, Workload};
 use std::fs::File;
 use std::io::{BufWriter, IsTerminal, Write};
 use std::path::PathBuf;
@@ -33,9 +33,9 @@ pub(crate) struct SimArgs {
     /// Probability that a datagram copy is delayed past later ones.
     #[arg(long, default_value_t = 0.0)]
     reorder: f64,
-    /// Messages each sender submits.
-    #[arg(long, default_value_t = 100)]
-    messages: u32,
+    /// Messages each sender submits (default 100; 60 with --faults).
+    #[arg(long)]
+    messages: Option<u32>,
     /// Daemons that send (default: all).
     #[arg(long)]
     senders: Option<usize>,
@@ -45,15 +45,23 @@ pub(crate) struct SimArgs {
     /// Fraction of messages sent with the safe service.
     #[arg(long, default_value_t = 0.3)]
     safe: f64,
-    /// Virtual milliseconds after which the network stops losing datagrams.
-    #[arg(long, default_value_t = 200)]
-    heal_ms: u64,
+    /// Virtual milliseconds after which every fault heals and the network
+    /// stops losing datagrams (default 200; 1600 with --faults).
+    #[arg(long)]
+    heal_ms: Option<u64>,
     /// Turn the accelerated ring off.
     #[arg(long)]
     no_accelerated: bool,
     /// Turn packing off (one message or fragment per frame).
     #[arg(long)]
     no_packing: bool,
+    /// Fault kinds, comma-separated: partition, merge, crash, restart, loss,
+    /// oneway, or all. Without faults the daemons form one fixed ring.
+    #[arg(long)]
+    faults: Option<String>,
+    /// Faults drawn per run (with --faults).
+    #[arg(long, default_value_t = 6)]
+    fault_count: usize,
     /// Write a JSON-lines trace per seed into this directory.
     #[arg(long)]
     trace: Option<PathBuf>,
@@ -74,9 +82,13 @@ impl SimArgs {
         if self.max_size == 0 || self.max_size > ring.max_message {
             return Err(format!("--max-size must be between 1 and {}", ring.max_message));
         }
+        let faults = self.faults.as_deref().map(FaultKinds::parse).transpose()?.unwrap_or_default();
+        let base = if faults.is_empty() {
+            SimConfig { seed, nodes: usize::from(self.nodes), ..SimConfig::default() }
+        } else {
+            SimConfig::with_faults(seed, usize::from(self.nodes))
+        };
         Ok(SimConfig {
-            seed,
-            nodes: usize::from(self.nodes),
             ring,
             net: NetConfig {
                 loss: probability("loss", self.loss)?,
@@ -86,24 +98,32 @@ impl SimArgs {
             },
             workload: Workload {
                 senders: self.senders.unwrap_or(usize::from(self.nodes)),
-                messages_per_sender: self.messages,
+                messages_per_sender: self.messages.unwrap_or(base.workload.messages_per_sender.min(100)),
                 max_size: self.max_size,
                 safe_fraction: probability("safe", self.safe)?,
-                ..Workload::default()
+                ..base.workload
             },
-            heal_at: Duration::from_millis(self.heal_ms),
-            ..SimConfig::default()
+            heal_at: self.heal_ms.map_or(base.heal_at, Duration::from_millis),
+            faults,
+            fault_count: self.fault_count,
+            ..base
         })
     }
 
     /// The command line that replays one seed with the same options.
     fn replay(&self, seed: u64) -> String {
         let mut cmd = format!("cargo run --release -p ringfence-tools -- sim --seeds 1 --start {seed}");
-        cmd += &format!(" --nodes {} --messages {} --max-size {}", self.nodes, self.messages, self.max_size);
-        cmd += &format!(
-            " --loss {} --dup {} --reorder {} --safe {} --heal-ms {}",
-            self.loss, self.dup, self.reorder, self.safe, self.heal_ms
-        );
+        cmd += &format!(" --nodes {} --max-size {}", self.nodes, self.max_size);
+        cmd += &format!(" --loss {} --dup {} --reorder {} --safe {}", self.loss, self.dup, self.reorder, self.safe);
+        if let Some(m) = self.messages {
+            cmd += &format!(" --messages {m}");
+        }
+        if let Some(h) = self.heal_ms {
+            cmd += &format!(" --heal-ms {h}");
+        }
+        if let Some(f) = &self.faults {
+            cmd += &format!(" --faults {f} --fault-count {}", self.fault_count);
+        }
         if let Some(s) = self.senders {
             cmd += &format!(" --senders {s}");
         }

@@ -40,6 +40,24 @@ pub struct Config {
     /// When the ring is idle, the representative holds the token this long
     /// before passing it, instead of spinning (default 1 ms; zero disables).
     pub token_hold: Duration,
+    /// Declare the token lost, and gather a new membership, after this long
+    /// without it (default 300 ms). Also bounds the commit and recovery
+    /// phases.
+    pub token_timeout: Duration,
+    /// Resend the join message this often while gathering (default 40 ms).
+    pub join_interval: Duration,
+    /// Give up waiting for members that do not agree after this long and
+    /// count them failed (default 200 ms).
+    pub consensus_timeout: Duration,
+    /// The representative announces its ring this often, so that healed
+    /// partitions find each other even when idle (default 200 ms).
+    pub merge_interval: Duration,
+    /// A daemon counted failed is ignored for at least this long, doubling on
+    /// each repeat up to `quarantine_max`, so that one-way reachability does
+    /// not make the membership loop (default 400 ms).
+    pub quarantine_min: Duration,
+    /// Upper bound of the quarantine (default 3.2 s).
+    pub quarantine_max: Duration,
     /// Largest client message accepted by `submit` (default 1 MiB).
     pub max_message: usize,
     /// Most messages waiting to be sent; `submit` refuses more (default 8192).
@@ -61,6 +79,12 @@ impl Default for Config {
             max_unstable: 1024,
             token_retransmit: Duration::from_millis(20),
             token_hold: Duration::from_millis(1),
+            token_timeout: Duration::from_millis(300),
+            join_interval: Duration::from_millis(40),
+            consensus_timeout: Duration::from_millis(200),
+            merge_interval: Duration::from_millis(200),
+            quarantine_min: Duration::from_millis(400),
+            quarantine_max: Duration::from_millis(3200),
             max_message: 1 << 20,
             max_pending_messages: 8192,
             max_pending_bytes: 16 << 20,
@@ -115,6 +139,18 @@ impl Config {
         }
         if self.token_hold >= self.token_retransmit {
             return err("token_hold", "must be shorter than token_retransmit");
+        }
+        if self.token_timeout < 2 * self.token_retransmit {
+            return err("token_timeout", "must be at least twice token_retransmit");
+        }
+        if self.join_interval.is_zero() || self.consensus_timeout <= self.join_interval {
+            return err("consensus_timeout", "must exceed join_interval, which must be positive");
+        }
+        if self.merge_interval.is_zero() {
+            return err("merge_interval", "must be positive");
+        }
+        if self.quarantine_max < self.quarantine_min {
+            return err("quarantine_max", "must be at least quarantine_min");
         }
         if self.max_message == 0 || self.max_message > u32::MAX as usize {
             return err("max_message", "must be between 1 byte and 4 GiB");

@@ -1,6 +1,8 @@
-//! Ordering: the Totem single-ring protocol for a known set of daemons.
+//! Ordering: the Totem single-ring protocol within one ring.
 //!
-//! A [`Node`] is one daemon's ordering state machine. Exactly one token
+//! A [`Ring`] is one daemon's ordering state for one ring (one regular
+//! configuration); [`crate::Node`] owns it and replaces it when membership
+//! changes. Exactly one token
 //! circulates among the members in ascending id order (wrapping around); the
 //! holder retransmits what others asked for, assigns the next sequence
 //! numbers to new packets (within flow control), updates the token's aru and
@@ -8,12 +10,7 @@
 //! in sequence order; a `safe` message waits until the token shows every
 //! member holds it.
 //!
-//! # Calling contract
-//!
-//! Time is monotonic and supplied by the caller. After any `handle_*` or
-//! [`Node::submit`] call, drain [`Node::poll_transmit`] (send each datagram in
-//! the order given) and [`Node::poll_event`], then arm a timer for
-//! [`Node::poll_timeout`] and call [`Node::handle_timeout`] when it expires.
+//! The calling contract is [`crate::Node`]'s.
 
 mod config;
 mod pack;
@@ -23,10 +20,11 @@ pub use config::{Config, ConfigError, IP_HEADER, SECURITY_OVERHEAD, UDP_HEADER};
 
 use crate::Time;
 use crate::wire::{
-    ChunkFlags, DataPacket, Datagram, Groups, MsgId, NodeId, PacketBuilder, RingId, RtrRange, Service, Token,
+    ChunkFlags, DataPacket, Groups, MsgId, NodeId, PacketBuilder, RingId, RtrRange, Service, Token,
 };
 use bytes::Bytes;
-use pack::{Outbox, Partial, Pending};
+pub(crate) use pack::{Outboxes, Pending};
+use pack::Partial;
 use std::collections::VecDeque;
 use store::{Store, Stored};
 
@@ -49,7 +47,7 @@ pub struct Transmit {
 }
 
 /// Kind of a configuration.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ConfigKind {
     /// A regular configuration (a ring).
@@ -80,6 +78,8 @@ pub struct Delivery {
     pub groups: Groups,
     /// The payload (a slice of the received frame when not fragmented).
     pub payload: Bytes,
+    /// The ring that ordered the message.
+    pub ring_id: RingId,
     /// Sequence number of the packet that completed the message.
     pub ring_seq: u64,
 }
@@ -140,6 +140,34 @@ pub struct Stats {
     pub datagrams_sent: u64,
     /// Bytes handed out, without IP/UDP headers.
     pub bytes_sent: u64,
+    /// Rings (regular configurations) installed.
+    pub rings_installed: u64,
+    /// Times the daemon left a ring or a ring attempt to gather anew.
+    pub membership_changes: u64,
+}
+
+impl Stats {
+    /// Adds another set of counters (of a ring that ended) to these.
+    pub fn absorb(&mut self, o: &Self) {
+        self.bad_datagrams += o.bad_datagrams;
+        self.foreign += o.foreign;
+        self.out_of_window += o.out_of_window;
+        self.packets_received += o.packets_received;
+        self.duplicate_packets += o.duplicate_packets;
+        self.packets_sent += o.packets_sent;
+        self.packets_retransmitted += o.packets_retransmitted;
+        self.retransmits_requested += o.retransmits_requested;
+        self.tokens_received += o.tokens_received;
+        self.stale_tokens += o.stale_tokens;
+        self.token_retransmits += o.token_retransmits;
+        self.messages_submitted += o.messages_submitted;
+        self.messages_delivered += o.messages_delivered;
+        self.reassembly_errors += o.reassembly_errors;
+        self.datagrams_sent += o.datagrams_sent;
+        self.bytes_sent += o.bytes_sent;
+        self.rings_installed += o.rings_installed;
+        self.membership_changes += o.membership_changes;
+    }
 }
 
 /// The token as last passed, kept until the ring shows it moved on.
@@ -160,10 +188,9 @@ struct Held {
     deadline: Option<Time>,
 }
 
-/// One daemon's ordering state machine. See the module docs for the calling
-/// contract.
+/// One daemon's ordering state for one ring.
 #[derive(Debug)]
-pub struct Node {
+pub struct Ring {
     cfg: Config,
     id: NodeId,
     members: Vec<NodeId>,
@@ -181,6 +208,9 @@ pub struct Node {
     deliver_seq: u64,
     deliver_chunk: usize,
     partials: Vec<Partial>,
+    /// Raw data packets are refused (the ring is being recovered into the
+    /// next one, whose recovery alone may add packets).
+    frozen: bool,
 
     /// Highest token sequence accepted.
     last_token_seq: u64,
@@ -195,24 +225,23 @@ pub struct Node {
     sent_token: Option<SentToken>,
     held: Option<Held>,
 
-    outbox: Outbox,
-    next_msg_seq: u64,
-
     transmits: VecDeque<Transmit>,
-    events: VecDeque<Event>,
+    deliveries: VecDeque<Delivery>,
     token_buf: Vec<u8>,
     stats: Stats,
 }
 
-impl Node {
-    /// Creates member `id` of the ring `ring_id` formed by `members`. The
-    /// lowest member creates the token at `now`.
+impl Ring {
+    /// Creates member `id`'s state for the ring `ring_id` formed by
+    /// `members`. With `start_token`, this member (which must be the lowest)
+    /// creates the token at `now`.
     pub fn new(
         cfg: Config,
         id: NodeId,
         members: &[NodeId],
         ring_id: RingId,
         now: Time,
+        start_token: bool,
     ) -> Result<Self, ConfigError> {
         cfg.validate()?;
         let mut members = members.to_vec();
@@ -225,10 +254,10 @@ impl Node {
             return Err(ConfigError { field: "members", reason: "id 65535 is reserved" });
         }
         let successor = members[(pos + 1) % members.len()];
-        let mut node = Self {
+        let mut ring = Self {
             cfg,
             id,
-            members: members.clone(),
+            members,
             successor,
             ring_id,
             store: Store::new(),
@@ -238,6 +267,7 @@ impl Node {
             deliver_seq: 1,
             deliver_chunk: 0,
             partials: Vec::new(),
+            frozen: false,
             last_token_seq: 0,
             last_departure_aru: 0,
             last_departure_seq: 0,
@@ -245,32 +275,46 @@ impl Node {
             my_backlog: 0,
             sent_token: None,
             held: None,
-            outbox: Outbox::default(),
-            next_msg_seq: 1,
             transmits: VecDeque::new(),
-            events: VecDeque::new(),
+            deliveries: VecDeque::new(),
             token_buf: Vec::new(),
             stats: Stats::default(),
         };
-        node.events.push_back(Event::Configuration(Configuration {
-            kind: ConfigKind::Regular,
-            ring_id,
-            members,
-        }));
-        if pos == 0 {
-            let token = Token {
-                ring_id,
-                token_seq: 0,
-                seq: 0,
-                aru: 0,
-                aru_id: NodeId::NONE,
-                fcc: 0,
-                backlog: 0,
-                rtr: Vec::new(),
-            };
-            node.held = Some(Held { token, deadline: Some(now) });
+        if start_token {
+            ring.start_token(now);
         }
-        Ok(node)
+        Ok(ring)
+    }
+
+    /// Creates the ring's first token (held, to be used at `now`).
+    pub(crate) fn start_token(&mut self, now: Time) {
+        let token = Token {
+            ring_id: self.ring_id,
+            token_seq: 0,
+            seq: 0,
+            aru: 0,
+            aru_id: NodeId::NONE,
+            fcc: 0,
+            backlog: 0,
+            rtr: Vec::new(),
+        };
+        self.held = Some(Held { token, deadline: Some(now) });
+    }
+
+    /// Stops all token activity (the ring is over for sending).
+    pub(crate) fn stop(&mut self) {
+        self.sent_token = None;
+        self.held = None;
+    }
+
+    /// Refuses raw data packets from now on (see [`Ring::insert_recovered`]).
+    pub(crate) fn freeze(&mut self, frozen: bool) {
+        self.frozen = frozen;
+    }
+
+    /// Whether this node holds the token (idle hold, or a ring of one).
+    pub(crate) fn holds_token(&self) -> bool {
+        self.held.is_some()
     }
 
     /// This daemon's id.
@@ -288,14 +332,14 @@ impl Node {
         self.ring_id
     }
 
-    /// The configuration in force.
-    pub fn config(&self) -> &Config {
-        &self.cfg
-    }
-
-    /// Counters.
+    /// Counters of this ring.
     pub fn stats(&self) -> &Stats {
         &self.stats
+    }
+
+    /// The stable line: every member holds every packet up to here.
+    pub fn stable(&self) -> u64 {
+        self.stable
     }
 
     /// Every packet up to this sequence number is held here.
@@ -308,53 +352,18 @@ impl Node {
         self.store.holds(seq)
     }
 
-    /// Messages waiting to be sent.
-    pub fn pending(&self) -> usize {
-        self.outbox.len()
-    }
-
     /// Packets held in the store (received or missing, not yet collected).
     pub fn stored_packets(&self) -> usize {
         self.store.len()
     }
 
-    /// Submits a message for ordered delivery to every member (this one
-    /// included). Returns its id.
-    pub fn submit(
-        &mut self,
-        now: Time,
-        service: Service,
-        groups: Groups,
-        payload: Bytes,
-    ) -> Result<MsgId, SubmitError> {
-        if payload.len() > self.cfg.max_message {
-            return Err(SubmitError::TooLarge(payload.len()));
-        }
-        if self.outbox.len() >= self.cfg.max_pending_messages
-            || self.outbox.bytes() + payload.len() > self.cfg.max_pending_bytes
-        {
-            return Err(SubmitError::Backlogged);
-        }
-        let msg_seq = self.next_msg_seq;
-        self.next_msg_seq += 1;
-        self.outbox.push(Pending { msg_seq, service, groups, payload, sent: 0 });
-        self.stats.messages_submitted += 1;
-        // A held token is used at once rather than at its deadline.
+    /// Uses a held token now rather than at its deadline (there is something
+    /// to send).
+    pub(crate) fn wake(&mut self, now: Time) {
         if let Some(h) = &mut self.held {
             if h.deadline.is_none_or(|d| d > now) {
                 h.deadline = Some(now);
             }
-        }
-        Ok(MsgId { origin: self.id, seq: msg_seq })
-    }
-
-    /// Handles one datagram from the network. Undecodable, foreign and
-    /// duplicate datagrams are dropped and counted.
-    pub fn handle_datagram(&mut self, now: Time, bytes: Bytes) {
-        match Datagram::decode(bytes.clone()) {
-            Ok(Datagram::Data(p)) => self.handle_packet(bytes, p),
-            Ok(Datagram::Token(t)) => self.handle_token(now, t),
-            Err(_) => self.stats.bad_datagrams += 1,
         }
     }
 
@@ -369,7 +378,7 @@ impl Node {
     }
 
     /// Handles expired timers: token retransmission, and passing a held token.
-    pub fn handle_timeout(&mut self, now: Time) {
+    pub(crate) fn handle_timeout(&mut self, now: Time, out: &mut Outboxes) {
         if let Some(s) = &mut self.sent_token {
             if s.deadline <= now {
                 s.deadline = now + self.cfg.token_retransmit;
@@ -380,7 +389,7 @@ impl Node {
         }
         if self.held.as_ref().and_then(|h| h.deadline).is_some_and(|d| d <= now) {
             if let Some(h) = self.held.take() {
-                self.visit(now, h.token, false);
+                self.visit(now, h.token, false, out);
             }
         }
     }
@@ -390,9 +399,9 @@ impl Node {
         self.transmits.pop_front()
     }
 
-    /// The next delivery or configuration event.
-    pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+    /// The next delivery, in order.
+    pub(crate) fn poll_delivery(&mut self) -> Option<Delivery> {
+        self.deliveries.pop_front()
     }
 
     fn emit(&mut self, dest: Dest, bytes: Bytes) {
@@ -401,15 +410,70 @@ impl Node {
         self.transmits.push_back(Transmit { dest, bytes });
     }
 
-    fn is_member(&self, id: NodeId) -> bool {
+    pub(crate) fn is_member(&self, id: NodeId) -> bool {
         self.members.binary_search(&id).is_ok()
     }
 
-    fn handle_packet(&mut self, raw: Bytes, packet: DataPacket) {
-        if packet.ring_id != self.ring_id || !self.is_member(packet.sender) {
+    /// Handles a data packet of this ring (the caller checked the ring id).
+    pub(crate) fn handle_packet(&mut self, raw: Bytes, packet: DataPacket) {
+        if packet.ring_id != self.ring_id || !self.is_member(packet.sender) || self.frozen {
             self.stats.foreign += 1;
             return;
         }
+        self.insert(raw, packet);
+    }
+
+    /// Inserts a packet of this ring that arrived through the next ring's
+    /// recovery. Returns false if it was not for this ring.
+    pub(crate) fn insert_recovered(&mut self, raw: Bytes) -> bool {
+        match DataPacket::decode(raw.clone()) {
+            Ok(p) if p.ring_id == self.ring_id && self.is_member(p.sender) => {
+                self.insert(raw, p);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Packets this node holds numbered above `low`, as they travelled: what
+    /// it contributes to recovery.
+    pub(crate) fn packets_above(&self, low: u64) -> Vec<Bytes> {
+        (low.max(self.store.base().saturating_sub(1)) + 1..=self.high_seq)
+            .filter_map(|seq| self.store.get(seq).map(|s| s.raw.clone()))
+            .collect()
+    }
+
+    /// Ends the ring under Extended Virtual Synchrony: raises the stable line
+    /// to `max_stable` (reported by a member of this ring that knew it),
+    /// delivers what may still be delivered in the regular configuration into
+    /// the queue, and returns the rest, in order and skipping holes, for the
+    /// transitional configuration.
+    pub(crate) fn finish(&mut self, max_stable: u64) -> Vec<Delivery> {
+        self.stable = self.stable.max(max_stable.min(self.my_aru));
+        self.deliver();
+        let regular = std::mem::take(&mut self.deliveries);
+        // Past the first hole or the first safe message not known stable:
+        // everything held, in order, in the transitional configuration.
+        self.stable = self.high_seq;
+        while self.deliver_seq <= self.high_seq {
+            if self.store.get(self.deliver_seq).is_none() {
+                // A hole no surviving member holds: fragments around it
+                // cannot complete.
+                self.partials.clear();
+                self.deliver_seq += 1;
+                self.deliver_chunk = 0;
+                continue;
+            }
+            self.my_aru = self.deliver_seq.max(self.my_aru);
+            self.deliver();
+        }
+        self.partials.clear();
+        let transitional = std::mem::take(&mut self.deliveries);
+        self.deliveries = regular;
+        transitional.into()
+    }
+
+    fn insert(&mut self, raw: Bytes, packet: DataPacket) {
         let seq = packet.seq;
         // Senders stay within max_unstable of the token's aru, which is at
         // most ours: anything far beyond is bogus and must not grow the store.
@@ -437,23 +501,25 @@ impl Node {
         }
     }
 
-    fn handle_token(&mut self, now: Time, token: Token) {
+    /// Handles a token of this ring. Returns whether it was accepted.
+    pub(crate) fn handle_token(&mut self, now: Time, token: Token, out: &mut Outboxes) -> bool {
         if token.ring_id != self.ring_id {
             self.stats.foreign += 1;
-            return;
+            return false;
         }
         if token.token_seq <= self.last_token_seq || self.held.is_some() {
             self.stats.stale_tokens += 1;
-            return;
+            return false;
         }
         self.last_token_seq = token.token_seq;
         self.stats.tokens_received += 1;
         self.sent_token = None;
-        self.visit(now, token, true);
+        self.visit(now, token, true, out);
+        true
     }
 
     /// One token visit. `fresh` is false when re-using a token this node held.
-    fn visit(&mut self, now: Time, mut token: Token, fresh: bool) {
+    fn visit(&mut self, now: Time, mut token: Token, fresh: bool, out: &mut Outboxes) {
         let alone = self.members.len() == 1;
         if fresh {
             // Totem's stable rule: a packet is held by every member once the
@@ -467,7 +533,7 @@ impl Node {
         let retransmitted = self.answer_requests(&mut token);
 
         // 2. Flow control: how many new packets this visit may send.
-        let frames_wanted = self.outbox.frames_needed(self.cfg.frame_budget(), self.cfg.packing);
+        let frames_wanted = out.frames_needed(self.cfg.frame_budget(), self.cfg.packing);
         let others_fcc = token.fcc.saturating_sub(self.my_trc);
         let global_room = self.cfg.window.saturating_sub(others_fcc.saturating_add(retransmitted));
         let total_backlog = token.backlog.saturating_sub(self.my_backlog).saturating_add(frames_wanted);
@@ -492,12 +558,12 @@ impl Node {
         // 3. New packets, numbered after the token's seq.
         let mut new_packets: Vec<Bytes> = Vec::with_capacity(allowed as usize);
         for _ in 0..allowed {
-            if self.outbox.is_empty() {
+            if out.is_empty() {
                 break;
             }
             let seq = token.seq + 1;
             let mut b = PacketBuilder::new(self.ring_id, seq, self.id, self.cfg.frame_budget());
-            self.outbox.fill(&mut b, self.cfg.packing);
+            out.fill(&mut b, self.cfg.packing);
             if b.count() == 0 {
                 break;
             }
@@ -516,7 +582,7 @@ impl Node {
         let this_visit = sent.saturating_add(retransmitted);
         token.fcc = others_fcc.saturating_add(this_visit);
         self.my_trc = this_visit;
-        let backlog_left = self.outbox.frames_needed(self.cfg.frame_budget(), self.cfg.packing);
+        let backlog_left = out.frames_needed(self.cfg.frame_budget(), self.cfg.packing);
         token.backlog = token.backlog.saturating_sub(self.my_backlog).saturating_add(backlog_left);
         self.my_backlog = backlog_left;
 
@@ -546,9 +612,9 @@ impl Node {
             && token.rtr.is_empty()
             && token.aru == token.seq
             && token.backlog == 0
-            && self.outbox.is_empty();
+            && out.is_empty();
         if alone {
-            let deadline = if self.outbox.is_empty() { None } else { Some(now) };
+            let deadline = if out.is_empty() { None } else { Some(now) };
             self.held = Some(Held { token, deadline });
             return;
         }
@@ -692,6 +758,7 @@ impl Node {
                 service: c.service,
                 groups: c.groups,
                 payload: c.data,
+                ring_id: self.ring_id,
                 ring_seq,
             });
             return;
@@ -739,13 +806,16 @@ impl Node {
             service: p.service,
             groups: p.groups,
             payload: Bytes::from(p.buf),
+            ring_id: self.ring_id,
             ring_seq,
         });
     }
 
     fn push_delivery(&mut self, d: Delivery) {
-        self.stats.messages_delivered += 1;
-        self.events.push_back(Event::Deliver(d));
+        if !d.service.is_control() {
+            self.stats.messages_delivered += 1;
+        }
+        self.deliveries.push_back(d);
     }
 }
 

@@ -114,3 +114,51 @@ pub(crate) struct Partial {
     pub(crate) total_len: usize,
     pub(crate) buf: Vec<u8>,
 }
+
+/// The two send queues: membership control first, then client messages
+/// (only once the ring is installed).
+#[derive(Debug, Default)]
+pub(crate) struct Outboxes {
+    pub(crate) ctl: Outbox,
+    pub(crate) user: Outbox,
+    /// Client messages may be sent (the ring is installed).
+    pub(crate) user_allowed: bool,
+}
+
+impl Outboxes {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.ctl.is_empty() && (!self.user_allowed || self.user.is_empty())
+    }
+
+    pub(crate) fn frames_needed(&self, budget: usize, packing: bool) -> u32 {
+        let user = if self.user_allowed { self.user.frames_needed(budget, packing) } else { 0 };
+        self.ctl.frames_needed(budget, packing).saturating_add(user)
+    }
+
+    /// Fills a packet: control messages first; client messages only after
+    /// every control message is out.
+    pub(crate) fn fill(&mut self, b: &mut PacketBuilder, packing: bool) -> usize {
+        let mut n = self.ctl.fill(b, packing);
+        if self.ctl.is_empty() && self.user_allowed && (packing || b.count() == 0) {
+            n += self.user.fill(b, packing);
+        }
+        n
+    }
+}
+
+impl Outbox {
+    /// Makes a message that was partly sent in a ring that is over start
+    /// again from its first fragment in the next ring.
+    pub(crate) fn restart_partial(&mut self) {
+        if let Some(m) = self.queue.front_mut() {
+            self.bytes += m.sent;
+            m.sent = 0;
+        }
+    }
+
+    /// Drops everything.
+    pub(crate) fn clear(&mut self) {
+        self.queue.clear();
+        self.bytes = 0;
+    }
+}

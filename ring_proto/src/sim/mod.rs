@@ -2,33 +2,40 @@
 //!
 //! A run is a pure function of its [`SimConfig`] (which holds the seed):
 //! N [`Node`]s on virtual time, a seeded [`NetConfig`] network model (loss,
-//! duplication, reordering, variable delay) and a seeded workload (several
-//! senders, sizes from 1 B to 64 KiB, agreed and safe). After the run the
-//! checker verifies the ordering invariants; a failing seed replays bit for
-//! bit.
+//! duplication, reordering, variable delay), a seeded workload (several
+//! senders, sizes from 1 B to 64 KiB, agreed and safe) and, optionally, a
+//! seeded fault schedule (partitions, merges, crashes, restarts, bursty and
+//! asymmetric loss, one-way reachability). After the run the checker verifies
+//! the ordering and Extended Virtual Synchrony invariants; a failing seed
+//! replays bit for bit.
 //!
 //! ```text
-//!  workload ──submit──► Node i ──poll_transmit──► Network (loss/dup/delay) ──► Node j
-//!                         │ poll_event
-//!                         ▼
-//!                      Recorder ──► checks (same sequence, no dup, no gap, FIFO, safe)
-//!                               └─► JSON-lines trace (optional)
+//!  workload ──submit──► Node i ──poll_transmit──► Network (loss/dup/delay, ──► Node j
+//!  faults ──crash/restart──┘ │ poll_event          partitions, one-way)
+//!                            ▼
+//!                         Log per incarnation ──► check (ordering, EVS, liveness)
+//!                                             └─► JSON-lines trace (optional)
 //! ```
 
+mod check;
+mod faults;
 mod net;
 mod trace;
 
+pub use faults::FaultKinds;
 pub use net::NetConfig;
 pub use trace::TraceEvent;
 
-use crate::Time;
-use crate::ring::{Config, Dest, Event, Node};
+use crate::ring::{ConfigKind, Config, Dest, Event};
 use crate::wire::{Groups, MsgId, NodeId, RingId, Service};
+use crate::{Incarnation, Node, Phase, Time};
 use bytes::Bytes;
+use check::{Entry, Log};
+use faults::{Fault, Kind};
 use net::Network;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fmt;
 use std::io::Write;
 use std::time::Duration;
@@ -76,9 +83,19 @@ pub struct SimConfig {
     pub net: NetConfig,
     /// The workload.
     pub workload: Workload,
-    /// The network stops losing datagrams at this virtual time.
+    /// Fault kinds; none means one fixed ring for the whole run.
+    pub faults: FaultKinds,
+    /// Number of faults drawn (when `faults` is not empty).
+    pub fault_count: usize,
+    /// Faults happen within this span from the start.
+    pub fault_span: Duration,
+    /// Every fault heals, and the network stops losing datagrams, at this
+    /// virtual time.
     pub heal_at: Duration,
-    /// A run that has not delivered everything by this virtual time fails.
+    /// With faults: live daemons must all be in one ring this long after
+    /// the heal.
+    pub converge_within: Duration,
+    /// A run that has not finished by this virtual time fails.
     pub time_limit: Duration,
 }
 
@@ -90,8 +107,26 @@ impl Default for SimConfig {
             ring: Config::default(),
             net: NetConfig::default(),
             workload: Workload::default(),
+            faults: FaultKinds::default(),
+            fault_count: 6,
+            fault_span: Duration::from_millis(1500),
             heal_at: Duration::from_millis(200),
+            converge_within: Duration::from_secs(15),
             time_limit: Duration::from_secs(120),
+        }
+    }
+}
+
+impl SimConfig {
+    /// A run with every fault kind, for `nodes` daemons.
+    pub fn with_faults(seed: u64, nodes: usize) -> Self {
+        Self {
+            seed,
+            nodes,
+            faults: FaultKinds::ALL,
+            heal_at: Duration::from_millis(1600),
+            workload: Workload { senders: nodes, messages_per_sender: 60, span: Duration::from_millis(1500), ..Workload::default() },
+            ..Self::default()
         }
     }
 }
@@ -100,20 +135,38 @@ impl Default for SimConfig {
 #[allow(missing_docs)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Violation {
-    /// Two daemons delivered different messages at the same position.
+    /// Two daemons delivered different messages at the same position (fixed ring).
     Order { node: NodeId, index: usize, expected: Option<MsgId>, got: Option<MsgId> },
+    /// Two daemons delivered two messages in different orders.
+    Reordered { a: NodeId, b: NodeId, first: MsgId, second: MsgId },
     /// A daemon delivered a message twice.
     Duplicate { node: NodeId, id: MsgId },
-    /// A daemon delivered an origin's messages out of order or skipped one.
+    /// A daemon delivered an origin's messages out of order (or, on a fixed
+    /// ring, skipped one).
     Fifo { node: NodeId, id: MsgId, expected_seq: u64 },
     /// A submitted message was not delivered by the end of the run.
     Lost { node: NodeId, id: MsgId },
     /// A delivered message's bytes or service differ from what was sent.
     Corrupt { node: NodeId, id: MsgId },
-    /// A safe message was delivered before every member held its packet.
+    /// A safe message was delivered in a regular configuration before every
+    /// member held its packet.
     UnsafeDelivery { node: NodeId, id: MsgId, missing_at: NodeId },
     /// A message was delivered that nobody submitted.
     Phantom { node: NodeId, id: MsgId },
+    /// Two daemons installed one ring id with different members.
+    RingConflict { ring: RingId },
+    /// Two daemons that installed the same configuration and successor
+    /// delivered different messages in it.
+    SetMismatch { a: NodeId, b: NodeId, ring: RingId, kind: ConfigKind },
+    /// A message was delivered outside its ring's configuration (before the
+    /// configuration, or in an unrelated one).
+    WrongConfiguration { node: NodeId, id: MsgId },
+    /// Two daemons report a message ordered at different places.
+    OrderedTwice { id: MsgId },
+    /// A daemon did not deliver its own message and did not crash.
+    SelfDelivery { node: NodeId, id: MsgId },
+    /// After the heal, the live daemons did not install one common ring in time.
+    NoConvergence { at: Time },
     /// The run hit the time limit before everything was delivered.
     Stalled { at: Time },
 }
@@ -121,26 +174,20 @@ pub enum Violation {
 impl fmt::Display for Violation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Order { node, index, expected, got } => {
-                write!(f, "order: node {node} delivery #{index} is {got:?}, node 0 delivered {expected:?}")
-            }
-            Self::Duplicate { node, id } => {
-                write!(f, "duplicate: node {node} delivered {id:?} twice")
-            }
-            Self::Fifo { node, id, expected_seq } => write!(
-                f,
-                "fifo/gap: node {node} delivered {id:?}, expected seq {expected_seq} from that origin"
-            ),
+            Self::Order { node, index, expected, got } => write!(f, "order: node {node} delivery #{index} is {got:?}, node 0 delivered {expected:?}"),
+            Self::Reordered { a, b, first, second } => write!(f, "order: node {a} delivered {first:?} before {second:?}, node {b} the other way"),
+            Self::Duplicate { node, id } => write!(f, "duplicate: node {node} delivered {id:?} twice"),
+            Self::Fifo { node, id, expected_seq } => write!(f, "fifo/gap: node {node} delivered {id:?}, expected seq {expected_seq} from that origin"),
             Self::Lost { node, id } => write!(f, "lost: node {node} never delivered {id:?}"),
-            Self::Corrupt { node, id } => {
-                write!(f, "corrupt: node {node} delivered {id:?} with wrong bytes or service")
-            }
-            Self::UnsafeDelivery { node, id, missing_at } => {
-                write!(f, "unsafe: node {node} delivered safe {id:?} while node {missing_at} lacked it")
-            }
-            Self::Phantom { node, id } => {
-                write!(f, "phantom: node {node} delivered {id:?}, never submitted")
-            }
+            Self::Corrupt { node, id } => write!(f, "corrupt: node {node} delivered {id:?} with wrong bytes or service"),
+            Self::UnsafeDelivery { node, id, missing_at } => write!(f, "unsafe: node {node} delivered safe {id:?} while node {missing_at} lacked it"),
+            Self::Phantom { node, id } => write!(f, "phantom: node {node} delivered {id:?}, never submitted"),
+            Self::RingConflict { ring } => write!(f, "ring {ring} installed with different members"),
+            Self::SetMismatch { a, b, ring, kind } => write!(f, "evs: nodes {a} and {b} delivered different messages in {kind:?} configuration {ring}"),
+            Self::WrongConfiguration { node, id } => write!(f, "evs: node {node} delivered {id:?} outside its configuration"),
+            Self::OrderedTwice { id } => write!(f, "evs: {id:?} reported at two places in the order"),
+            Self::SelfDelivery { node, id } => write!(f, "evs: node {node} never delivered its own {id:?}"),
+            Self::NoConvergence { at } => write!(f, "liveness: no common ring by {at}"),
             Self::Stalled { at } => write!(f, "stalled: not everything delivered by {at}"),
         }
     }
@@ -165,7 +212,11 @@ pub struct Report {
     pub datagrams: u64,
     /// Bytes sent, including 28 bytes of IP and UDP header per datagram.
     pub wire_bytes: u64,
-    /// Per-daemon counters.
+    /// Faults applied.
+    pub faults: usize,
+    /// Regular configurations installed, over all daemons.
+    pub configurations: u64,
+    /// Per-daemon counters (of the last incarnation).
     pub stats: Vec<crate::ring::Stats>,
 }
 
@@ -177,7 +228,7 @@ impl Report {
 }
 
 /// What a message should look like when delivered.
-struct Sent {
+pub(crate) struct Sent {
     service: Service,
     digest: u64,
     len: usize,
@@ -220,12 +271,24 @@ struct Planned {
 pub struct Sim<'t> {
     cfg: SimConfig,
     now: Time,
-    nodes: Vec<Node>,
+    nodes: Vec<Option<Node>>,
+    /// Index into `logs` of each daemon's current incarnation.
+    current: Vec<usize>,
+    /// Ring sequence each daemon persisted (survives crashes).
+    persisted: Vec<u64>,
+    logs: Vec<Log>,
     net: Network,
+    fault_rng: ChaCha8Rng,
+    load_rng: ChaCha8Rng,
     plan: Vec<Planned>,
     next_plan: usize,
+    fault_plan: Vec<(Time, Kind)>,
+    next_fault: usize,
+    faults_applied: usize,
+    healed: bool,
+    converged_at: Option<Time>,
+    probes: Vec<MsgId>,
     sent: HashMap<MsgId, Sent>,
-    delivered: Vec<Vec<MsgId>>,
     violations: Vec<Violation>,
     datagrams: u64,
     wire_bytes: u64,
@@ -240,53 +303,82 @@ impl fmt::Debug for Sim<'_> {
 }
 
 impl<'t> Sim<'t> {
-    /// Builds the daemons, the network and the workload for `cfg`.
+    /// Builds the daemons, the network, the workload and the fault schedule.
     pub fn new(cfg: SimConfig, trace: Option<&'t mut dyn Write>) -> Result<Self, crate::ring::ConfigError> {
         let ids: Vec<NodeId> = (0..cfg.nodes).map(|i| NodeId(i as u16)).collect();
-        let ring_id = RingId { seq: 1, rep: ids[0] };
-        let nodes = ids
-            .iter()
-            .map(|&id| Node::new(cfg.ring.clone(), id, &ids, ring_id, Time::ZERO))
-            .collect::<Result<Vec<_>, _>>()?;
+        let faulty = !cfg.faults.is_empty();
+        let nodes = if faulty {
+            ids.iter()
+                .map(|&id| Node::new(cfg.ring.clone(), id, Time::ZERO, Incarnation { ring_seq: 0, first_msg_seq: 1 }).map(Some))
+                .collect::<Result<Vec<_>, _>>()?
+        } else {
+            let ring_id = RingId { seq: 1, rep: ids[0] };
+            ids.iter()
+                .map(|&id| Node::with_ring(cfg.ring.clone(), id, &ids, ring_id, Time::ZERO).map(Some))
+                .collect::<Result<Vec<_>, _>>()?
+        };
         let net_rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x6e65_7477_6f72_6b00);
         let mut load_rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x776f_726b_6c6f_6164);
+        let mut fault_rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x6661_756c_7473_0000);
         let w = &cfg.workload;
         let mut plan = Vec::new();
         for node in 0..w.senders.min(cfg.nodes) {
             for _ in 0..w.messages_per_sender {
                 let at = Time::from_nanos(load_rng.random_range(0..=w.span.as_nanos() as u64));
-                let service =
-                    if load_rng.random_bool(w.safe_fraction) { Service::Safe } else { Service::Agreed };
+                let service = if load_rng.random_bool(w.safe_fraction) { Service::Safe } else { Service::Agreed };
                 let len = draw_size(&mut load_rng, w);
                 let payload = payload(&mut load_rng, len);
                 plan.push(Planned { at, node, service, payload });
             }
         }
         plan.sort_by_key(|p| p.at);
+        let fault_plan = if faulty {
+            faults::schedule(&mut fault_rng, cfg.faults, cfg.fault_count, cfg.fault_span.min(cfg.heal_at))
+                .into_iter()
+                .map(|(d, k)| (Time::ZERO + d, k))
+                .collect()
+        } else {
+            Vec::new()
+        };
         let net = Network::new(cfg.net.clone(), net_rng, cfg.nodes);
-        Ok(Self {
-            delivered: vec![Vec::new(); cfg.nodes],
+        let logs = (0..cfg.nodes).map(|i| Log::new(NodeId(i as u16), 0)).collect();
+        let mut sim = Self {
+            current: (0..cfg.nodes).collect(),
+            persisted: vec![0; cfg.nodes],
+            logs,
             cfg,
             now: Time::ZERO,
             nodes,
             net,
+            fault_rng,
+            load_rng,
             plan,
             next_plan: 0,
+            fault_plan,
+            next_fault: 0,
+            faults_applied: 0,
+            healed: false,
+            converged_at: None,
+            probes: Vec::new(),
             sent: HashMap::new(),
             violations: Vec::new(),
             datagrams: 0,
             wire_bytes: 0,
             payload_bytes: 0,
             trace,
-        })
+        };
+        for i in 0..sim.nodes.len() {
+            sim.drain(i);
+        }
+        Ok(sim)
     }
 
-    /// Runs to completion (everything delivered) or the time limit, then
-    /// checks the invariants.
+    fn faulty(&self) -> bool {
+        !self.cfg.faults.is_empty()
+    }
+
+    /// Runs to completion or the time limit, then checks the invariants.
     pub fn run(mut self) -> Report {
-        for i in 0..self.nodes.len() {
-            self.drain(i);
-        }
         let limit = Time::ZERO + self.cfg.time_limit;
         let heal = Time::ZERO + self.cfg.heal_at;
         loop {
@@ -298,11 +390,21 @@ impl<'t> Sim<'t> {
                 self.violations.push(Violation::Stalled { at: self.now });
                 break;
             }
-            self.now = self.now.max(next);
-            if self.now >= heal {
-                self.net.lossy = false;
+            if self.faulty() && self.healed && self.converged_at.is_none() && next > heal + self.cfg.converge_within {
+                self.violations.push(Violation::NoConvergence { at: self.now });
+                break;
             }
+            self.now = self.now.max(next);
+            if self.now >= heal && !self.healed {
+                self.healed = true;
+                self.net.heal();
+            }
+            self.apply_faults();
             self.step();
+            if self.faulty() && self.healed && self.converged_at.is_none() && self.converged() {
+                self.converged_at = Some(self.now);
+                self.send_probes();
+            }
         }
         self.finish()
     }
@@ -314,32 +416,142 @@ impl<'t> Sim<'t> {
                 t = Some(t.map_or(x, |t: Time| t.min(x)));
             }
         };
-        for n in &self.nodes {
+        for n in self.nodes.iter().flatten() {
             consider(n.poll_timeout());
         }
         consider(self.plan.get(self.next_plan).map(|p| p.at));
+        consider(self.fault_plan.get(self.next_fault).map(|f| f.0));
+        if !self.healed && self.faulty() {
+            consider(Some(Time::ZERO + self.cfg.heal_at));
+        }
         t
+    }
+
+    fn alive(&self) -> Vec<bool> {
+        self.nodes.iter().map(Option::is_some).collect()
+    }
+
+    fn apply_faults(&mut self) {
+        while self.fault_plan.get(self.next_fault).is_some_and(|f| f.0 <= self.now) {
+            let kind = self.fault_plan[self.next_fault].1;
+            self.next_fault += 1;
+            let since = self.now - Time::ZERO;
+            let alive = self.alive();
+            let Some(fault) = faults::realise(&mut self.fault_rng, kind, &alive, since) else { continue };
+            self.faults_applied += 1;
+            match fault {
+                Fault::Partition(labels) => {
+                    for (a, row) in self.net.reachable.iter_mut().enumerate() {
+                        for (b, r) in row.iter_mut().enumerate() {
+                            *r = labels[a] == labels[b];
+                        }
+                    }
+                }
+                Fault::Merge => {
+                    for row in &mut self.net.reachable {
+                        row.fill(true);
+                    }
+                }
+                Fault::OneWay(a, b) => self.net.reachable[a][b] = false,
+                Fault::Loss { links, p, until } => {
+                    for (a, b) in links {
+                        self.net.burst[a][b] = Some((p, Time::ZERO + until));
+                    }
+                }
+                Fault::Crash(i) => self.crash(i),
+                Fault::Restart(i) => self.restart(i),
+            }
+        }
+    }
+
+    fn crash(&mut self, i: usize) {
+        if let Some(n) = self.nodes[i].take() {
+            self.persisted[i] = n.max_ring_seq();
+        }
+        self.logs[self.current[i]].crashed = true;
+        if let Some(w) = self.trace.as_mut() {
+            let _ = trace::write_line(w, &TraceEvent::Crash { node: NodeId(i as u16), t_ns: self.now.as_nanos() });
+        }
+    }
+
+    fn restart(&mut self, i: usize) {
+        let incarnation = self.logs[self.current[i]].incarnation + 1;
+        let inc = Incarnation { ring_seq: self.persisted[i], first_msg_seq: (u64::from(incarnation) << 32) + 1 };
+        let Ok(node) = Node::new(self.cfg.ring.clone(), NodeId(i as u16), self.now, inc) else { return };
+        self.nodes[i] = Some(node);
+        self.logs.push(Log::new(NodeId(i as u16), incarnation));
+        self.current[i] = self.logs.len() - 1;
+        if let Some(w) = self.trace.as_mut() {
+            let ev = TraceEvent::Restart { node: NodeId(i as u16), t_ns: self.now.as_nanos(), incarnation };
+            let _ = trace::write_line(w, &ev);
+        }
+        self.drain(i);
+    }
+
+    /// All live daemons operational in one ring made of exactly them.
+    fn converged(&self) -> bool {
+        let live: Vec<NodeId> =
+            self.nodes.iter().enumerate().filter(|(_, n)| n.is_some()).map(|(i, _)| NodeId(i as u16)).collect();
+        let mut ring = None;
+        for n in self.nodes.iter().flatten() {
+            if n.phase() != Phase::Operational {
+                return false;
+            }
+            let Some((id, members)) = n.ring() else { return false };
+            if members != live.as_slice() || ring.is_some_and(|r| r != id) {
+                return false;
+            }
+            ring = Some(id);
+        }
+        true
+    }
+
+    /// After convergence, every live daemon sends a few messages that every
+    /// live daemon must deliver (check 8).
+    fn send_probes(&mut self) {
+        for i in 0..self.nodes.len() {
+            for _ in 0..3 {
+                let len = self.load_rng.random_range(1..=2000);
+                let p = payload(&mut self.load_rng, len);
+                let now = self.now;
+                let Some(n) = self.nodes[i].as_mut() else { continue };
+                if let Ok(id) = n.submit(now, Service::Agreed, Groups::none(), p.clone()) {
+                    self.sent.insert(id, Sent { service: Service::Agreed, digest: digest(&p), len });
+                    self.logs[self.current[i]].submitted.push(id);
+                    self.probes.push(id);
+                }
+            }
+            self.drain(i);
+        }
     }
 
     fn step(&mut self) {
         let now = self.now;
         while let Some((to, bytes)) = self.net.pop_due(now) {
-            self.nodes[to].handle_datagram(now, bytes);
-            self.drain(to);
+            if let Some(n) = self.nodes[to].as_mut() {
+                n.handle_datagram(now, bytes);
+                self.drain(to);
+            }
         }
         for i in 0..self.nodes.len() {
-            if self.nodes[i].poll_timeout().is_some_and(|t| t <= now) {
-                self.nodes[i].handle_timeout(now);
+            let Some(n) = self.nodes[i].as_mut() else { continue };
+            if n.poll_timeout().is_some_and(|t| t <= now) {
+                n.handle_timeout(now);
                 self.drain(i);
             }
         }
         while self.plan.get(self.next_plan).is_some_and(|p| p.at <= now) {
             let p = &self.plan[self.next_plan];
             let (node, service, payload) = (p.node, p.service, p.payload.clone());
-            match self.nodes[node].submit(now, service, Groups::none(), payload.clone()) {
+            let Some(n) = self.nodes[node].as_mut() else {
+                self.next_plan += 1; // its sender is down
+                continue;
+            };
+            match n.submit(now, service, Groups::none(), payload.clone()) {
                 Ok(id) => {
                     self.payload_bytes += payload.len() as u64;
                     self.sent.insert(id, Sent { service, digest: digest(&payload), len: payload.len() });
+                    self.logs[self.current[node]].submitted.push(id);
                     self.next_plan += 1;
                     self.drain(node);
                 }
@@ -355,7 +567,17 @@ impl<'t> Sim<'t> {
 
     fn drain(&mut self, i: usize) {
         let now = self.now;
-        while let Some(t) = self.nodes[i].poll_transmit() {
+        let Some(node) = self.nodes[i].as_mut() else { return };
+        let me = node.id();
+        let mut out = Vec::new();
+        while let Some(t) = node.poll_transmit() {
+            out.push(t);
+        }
+        let mut events = Vec::new();
+        while let Some(ev) = node.poll_event() {
+            events.push(ev);
+        }
+        for t in out {
             self.datagrams += 1;
             self.wire_bytes += t.bytes.len() as u64 + 28;
             match t.dest {
@@ -366,44 +588,45 @@ impl<'t> Sim<'t> {
                         }
                     }
                 }
-                Dest::Node(id) => self.net.send(now, i, id.0 as usize, &t.bytes),
+                Dest::Node(id) => self.net.send(now, i, usize::from(id.0), &t.bytes),
             }
         }
-        while let Some(ev) = self.nodes[i].poll_event() {
-            let node = self.nodes[i].id();
+        for ev in events {
             match ev {
                 Event::Deliver(d) => {
+                    let log = &self.logs[self.current[i]];
                     if d.service == Service::Safe {
-                        if let Some(m) = self.nodes.iter().find(|n| !n.holds(d.ring_seq)) {
-                            self.violations.push(Violation::UnsafeDelivery {
-                                node,
-                                id: d.id,
-                                missing_at: m.id(),
-                            });
+                        if let Some(Entry::Config { kind: ConfigKind::Regular, members, ring_id }) = log.current_config() {
+                            // Every member that still keeps the ring must hold the packet.
+                            if let Some(m) = members.iter().find(|m| {
+                                self.nodes[usize::from(m.0)]
+                                    .as_ref()
+                                    .is_some_and(|n| n.keeps(*ring_id) && !n.holds(*ring_id, d.ring_seq))
+                            }) {
+                                self.violations.push(Violation::UnsafeDelivery { node: me, id: d.id, missing_at: *m });
+                            }
                         }
                     }
+                    if !log.in_its_configuration(d.ring_id) {
+                        self.violations.push(Violation::WrongConfiguration { node: me, id: d.id });
+                    }
                     match self.sent.get(&d.id) {
-                        None => self.violations.push(Violation::Phantom { node, id: d.id }),
-                        Some(s)
-                            if s.service != d.service
-                                || s.len != d.payload.len()
-                                || s.digest != digest(&d.payload) =>
-                        {
-                            self.violations.push(Violation::Corrupt { node, id: d.id });
+                        None => self.violations.push(Violation::Phantom { node: me, id: d.id }),
+                        Some(s) if s.service != d.service || s.len != d.payload.len() || s.digest != digest(&d.payload) => {
+                            self.violations.push(Violation::Corrupt { node: me, id: d.id });
                         }
                         Some(_) => {}
                     }
                     if let Some(w) = self.trace.as_mut() {
-                        let ev =
-                            TraceEvent::delivery(node, now, d.id, d.service, d.payload.len(), d.ring_seq);
+                        let ev = TraceEvent::delivery(me, now, d.id, d.service, d.payload.len(), d.ring_id, d.ring_seq);
                         let _ = trace::write_line(w, &ev);
                     }
-                    self.delivered[i].push(d.id);
+                    self.logs[self.current[i]].push_delivery(d.id, d.ring_id, d.ring_seq);
                 }
                 Event::Configuration(c) => {
                     if let Some(w) = self.trace.as_mut() {
                         let ev = TraceEvent::Configuration {
-                            node,
+                            node: me,
                             t_ns: now.as_nanos(),
                             config: c.kind,
                             ring: c.ring_id,
@@ -411,66 +634,60 @@ impl<'t> Sim<'t> {
                         };
                         let _ = trace::write_line(w, &ev);
                     }
+                    self.logs[self.current[i]].entries.push(Entry::Config { kind: c.kind, ring_id: c.ring_id, members: c.members });
                 }
             }
         }
     }
 
     fn done(&self) -> bool {
-        self.next_plan == self.plan.len() && self.delivered.iter().all(|d| d.len() == self.sent.len())
+        if self.next_plan < self.plan.len() {
+            return false;
+        }
+        if self.faulty() {
+            let Some(_) = self.converged_at else { return false };
+            return self.nodes.iter().enumerate().filter(|(_, n)| n.is_some()).all(|(i, _)| {
+                let log = &self.logs[self.current[i]];
+                self.probes.iter().all(|p| log.delivered(*p))
+            });
+        }
+        self.logs.iter().all(|l| l.delivery_count() == self.sent.len())
     }
 
     fn finish(mut self) -> Report {
-        self.check();
-        let deliveries = self.delivered.iter().map(|d| d.len() as u64).sum();
+        let mut v = std::mem::take(&mut self.violations);
+        if self.faulty() {
+            check::evs(&self.logs, &self.sent, &mut v);
+            if self.converged_at.is_some() && !v.iter().any(|x| matches!(x, Violation::Stalled { .. })) {
+                for (i, n) in self.nodes.iter().enumerate() {
+                    if n.is_some() {
+                        let log = &self.logs[self.current[i]];
+                        for p in &self.probes {
+                            if !log.delivered(*p) {
+                                v.push(Violation::Lost { node: NodeId(i as u16), id: *p });
+                            }
+                        }
+                    }
+                }
+            }
+        } else {
+            check::fixed_ring(&self.logs, &self.sent, &mut v);
+        }
+        let deliveries = self.logs.iter().map(|l| l.delivery_count() as u64).sum();
+        let configurations =
+            self.logs.iter().map(|l| l.entries.iter().filter(|e| matches!(e, Entry::Config { kind: ConfigKind::Regular, .. })).count() as u64).sum();
         Report {
             seed: self.cfg.seed,
-            violations: self.violations,
+            violations: v,
             submitted: self.sent.len() as u64,
             deliveries,
             end: self.now,
             payload_bytes: self.payload_bytes,
             datagrams: self.datagrams,
             wire_bytes: self.wire_bytes,
-            stats: self.nodes.iter().map(|n| n.stats().clone()).collect(),
-        }
-    }
-
-    /// The end-of-run invariants.
-    fn check(&mut self) {
-        let reference = self.delivered[0].clone();
-        for (i, seq) in self.delivered.iter().enumerate() {
-            let node = NodeId(i as u16);
-            // The same sequence at every daemon.
-            if i > 0 {
-                let n = seq.len().max(reference.len());
-                if let Some(index) = (0..n).find(|&k| seq.get(k) != reference.get(k)) {
-                    self.violations.push(Violation::Order {
-                        node,
-                        index,
-                        expected: reference.get(index).copied(),
-                        got: seq.get(index).copied(),
-                    });
-                }
-            }
-            // No duplicates; per-origin FIFO without gaps.
-            let mut seen = HashSet::with_capacity(seq.len());
-            let mut next: HashMap<NodeId, u64> = HashMap::new();
-            for &id in seq {
-                if !seen.insert(id) {
-                    self.violations.push(Violation::Duplicate { node, id });
-                    continue;
-                }
-                let expected = next.entry(id.origin).or_insert(1);
-                if id.seq != *expected {
-                    self.violations.push(Violation::Fifo { node, id, expected_seq: *expected });
-                }
-                *expected = id.seq + 1;
-            }
-            // Everything submitted was delivered.
-            let mut lost: Vec<MsgId> = self.sent.keys().filter(|id| !seen.contains(id)).copied().collect();
-            lost.sort_unstable();
-            self.violations.extend(lost.into_iter().take(5).map(|id| Violation::Lost { node, id }));
+            faults: self.faults_applied,
+            configurations,
+            stats: self.nodes.iter().map(|n| n.as_ref().map(Node::stats).unwrap_or_default()).collect(),
         }
     }
 }

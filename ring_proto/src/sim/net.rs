@@ -57,6 +57,8 @@ pub(crate) struct Network {
     pub(crate) lossy: bool,
     /// `reachable[from][to]`: false drops every datagram on that path.
     pub(crate) reachable: Vec<Vec<bool>>,
+    /// `burst[from][to]`: extra loss probability on that path until a time.
+    pub(crate) burst: Vec<Vec<Option<(f64, Time)>>>,
 }
 
 impl Network {
@@ -68,6 +70,7 @@ impl Network {
             order: 0,
             lossy: true,
             reachable: vec![vec![true; nodes]; nodes],
+            burst: vec![vec![None; nodes]; nodes],
         }
     }
 
@@ -89,6 +92,11 @@ impl Network {
         if self.lossy && self.cfg.loss > 0.0 && self.rng.random_bool(self.cfg.loss) {
             return;
         }
+        if let Some((p, until)) = self.burst[from][to] {
+            if now < until && self.rng.random_bool(p) {
+                return;
+            }
+        }
         let copies = if self.cfg.dup > 0.0 && self.rng.random_bool(self.cfg.dup) { 2 } else { 1 };
         for _ in 0..copies {
             let at = now + self.delay();
@@ -100,6 +108,17 @@ impl Network {
     /// When the next datagram arrives.
     pub(crate) fn next_time(&self) -> Option<Time> {
         self.queue.peek().map(|Reverse(f)| f.at)
+    }
+
+    /// Heals every fault: full reachability, no burst loss, no base loss.
+    pub(crate) fn heal(&mut self) {
+        self.lossy = false;
+        for row in &mut self.reachable {
+            row.fill(true);
+        }
+        for row in &mut self.burst {
+            row.fill(None);
+        }
     }
 
     /// Takes the next datagram due at or before `now`.

@@ -23,6 +23,8 @@ pub enum TraceEvent<'a> {
         service: Service,
         /// Payload size in bytes.
         size: usize,
+        /// The ring that ordered it.
+        ring: RingId,
         /// Ring sequence number of the packet that completed it.
         ring_seq: u64,
     },
@@ -39,20 +41,36 @@ pub enum TraceEvent<'a> {
         /// Members, ascending.
         members: &'a [NodeId],
     },
+    /// The daemon crashed (lost all state).
+    Crash {
+        /// The daemon.
+        node: NodeId,
+        /// Virtual time in nanoseconds.
+        t_ns: u64,
+    },
+    /// The daemon restarted with a new incarnation.
+    Restart {
+        /// The daemon.
+        node: NodeId,
+        /// Virtual time in nanoseconds.
+        t_ns: u64,
+        /// Incarnation number (0 for the first life).
+        incarnation: u32,
+    },
 }
 
 impl TraceEvent<'_> {
     /// A delivery line.
-    pub fn delivery(node: NodeId, t: Time, id: MsgId, service: Service, size: usize, ring_seq: u64) -> Self {
-        TraceEvent::Delivery {
-            node,
-            t_ns: t.as_nanos(),
-            origin: id.origin,
-            seq: id.seq,
-            service,
-            size,
-            ring_seq,
-        }
+    pub fn delivery(
+        node: NodeId,
+        t: Time,
+        id: MsgId,
+        service: Service,
+        size: usize,
+        ring: RingId,
+        ring_seq: u64,
+    ) -> Self {
+        TraceEvent::Delivery { node, t_ns: t.as_nanos(), origin: id.origin, seq: id.seq, service, size, ring, ring_seq }
     }
 }
 

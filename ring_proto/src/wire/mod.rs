@@ -7,10 +7,14 @@
 //! `docs/protocol.md` documents every field.
 
 mod codec;
+mod membership;
 mod packet;
 mod token;
 
 pub use codec::{DecodeError, Reader};
+pub use membership::{
+    Beacon, CommitToken, ENTRY_EMPTY, ENTRY_FRESH, Join, MAX_NODES, OldRing, RingIndex,
+};
 pub use packet::{CHUNK_OVERHEAD, Chunk, ChunkFlags, DataPacket, Groups, PACKET_OVERHEAD, PacketBuilder};
 pub use token::{RTR_RANGE_LEN, RtrRange, TOKEN_FIXED_LEN, Token};
 
@@ -28,6 +32,12 @@ pub const HEADER_LEN: usize = 4;
 pub const KIND_DATA: u8 = 1;
 /// Kind byte of a token.
 pub const KIND_TOKEN: u8 = 2;
+/// Kind byte of a join message.
+pub const KIND_JOIN: u8 = 3;
+/// Kind byte of a commit token.
+pub const KIND_COMMIT: u8 = 4;
+/// Kind byte of a merge beacon.
+pub const KIND_BEACON: u8 = 5;
 
 /// Identifies a daemon in the cluster configuration.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
@@ -91,6 +101,12 @@ pub enum Service {
     Agreed = 4,
     /// Total order, delivered only once every member holds the message.
     Safe = 5,
+    /// Membership control: a packet of an old ring, carried through the new
+    /// ring during recovery. Never delivered to clients.
+    Recovered = 0x80,
+    /// Membership control: the sender has sent all its recovery packets.
+    /// Never delivered to clients.
+    RecoveryDone = 0x81,
 }
 
 impl Service {
@@ -103,6 +119,8 @@ impl Service {
             3 => Self::Causal,
             4 => Self::Agreed,
             5 => Self::Safe,
+            0x80 => Self::Recovered,
+            0x81 => Self::RecoveryDone,
             _ => return Err(DecodeError::BadValue("service")),
         })
     }
@@ -116,7 +134,15 @@ impl Service {
             Self::Causal => "causal",
             Self::Agreed => "agreed",
             Self::Safe => "safe",
+            Self::Recovered => "recovered",
+            Self::RecoveryDone => "recovery-done",
         }
+    }
+
+    /// Whether this is a membership control service, never delivered to
+    /// clients.
+    pub fn is_control(self) -> bool {
+        matches!(self, Self::Recovered | Self::RecoveryDone)
     }
 }
 
@@ -127,6 +153,12 @@ pub enum Datagram {
     Data(DataPacket),
     /// The token.
     Token(Token),
+    /// A join message.
+    Join(Join),
+    /// A commit token.
+    Commit(CommitToken),
+    /// A merge beacon.
+    Beacon(Beacon),
 }
 
 impl Datagram {
@@ -135,6 +167,9 @@ impl Datagram {
         match peek_kind(&buf)? {
             KIND_DATA => DataPacket::decode(buf).map(Self::Data),
             KIND_TOKEN => Token::decode(&buf).map(Self::Token),
+            KIND_JOIN => Join::decode(&buf).map(Self::Join),
+            KIND_COMMIT => CommitToken::decode(&buf).map(Self::Commit),
+            KIND_BEACON => Beacon::decode(&buf).map(Self::Beacon),
             _ => Err(DecodeError::UnknownKind),
         }
     }

@@ -1,0 +1,885 @@
+//! The daemon's protocol state machine: Totem membership, one [`Ring`] of
+//! ordering per configuration, and Extended Virtual Synchrony at every
+//! change.
+//!
+//! ```text
+//!            token lost / join / foreign ring / beacon
+//!  Operational ─────────────────────────────────────► Gather ◄──────────┐
+//!      ▲                                               │ consensus       │ timeout,
+//!      │                                               ▼                 │ different
+//!      │ every member's RecoveryDone delivered       Commit ─────────────┤ join
+//!      └──────────────────────────────────────────── Recovery ──────────┘
+//! ```
+//!
+//! # Calling contract
+//!
+//! Time is monotonic and supplied by the caller. After any `handle_*` or
+//! [`Node::submit`] call, drain [`Node::poll_transmit`] (send each datagram in
+//! the order given) and [`Node::poll_event`], then arm a timer for
+//! [`Node::poll_timeout`] and call [`Node::handle_timeout`] when it expires.
+//! `Dest::All` means every other daemon of the cluster, not only the current
+//! members: that is how partitions find each other again.
+
+use crate::Time;
+use crate::ring::{
+    ConfigKind, Configuration, Config, ConfigError, Delivery, Dest, Event, Outboxes, Pending, Ring,
+    Stats, SubmitError, Transmit,
+};
+use crate::wire::{
+    Beacon, CommitToken, Datagram, ENTRY_EMPTY, ENTRY_FRESH, Groups, Join, MsgId, NodeId, OldRing,
+    RingId, Service,
+};
+use bytes::Bytes;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::Duration;
+
+/// Message counters of control messages live in the upper half of the
+/// `msg_seq` space, apart from client messages.
+const CTL_SEQ_BASE: u64 = 1 << 63;
+
+/// What a daemon brings from its previous life (the runtime persists it).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Incarnation {
+    /// Highest ring sequence this daemon ever saw: new rings are numbered
+    /// above it, so ring ids are never reused across restarts.
+    pub ring_seq: u64,
+    /// First message counter to use: message ids are never reused across
+    /// restarts.
+    pub first_msg_seq: u64,
+}
+
+/// Membership phase.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// A ring is installed; messages flow.
+    Operational,
+    /// Agreeing on the next membership by join messages.
+    Gather,
+    /// The commit token is forming the new ring.
+    Commit,
+    /// The new ring carries the old rings' missing packets.
+    Recovery,
+}
+
+#[derive(Clone, Debug)]
+struct Gather {
+    /// The round: the highest ring sequence known when it began. Joins of
+    /// older rounds are stale and ignored; a join of a newer round makes
+    /// this daemon start over in that round, dropping failures it learned in
+    /// the older one (which would otherwise poison the new round).
+    round: u64,
+    procs: BTreeSet<NodeId>,
+    fails: BTreeSet<NodeId>,
+    agreed: BTreeSet<NodeId>,
+    join_at: Time,
+    consensus_at: Time,
+}
+
+impl Gather {
+    fn members(&self) -> Vec<NodeId> {
+        self.procs.difference(&self.fails).copied().collect()
+    }
+}
+
+#[derive(Debug)]
+struct Recovery {
+    token: CommitToken,
+    /// Members of the new ring that come from our old ring (the
+    /// transitional configuration).
+    old_members: Vec<NodeId>,
+    max_stable: u64,
+    done: BTreeSet<NodeId>,
+    deadline: Time,
+}
+
+#[derive(Debug)]
+enum State {
+    Operational,
+    Gather(Gather),
+    Commit { gather: Gather, ring_id: RingId, members: Vec<NodeId>, deadline: Time },
+    Recovery { gather: Gather, rec: Recovery },
+}
+
+#[derive(Debug)]
+struct SentCommit {
+    bytes: Bytes,
+    to: NodeId,
+    ring_id: RingId,
+    deadline: Time,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Quarantine {
+    until: Time,
+    backoff: Duration,
+}
+
+/// One daemon's protocol state machine. See the module docs for the calling
+/// contract.
+#[derive(Debug)]
+pub struct Node {
+    cfg: Config,
+    id: NodeId,
+    state: State,
+    /// The last installed ring; `None` before the first.
+    ring: Option<Ring>,
+    /// The ring being recovered into (Recovery phase).
+    next: Option<Ring>,
+    out: Outboxes,
+    next_msg_seq: u64,
+    next_ctl_seq: u64,
+    max_ring_seq: u64,
+    /// Highest (ring id, token seq) of a commit token accepted.
+    last_commit: Option<(RingId, u64)>,
+    sent_commit: Option<SentCommit>,
+    last_token_at: Time,
+    beacon_at: Time,
+    quarantine: BTreeMap<NodeId, Quarantine>,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<Event>,
+    /// Counters of rings that ended, and of the node itself.
+    retired: Stats,
+}
+
+impl Node {
+    /// A daemon starting up: it gathers, alone at first, and forms or joins a
+    /// ring with whoever answers.
+    pub fn new(cfg: Config, id: NodeId, now: Time, inc: Incarnation) -> Result<Self, ConfigError> {
+        cfg.validate()?;
+        if id == NodeId::NONE {
+            return Err(ConfigError { field: "id", reason: "65535 is reserved" });
+        }
+        let mut node = Self::blank(cfg, id, now, inc);
+        node.enter_gather(now, BTreeSet::new(), BTreeSet::new());
+        node.retired.membership_changes = 0;
+        Ok(node)
+    }
+
+    /// A daemon already operational in the ring `ring_id` of `members` (all
+    /// members must be created alike). For tests and benchmarks of ordering.
+    pub fn with_ring(
+        cfg: Config,
+        id: NodeId,
+        members: &[NodeId],
+        ring_id: RingId,
+        now: Time,
+    ) -> Result<Self, ConfigError> {
+        let mut sorted = members.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        let lowest = sorted.first() == Some(&id);
+        let ring = Ring::new(cfg.clone(), id, &sorted, ring_id, now, lowest)?;
+        let inc = Incarnation { ring_seq: ring_id.seq, first_msg_seq: 1 };
+        let mut node = Self::blank(cfg, id, now, inc);
+        node.ring = Some(ring);
+        node.out.user_allowed = true;
+        node.events.push_back(Event::Configuration(Configuration {
+            kind: ConfigKind::Regular,
+            ring_id,
+            members: sorted,
+        }));
+        node.retired.rings_installed = 1;
+        Ok(node)
+    }
+
+    fn blank(cfg: Config, id: NodeId, now: Time, inc: Incarnation) -> Self {
+        Self {
+            beacon_at: now + cfg.merge_interval,
+            cfg,
+            id,
+            state: State::Operational,
+            ring: None,
+            next: None,
+            out: Outboxes::default(),
+            next_msg_seq: inc.first_msg_seq.clamp(1, CTL_SEQ_BASE - 1),
+            next_ctl_seq: CTL_SEQ_BASE,
+            max_ring_seq: inc.ring_seq,
+            last_commit: None,
+            sent_commit: None,
+            last_token_at: now,
+            quarantine: BTreeMap::new(),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            retired: Stats::default(),
+        }
+    }
+
+    /// This daemon's id.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// The membership phase.
+    pub fn phase(&self) -> Phase {
+        match self.state {
+            State::Operational => Phase::Operational,
+            State::Gather(_) => Phase::Gather,
+            State::Commit { .. } => Phase::Commit,
+            State::Recovery { .. } => Phase::Recovery,
+        }
+    }
+
+    /// The installed ring's id and members, if any.
+    pub fn ring(&self) -> Option<(RingId, &[NodeId])> {
+        self.ring.as_ref().map(|r| (r.ring_id(), r.members()))
+    }
+
+    /// Highest ring sequence seen; the runtime persists it (see
+    /// [`Incarnation`]).
+    pub fn max_ring_seq(&self) -> u64 {
+        self.max_ring_seq
+    }
+
+    /// Whether this daemon still keeps the state of ring `ring_id`.
+    pub fn keeps(&self, ring_id: RingId) -> bool {
+        [&self.ring, &self.next].into_iter().flatten().any(|r| r.ring_id() == ring_id)
+    }
+
+    /// Whether this daemon holds packet `seq` of ring `ring_id` (collected
+    /// packets count). False for rings it no longer keeps.
+    pub fn holds(&self, ring_id: RingId, seq: u64) -> bool {
+        [&self.ring, &self.next]
+            .into_iter()
+            .flatten()
+            .find(|r| r.ring_id() == ring_id)
+            .is_some_and(|r| r.holds(seq))
+    }
+
+    /// Client messages waiting to be sent.
+    pub fn pending(&self) -> usize {
+        self.out.user.len()
+    }
+
+    /// Counters, over every ring this daemon was in.
+    pub fn stats(&self) -> Stats {
+        let mut s = self.retired.clone();
+        for r in [&self.ring, &self.next].into_iter().flatten() {
+            s.absorb(r.stats());
+        }
+        s
+    }
+
+    /// Submits a message for ordered delivery to every member (this one
+    /// included). It waits while membership changes; it is never lost unless
+    /// this daemon crashes. Returns its id.
+    pub fn submit(
+        &mut self,
+        now: Time,
+        service: Service,
+        groups: Groups,
+        payload: Bytes,
+    ) -> Result<MsgId, SubmitError> {
+        if payload.len() > self.cfg.max_message || service.is_control() {
+            return Err(SubmitError::TooLarge(payload.len()));
+        }
+        if self.out.user.len() >= self.cfg.max_pending_messages
+            || self.out.user.bytes() + payload.len() > self.cfg.max_pending_bytes
+        {
+            return Err(SubmitError::Backlogged);
+        }
+        let msg_seq = self.next_msg_seq;
+        self.next_msg_seq += 1;
+        self.out.user.push(Pending { msg_seq, service, groups, payload, sent: 0 });
+        self.retired.messages_submitted += 1;
+        if matches!(self.state, State::Operational) {
+            if let Some(r) = &mut self.ring {
+                r.wake(now);
+            }
+        }
+        Ok(MsgId { origin: self.id, seq: msg_seq })
+    }
+
+    /// The next datagram to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// The next delivery or configuration event.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// The next deadline at which [`Node::handle_timeout`] must be called.
+    pub fn poll_timeout(&self) -> Option<Time> {
+        let mut t: Option<Time> = None;
+        let mut consider = |x: Option<Time>| {
+            if let Some(x) = x {
+                t = Some(t.map_or(x, |t| t.min(x)));
+            }
+        };
+        consider(self.sent_commit.as_ref().map(|s| s.deadline));
+        match &self.state {
+            State::Operational => {
+                if let Some(r) = &self.ring {
+                    consider(r.poll_timeout());
+                    if !r.holds_token() {
+                        consider(Some(self.last_token_at + self.cfg.token_timeout));
+                    }
+                    if r.members()[0] == self.id {
+                        consider(Some(self.beacon_at));
+                    }
+                }
+            }
+            State::Gather(g) => {
+                consider(Some(g.join_at));
+                consider(Some(g.consensus_at));
+            }
+            State::Commit { deadline, .. } => consider(Some(*deadline)),
+            State::Recovery { rec, .. } => {
+                consider(self.next.as_ref().and_then(Ring::poll_timeout));
+                consider(Some(rec.deadline));
+            }
+        }
+        t
+    }
+
+    /// Handles expired timers.
+    pub fn handle_timeout(&mut self, now: Time) {
+        if let Some(s) = &mut self.sent_commit {
+            if s.deadline <= now {
+                s.deadline = now + self.cfg.token_retransmit;
+                let (to, bytes) = (s.to, s.bytes.clone());
+                self.transmits.push_back(Transmit { dest: Dest::Node(to), bytes });
+            }
+        }
+        match &mut self.state {
+            State::Operational => {
+                let Some(r) = &mut self.ring else { return };
+                let was_holding = r.holds_token();
+                r.handle_timeout(now, &mut self.out);
+                if was_holding && !r.holds_token() {
+                    self.last_token_at = now;
+                }
+                if !r.holds_token() && now >= self.last_token_at + self.cfg.token_timeout {
+                    let procs = r.members().iter().copied().collect();
+                    self.enter_gather(now, procs, BTreeSet::new());
+                } else if r.members()[0] == self.id && now >= self.beacon_at {
+                    self.beacon_at = now + self.cfg.merge_interval;
+                    let b = Beacon { sender: self.id, ring_id: r.ring_id() };
+                    self.transmits.push_back(Transmit { dest: Dest::All, bytes: Bytes::from(b.encode()) });
+                }
+            }
+            State::Gather(g) => {
+                if now >= g.consensus_at {
+                    self.consensus_timeout(now);
+                } else if now >= g.join_at {
+                    g.join_at = now + self.cfg.join_interval;
+                    self.send_join();
+                }
+            }
+            State::Commit { gather, deadline, .. } => {
+                if now >= *deadline {
+                    let g = gather.clone();
+                    self.enter_gather(now, g.procs, g.fails);
+                }
+            }
+            State::Recovery { gather, rec } => {
+                if now >= rec.deadline {
+                    let g = gather.clone();
+                    self.enter_gather(now, g.procs, g.fails);
+                } else if let Some(n) = &mut self.next {
+                    n.handle_timeout(now, &mut self.out);
+                }
+            }
+        }
+        self.pump(now);
+    }
+
+    /// Handles one datagram from the network. Undecodable datagrams, and
+    /// datagrams of rings this daemon has no business with, are dropped and
+    /// counted.
+    pub fn handle_datagram(&mut self, now: Time, bytes: Bytes) {
+        match Datagram::decode(bytes.clone()) {
+            Ok(Datagram::Data(p)) => {
+                if let Some(n) = self.next.as_mut().filter(|n| n.ring_id() == p.ring_id) {
+                    n.handle_packet(bytes, p);
+                    self.sent_commit = None;
+                } else if let Some(r) = self.ring.as_mut().filter(|r| r.ring_id() == p.ring_id) {
+                    r.handle_packet(bytes, p);
+                } else {
+                    self.foreign(now, p.sender, p.ring_id);
+                }
+            }
+            Ok(Datagram::Token(t)) => {
+                if let Some(n) = self.next.as_mut().filter(|n| n.ring_id() == t.ring_id) {
+                    if n.handle_token(now, t, &mut self.out) {
+                        self.sent_commit = None;
+                        if let State::Recovery { rec, .. } = &mut self.state {
+                            rec.deadline = now + self.cfg.token_timeout;
+                        }
+                    }
+                } else if let Some(r) = self.ring.as_mut().filter(|r| r.ring_id() == t.ring_id) {
+                    if matches!(self.state, State::Operational) && r.handle_token(now, t, &mut self.out) {
+                        self.last_token_at = now;
+                    }
+                } else {
+                    self.retired.foreign += 1;
+                }
+            }
+            Ok(Datagram::Join(j)) => self.handle_join(now, j),
+            Ok(Datagram::Commit(c)) => self.handle_commit(now, c),
+            Ok(Datagram::Beacon(b)) => self.foreign(now, b.sender, b.ring_id),
+            Err(_) => self.retired.bad_datagrams += 1,
+        }
+        self.pump(now);
+    }
+
+    fn quarantined(&self, id: NodeId, now: Time) -> bool {
+        self.quarantine.get(&id).is_some_and(|q| q.until > now)
+    }
+
+    fn add_quarantine(&mut self, id: NodeId, now: Time) {
+        let (min, max) = (self.cfg.quarantine_min, self.cfg.quarantine_max);
+        let q = self.quarantine.entry(id).or_insert(Quarantine { until: now, backoff: Duration::ZERO });
+        q.backoff = if q.backoff.is_zero() { min } else { (q.backoff * 2).min(max) };
+        q.until = now + q.backoff;
+    }
+
+    /// A sign of another ring: a data packet or a beacon. In operation, a
+    /// daemon outside our ring, or a member that moved to a newer ring,
+    /// starts a membership change (a merge).
+    fn foreign(&mut self, now: Time, sender: NodeId, ring_id: RingId) {
+        self.retired.foreign += 1;
+        if ring_id.seq > self.max_ring_seq {
+            // A newer ring exists: a gather in progress moves to a new round,
+            // so that the daemons of that ring listen to our joins.
+            self.max_ring_seq = ring_id.seq;
+            if let State::Gather(g) = &mut self.state {
+                g.round = ring_id.seq;
+                g.fails.clear();
+                g.agreed = BTreeSet::from([self.id]);
+                self.send_join();
+            }
+        }
+        if sender == self.id || sender == NodeId::NONE || self.quarantined(sender, now) {
+            return;
+        }
+        if !matches!(self.state, State::Operational) {
+            return;
+        }
+        let Some(r) = &self.ring else { return };
+        let mut procs: BTreeSet<NodeId> = r.members().iter().copied().collect();
+        if !r.is_member(sender) {
+            procs.insert(sender);
+        } else if ring_id.seq <= r.ring_id().seq {
+            return; // a late packet of an older ring
+        }
+        self.enter_gather(now, procs, BTreeSet::new());
+    }
+
+    fn enter_gather(&mut self, now: Time, mut procs: BTreeSet<NodeId>, mut fails: BTreeSet<NodeId>) {
+        self.retired.membership_changes += 1;
+        if let Some(r) = &mut self.ring {
+            r.stop();
+            r.freeze(false);
+        }
+        if let Some(n) = self.next.take() {
+            self.retired.absorb(n.stats());
+        }
+        self.sent_commit = None;
+        self.out.ctl.clear();
+        self.out.user.restart_partial();
+        self.out.user_allowed = false;
+        procs.insert(self.id);
+        fails.remove(&self.id);
+        self.state = State::Gather(Gather {
+            round: self.max_ring_seq,
+            procs,
+            fails,
+            agreed: BTreeSet::from([self.id]),
+            join_at: now + self.cfg.join_interval,
+            consensus_at: now + self.cfg.consensus_timeout,
+        });
+        self.send_join();
+        self.check_consensus(now, false);
+    }
+
+    fn send_join(&mut self) {
+        let State::Gather(g) = &self.state else { return };
+        let ring_id = self.ring.as_ref().map_or(RingId { seq: 0, rep: self.id }, Ring::ring_id);
+        let j = Join {
+            sender: self.id,
+            ring_id,
+            max_ring_seq: g.round,
+            procs: g.procs.iter().copied().collect(),
+            fails: g.fails.iter().copied().collect(),
+        };
+        self.transmits.push_back(Transmit { dest: Dest::All, bytes: Bytes::from(j.encode()) });
+    }
+
+    fn handle_join(&mut self, now: Time, j: Join) {
+        if j.sender == self.id {
+            return;
+        }
+        // A join of a round that began before our ring was formed is stale.
+        if matches!(self.state, State::Operational) && self.ring.as_ref().is_some_and(|r| j.max_ring_seq < r.ring_id().seq) {
+            return;
+        }
+        self.max_ring_seq = self.max_ring_seq.max(j.max_ring_seq);
+        let jp: BTreeSet<NodeId> = j.procs.iter().copied().collect();
+        let jf: BTreeSet<NodeId> = j.fails.iter().copied().collect();
+        let their_members: Vec<NodeId> = jp.difference(&jf).copied().collect();
+        let restart_from = match &self.state {
+            State::Operational => match &self.ring {
+                // A late join of the round that formed our ring.
+                Some(r) if r.is_member(j.sender) && their_members == r.members() => return,
+                Some(r) => Some((r.members().iter().copied().collect(), BTreeSet::new())),
+                None => Some((BTreeSet::new(), BTreeSet::new())),
+            },
+            State::Commit { gather, members, .. } | State::Recovery { gather, rec: Recovery { token: CommitToken { members, .. }, .. } } => {
+                if their_members == *members {
+                    return;
+                }
+                Some((gather.procs.clone(), gather.fails.clone()))
+            }
+            State::Gather(_) => None,
+        };
+        if let Some((procs, fails)) = restart_from {
+            self.enter_gather(now, procs, fails);
+        }
+        let State::Gather(g) = &mut self.state else { return };
+        if j.max_ring_seq < g.round {
+            return; // stale round: the sender will learn ours from our joins
+        }
+        let mut changed = false;
+        if j.max_ring_seq > g.round {
+            g.round = j.max_ring_seq;
+            g.fails.clear();
+            g.agreed = BTreeSet::from([self.id]);
+            changed = true;
+        }
+        if g.fails.contains(&j.sender) {
+            if changed {
+                self.send_join();
+            }
+            return;
+        }
+        changed |= if jf.contains(&self.id) {
+            // It counts us failed: we cannot be in one ring with it now, and
+            // its beacons should not make us try again at once.
+            g.fails.insert(j.sender);
+            true
+        } else if jp == g.procs && jf == g.fails {
+            g.agreed.insert(j.sender);
+            false
+        } else if jp.is_subset(&g.procs) && jf.is_subset(&g.fails) {
+            false
+        } else {
+            g.procs.extend(jp.iter().copied());
+            g.fails.extend(jf.iter().copied());
+            true
+        };
+        if jf.contains(&self.id) {
+            self.add_quarantine(j.sender, now);
+        }
+        let State::Gather(g) = &mut self.state else { return };
+        if changed {
+            g.agreed = BTreeSet::from([self.id]);
+            g.consensus_at = now + self.cfg.consensus_timeout;
+            self.send_join();
+        }
+        self.check_consensus(now, false);
+    }
+
+    fn consensus_timeout(&mut self, now: Time) {
+        let State::Gather(g) = &mut self.state else { return };
+        let missing: Vec<NodeId> = g.members().into_iter().filter(|m| !g.agreed.contains(m)).collect();
+        g.fails.extend(missing.iter().copied());
+        g.agreed = BTreeSet::from([self.id]);
+        g.consensus_at = now + self.cfg.consensus_timeout;
+        g.join_at = now + self.cfg.join_interval;
+        for m in missing {
+            self.add_quarantine(m, now);
+        }
+        self.send_join();
+        self.check_consensus(now, true);
+    }
+
+    /// When every member of our proposed membership sent a join equal to
+    /// ours, the lowest member forms the ring with a commit token. A ring of
+    /// one is formed only when the consensus timeout expires (`alone_ok`), so
+    /// that joins on their way are heard first.
+    fn check_consensus(&mut self, now: Time, alone_ok: bool) {
+        let State::Gather(g) = &self.state else { return };
+        let members = g.members();
+        if members.first() != Some(&self.id) || members.iter().any(|m| !g.agreed.contains(m)) {
+            return;
+        }
+        if members.len() == 1 && !alone_ok {
+            return;
+        }
+        let gather = g.clone();
+        let seq = self.max_ring_seq.max(self.ring.as_ref().map_or(0, |r| r.ring_id().seq)) + 1;
+        self.max_ring_seq = seq;
+        let ring_id = RingId { seq, rep: self.id };
+        let mut token = CommitToken {
+            ring_id,
+            token_seq: 0,
+            rotation: 1,
+            entries: vec![ENTRY_EMPTY; members.len()],
+            members: members.clone(),
+            rings: Vec::new(),
+        };
+        self.fill_entry(&mut token);
+        self.last_commit = Some((ring_id, 0));
+        self.state = State::Commit { gather, ring_id, members, deadline: now + self.cfg.token_timeout };
+        self.pass_commit(now, token);
+    }
+
+    /// Writes this daemon's old-ring state into the commit token.
+    fn fill_entry(&self, token: &mut CommitToken) {
+        let Some(me) = token.members.iter().position(|&m| m == self.id) else { return };
+        let Some(r) = &self.ring else {
+            token.entries[me] = ENTRY_FRESH;
+            return;
+        };
+        let idx = match token.rings.iter().position(|o| o.ring_id == r.ring_id()) {
+            Some(i) => {
+                let o = &mut token.rings[i];
+                o.low_aru = o.low_aru.min(r.aru());
+                o.max_stable = o.max_stable.max(r.stable());
+                i
+            }
+            None if token.rings.len() < usize::from(ENTRY_EMPTY) => {
+                token.rings.push(OldRing { ring_id: r.ring_id(), low_aru: r.aru(), max_stable: r.stable() });
+                token.rings.len() - 1
+            }
+            None => return,
+        };
+        token.entries[me] = idx as u8;
+    }
+
+    fn pass_commit(&mut self, now: Time, mut token: CommitToken) {
+        token.token_seq += 1;
+        self.last_commit = Some((token.ring_id, token.token_seq));
+        let pos = token.members.iter().position(|&m| m == self.id).unwrap_or(0);
+        let to = token.members[(pos + 1) % token.members.len()];
+        if to == self.id {
+            // A ring of one: the token comes straight back.
+            self.sent_commit = None;
+            token.token_seq += 1;
+            self.accept_commit(now, token);
+            return;
+        }
+        let bytes = Bytes::from(token.encode());
+        self.sent_commit = Some(SentCommit {
+            bytes: bytes.clone(),
+            to,
+            ring_id: token.ring_id,
+            deadline: now + self.cfg.token_retransmit,
+        });
+        self.transmits.push_back(Transmit { dest: Dest::Node(to), bytes });
+    }
+
+    fn handle_commit(&mut self, now: Time, c: CommitToken) {
+        if self.last_commit.is_some_and(|(r, s)| r == c.ring_id && c.token_seq <= s) {
+            return; // duplicate
+        }
+        if let Some(s) = &self.sent_commit {
+            if s.ring_id == c.ring_id {
+                self.sent_commit = None;
+            }
+        }
+        self.accept_commit(now, c);
+    }
+
+    fn accept_commit(&mut self, now: Time, mut c: CommitToken) {
+        let rep = c.ring_id.rep == self.id;
+        match &self.state {
+            State::Gather(g) if c.rotation == 1 && !rep => {
+                if g.members() != c.members || c.ring_id.seq <= g.round {
+                    return;
+                }
+                if self.ring.as_ref().is_some_and(|r| r.ring_id() >= c.ring_id) {
+                    return;
+                }
+                let gather = g.clone();
+                self.max_ring_seq = self.max_ring_seq.max(c.ring_id.seq);
+                self.fill_entry(&mut c);
+                let members = c.members.clone();
+                self.state =
+                    State::Commit { gather, ring_id: c.ring_id, members, deadline: now + self.cfg.token_timeout };
+                self.pass_commit(now, c);
+            }
+            State::Commit { ring_id, .. } if *ring_id == c.ring_id => {
+                if c.rotation == 1 && rep {
+                    if c.entries.contains(&ENTRY_EMPTY) {
+                        return;
+                    }
+                    c.rotation = 2;
+                } else if c.rotation != 2 || rep {
+                    return;
+                }
+                self.enter_recovery(now, &c);
+                self.pass_commit(now, c);
+            }
+            State::Recovery { rec, .. } if rec.token.ring_id == c.ring_id && c.rotation == 2 && rep => {
+                // Both rotations done: everyone is in recovery. Start the ring.
+                self.sent_commit = None;
+                if let Some(n) = &mut self.next {
+                    n.start_token(now);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn enter_recovery(&mut self, now: Time, c: &CommitToken) {
+        let State::Commit { gather, .. } = &self.state else { return };
+        let gather = gather.clone();
+        let Ok(next) = Ring::new(self.cfg.clone(), self.id, &c.members, c.ring_id, now, false) else {
+            return;
+        };
+        let me = c.members.iter().position(|&m| m == self.id).unwrap_or(0);
+        let idx = c.entries[me];
+        let (old_members, low_aru, max_stable) = match c.rings.get(usize::from(idx)) {
+            Some(o) if idx != ENTRY_FRESH => {
+                let members =
+                    c.members.iter().zip(&c.entries).filter(|(_, e)| **e == idx).map(|(m, _)| *m).collect();
+                (members, o.low_aru, o.max_stable)
+            }
+            _ => (Vec::new(), 0, 0),
+        };
+        self.out.ctl.clear();
+        if let Some(r) = &mut self.ring {
+            r.stop();
+            r.freeze(true);
+            if old_members.len() > 1 {
+                for raw in r.packets_above(low_aru) {
+                    let msg_seq = self.next_ctl_seq;
+                    self.next_ctl_seq += 1;
+                    self.out.ctl.push(Pending {
+                        msg_seq,
+                        service: Service::Recovered,
+                        groups: Groups::none(),
+                        payload: raw,
+                        sent: 0,
+                    });
+                }
+            }
+        }
+        let msg_seq = self.next_ctl_seq;
+        self.next_ctl_seq += 1;
+        self.out.ctl.push(Pending {
+            msg_seq,
+            service: Service::RecoveryDone,
+            groups: Groups::none(),
+            payload: Bytes::new(),
+            sent: 0,
+        });
+        self.next = Some(next);
+        let rec = Recovery {
+            token: c.clone(),
+            old_members,
+            max_stable,
+            done: BTreeSet::new(),
+            deadline: now + self.cfg.token_timeout,
+        };
+        self.state = State::Recovery { gather, rec };
+    }
+
+    /// Moves datagrams and deliveries out of the rings, acting on recovery
+    /// messages, and installs the new ring when recovery is complete.
+    fn pump(&mut self, now: Time) {
+        for r in [&mut self.ring, &mut self.next].into_iter().flatten() {
+            while let Some(t) = r.poll_transmit() {
+                self.transmits.push_back(t);
+            }
+        }
+        // Deliveries of the installed (or old) ring: messages in its regular
+        // configuration.
+        if let Some(r) = &mut self.ring {
+            while let Some(d) = r.poll_delivery() {
+                if !d.service.is_control() {
+                    self.events.push_back(Event::Deliver(d));
+                }
+            }
+        }
+        loop {
+            let Some(d) = self.next.as_mut().and_then(Ring::poll_delivery) else { break };
+            let State::Recovery { rec, .. } = &mut self.state else { break };
+            match d.service {
+                Service::Recovered => {
+                    if let Some(r) = &mut self.ring {
+                        r.insert_recovered(d.payload);
+                        while let Some(d) = r.poll_delivery() {
+                            if !d.service.is_control() {
+                                self.events.push_back(Event::Deliver(d));
+                            }
+                        }
+                    }
+                }
+                Service::RecoveryDone => {
+                    rec.done.insert(d.id.origin);
+                    if rec.token.members.iter().all(|m| rec.done.contains(m)) {
+                        self.install(now);
+                        // Whatever the new ring delivered after the last
+                        // marker belongs to the new configuration.
+                        if let Some(r) = &mut self.ring {
+                            while let Some(d) = r.poll_delivery() {
+                                if !d.service.is_control() {
+                                    self.events.push_back(Event::Deliver(d));
+                                }
+                            }
+                        }
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        for r in [&mut self.ring, &mut self.next].into_iter().flatten() {
+            while let Some(t) = r.poll_transmit() {
+                self.transmits.push_back(t);
+            }
+        }
+    }
+
+    /// Ends the old ring under EVS and installs the new one.
+    fn install(&mut self, now: Time) {
+        let State::Recovery { rec, .. } = std::mem::replace(&mut self.state, State::Operational) else {
+            return;
+        };
+        let Some(next) = self.next.take() else { return };
+        if let Some(mut old) = self.ring.take() {
+            let transitional = old.finish(rec.max_stable);
+            while let Some(d) = old.poll_delivery() {
+                if !d.service.is_control() {
+                    self.events.push_back(Event::Deliver(d));
+                }
+            }
+            self.events.push_back(Event::Configuration(Configuration {
+                kind: ConfigKind::Transitional,
+                ring_id: rec.token.ring_id,
+                members: rec.old_members.clone(),
+            }));
+            self.events.extend(
+                transitional.into_iter().filter(|d: &Delivery| !d.service.is_control()).map(Event::Deliver),
+            );
+            self.retired.absorb(old.stats());
+        }
+        self.events.push_back(Event::Configuration(Configuration {
+            kind: ConfigKind::Regular,
+            ring_id: rec.token.ring_id,
+            members: rec.token.members.clone(),
+        }));
+        for m in &rec.token.members {
+            self.quarantine.remove(m);
+        }
+        self.retired.rings_installed += 1;
+        self.ring = Some(next);
+        self.out.user_allowed = true;
+        self.last_token_at = now;
+        self.beacon_at = now + self.cfg.merge_interval;
+        if let Some(r) = &mut self.ring {
+            if !self.out.is_empty() {
+                r.wake(now);
+            }
+        }
+    }
+}
