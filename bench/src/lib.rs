@@ -1,5 +1,5 @@
 //! `ringfence-bench`: a lean in-memory network driver for benchmarking the
-//! ringfence ordering core ([`ringfence_proto::ring::Node`]).
+//! ringfence ordering core ([`ringfence_proto::Node`]).
 //!
 //! The deterministic simulator ([`ringfence_proto::sim`]) judges correctness:
 //! it models loss, duplication and reordering, records every delivery and
@@ -37,7 +37,8 @@
 //! ```
 
 use bytes::Bytes;
-use ringfence_proto::ring::{Config, ConfigError, Dest, Event, IP_HEADER, Node, SubmitError, UDP_HEADER};
+use ringfence_proto::Node;
+use ringfence_proto::ring::{Config, ConfigError, Dest, Event, IP_HEADER, SubmitError, UDP_HEADER};
 use ringfence_proto::wire::Groups;
 use ringfence_proto::{NodeId, RingId, Service, Time};
 use std::collections::VecDeque;
@@ -253,7 +254,7 @@ impl Cluster {
         let ring_id = RingId { seq: 1, rep: ids[0] };
         let nodes = ids
             .iter()
-            .map(|&id| Node::new(setup.ring.clone(), id, &ids, ring_id, Time::ZERO))
+            .map(|&id| Node::with_ring(setup.ring.clone(), id, &ids, ring_id, Time::ZERO))
             .collect::<Result<Vec<_>, _>>()?;
         let seen = ids.iter().map(|_| Seen { next_seq: vec![1; ids.len()], order_hash: 0 }).collect();
         Ok(Self {

@@ -250,6 +250,11 @@ impl Node {
             .is_some_and(|r| r.holds(seq))
     }
 
+    #[doc(hidden)]
+    pub fn debug_state(&self) -> String {
+        format!("{:?} ring={:?} next={:?} pending={} ctl={}", self.phase(), self.ring.as_ref().map(Ring::debug_state), self.next.as_ref().map(Ring::debug_state), self.out.user.len(), self.out.ctl.len())
+    }
+
     /// Client messages waiting to be sent.
     pub fn pending(&self) -> usize {
         self.out.user.len()
@@ -525,17 +530,26 @@ impl Node {
         let jf: BTreeSet<NodeId> = j.fails.iter().copied().collect();
         let their_members: Vec<NodeId> = jp.difference(&jf).copied().collect();
         let restart_from = match &self.state {
+            // Only joins of rounds that began after our ring was formed get
+            // here (see above): a member or an outsider wants a new ring.
             State::Operational => match &self.ring {
-                // A late join of the round that formed our ring.
-                Some(r) if r.is_member(j.sender) && their_members == r.members() => return,
                 Some(r) => Some((r.members().iter().copied().collect(), BTreeSet::new())),
                 None => Some((BTreeSet::new(), BTreeSet::new())),
             },
-            State::Commit { gather, members, .. } | State::Recovery { gather, rec: Recovery { token: CommitToken { members, .. }, .. } } => {
-                if their_members == *members {
+            State::Commit { gather, members, ring_id, .. }
+            | State::Recovery {
+                gather,
+                rec: Recovery { token: CommitToken { members, ring_id, .. }, .. },
+            } => {
+                // A join of the round that formed this ring: harmless if it
+                // agrees, or if its sender is not to be a member.
+                let old_round = j.max_ring_seq < ring_id.seq;
+                if old_round && (their_members == *members || !members.contains(&j.sender)) {
                     return;
                 }
-                Some((gather.procs.clone(), gather.fails.clone()))
+                // A new round: failures of the old one are forgotten, or a
+                // daemon failed then would be locked out for good.
+                Some((gather.procs.clone(), BTreeSet::new()))
             }
             State::Gather(_) => None,
         };

@@ -332,6 +332,10 @@ impl Ring {
         self.ring_id
     }
 
+    pub(crate) fn debug_state(&self) -> String {
+        format!("{} aru={} high={} stable={} deliver={}/{} base={} held={} sent_token={} frozen={} partials={}", self.ring_id, self.my_aru, self.high_seq, self.stable, self.deliver_seq, self.deliver_chunk, self.store.base(), self.held.is_some(), self.sent_token.is_some(), self.frozen, self.partials.len())
+    }
+
     /// Counters of this ring.
     pub fn stats(&self) -> &Stats {
         &self.stats
@@ -457,9 +461,9 @@ impl Ring {
         self.stable = self.high_seq;
         while self.deliver_seq <= self.high_seq {
             if self.store.get(self.deliver_seq).is_none() {
-                // A hole no surviving member holds: fragments around it
-                // cannot complete.
-                self.partials.clear();
+                // A hole no surviving member holds. A message with a
+                // fragment in it fails reassembly (wrong message, or wrong
+                // length at its last fragment) identically at every member.
                 self.deliver_seq += 1;
                 self.deliver_chunk = 0;
                 continue;

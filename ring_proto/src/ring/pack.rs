@@ -46,11 +46,14 @@ impl Outbox {
 
     /// Estimated number of frames the queue needs.
     pub(crate) fn frames_needed(&self, budget: usize, packing: bool) -> u32 {
+        // Constant time: this runs on every token visit whatever the queue's
+        // length.
         let est = if packing {
             // Chunk headers of about 16 bytes per message.
             (self.bytes + 16 * self.queue.len()).div_ceil(budget.max(1))
         } else {
-            self.queue.iter().map(|p| (p.payload.len() - p.sent).div_ceil(budget).max(1)).sum()
+            // One frame per message, plus the extra frames of large ones.
+            self.queue.len() + self.bytes / budget.max(1)
         };
         u32::try_from(est).unwrap_or(u32::MAX)
     }
@@ -79,7 +82,7 @@ impl Outbox {
                 .remaining()
                 .saturating_sub(PacketBuilder::chunk_header_len(part, &m.groups))
                 .min(u16::MAX as usize)
-                .min(rest - 1);
+                .min(rest.saturating_sub(1));
             if b.count() > 0 && (room < MIN_FRAGMENT || whole_len <= b.budget_of_empty()) {
                 // Start the message in a fresh frame instead.
                 break;

@@ -282,11 +282,15 @@ pub struct Sim<'t> {
     load_rng: ChaCha8Rng,
     plan: Vec<Planned>,
     next_plan: usize,
+    /// Backpressure: the workload submits nothing before this time.
+    retry_at: Option<Time>,
     fault_plan: Vec<(Time, Kind)>,
     next_fault: usize,
     faults_applied: usize,
     healed: bool,
     converged_at: Option<Time>,
+    /// A common ring seen after the heal, and since when.
+    candidate: Option<(RingId, Time)>,
     probes: Vec<MsgId>,
     sent: HashMap<MsgId, Sent>,
     violations: Vec<Violation>,
@@ -354,11 +358,13 @@ impl<'t> Sim<'t> {
             load_rng,
             plan,
             next_plan: 0,
+            retry_at: None,
             fault_plan,
             next_fault: 0,
             faults_applied: 0,
             healed: false,
             converged_at: None,
+            candidate: None,
             probes: Vec::new(),
             sent: HashMap::new(),
             violations: Vec::new(),
@@ -401,9 +407,19 @@ impl<'t> Sim<'t> {
             }
             self.apply_faults();
             self.step();
-            if self.faulty() && self.healed && self.converged_at.is_none() && self.converged() {
-                self.converged_at = Some(self.now);
-                self.send_probes();
+            if self.faulty() && self.healed && self.converged_at.is_none() {
+                // One common ring, unchanged for two token timeouts: a ring
+                // whose token was lost just before the heal is not it.
+                match (self.converged(), self.candidate) {
+                    (Some(r), Some((c, since))) if r == c => {
+                        if self.now >= since + 2 * self.cfg.ring.token_timeout {
+                            self.converged_at = Some(self.now);
+                            self.send_probes();
+                        }
+                    }
+                    (Some(r), _) => self.candidate = Some((r, self.now)),
+                    (None, _) => self.candidate = None,
+                }
             }
         }
         self.finish()
@@ -419,7 +435,7 @@ impl<'t> Sim<'t> {
         for n in self.nodes.iter().flatten() {
             consider(n.poll_timeout());
         }
-        consider(self.plan.get(self.next_plan).map(|p| p.at));
+        consider(self.plan.get(self.next_plan).map(|p| self.retry_at.map_or(p.at, |r| r.max(p.at))));
         consider(self.fault_plan.get(self.next_fault).map(|f| f.0));
         if !self.healed && self.faulty() {
             consider(Some(Time::ZERO + self.cfg.heal_at));
@@ -488,22 +504,23 @@ impl<'t> Sim<'t> {
         self.drain(i);
     }
 
-    /// All live daemons operational in one ring made of exactly them.
-    fn converged(&self) -> bool {
+    /// The ring, if all live daemons are operational in one ring made of
+    /// exactly them.
+    fn converged(&self) -> Option<RingId> {
         let live: Vec<NodeId> =
             self.nodes.iter().enumerate().filter(|(_, n)| n.is_some()).map(|(i, _)| NodeId(i as u16)).collect();
         let mut ring = None;
         for n in self.nodes.iter().flatten() {
             if n.phase() != Phase::Operational {
-                return false;
+                return None;
             }
-            let Some((id, members)) = n.ring() else { return false };
+            let (id, members) = n.ring()?;
             if members != live.as_slice() || ring.is_some_and(|r| r != id) {
-                return false;
+                return None;
             }
             ring = Some(id);
         }
-        true
+        ring
     }
 
     /// After convergence, every live daemon sends a few messages that every
@@ -540,6 +557,10 @@ impl<'t> Sim<'t> {
                 self.drain(i);
             }
         }
+        if self.retry_at.is_some_and(|t| t > now) {
+            return;
+        }
+        self.retry_at = None;
         while self.plan.get(self.next_plan).is_some_and(|p| p.at <= now) {
             let p = &self.plan[self.next_plan];
             let (node, service, payload) = (p.node, p.service, p.payload.clone());
@@ -556,9 +577,9 @@ impl<'t> Sim<'t> {
                     self.drain(node);
                 }
                 Err(_) => {
-                    // Backpressure: try again a little later.
-                    self.plan[self.next_plan].at = now + Duration::from_millis(1);
-                    self.plan[self.next_plan..].sort_by_key(|p| p.at);
+                    // Backpressure: the workload waits a little and tries
+                    // again (the plan keeps its order).
+                    self.retry_at = Some(now + Duration::from_millis(1));
                     break;
                 }
             }
@@ -655,6 +676,12 @@ impl<'t> Sim<'t> {
     }
 
     fn finish(mut self) -> Report {
+        if std::env::var("SIM_DEBUG").is_ok() {
+            for n in self.nodes.iter().flatten() {
+                eprintln!("node {}: {}", n.id(), n.debug_state());
+            }
+            eprintln!("converged_at={:?} probes={:?}", self.converged_at, self.probes);
+        }
         let mut v = std::mem::take(&mut self.violations);
         if self.faulty() {
             check::evs(&self.logs, &self.sent, &mut v);
