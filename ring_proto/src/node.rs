@@ -22,12 +22,12 @@
 
 use crate::Time;
 use crate::ring::{
-    ConfigKind, Configuration, Config, ConfigError, Delivery, Dest, Event, Outboxes, Pending, Ring,
-    Stats, SubmitError, Transmit,
+    Config, ConfigError, ConfigKind, Configuration, Delivery, Dest, Event, Outboxes, Pending, Ring, Stats,
+    SubmitError, Transmit,
 };
 use crate::wire::{
-    Beacon, CommitToken, Datagram, ENTRY_EMPTY, ENTRY_FRESH, Groups, Join, MsgId, NodeId, OldRing,
-    RingId, Service,
+    Beacon, CommitToken, Datagram, ENTRY_EMPTY, ENTRY_FRESH, Groups, Join, MsgId, NodeId, OldRing, RingId,
+    Service,
 };
 use bytes::Bytes;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -252,7 +252,14 @@ impl Node {
 
     #[doc(hidden)]
     pub fn debug_state(&self) -> String {
-        format!("{:?} ring={:?} next={:?} pending={} ctl={}", self.phase(), self.ring.as_ref().map(Ring::debug_state), self.next.as_ref().map(Ring::debug_state), self.out.user.len(), self.out.ctl.len())
+        format!(
+            "{:?} ring={:?} next={:?} pending={} ctl={}",
+            self.phase(),
+            self.ring.as_ref().map(Ring::debug_state),
+            self.next.as_ref().map(Ring::debug_state),
+            self.out.user.len(),
+            self.out.ctl.len()
+        )
     }
 
     /// Client messages waiting to be sent.
@@ -522,7 +529,9 @@ impl Node {
             return;
         }
         // A join of a round that began before our ring was formed is stale.
-        if matches!(self.state, State::Operational) && self.ring.as_ref().is_some_and(|r| j.max_ring_seq < r.ring_id().seq) {
+        if matches!(self.state, State::Operational)
+            && self.ring.as_ref().is_some_and(|r| j.max_ring_seq < r.ring_id().seq)
+        {
             return;
         }
         self.max_ring_seq = self.max_ring_seq.max(j.max_ring_seq);
@@ -537,10 +546,8 @@ impl Node {
                 None => Some((BTreeSet::new(), BTreeSet::new())),
             },
             State::Commit { gather, members, ring_id, .. }
-            | State::Recovery {
-                gather,
-                rec: Recovery { token: CommitToken { members, ring_id, .. }, .. },
-            } => {
+            | State::Recovery { gather, rec: Recovery { token: CommitToken { members, ring_id, .. }, .. } } =>
+            {
                 // A join of the round that formed this ring: harmless if it
                 // agrees, or if its sender is not to be a member.
                 let old_round = j.max_ring_seq < ring_id.seq;
@@ -716,8 +723,12 @@ impl Node {
                 self.max_ring_seq = self.max_ring_seq.max(c.ring_id.seq);
                 self.fill_entry(&mut c);
                 let members = c.members.clone();
-                self.state =
-                    State::Commit { gather, ring_id: c.ring_id, members, deadline: now + self.cfg.token_timeout };
+                self.state = State::Commit {
+                    gather,
+                    ring_id: c.ring_id,
+                    members,
+                    deadline: now + self.cfg.token_timeout,
+                };
                 self.pass_commit(now, c);
             }
             State::Commit { ring_id, .. } if *ring_id == c.ring_id => {

@@ -114,7 +114,10 @@ impl SimArgs {
     fn replay(&self, seed: u64) -> String {
         let mut cmd = format!("cargo run --release -p ringfence-tools -- sim --seeds 1 --start {seed}");
         cmd += &format!(" --nodes {} --max-size {}", self.nodes, self.max_size);
-        cmd += &format!(" --loss {} --dup {} --reorder {} --safe {}", self.loss, self.dup, self.reorder, self.safe);
+        cmd += &format!(
+            " --loss {} --dup {} --reorder {} --safe {}",
+            self.loss, self.dup, self.reorder, self.safe
+        );
         if let Some(m) = self.messages {
             cmd += &format!(" --messages {m}");
         }

@@ -23,8 +23,8 @@ use crate::wire::{
     ChunkFlags, DataPacket, Groups, MsgId, NodeId, PacketBuilder, RingId, RtrRange, Service, Token,
 };
 use bytes::Bytes;
-pub(crate) use pack::{Outboxes, Pending};
 use pack::Partial;
+pub(crate) use pack::{Outboxes, Pending};
 use std::collections::VecDeque;
 use store::{Store, Stored};
 
@@ -333,7 +333,20 @@ impl Ring {
     }
 
     pub(crate) fn debug_state(&self) -> String {
-        format!("{} aru={} high={} stable={} deliver={}/{} base={} held={} sent_token={} frozen={} partials={}", self.ring_id, self.my_aru, self.high_seq, self.stable, self.deliver_seq, self.deliver_chunk, self.store.base(), self.held.is_some(), self.sent_token.is_some(), self.frozen, self.partials.len())
+        format!(
+            "{} aru={} high={} stable={} deliver={}/{} base={} held={} sent_token={} frozen={} partials={}",
+            self.ring_id,
+            self.my_aru,
+            self.high_seq,
+            self.stable,
+            self.deliver_seq,
+            self.deliver_chunk,
+            self.store.base(),
+            self.held.is_some(),
+            self.sent_token.is_some(),
+            self.frozen,
+            self.partials.len()
+        )
     }
 
     /// Counters of this ring.

@@ -29,7 +29,14 @@ pub(crate) struct Log {
 
 impl Log {
     pub(crate) fn new(node: NodeId, incarnation: u32) -> Self {
-        Self { node, incarnation, entries: Vec::new(), crashed: false, submitted: Vec::new(), delivered: HashSet::new() }
+        Self {
+            node,
+            incarnation,
+            entries: Vec::new(),
+            crashed: false,
+            submitted: Vec::new(),
+            delivered: HashSet::new(),
+        }
     }
 
     pub(crate) fn push_delivery(&mut self, id: MsgId, ring_id: RingId, ring_seq: u64) {
@@ -207,7 +214,12 @@ pub(crate) fn evs(logs: &[Log], _sent: &HashMap<MsgId, Sent>, v: &mut Vec<Violat
                 let Some(&p) = other.get(id) else { continue };
                 if let Some((pid, pp)) = prev {
                     if p < pp {
-                        v.push(Violation::Reordered { a: log.node, b: logs[b].node, first: pid, second: *id });
+                        v.push(Violation::Reordered {
+                            a: log.node,
+                            b: logs[b].node,
+                            first: pid,
+                            second: *id,
+                        });
                         break;
                     }
                 }

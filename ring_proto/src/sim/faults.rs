@@ -41,7 +41,11 @@ impl FaultKinds {
                 "restart" => k.restart = true,
                 "loss" => k.loss = true,
                 "oneway" => k.oneway = true,
-                other => return Err(format!("unknown fault kind `{other}` (partition, merge, crash, restart, loss, oneway, all)")),
+                other => {
+                    return Err(format!(
+                        "unknown fault kind `{other}` (partition, merge, crash, restart, loss, oneway, all)"
+                    ));
+                }
             }
         }
         Ok(k)
@@ -94,7 +98,12 @@ pub(crate) enum Fault {
 }
 
 /// Draws `count` fault times and kinds within `span`.
-pub(crate) fn schedule(rng: &mut ChaCha8Rng, kinds: FaultKinds, count: usize, span: Duration) -> Vec<(Duration, Kind)> {
+pub(crate) fn schedule(
+    rng: &mut ChaCha8Rng,
+    kinds: FaultKinds,
+    count: usize,
+    span: Duration,
+) -> Vec<(Duration, Kind)> {
     let choices = kinds.choices();
     if choices.is_empty() {
         return Vec::new();

@@ -26,7 +26,7 @@ pub use faults::FaultKinds;
 pub use net::NetConfig;
 pub use trace::TraceEvent;
 
-use crate::ring::{ConfigKind, Config, Dest, Event};
+use crate::ring::{Config, ConfigKind, Dest, Event};
 use crate::wire::{Groups, MsgId, NodeId, RingId, Service};
 use crate::{Incarnation, Node, Phase, Time};
 use bytes::Bytes;
@@ -125,7 +125,12 @@ impl SimConfig {
             nodes,
             faults: FaultKinds::ALL,
             heal_at: Duration::from_millis(1600),
-            workload: Workload { senders: nodes, messages_per_sender: 60, span: Duration::from_millis(1500), ..Workload::default() },
+            workload: Workload {
+                senders: nodes,
+                messages_per_sender: 60,
+                span: Duration::from_millis(1500),
+                ..Workload::default()
+            },
             ..Self::default()
         }
     }
@@ -174,17 +179,33 @@ pub enum Violation {
 impl fmt::Display for Violation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Order { node, index, expected, got } => write!(f, "order: node {node} delivery #{index} is {got:?}, node 0 delivered {expected:?}"),
-            Self::Reordered { a, b, first, second } => write!(f, "order: node {a} delivered {first:?} before {second:?}, node {b} the other way"),
+            Self::Order { node, index, expected, got } => {
+                write!(f, "order: node {node} delivery #{index} is {got:?}, node 0 delivered {expected:?}")
+            }
+            Self::Reordered { a, b, first, second } => {
+                write!(f, "order: node {a} delivered {first:?} before {second:?}, node {b} the other way")
+            }
             Self::Duplicate { node, id } => write!(f, "duplicate: node {node} delivered {id:?} twice"),
-            Self::Fifo { node, id, expected_seq } => write!(f, "fifo/gap: node {node} delivered {id:?}, expected seq {expected_seq} from that origin"),
+            Self::Fifo { node, id, expected_seq } => write!(
+                f,
+                "fifo/gap: node {node} delivered {id:?}, expected seq {expected_seq} from that origin"
+            ),
             Self::Lost { node, id } => write!(f, "lost: node {node} never delivered {id:?}"),
-            Self::Corrupt { node, id } => write!(f, "corrupt: node {node} delivered {id:?} with wrong bytes or service"),
-            Self::UnsafeDelivery { node, id, missing_at } => write!(f, "unsafe: node {node} delivered safe {id:?} while node {missing_at} lacked it"),
+            Self::Corrupt { node, id } => {
+                write!(f, "corrupt: node {node} delivered {id:?} with wrong bytes or service")
+            }
+            Self::UnsafeDelivery { node, id, missing_at } => {
+                write!(f, "unsafe: node {node} delivered safe {id:?} while node {missing_at} lacked it")
+            }
             Self::Phantom { node, id } => write!(f, "phantom: node {node} delivered {id:?}, never submitted"),
             Self::RingConflict { ring } => write!(f, "ring {ring} installed with different members"),
-            Self::SetMismatch { a, b, ring, kind } => write!(f, "evs: nodes {a} and {b} delivered different messages in {kind:?} configuration {ring}"),
-            Self::WrongConfiguration { node, id } => write!(f, "evs: node {node} delivered {id:?} outside its configuration"),
+            Self::SetMismatch { a, b, ring, kind } => write!(
+                f,
+                "evs: nodes {a} and {b} delivered different messages in {kind:?} configuration {ring}"
+            ),
+            Self::WrongConfiguration { node, id } => {
+                write!(f, "evs: node {node} delivered {id:?} outside its configuration")
+            }
             Self::OrderedTwice { id } => write!(f, "evs: {id:?} reported at two places in the order"),
             Self::SelfDelivery { node, id } => write!(f, "evs: node {node} never delivered its own {id:?}"),
             Self::NoConvergence { at } => write!(f, "liveness: no common ring by {at}"),
@@ -313,7 +334,10 @@ impl<'t> Sim<'t> {
         let faulty = !cfg.faults.is_empty();
         let nodes = if faulty {
             ids.iter()
-                .map(|&id| Node::new(cfg.ring.clone(), id, Time::ZERO, Incarnation { ring_seq: 0, first_msg_seq: 1 }).map(Some))
+                .map(|&id| {
+                    Node::new(cfg.ring.clone(), id, Time::ZERO, Incarnation { ring_seq: 0, first_msg_seq: 1 })
+                        .map(Some)
+                })
                 .collect::<Result<Vec<_>, _>>()?
         } else {
             let ring_id = RingId { seq: 1, rep: ids[0] };
@@ -329,7 +353,8 @@ impl<'t> Sim<'t> {
         for node in 0..w.senders.min(cfg.nodes) {
             for _ in 0..w.messages_per_sender {
                 let at = Time::from_nanos(load_rng.random_range(0..=w.span.as_nanos() as u64));
-                let service = if load_rng.random_bool(w.safe_fraction) { Service::Safe } else { Service::Agreed };
+                let service =
+                    if load_rng.random_bool(w.safe_fraction) { Service::Safe } else { Service::Agreed };
                 let len = draw_size(&mut load_rng, w);
                 let payload = payload(&mut load_rng, len);
                 plan.push(Planned { at, node, service, payload });
@@ -396,7 +421,11 @@ impl<'t> Sim<'t> {
                 self.violations.push(Violation::Stalled { at: self.now });
                 break;
             }
-            if self.faulty() && self.healed && self.converged_at.is_none() && next > heal + self.cfg.converge_within {
+            if self.faulty()
+                && self.healed
+                && self.converged_at.is_none()
+                && next > heal + self.cfg.converge_within
+            {
                 self.violations.push(Violation::NoConvergence { at: self.now });
                 break;
             }
@@ -486,13 +515,17 @@ impl<'t> Sim<'t> {
         }
         self.logs[self.current[i]].crashed = true;
         if let Some(w) = self.trace.as_mut() {
-            let _ = trace::write_line(w, &TraceEvent::Crash { node: NodeId(i as u16), t_ns: self.now.as_nanos() });
+            let _ = trace::write_line(
+                w,
+                &TraceEvent::Crash { node: NodeId(i as u16), t_ns: self.now.as_nanos() },
+            );
         }
     }
 
     fn restart(&mut self, i: usize) {
         let incarnation = self.logs[self.current[i]].incarnation + 1;
-        let inc = Incarnation { ring_seq: self.persisted[i], first_msg_seq: (u64::from(incarnation) << 32) + 1 };
+        let inc =
+            Incarnation { ring_seq: self.persisted[i], first_msg_seq: (u64::from(incarnation) << 32) + 1 };
         let Ok(node) = Node::new(self.cfg.ring.clone(), NodeId(i as u16), self.now, inc) else { return };
         self.nodes[i] = Some(node);
         self.logs.push(Log::new(NodeId(i as u16), incarnation));
@@ -507,8 +540,13 @@ impl<'t> Sim<'t> {
     /// The ring, if all live daemons are operational in one ring made of
     /// exactly them.
     fn converged(&self) -> Option<RingId> {
-        let live: Vec<NodeId> =
-            self.nodes.iter().enumerate().filter(|(_, n)| n.is_some()).map(|(i, _)| NodeId(i as u16)).collect();
+        let live: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| n.is_some())
+            .map(|(i, _)| NodeId(i as u16))
+            .collect();
         let mut ring = None;
         for n in self.nodes.iter().flatten() {
             if n.phase() != Phase::Operational {
@@ -617,14 +655,20 @@ impl<'t> Sim<'t> {
                 Event::Deliver(d) => {
                     let log = &self.logs[self.current[i]];
                     if d.service == Service::Safe {
-                        if let Some(Entry::Config { kind: ConfigKind::Regular, members, ring_id }) = log.current_config() {
+                        if let Some(Entry::Config { kind: ConfigKind::Regular, members, ring_id }) =
+                            log.current_config()
+                        {
                             // Every member that still keeps the ring must hold the packet.
                             if let Some(m) = members.iter().find(|m| {
                                 self.nodes[usize::from(m.0)]
                                     .as_ref()
                                     .is_some_and(|n| n.keeps(*ring_id) && !n.holds(*ring_id, d.ring_seq))
                             }) {
-                                self.violations.push(Violation::UnsafeDelivery { node: me, id: d.id, missing_at: *m });
+                                self.violations.push(Violation::UnsafeDelivery {
+                                    node: me,
+                                    id: d.id,
+                                    missing_at: *m,
+                                });
                             }
                         }
                     }
@@ -633,13 +677,25 @@ impl<'t> Sim<'t> {
                     }
                     match self.sent.get(&d.id) {
                         None => self.violations.push(Violation::Phantom { node: me, id: d.id }),
-                        Some(s) if s.service != d.service || s.len != d.payload.len() || s.digest != digest(&d.payload) => {
+                        Some(s)
+                            if s.service != d.service
+                                || s.len != d.payload.len()
+                                || s.digest != digest(&d.payload) =>
+                        {
                             self.violations.push(Violation::Corrupt { node: me, id: d.id });
                         }
                         Some(_) => {}
                     }
                     if let Some(w) = self.trace.as_mut() {
-                        let ev = TraceEvent::delivery(me, now, d.id, d.service, d.payload.len(), d.ring_id, d.ring_seq);
+                        let ev = TraceEvent::delivery(
+                            me,
+                            now,
+                            d.id,
+                            d.service,
+                            d.payload.len(),
+                            d.ring_id,
+                            d.ring_seq,
+                        );
                         let _ = trace::write_line(w, &ev);
                     }
                     self.logs[self.current[i]].push_delivery(d.id, d.ring_id, d.ring_seq);
@@ -655,7 +711,11 @@ impl<'t> Sim<'t> {
                         };
                         let _ = trace::write_line(w, &ev);
                     }
-                    self.logs[self.current[i]].entries.push(Entry::Config { kind: c.kind, ring_id: c.ring_id, members: c.members });
+                    self.logs[self.current[i]].entries.push(Entry::Config {
+                        kind: c.kind,
+                        ring_id: c.ring_id,
+                        members: c.members,
+                    });
                 }
             }
         }
@@ -701,8 +761,16 @@ impl<'t> Sim<'t> {
             check::fixed_ring(&self.logs, &self.sent, &mut v);
         }
         let deliveries = self.logs.iter().map(|l| l.delivery_count() as u64).sum();
-        let configurations =
-            self.logs.iter().map(|l| l.entries.iter().filter(|e| matches!(e, Entry::Config { kind: ConfigKind::Regular, .. })).count() as u64).sum();
+        let configurations = self
+            .logs
+            .iter()
+            .map(|l| {
+                l.entries
+                    .iter()
+                    .filter(|e| matches!(e, Entry::Config { kind: ConfigKind::Regular, .. }))
+                    .count() as u64
+            })
+            .sum();
         Report {
             seed: self.cfg.seed,
             violations: v,

@@ -43,7 +43,6 @@ fn seeds_with_loss_duplication_and_reordering() {
     assert!(failed.is_empty(), "failing seeds: {failed:?}");
 }
 
-
 /// EVS fault runs with 5 daemons: partitions, merges, crashes, restarts,
 /// bursty and asymmetric loss, one-way reachability (issue 3's net).
 #[test]
@@ -115,9 +114,18 @@ fn a_crash_gives_a_transitional_then_a_regular_configuration() {
 fn debug_fault_seed() {
     let seed: u64 = std::env::var("SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0);
     let mut cfg = SimConfig::with_faults(seed, 5);
-    cfg.time_limit = Duration::from_millis(std::env::var("LIMIT_MS").ok().and_then(|s| s.parse().ok()).unwrap_or(3000));
+    cfg.time_limit =
+        Duration::from_millis(std::env::var("LIMIT_MS").ok().and_then(|s| s.parse().ok()).unwrap_or(3000));
     let mut f = std::fs::File::create("/tmp/trace.jsonl").unwrap();
     let r = run_traced(&cfg, Some(&mut f));
-    eprintln!("end={} faults={} configs={} viol={:?}", r.end, r.faults, r.configurations, &r.violations[..r.violations.len().min(10)]);
-    for s in &r.stats { eprintln!("{s:?}"); }
+    eprintln!(
+        "end={} faults={} configs={} viol={:?}",
+        r.end,
+        r.faults,
+        r.configurations,
+        &r.violations[..r.violations.len().min(10)]
+    );
+    for s in &r.stats {
+        eprintln!("{s:?}");
+    }
 }

@@ -70,7 +70,16 @@ impl TraceEvent<'_> {
         ring: RingId,
         ring_seq: u64,
     ) -> Self {
-        TraceEvent::Delivery { node, t_ns: t.as_nanos(), origin: id.origin, seq: id.seq, service, size, ring, ring_seq }
+        TraceEvent::Delivery {
+            node,
+            t_ns: t.as_nanos(),
+            origin: id.origin,
+            seq: id.seq,
+            service,
+            size,
+            ring,
+            ring_seq,
+        }
     }
 }
 

@@ -12,9 +12,7 @@ mod packet;
 mod token;
 
 pub use codec::{DecodeError, Reader};
-pub use membership::{
-    Beacon, CommitToken, ENTRY_EMPTY, ENTRY_FRESH, Join, MAX_NODES, OldRing, RingIndex,
-};
+pub use membership::{Beacon, CommitToken, ENTRY_EMPTY, ENTRY_FRESH, Join, MAX_NODES, OldRing, RingIndex};
 pub use packet::{CHUNK_OVERHEAD, Chunk, ChunkFlags, DataPacket, Groups, PACKET_OVERHEAD, PacketBuilder};
 pub use token::{RTR_RANGE_LEN, RtrRange, TOKEN_FIXED_LEN, Token};
 
