@@ -250,18 +250,6 @@ impl Node {
             .is_some_and(|r| r.holds(seq))
     }
 
-    #[doc(hidden)]
-    pub fn debug_state(&self) -> String {
-        format!(
-            "{:?} ring={:?} next={:?} pending={} ctl={}",
-            self.phase(),
-            self.ring.as_ref().map(Ring::debug_state),
-            self.next.as_ref().map(Ring::debug_state),
-            self.out.user.len(),
-            self.out.ctl.len()
-        )
-    }
-
     /// Client messages waiting to be sent.
     pub fn pending(&self) -> usize {
         self.out.user.len()

@@ -332,23 +332,6 @@ impl Ring {
         self.ring_id
     }
 
-    pub(crate) fn debug_state(&self) -> String {
-        format!(
-            "{} aru={} high={} stable={} deliver={}/{} base={} held={} sent_token={} frozen={} partials={}",
-            self.ring_id,
-            self.my_aru,
-            self.high_seq,
-            self.stable,
-            self.deliver_seq,
-            self.deliver_chunk,
-            self.store.base(),
-            self.held.is_some(),
-            self.sent_token.is_some(),
-            self.frozen,
-            self.partials.len()
-        )
-    }
-
     /// Counters of this ring.
     pub fn stats(&self) -> &Stats {
         &self.stats

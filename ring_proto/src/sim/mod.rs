@@ -736,12 +736,6 @@ impl<'t> Sim<'t> {
     }
 
     fn finish(mut self) -> Report {
-        if std::env::var("SIM_DEBUG").is_ok() {
-            for n in self.nodes.iter().flatten() {
-                eprintln!("node {}: {}", n.id(), n.debug_state());
-            }
-            eprintln!("converged_at={:?} probes={:?}", self.converged_at, self.probes);
-        }
         let mut v = std::mem::take(&mut self.violations);
         if self.faulty() {
             check::evs(&self.logs, &self.sent, &mut v);

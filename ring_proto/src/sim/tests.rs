@@ -108,24 +108,3 @@ fn a_crash_gives_a_transitional_then_a_regular_configuration() {
     let members = last.split("\"members\":[").nth(1).unwrap().trim_end_matches("]}");
     assert_eq!(members.split(',').count(), 3, "{last}");
 }
-
-#[test]
-#[ignore]
-fn debug_fault_seed() {
-    let seed: u64 = std::env::var("SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0);
-    let mut cfg = SimConfig::with_faults(seed, 5);
-    cfg.time_limit =
-        Duration::from_millis(std::env::var("LIMIT_MS").ok().and_then(|s| s.parse().ok()).unwrap_or(3000));
-    let mut f = std::fs::File::create("/tmp/trace.jsonl").unwrap();
-    let r = run_traced(&cfg, Some(&mut f));
-    eprintln!(
-        "end={} faults={} configs={} viol={:?}",
-        r.end,
-        r.faults,
-        r.configurations,
-        &r.violations[..r.violations.len().min(10)]
-    );
-    for s in &r.stats {
-        eprintln!("{s:?}");
-    }
-}
