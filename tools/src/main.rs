@@ -1,8 +1,9 @@
 //! `ringfence`: the command line of the ringfence group communication system.
 //!
-//! Subcommands so far: `sim`, the deterministic simulator. The daemon, user,
-//! flood, monitor, keygen and demo commands join as their issues land.
+//! Subcommands so far: `sim`, the deterministic simulator, and `daemon`. The
+//! user, flood, monitor, keygen and demo commands join as their issues land.
 
+mod daemon;
 mod sim;
 
 use clap::{Parser, Subcommand};
@@ -19,11 +20,14 @@ struct Cli {
 enum Command {
     /// Run the deterministic simulator over many seeds and check the invariants.
     Sim(sim::SimArgs),
+    /// Run a daemon of the cluster described by a config file.
+    Daemon(daemon::DaemonArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Sim(args) => sim::main(&args),
+        Command::Daemon(args) => daemon::main(&args),
     }
 }

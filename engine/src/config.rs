@@ -1,0 +1,302 @@
+//! The daemon's TOML configuration. Errors name the file, the line and the
+//! key.
+
+use ringfence_proto::NodeId;
+use ringfence_proto::ring::Config as RingConfig;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use toml::Spanned;
+
+/// A configuration that cannot be used: where, and why.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML, or a key is unknown, missing or mistyped.
+    #[error("{path}:{line}: {message}")]
+    Syntax {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// The parser's message (it names the key).
+        message: String,
+    },
+    /// A value is out of range or inconsistent.
+    #[error("{path}:{line}: key `{key}`: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line of the offending value.
+        line: usize,
+        /// The key.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The daemon name given on the command line is not in the cluster.
+    #[error("{path}: no daemon named `{name}` in [[cluster.daemon]]")]
+    UnknownDaemon {
+        /// The file.
+        path: PathBuf,
+        /// The name asked for.
+        name: String,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    cluster: Cluster,
+    #[serde(default)]
+    ring: RingFile,
+    #[serde(default)]
+    paths: PathsFile,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Cluster {
+    #[serde(default = "default_transport")]
+    transport: Spanned<String>,
+    daemon: Vec<DaemonFile>,
+}
+
+fn default_transport() -> Spanned<String> {
+    Spanned::new(0..0, "unicast".to_string())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DaemonFile {
+    id: Spanned<u16>,
+    name: Spanned<String>,
+    address: Spanned<String>,
+}
+
+/// `[ring]`: every field optional; defaults are the LAN defaults of
+/// `ringfence_proto::ring::Config`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RingFile {
+    mtu: Option<Spanned<usize>>,
+    packing: Option<bool>,
+    personal_window: Option<u32>,
+    window: Option<u32>,
+    accelerated: Option<bool>,
+    accelerated_window: Option<u32>,
+    max_unstable: Option<u64>,
+    token_retransmit_ms: Option<u64>,
+    token_hold_ms: Option<u64>,
+    token_timeout_ms: Option<u64>,
+    join_interval_ms: Option<u64>,
+    consensus_timeout_ms: Option<u64>,
+    merge_interval_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PathsFile {
+    state_dir: Option<String>,
+}
+
+/// One daemon of the cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Peer {
+    /// Its id in the ring.
+    pub id: NodeId,
+    /// Its name (as given to `ringfence daemon --name`).
+    pub name: String,
+    /// Its UDP address for daemon-to-daemon traffic.
+    pub address: SocketAddr,
+}
+
+/// How a datagram for all daemons is sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// One datagram per other daemon.
+    Unicast,
+}
+
+/// A validated configuration for one daemon.
+#[derive(Clone, Debug)]
+pub struct DaemonConfig {
+    /// This daemon.
+    pub me: Peer,
+    /// Every daemon of the cluster, this one included, by id.
+    pub peers: Vec<Peer>,
+    /// Transport.
+    pub transport: Transport,
+    /// Protocol tunables.
+    pub ring: RingConfig,
+    /// Where the daemon keeps what must survive a restart (its incarnation
+    /// and highest ring sequence).
+    pub state_dir: PathBuf,
+}
+
+fn line_of(text: &str, span: Range<usize>) -> usize {
+    text[..span.start.min(text.len())].matches('\n').count() + 1
+}
+
+impl DaemonConfig {
+    /// Reads `path` and selects the daemon called `name`.
+    pub fn load(path: &Path, name: &str) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Io { path: path.to_path_buf(), source })?;
+        Self::parse(path, &text, name)
+    }
+
+    /// Parses configuration text (`path` is only used in errors).
+    pub fn parse(path: &Path, text: &str, name: &str) -> Result<Self, ConfigError> {
+        let file: File = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            path: path.to_path_buf(),
+            line: e.span().map_or(1, |s| line_of(text, s)),
+            message: e.message().to_string(),
+        })?;
+        let invalid = |span: Range<usize>, key: &str, message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            line: line_of(text, span),
+            key: key.to_string(),
+            message,
+        };
+        let transport = match file.cluster.transport.get_ref().as_str() {
+            "unicast" => Transport::Unicast,
+            other => {
+                return Err(invalid(
+                    file.cluster.transport.span(),
+                    "cluster.transport",
+                    format!("`{other}` is not supported (use \"unicast\")"),
+                ));
+            }
+        };
+        let mut peers: Vec<Peer> = Vec::new();
+        for d in &file.cluster.daemon {
+            let id = NodeId(*d.id.get_ref());
+            if id == NodeId::NONE {
+                return Err(invalid(d.id.span(), "cluster.daemon.id", "65535 is reserved".into()));
+            }
+            if peers.iter().any(|p| p.id == id) {
+                return Err(invalid(d.id.span(), "cluster.daemon.id", format!("id {id} appears twice")));
+            }
+            let n = d.name.get_ref();
+            if n.is_empty() || n.len() > 32 || peers.iter().any(|p| &p.name == n) {
+                return Err(invalid(
+                    d.name.span(),
+                    "cluster.daemon.name",
+                    format!("`{n}` must be 1 to 32 bytes and unique"),
+                ));
+            }
+            let address: SocketAddr = d.address.get_ref().parse().map_err(|e| {
+                invalid(d.address.span(), "cluster.daemon.address", format!("not an IP:port address: {e}"))
+            })?;
+            if peers.iter().any(|p| p.address == address) {
+                return Err(invalid(
+                    d.address.span(),
+                    "cluster.daemon.address",
+                    format!("{address} appears twice"),
+                ));
+            }
+            peers.push(Peer { id, name: n.clone(), address });
+        }
+        peers.sort_by_key(|p| p.id);
+        let me = peers
+            .iter()
+            .find(|p| p.name == name)
+            .cloned()
+            .ok_or_else(|| ConfigError::UnknownDaemon { path: path.to_path_buf(), name: name.to_string() })?;
+        let ring = ring_config(&file.ring);
+        if let Err(e) = ring.validate() {
+            let span = file.ring.mtu.as_ref().filter(|_| e.field == "mtu").map_or(0..0, Spanned::span);
+            return Err(invalid(span, &format!("ring.{}", e.field), e.reason.to_string()));
+        }
+        let state_dir = file.paths.state_dir.as_deref().map_or_else(
+            || std::env::temp_dir().join("ringfence").join(&me.name),
+            |s| PathBuf::from(s.replace("{name}", &me.name)),
+        );
+        Ok(Self { me, peers, transport, ring, state_dir })
+    }
+}
+
+fn ring_config(f: &RingFile) -> RingConfig {
+    let d = RingConfig::default();
+    let ms = |v: Option<u64>, default: Duration| v.map_or(default, Duration::from_millis);
+    RingConfig {
+        mtu: f.mtu.as_ref().map_or(d.mtu, |m| *m.get_ref()),
+        packing: f.packing.unwrap_or(d.packing),
+        personal_window: f.personal_window.unwrap_or(d.personal_window),
+        window: f.window.unwrap_or(d.window),
+        accelerated: f.accelerated.unwrap_or(d.accelerated),
+        accelerated_window: f.accelerated_window.unwrap_or(d.accelerated_window),
+        max_unstable: f.max_unstable.unwrap_or(d.max_unstable),
+        token_retransmit: ms(f.token_retransmit_ms, d.token_retransmit),
+        token_hold: ms(f.token_hold_ms, d.token_hold),
+        token_timeout: ms(f.token_timeout_ms, d.token_timeout),
+        join_interval: ms(f.join_interval_ms, d.join_interval),
+        consensus_timeout: ms(f.consensus_timeout_ms, d.consensus_timeout),
+        merge_interval: ms(f.merge_interval_ms, d.merge_interval),
+        ..d
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[cluster]
+transport = "unicast"
+
+[[cluster.daemon]]
+id = 0
+name = "a"
+address = "127.0.0.1:4800"
+
+[[cluster.daemon]]
+id = 1
+name = "b"
+address = "127.0.0.1:4801"
+
+[ring]
+token_timeout_ms = 500
+"#;
+
+    #[test]
+    fn a_good_file_loads() {
+        let c = DaemonConfig::parse(Path::new("x.toml"), GOOD, "b").unwrap();
+        assert_eq!(c.me.id, NodeId(1));
+        assert_eq!(c.peers.len(), 2);
+        assert_eq!(c.ring.token_timeout, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn errors_name_file_line_and_key() {
+        let bad = GOOD.replace("127.0.0.1:4801", "127.0.0.1:99999");
+        let e = DaemonConfig::parse(Path::new("x.toml"), &bad, "a").unwrap_err().to_string();
+        assert!(e.starts_with("x.toml:15: key `cluster.daemon.address`"), "{e}");
+
+        let bad = GOOD.replace("token_timeout_ms", "token_timout_ms");
+        let e = DaemonConfig::parse(Path::new("x.toml"), &bad, "a").unwrap_err().to_string();
+        assert!(e.starts_with("x.toml:18:") && e.contains("token_timout_ms"), "{e}");
+
+        let bad = GOOD.replace("id = 1", "id = 0");
+        let e = DaemonConfig::parse(Path::new("x.toml"), &bad, "a").unwrap_err().to_string();
+        assert!(e.starts_with("x.toml:12: key `cluster.daemon.id`"), "{e}");
+
+        let e = DaemonConfig::parse(Path::new("x.toml"), GOOD, "zz").unwrap_err().to_string();
+        assert!(e.contains("no daemon named `zz`"), "{e}");
+
+        let bad = GOOD.replace("token_timeout_ms = 500", "token_timeout_ms = 1");
+        let e = DaemonConfig::parse(Path::new("x.toml"), &bad, "a").unwrap_err().to_string();
+        assert!(e.contains("ring.token_timeout"), "{e}");
+    }
+}

@@ -1,0 +1,127 @@
+//! Real daemons on loopback: they form one ring, a daemon killed with
+//! SIGKILL leaves a transitional then a regular configuration without it at
+//! the survivors, and a restarted daemon merges back (EVS on real sockets).
+
+use std::io::{BufRead, BufReader};
+use std::net::UdpSocket;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+struct Daemon {
+    child: Child,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_ports(n: usize) -> Vec<u16> {
+    let socks: Vec<UdpSocket> = (0..n).map(|_| UdpSocket::bind("127.0.0.1:0").unwrap()).collect();
+    socks.iter().map(|s| s.local_addr().unwrap().port()).collect()
+}
+
+fn write_config(dir: &Path, ports: &[u16]) -> std::path::PathBuf {
+    let mut text = String::from("[cluster]\ntransport = \"unicast\"\n");
+    for (i, p) in ports.iter().enumerate() {
+        text += &format!("\n[[cluster.daemon]]\nid = {i}\nname = \"d{i}\"\naddress = \"127.0.0.1:{p}\"\n");
+    }
+    text += &format!("\n[paths]\nstate_dir = \"{}/{{name}}\"\n", dir.display());
+    let path = dir.join("cluster.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn start(config: &Path, name: &str) -> Daemon {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ringfence"))
+        .args(["daemon", "--config", config.to_str().unwrap(), "--name", name])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let stderr = child.stderr.take().unwrap();
+    let sink = Arc::clone(&log);
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    Daemon { child, log }
+}
+
+/// Waits (at most 20 s) until a log line at or after `from` contains every
+/// one of `needles`; returns its index.
+fn wait_for(d: &Daemon, from: usize, needles: &[&str]) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        {
+            let log = d.log.lock().unwrap();
+            if let Some(i) = log.iter().skip(from).position(|l| needles.iter().all(|n| l.contains(n))) {
+                return from + i;
+            }
+        }
+        assert!(Instant::now() < deadline, "no log line with {needles:?}; log: {:#?}", d.log.lock().unwrap());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn log_len(d: &Daemon) -> usize {
+    d.log.lock().unwrap().len()
+}
+
+#[test]
+fn kill_and_restart_give_evs_configurations() {
+    let dir = std::env::temp_dir().join(format!("ringfence-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = write_config(&dir, &free_ports(3));
+    let mut daemons: Vec<Option<Daemon>> = (0..3).map(|i| Some(start(&config, &format!("d{i}")))).collect();
+
+    // One ring of all three.
+    for d in daemons.iter().flatten() {
+        wait_for(d, 0, &["regular configuration", "members=[0, 1, 2]"]);
+    }
+
+    // kill -9 of d2: the survivors see a transitional configuration, then a
+    // regular one without it.
+    let marks: Vec<usize> = daemons.iter().flatten().map(log_len).collect();
+    drop(daemons[2].take());
+    for (i, d) in daemons.iter().flatten().enumerate() {
+        let t = wait_for(d, marks[i], &["transitional configuration", "members=[0, 1]"]);
+        wait_for(d, t, &["regular configuration", "members=[0, 1]"]);
+    }
+
+    // Restart: the merge brings it back, with a new incarnation.
+    let marks: Vec<usize> = daemons.iter().flatten().map(log_len).collect();
+    daemons[2] = Some(start(&config, "d2"));
+    let d2 = daemons[2].as_ref().unwrap();
+    wait_for(d2, 0, &["daemon started", "incarnation=1"]);
+    for (i, d) in daemons.iter().take(2).flatten().enumerate() {
+        wait_for(d, marks[i], &["regular configuration", "members=[0, 1, 2]"]);
+    }
+    wait_for(d2, 0, &["regular configuration", "members=[0, 1, 2]"]);
+    drop(daemons);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_bad_config_names_file_line_and_key() {
+    let dir = std::env::temp_dir().join(format!("ringfence-badcfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("bad.toml");
+    std::fs::write(&path, "[cluster]\n\n[[cluster.daemon]]\nid = 0\nname = \"d0\"\naddress = \"nowhere\"\n")
+        .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ringfence"))
+        .args(["daemon", "--config", path.to_str().unwrap(), "--name", "d0"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(err.contains("bad.toml:6: key `cluster.daemon.address`"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
