@@ -296,12 +296,29 @@ impl Node {
 
     /// The next datagram to send.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.transmits.pop_front()
+        // The rings' own queues are read in place: no move per datagram.
+        self.transmits
+            .pop_front()
+            .or_else(|| self.ring.as_mut().and_then(Ring::poll_transmit))
+            .or_else(|| self.next.as_mut().and_then(Ring::poll_transmit))
     }
 
     /// The next delivery or configuration event.
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+        if let Some(e) = self.events.pop_front() {
+            return Some(e);
+        }
+        // In operation the ring's deliveries are read in place (no move per
+        // message); during a change `pump` orders them among configurations.
+        if matches!(self.state, State::Operational) {
+            let r = self.ring.as_mut()?;
+            while let Some(d) = r.poll_delivery() {
+                if !d.service.is_control() {
+                    return Some(Event::Deliver(d));
+                }
+            }
+        }
+        None
     }
 
     /// The next deadline at which [`Node::handle_timeout`] must be called.
@@ -799,14 +816,10 @@ impl Node {
     /// Moves datagrams and deliveries out of the rings, acting on recovery
     /// messages, and installs the new ring when recovery is complete.
     fn pump(&mut self, now: Time) {
-        for r in [&mut self.ring, &mut self.next].into_iter().flatten() {
-            while let Some(t) = r.poll_transmit() {
-                self.transmits.push_back(t);
-            }
-        }
-        // Deliveries of the installed (or old) ring: messages in its regular
-        // configuration.
-        if let Some(r) = &mut self.ring {
+        // Deliveries of the old ring during a change: messages in its regular
+        // configuration, ahead of the configurations to come. (In operation
+        // `poll_event` reads them in place.)
+        if let Some(r) = self.ring.as_mut().filter(|_| !matches!(self.state, State::Operational)) {
             while let Some(d) = r.poll_delivery() {
                 if !d.service.is_control() {
                     self.events.push_back(Event::Deliver(d));
@@ -844,11 +857,6 @@ impl Node {
                     }
                 }
                 _ => {}
-            }
-        }
-        for r in [&mut self.ring, &mut self.next].into_iter().flatten() {
-            while let Some(t) = r.poll_transmit() {
-                self.transmits.push_back(t);
             }
         }
     }
