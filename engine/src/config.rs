@@ -108,6 +108,7 @@ struct RingFile {
 #[serde(deny_unknown_fields)]
 struct PathsFile {
     state_dir: Option<String>,
+    client_socket: Option<String>,
 }
 
 /// One daemon of the cluster.
@@ -142,6 +143,9 @@ pub struct DaemonConfig {
     /// Where the daemon keeps what must survive a restart (its incarnation
     /// and highest ring sequence).
     pub state_dir: PathBuf,
+    /// The Unix socket local clients connect to (default
+    /// `<state_dir>/client.sock`).
+    pub client_socket: PathBuf,
 }
 
 fn line_of(text: &str, span: Range<usize>) -> usize {
@@ -223,7 +227,12 @@ impl DaemonConfig {
             || std::env::temp_dir().join("ringfence").join(&me.name),
             |s| PathBuf::from(s.replace("{name}", &me.name)),
         );
-        Ok(Self { me, peers, transport, ring, state_dir })
+        let client_socket = file
+            .paths
+            .client_socket
+            .as_deref()
+            .map_or_else(|| state_dir.join("client.sock"), |s| PathBuf::from(s.replace("{name}", &me.name)));
+        Ok(Self { me, peers, transport, ring, state_dir, client_socket })
     }
 }
 
@@ -282,15 +291,15 @@ token_timeout_ms = 500
     fn errors_name_file_line_and_key() {
         let bad = GOOD.replace("127.0.0.1:4801", "127.0.0.1:99999");
         let e = DaemonConfig::parse(Path::new("x.toml"), &bad, "a").unwrap_err().to_string();
-        assert!(e.starts_with("x.toml:15: key `cluster.daemon.address`"), "{e}");
+        assert!(e.starts_with("x.toml:13: key `cluster.daemon.address`"), "{e}");
 
         let bad = GOOD.replace("token_timeout_ms", "token_timout_ms");
         let e = DaemonConfig::parse(Path::new("x.toml"), &bad, "a").unwrap_err().to_string();
-        assert!(e.starts_with("x.toml:18:") && e.contains("token_timout_ms"), "{e}");
+        assert!(e.starts_with("x.toml:16:") && e.contains("token_timout_ms"), "{e}");
 
         let bad = GOOD.replace("id = 1", "id = 0");
         let e = DaemonConfig::parse(Path::new("x.toml"), &bad, "a").unwrap_err().to_string();
-        assert!(e.starts_with("x.toml:12: key `cluster.daemon.id`"), "{e}");
+        assert!(e.starts_with("x.toml:11: key `cluster.daemon.id`"), "{e}");
 
         let e = DaemonConfig::parse(Path::new("x.toml"), GOOD, "zz").unwrap_err().to_string();
         assert!(e.contains("no daemon named `zz`"), "{e}");

@@ -1,11 +1,18 @@
 //! The ring thread on the portable backend.
 
 use crate::config::DaemonConfig;
+use crate::session::{self, ClientOut, RING_QUEUE, ToRing, Waker};
 use crate::state::State;
 use bytes::Bytes;
-use ringfence_proto::ring::{ConfigKind, Dest, Event};
+use crossbeam_channel::{Receiver, bounded};
+use ringfence_proto::groups::{Cause, ClientEvent, ClientGroups, ClientId, GroupKind, GroupsError, Submit};
+use ringfence_proto::ring::{ConfigKind, Dest, Event, SubmitError};
+use ringfence_proto::wire::client::{
+    self as cp, CLIENT_VERSION, ClientFrame, DaemonFrame, ErrorCode, Limits, RefuseCode, ViewCause, ViewKind,
+};
 use ringfence_proto::{Node, NodeId, Time};
 use socket2::{Domain, Protocol, Socket, Type};
+use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
@@ -41,6 +48,13 @@ pub struct Daemon {
     state: State,
     stats: DaemonStats,
     buf: Vec<u8>,
+    groups: ClientGroups,
+    requests: Receiver<ToRing>,
+    clients: HashMap<u64, ClientOut>,
+    waker: SocketAddr,
+    /// A group message the ring refused for backpressure, retried first.
+    held: Option<Submit>,
+    limits: Limits,
 }
 
 impl Daemon {
@@ -58,6 +72,13 @@ impl Daemon {
         let start = Instant::now();
         let node = Node::new(cfg.ring.clone(), cfg.me.id, Time::ZERO, state.incarnation())
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+        let limits = Limits::default();
+        let (to_ring, requests) = bounded::<ToRing>(RING_QUEUE);
+        let local = socket.local_addr()?;
+        let waker = Waker::new(local)?;
+        let waker_addr = waker.address()?;
+        session::listen(&cfg.client_socket, to_ring, &waker, limits)?;
+        let groups = ClientGroups::new(cfg.me.id);
         info!(
             daemon = %cfg.me.name,
             id = cfg.me.id.0,
@@ -66,7 +87,21 @@ impl Daemon {
             backend = "portable",
             "daemon started"
         );
-        Ok(Self { cfg, node, socket, start, state, stats: DaemonStats::default(), buf: vec![0u8; 65_536] })
+        Ok(Self {
+            cfg,
+            node,
+            socket,
+            start,
+            state,
+            stats: DaemonStats::default(),
+            buf: vec![0u8; 65_536],
+            groups,
+            requests,
+            clients: HashMap::new(),
+            waker: waker_addr,
+            held: None,
+            limits,
+        })
     }
 
     /// The protocol core.
@@ -123,6 +158,9 @@ impl Daemon {
     }
 
     fn receive(&mut self, n: usize, from: SocketAddr) {
+        if from == self.waker {
+            return; // a session has requests for us: handled in `flush`
+        }
         self.stats.received += 1;
         if self.peer_of(from).is_none() {
             self.stats.unknown_sources += 1;
@@ -132,8 +170,171 @@ impl Daemon {
         self.node.handle_datagram(now, Bytes::copy_from_slice(&self.buf[..n]));
     }
 
-    /// Sends what the core produced and logs what it delivered.
+    /// Takes client requests, hands group messages to the ring, sends what
+    /// the core produced and delivers what it ordered.
     fn flush(&mut self) {
+        let now = self.now();
+        // Requests from sessions, unless the ring is refusing messages
+        // (then the bounded channel fills and the sessions block).
+        for _ in 0..1024 {
+            if self.held.is_some() {
+                break;
+            }
+            let Ok(req) = self.requests.try_recv() else { break };
+            self.request(req);
+            self.submit(now);
+        }
+        self.submit(now);
+        self.flush_ring();
+    }
+
+    fn submit(&mut self, now: Time) {
+        loop {
+            let Some(s) = self.held.take().or_else(|| self.groups.poll_submit()) else { return };
+            match self.node.submit(now, s.service, s.groups.clone(), s.payload.clone()) {
+                Ok(_) => {}
+                Err(SubmitError::Backlogged) => {
+                    self.held = Some(s);
+                    return;
+                }
+                Err(e) => warn!(error = %e, "group message refused by the ring"),
+            }
+        }
+    }
+
+    fn request(&mut self, req: ToRing) {
+        match req {
+            ToRing::Connect { id, hello_name, out } => {
+                match self.groups.connect(ClientId(id), hello_name.as_bytes()) {
+                    Ok(name) => {
+                        let welcome = cp::Welcome {
+                            version: CLIENT_VERSION,
+                            daemon_id: self.cfg.me.id.0,
+                            private_name: name.to_string(),
+                            max_frame_len: self.limits.max_frame_len,
+                            max_payload: self.limits.max_payload,
+                            max_groups: self.limits.max_groups,
+                        };
+                        out.send(DaemonFrame::Welcome(welcome));
+                        self.clients.insert(id, out);
+                    }
+                    Err(e) => {
+                        let code = match e {
+                            GroupsError::DuplicateName => RefuseCode::NameInUse,
+                            GroupsError::TooManyClients => RefuseCode::TooManyClients,
+                            _ => RefuseCode::ProtocolViolation,
+                        };
+                        out.send(DaemonFrame::Refused { code, text: e.to_string() });
+                    }
+                }
+            }
+            ToRing::Gone { id } => {
+                let _ = self.groups.disconnect(ClientId(id));
+                self.clients.remove(&id);
+            }
+            ToRing::Frame { id, frame } => {
+                let c = ClientId(id);
+                let r = match frame {
+                    ClientFrame::Join { group } => self.groups.join(c, group.as_bytes(), GroupKind::Open),
+                    ClientFrame::Leave { group } => self.groups.leave(c, group.as_bytes()),
+                    ClientFrame::Multicast(m) => {
+                        self.groups.multicast(c, m.service, &m.groups, m.msg_type, m.payload, m.self_discard)
+                    }
+                    ClientFrame::FlushOk { group, .. } => self.groups.flush_ok(c, group.as_bytes()),
+                    ClientFrame::Hello(_) | ClientFrame::Bye => Ok(()),
+                };
+                if let Err(e) = r {
+                    let code = match e {
+                        GroupsError::NotMember => ErrorCode::NotMember,
+                        GroupsError::AlreadyMember => ErrorCode::AlreadyMember,
+                        _ => ErrorCode::Other(0),
+                    };
+                    if let Some(out) = self.clients.get(&id) {
+                        out.send(DaemonFrame::Error { code, text: e.to_string() });
+                    }
+                }
+            }
+        }
+    }
+
+    /// Gives a client event to its session; a client whose queue is full is
+    /// disconnected (its session says why).
+    fn deliver_to_client(&mut self, id: ClientId, ev: ClientEvent) {
+        let Some(out) = self.clients.get(&id.0) else { return };
+        let frame = match ev {
+            ClientEvent::Message { sender, groups, service, msg_type, payload } => {
+                DaemonFrame::Message(cp::Message {
+                    sender: sender.to_string(),
+                    groups: groups.iter().map(|g| String::from_utf8_lossy(g).into_owned()).collect(),
+                    service,
+                    msg_type,
+                    payload,
+                })
+            }
+            ClientEvent::Membership { group, view_id, members, cause, kind } => {
+                DaemonFrame::Membership(cp::Membership {
+                    group: String::from_utf8_lossy(&group).into_owned(),
+                    view_id: cp::ViewId {
+                        ring_seq: view_id.ring_id.seq,
+                        ring_rep: view_id.ring_id.rep.0,
+                        counter: view_id.counter,
+                    },
+                    kind: match kind {
+                        ConfigKind::Regular => ViewKind::Regular,
+                        ConfigKind::Transitional => ViewKind::Transitional,
+                    },
+                    cause: match cause {
+                        Cause::Join => ViewCause::Join,
+                        Cause::Leave => ViewCause::Leave,
+                        Cause::Disconnect => ViewCause::Disconnect,
+                        Cause::Network => ViewCause::Network,
+                    },
+                    members: members.iter().map(ToString::to_string).collect(),
+                })
+            }
+            ClientEvent::FlushRequest { group, flush } => DaemonFrame::FlushRequest {
+                group: String::from_utf8_lossy(&group).into_owned(),
+                view_id: cp::ViewId {
+                    ring_seq: flush.ring_id.seq,
+                    ring_rep: flush.ring_id.rep.0,
+                    counter: flush.seq,
+                },
+            },
+            ClientEvent::JoinRefused { group, reason } => DaemonFrame::Error {
+                code: ErrorCode::Denied,
+                text: format!("join {} refused: {reason:?}", String::from_utf8_lossy(&group)),
+            },
+            ClientEvent::Left { .. } => return,
+        };
+        if !out.send(frame) {
+            warn!(client = id.0, "slow consumer: disconnecting");
+            self.clients.remove(&id.0);
+            let _ = self.groups.disconnect(id);
+        }
+    }
+
+    /// Sends what the core produced and logs what it delivered.
+    fn flush_ring(&mut self) {
+        let now = self.now();
+        while let Some(ev) = self.node.poll_event() {
+            self.groups.handle_event(now, &ev);
+            if let Event::Configuration(c) = ev {
+                let members: Vec<u16> = c.members.iter().map(|m| m.0).collect();
+                let kind = match c.kind {
+                    ConfigKind::Regular => "regular",
+                    ConfigKind::Transitional => "transitional",
+                };
+                info!(daemon = %self.cfg.me.name, ring = %c.ring_id, ?members, "{kind} configuration");
+                if let Err(e) = self.state.set_ring_seq(c.ring_id.seq.max(self.node.max_ring_seq())) {
+                    warn!(error = %e, "could not persist the ring sequence");
+                }
+            }
+        }
+        while let Some((id, ev)) = self.groups.poll_client() {
+            self.deliver_to_client(id, ev);
+        }
+        // Group control produced by the events (state exchange, views).
+        self.submit(now);
         while let Some(t) = self.node.poll_transmit() {
             match t.dest {
                 Dest::All => {
@@ -147,19 +348,6 @@ impl Daemon {
                     if let Some(p) = self.cfg.peers.iter().find(|p| p.id == id) {
                         Self::send(&self.socket, &mut self.stats, &t.bytes, p.address);
                     }
-                }
-            }
-        }
-        while let Some(ev) = self.node.poll_event() {
-            if let Event::Configuration(c) = ev {
-                let members: Vec<u16> = c.members.iter().map(|m| m.0).collect();
-                let kind = match c.kind {
-                    ConfigKind::Regular => "regular",
-                    ConfigKind::Transitional => "transitional",
-                };
-                info!(daemon = %self.cfg.me.name, ring = %c.ring_id, ?members, "{kind} configuration");
-                if let Err(e) = self.state.set_ring_seq(c.ring_id.seq.max(self.node.max_ring_seq())) {
-                    warn!(error = %e, "could not persist the ring sequence");
                 }
             }
         }

@@ -17,6 +17,7 @@
 
 pub mod config;
 mod daemon;
+mod session;
 mod state;
 
 pub use config::{ConfigError, DaemonConfig, Peer, Transport};

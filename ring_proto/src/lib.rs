@@ -24,6 +24,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod groups;
 mod node;
 pub mod ring;
 pub mod sim;

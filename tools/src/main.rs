@@ -5,6 +5,7 @@
 
 mod daemon;
 mod sim;
+mod user;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -22,6 +23,8 @@ enum Command {
     Sim(sim::SimArgs),
     /// Run a daemon of the cluster described by a config file.
     Daemon(daemon::DaemonArgs),
+    /// Interactive client: join, leave, send, and print what arrives.
+    User(user::UserArgs),
 }
 
 fn main() -> ExitCode {
@@ -29,5 +32,6 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Sim(args) => sim::main(&args),
         Command::Daemon(args) => daemon::main(&args),
+        Command::User(args) => user::main(&args),
     }
 }

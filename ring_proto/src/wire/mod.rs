@@ -6,6 +6,7 @@
 //! value or a [`DecodeError`], never a panic, and trailing bytes are an error.
 //! `docs/protocol.md` documents every field.
 
+pub mod client;
 mod codec;
 mod membership;
 mod packet;

@@ -1,0 +1,351 @@
+//! `ringfence-client`: the client library of ringfence.
+//!
+//! A client connects to its local daemon (Unix domain socket, or TCP),
+//! introduces itself by name, joins light-weight groups and multicasts to
+//! them with one of six services. Every daemon computes the same group views,
+//! and every member receives a group's messages in the same total order.
+//!
+//! ```text
+//!  Client::connect ──Hello──► daemon ──Welcome (private name)──► Client
+//!  join / leave / multicast ──frames──► daemon ──► ring (total order)
+//!  receive() / poll() ◄──Message / Membership frames◄── daemon
+//! ```
+//!
+//! The wire format is `ringfence_proto::wire::client` (documented in
+//! `docs/client-protocol.md`). This crate does blocking I/O on one stream and
+//! allocates nothing per received message beyond the decoded frame.
+//!
+//! ```no_run
+//! use ringfence_client::{Address, Client, Event, Service};
+//! let mut c = Client::connect(&Address::Unix("/tmp/ringfence/d0/client.sock".into()), "alice")?;
+//! c.join("chat")?;
+//! c.multicast(Service::Agreed, &["chat"], 0, b"hello")?;
+//! loop {
+//!     match c.receive()? {
+//!         Event::Message(m) => println!("{}: {:?}", m.sender, m.payload),
+//!         Event::Membership(v) => println!("{} now {:?}", v.group, v.members),
+//!         _ => {}
+//!     }
+//! }
+//! # Ok::<(), ringfence_client::ClientError>(())
+//! ```
+
+use bytes::Bytes;
+pub use ringfence_proto::wire::Service;
+use ringfence_proto::wire::client::{
+    Auth, ByeReason, ClientDecodeError, ClientEncodeError, ClientFrame, DaemonFrame, ErrorCode, Frame,
+    FrameDecoder, Hello, Limits, Multicast, RefuseCode, Welcome, encode_multicast,
+};
+pub use ringfence_proto::wire::client::{Membership, Message, ViewCause, ViewId, ViewKind};
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+
+/// Where the daemon listens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Address {
+    /// A Unix domain socket (local clients; authenticated by peer credentials).
+    Unix(PathBuf),
+    /// A TCP address (remote clients).
+    Tcp(SocketAddr),
+}
+
+/// What the daemon tells the client.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// A message to a group this client is in (or to its private group).
+    Message(Message),
+    /// A new view of a group this client is in.
+    Membership(Membership),
+    /// A virtual-synchrony group is changing: answer with
+    /// [`Client::flush_ok`] once done sending in the current view.
+    FlushRequest {
+        /// The group.
+        group: String,
+        /// The view being closed.
+        view_id: ViewId,
+    },
+    /// A request was refused (not a member, denied, too large, ...).
+    Error {
+        /// Why.
+        code: ErrorCode,
+        /// Details.
+        text: String,
+    },
+}
+
+/// Why a client call failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The connection failed or broke.
+    #[error("connection: {0}")]
+    Io(#[from] io::Error),
+    /// The daemon refused the connection.
+    #[error("refused by the daemon ({code:?}): {text}")]
+    Refused {
+        /// Why.
+        code: RefuseCode,
+        /// Details.
+        text: String,
+    },
+    /// The daemon closed the session, saying why (e.g. a slow consumer).
+    #[error("disconnected by the daemon ({reason:?}): {text}")]
+    Disconnected {
+        /// Why.
+        reason: ByeReason,
+        /// Details.
+        text: String,
+    },
+    /// The daemon sent something that is not the protocol.
+    #[error("protocol error from the daemon: {0}")]
+    Protocol(#[from] ClientDecodeError),
+    /// The call's arguments cannot be sent (name or payload too long, ...).
+    #[error("invalid request: {0}")]
+    Invalid(#[from] ClientEncodeError),
+    /// The daemon closed the connection without a word.
+    #[error("the daemon closed the connection")]
+    Closed,
+}
+
+enum Stream {
+    Unix(UnixStream),
+    Tcp(TcpStream),
+}
+
+impl Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Self::Unix(s) => s.read(buf),
+            Self::Tcp(s) => s.read(buf),
+        }
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        match self {
+            Self::Unix(s) => s.write_all(buf),
+            Self::Tcp(s) => s.write_all(buf),
+        }
+    }
+
+    fn set_nonblocking(&self, on: bool) -> io::Result<()> {
+        match self {
+            Self::Unix(s) => s.set_nonblocking(on),
+            Self::Tcp(s) => s.set_nonblocking(on),
+        }
+    }
+}
+
+/// A connection to a daemon. Not thread-safe by itself; one per thread, or
+/// wrap it in a mutex.
+pub struct Client {
+    stream: Stream,
+    decoder: FrameDecoder<DaemonFrame>,
+    limits: Limits,
+    out: Vec<u8>,
+    welcome: Welcome,
+    buf: Vec<u8>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").field("private_name", &self.welcome.private_name).finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// Connects and introduces this client as `name` (1 to 32 printable
+    /// ASCII bytes). Local clients are authenticated by their Unix peer
+    /// credentials.
+    pub fn connect(addr: &Address, name: &str) -> Result<Self, ClientError> {
+        let stream = match addr {
+            Address::Unix(p) => Stream::Unix(UnixStream::connect(p)?),
+            Address::Tcp(a) => {
+                let s = TcpStream::connect(a)?;
+                s.set_nodelay(true)?;
+                Stream::Tcp(s)
+            }
+        };
+        let limits = Limits::default();
+        let mut c = Self {
+            stream,
+            decoder: FrameDecoder::new(limits),
+            limits,
+            out: Vec::with_capacity(64 * 1024),
+            welcome: Welcome {
+                version: 0,
+                daemon_id: 0,
+                private_name: String::new(),
+                max_frame_len: 0,
+                max_payload: 0,
+                max_groups: 0,
+            },
+            buf: vec![0u8; 64 * 1024],
+        };
+        c.send(&ClientFrame::Hello(Hello::new(name, Auth::PeerCredentials)))?;
+        match c.next_frame(true)? {
+            Some(DaemonFrame::Welcome(w)) => c.welcome = w,
+            Some(DaemonFrame::Refused { code, text }) => return Err(ClientError::Refused { code, text }),
+            Some(DaemonFrame::Bye { reason, text }) => {
+                return Err(ClientError::Disconnected { reason, text });
+            }
+            _ => return Err(ClientError::Closed),
+        }
+        Ok(c)
+    }
+
+    /// The name the daemon gave this client; messages to it reach only this
+    /// client (its private group).
+    pub fn private_name(&self) -> &str {
+        &self.welcome.private_name
+    }
+
+    /// The id of the daemon this client is connected to.
+    pub fn daemon_id(&self) -> u16 {
+        self.welcome.daemon_id
+    }
+
+    fn send(&mut self, f: &ClientFrame) -> Result<(), ClientError> {
+        self.out.clear();
+        f.encode(&mut self.out, &self.limits)?;
+        self.stream.write_all(&self.out)?;
+        Ok(())
+    }
+
+    /// Joins a group.
+    pub fn join(&mut self, group: &str) -> Result<(), ClientError> {
+        self.send(&ClientFrame::Join { group: group.to_string() })
+    }
+
+    /// Leaves a group.
+    pub fn leave(&mut self, group: &str) -> Result<(), ClientError> {
+        self.send(&ClientFrame::Leave { group: group.to_string() })
+    }
+
+    /// Multicasts `payload` to one or more groups (a group need not be joined
+    /// to send to it, unless it is a closed virtual-synchrony group).
+    pub fn multicast(
+        &mut self,
+        service: Service,
+        groups: &[&str],
+        msg_type: u16,
+        payload: &[u8],
+    ) -> Result<(), ClientError> {
+        self.out.clear();
+        encode_multicast(
+            &mut self.out,
+            &self.limits,
+            service,
+            msg_type,
+            false,
+            groups.iter().copied(),
+            payload,
+        )?;
+        self.stream.write_all(&self.out)?;
+        Ok(())
+    }
+
+    /// Multicasts many messages with one write (the daemon reads them as one
+    /// batch).
+    pub fn multicast_batch<'a>(
+        &mut self,
+        service: Service,
+        groups: &[&str],
+        msg_type: u16,
+        payloads: impl IntoIterator<Item = &'a [u8]>,
+    ) -> Result<(), ClientError> {
+        self.out.clear();
+        for p in payloads {
+            encode_multicast(
+                &mut self.out,
+                &self.limits,
+                service,
+                msg_type,
+                false,
+                groups.iter().copied(),
+                p,
+            )?;
+        }
+        self.stream.write_all(&self.out)?;
+        Ok(())
+    }
+
+    /// Multicasts with every option: self-discard keeps the message from
+    /// being delivered back to this client.
+    pub fn multicast_with(&mut self, m: Multicast) -> Result<(), ClientError> {
+        self.send(&ClientFrame::Multicast(m))
+    }
+
+    /// Acknowledges a flush request of a virtual-synchrony group.
+    pub fn flush_ok(&mut self, group: &str, view_id: ViewId) -> Result<(), ClientError> {
+        self.send(&ClientFrame::FlushOk { group: group.to_string(), view_id })
+    }
+
+    /// Waits for the next event.
+    pub fn receive(&mut self) -> Result<Event, ClientError> {
+        loop {
+            if let Some(e) = self.next_event(true)? {
+                return Ok(e);
+            }
+        }
+    }
+
+    /// The next event if one is ready, without waiting.
+    pub fn poll(&mut self) -> Result<Option<Event>, ClientError> {
+        self.next_event(false)
+    }
+
+    /// Says goodbye and closes the connection.
+    pub fn disconnect(mut self) -> Result<(), ClientError> {
+        self.send(&ClientFrame::Bye)
+    }
+
+    fn next_event(&mut self, block: bool) -> Result<Option<Event>, ClientError> {
+        Ok(match self.next_frame(block)? {
+            None => None,
+            Some(DaemonFrame::Message(m)) => Some(Event::Message(m)),
+            Some(DaemonFrame::Membership(m)) => Some(Event::Membership(m)),
+            Some(DaemonFrame::FlushRequest { group, view_id }) => {
+                Some(Event::FlushRequest { group, view_id })
+            }
+            Some(DaemonFrame::Error { code, text }) => Some(Event::Error { code, text }),
+            Some(DaemonFrame::Bye { reason, text }) => {
+                return Err(ClientError::Disconnected { reason, text });
+            }
+            Some(DaemonFrame::Welcome(_) | DaemonFrame::Refused { .. }) => {
+                return Err(ClientError::Protocol(ClientDecodeError::BadValue(
+                    "frame type after the handshake",
+                )));
+            }
+        })
+    }
+
+    fn next_frame(&mut self, block: bool) -> Result<Option<DaemonFrame>, ClientError> {
+        loop {
+            if let Some(f) = self.decoder.next_frame()? {
+                return Ok(Some(f));
+            }
+            if !block {
+                self.stream.set_nonblocking(true)?;
+            }
+            let r = self.stream.read(&mut self.buf);
+            if !block {
+                self.stream.set_nonblocking(false)?;
+            }
+            match r {
+                Ok(0) => return Err(ClientError::Closed),
+                Ok(n) => self.decoder.push(&self.buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+/// Payload bytes of a message, for convenience.
+pub fn payload_of(m: &Message) -> &Bytes {
+    &m.payload
+}

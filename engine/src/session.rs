@@ -1,0 +1,229 @@
+//! Client sessions: a listener thread accepts Unix-socket clients; per
+//! client a reader thread decodes frames and hands requests to the ring
+//! thread over one bounded channel, and a writer thread drains the client's
+//! bounded queue of outgoing frames, writing them in batches.
+//!
+//! ```text
+//!  client ──frames──► reader thread ──ToRing (bounded)──► ring thread
+//!  client ◄─batches── writer thread ◄──Out (bounded, per client)── ring thread
+//! ```
+//!
+//! Backpressure: a client that sends faster than the ring accepts fills the
+//! shared channel and its reader blocks, so the kernel's socket buffer and
+//! then the client are slowed. A client that reads slower than its groups
+//! deliver fills its own queue: it is disconnected with the stated reason
+//! `slow consumer`, and the daemon goes on.
+
+use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
+use ringfence_proto::wire::client::{
+    ByeReason, ClientFrame, DaemonFrame, Frame, FrameDecoder, Limits, RefuseCode,
+};
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, UdpSocket};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use tracing::{debug, info, warn};
+
+/// Frames waiting for one client before it counts as a slow consumer.
+pub(crate) const CLIENT_QUEUE: usize = 8192;
+/// Requests from all clients waiting for the ring thread.
+pub(crate) const RING_QUEUE: usize = 8192;
+
+/// A request from a session to the ring thread.
+#[derive(Debug)]
+pub(crate) enum ToRing {
+    /// A client said hello.
+    Connect { id: u64, hello_name: String, out: ClientOut },
+    /// A client's request.
+    Frame { id: u64, frame: ClientFrame },
+    /// The connection ended.
+    Gone { id: u64 },
+}
+
+/// The ring thread's handle on one client's writer.
+#[derive(Debug, Clone)]
+pub(crate) struct ClientOut {
+    tx: Sender<DaemonFrame>,
+    kicked: Arc<AtomicBool>,
+}
+
+impl ClientOut {
+    /// Queues a frame; false if the client is too slow (it is then
+    /// disconnected with that reason).
+    pub(crate) fn send(&self, f: DaemonFrame) -> bool {
+        match self.tx.try_send(f) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) => {
+                self.kicked.store(true, Ordering::Relaxed);
+                false
+            }
+            Err(TrySendError::Disconnected(_)) => false,
+        }
+    }
+}
+
+/// Wakes the ring thread, which waits on its UDP socket: a one-byte datagram
+/// from a socket whose address it knows.
+#[derive(Debug)]
+pub(crate) struct Waker {
+    socket: UdpSocket,
+    ring: SocketAddr,
+}
+
+impl Waker {
+    pub(crate) fn new(ring: SocketAddr) -> io::Result<Self> {
+        let bind: SocketAddr =
+            if ring.is_ipv4() { "127.0.0.1:0" } else { "[::1]:0" }.parse().map_err(io::Error::other)?;
+        let socket = UdpSocket::bind(bind)?;
+        let ring = if ring.ip().is_unspecified() { SocketAddr::new(bind.ip(), ring.port()) } else { ring };
+        Ok(Self { socket, ring })
+    }
+
+    pub(crate) fn address(&self) -> io::Result<SocketAddr> {
+        self.socket.local_addr()
+    }
+
+    pub(crate) fn wake(&self) {
+        let _ = self.socket.send_to(&[0], self.ring);
+    }
+
+    fn try_clone(&self) -> io::Result<Self> {
+        Ok(Self { socket: self.socket.try_clone()?, ring: self.ring })
+    }
+}
+
+/// Starts the listener thread on `path`.
+pub(crate) fn listen(path: &Path, to_ring: Sender<ToRing>, waker: &Waker, limits: Limits) -> io::Result<()> {
+    if path.exists() {
+        std::fs::remove_file(path)?;
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let listener = UnixListener::bind(path)?;
+    info!(socket = %path.display(), "listening for clients");
+    let waker = waker.try_clone()?;
+    let next_id = Arc::new(AtomicU64::new(1));
+    std::thread::Builder::new().name("rf-listener".into()).spawn(move || {
+        for conn in listener.incoming() {
+            let stream = match conn {
+                Ok(s) => s,
+                Err(e) => {
+                    warn!(error = %e, "accept failed");
+                    continue;
+                }
+            };
+            let id = next_id.fetch_add(1, Ordering::Relaxed);
+            let (to_ring, limits) = (to_ring.clone(), limits);
+            let Ok(waker) = waker.try_clone() else { continue };
+            let _ = std::thread::Builder::new()
+                .name(format!("rf-client-{id}"))
+                .spawn(move || serve(id, stream, &to_ring, &waker, limits));
+        }
+    })?;
+    Ok(())
+}
+
+/// One client's reader (this thread) and writer (a thread it starts).
+fn serve(id: u64, stream: UnixStream, to_ring: &Sender<ToRing>, waker: &Waker, limits: Limits) {
+    let Ok(mut write_half) = stream.try_clone() else { return };
+    let mut read_half = stream;
+    let mut decoder: FrameDecoder<ClientFrame> = FrameDecoder::new(limits);
+    let mut buf = vec![0u8; 64 * 1024];
+    let (tx, rx) = bounded::<DaemonFrame>(CLIENT_QUEUE);
+    let kicked = Arc::new(AtomicBool::new(false));
+    let out = ClientOut { tx, kicked: Arc::clone(&kicked) };
+    let writer_limits = limits;
+    let writer_kicked = Arc::clone(&kicked);
+    let writer = std::thread::Builder::new()
+        .name(format!("rf-client-{id}-w"))
+        .spawn(move || write_loop(&mut write_half, &rx, &writer_limits, &writer_kicked));
+    let mut said_hello = false;
+    let mut pending_out = Some(out);
+    'read: loop {
+        loop {
+            match decoder.next_frame() {
+                Ok(Some(ClientFrame::Hello(h))) if !said_hello => {
+                    said_hello = true;
+                    let Some(out) = pending_out.take() else { break 'read };
+                    if to_ring.send(ToRing::Connect { id, hello_name: h.client_name, out }).is_err() {
+                        break 'read;
+                    }
+                    waker.wake();
+                }
+                Ok(Some(ClientFrame::Bye)) => break 'read,
+                Ok(Some(frame)) if said_hello => {
+                    // Blocks when the ring is behind: backpressure.
+                    if to_ring.send(ToRing::Frame { id, frame }).is_err() {
+                        break 'read;
+                    }
+                    waker.wake();
+                }
+                Ok(Some(_)) => {
+                    if let Some(out) = pending_out.take() {
+                        out.send(DaemonFrame::Refused {
+                            code: RefuseCode::ProtocolViolation,
+                            text: "the first frame must be Hello".into(),
+                        });
+                    }
+                    break 'read;
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    debug!(client = id, error = %e, "bad frame; closing");
+                    break 'read;
+                }
+            }
+            if kicked.load(Ordering::Relaxed) {
+                break 'read;
+            }
+        }
+        match read_half.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => decoder.push(&buf[..n]),
+        }
+    }
+    if said_hello {
+        let _ = to_ring.send(ToRing::Gone { id });
+        waker.wake();
+    }
+    drop(pending_out);
+    let _ = read_half.shutdown(std::net::Shutdown::Read);
+    if let Ok(w) = writer {
+        let _ = w.join();
+    }
+}
+
+fn write_loop(stream: &mut UnixStream, rx: &Receiver<DaemonFrame>, limits: &Limits, kicked: &AtomicBool) {
+    let mut out: Vec<u8> = Vec::with_capacity(256 * 1024);
+    while let Ok(first) = rx.recv() {
+        out.clear();
+        if first.encode(&mut out, limits).is_err() {
+            continue;
+        }
+        // Batch whatever else is queued into the same write.
+        while out.len() < 256 * 1024 {
+            let Ok(f) = rx.try_recv() else { break };
+            let _ = f.encode(&mut out, limits);
+        }
+        if stream.write_all(&out).is_err() {
+            return;
+        }
+        if kicked.load(Ordering::Relaxed) {
+            break;
+        }
+    }
+    if kicked.load(Ordering::Relaxed) {
+        out.clear();
+        let bye = DaemonFrame::Bye {
+            reason: ByeReason::SlowConsumer,
+            text: "client read too slowly; queue full".into(),
+        };
+        if bye.encode(&mut out, limits).is_ok() {
+            let _ = stream.write_all(&out);
+        }
+    }
+    let _ = stream.shutdown(std::net::Shutdown::Both);
+}

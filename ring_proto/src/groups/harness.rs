@@ -1,0 +1,413 @@
+//! A deterministic multi-daemon harness for the groups layer: N `Node`s and
+//! N `ClientGroups` on a virtual clock, a seeded network with partitions,
+//! scripted clients that answer flush requests after a seeded delay, and a
+//! checker of the group invariants over every client's event stream.
+
+use super::*;
+use crate::ring::{Config, Dest};
+use crate::{Incarnation, Node};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::time::Duration;
+
+/// A client's handle in the harness: (daemon index, client id).
+pub(super) type Who = (usize, ClientId);
+
+pub(super) struct World {
+    pub(super) now: Time,
+    pub(super) nodes: Vec<Node>,
+    pub(super) groups: Vec<ClientGroups>,
+    backlog: Vec<VecDeque<Submit>>,
+    net: BinaryHeap<Reverse<(Time, u64, usize, Bytes)>>,
+    order: u64,
+    reach: Vec<Vec<bool>>,
+    rng: ChaCha8Rng,
+    /// Every event each client received, in order.
+    pub(super) log: BTreeMap<Who, Vec<ClientEvent>>,
+    /// Flush answers due: (time, order) -> (client, group).
+    actions: BTreeMap<(Time, u64), (Who, Bytes)>,
+    /// Longest delay before a client answers a flush request.
+    pub(super) flush_delay: Duration,
+    cur_view: BTreeMap<(Who, Bytes), ViewId>,
+    /// Message number -> the (VS group, view) it was sent in.
+    sent_in: BTreeMap<u64, (Bytes, ViewId)>,
+    next_msg: u64,
+    /// Groups joined as VS (the virtual synchrony check applies to them).
+    vs_groups: BTreeSet<Bytes>,
+    pub(super) violations: Vec<String>,
+}
+
+fn ids(n: usize) -> Vec<NodeId> {
+    (0..n).map(|i| NodeId(i as u16)).collect()
+}
+
+impl World {
+    /// `n` daemons already in one ring.
+    pub(super) fn with_ring(n: usize, seed: u64) -> Self {
+        let ids = ids(n);
+        let ring_id = RingId { seq: 1, rep: ids[0] };
+        let nodes = ids
+            .iter()
+            .map(|&id| {
+                Node::with_ring(Config::default(), id, &ids, ring_id, Time::ZERO).expect("valid config")
+            })
+            .collect();
+        Self::build(nodes, seed)
+    }
+
+    /// `n` daemons starting alone; they form a ring within a second.
+    pub(super) fn starting(n: usize, seed: u64) -> Self {
+        let nodes = ids(n)
+            .into_iter()
+            .map(|id| {
+                Node::new(Config::default(), id, Time::ZERO, Incarnation::default()).expect("valid config")
+            })
+            .collect();
+        Self::build(nodes, seed)
+    }
+
+    fn build(nodes: Vec<Node>, seed: u64) -> Self {
+        let n = nodes.len();
+        let mut w = Self {
+            now: Time::ZERO,
+            groups: (0..n).map(|i| ClientGroups::new(NodeId(i as u16))).collect(),
+            nodes,
+            backlog: vec![VecDeque::new(); n],
+            net: BinaryHeap::new(),
+            order: 0,
+            reach: vec![vec![true; n]; n],
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            log: BTreeMap::new(),
+            actions: BTreeMap::new(),
+            flush_delay: Duration::from_millis(2),
+            cur_view: BTreeMap::new(),
+            sent_in: BTreeMap::new(),
+            next_msg: 1,
+            vs_groups: BTreeSet::new(),
+            violations: Vec::new(),
+        };
+        for i in 0..n {
+            w.drain(i);
+        }
+        w
+    }
+
+    /// Splits the daemons: `labels[i]` is daemon i's side.
+    pub(super) fn partition(&mut self, labels: &[u8]) {
+        for (a, row) in self.reach.iter_mut().enumerate() {
+            for (b, r) in row.iter_mut().enumerate() {
+                *r = labels[a] == labels[b];
+            }
+        }
+    }
+
+    pub(super) fn heal(&mut self) {
+        for row in &mut self.reach {
+            row.fill(true);
+        }
+    }
+
+    pub(super) fn connect(&mut self, d: usize, c: u64, name: &str) -> Who {
+        self.groups[d].connect(ClientId(c), name.as_bytes()).expect("connect");
+        self.log.entry((d, ClientId(c))).or_default();
+        (d, ClientId(c))
+    }
+
+    pub(super) fn join(&mut self, who: Who, g: &str, kind: GroupKind) -> Result<(), GroupsError> {
+        if kind == GroupKind::Vs {
+            self.vs_groups.insert(Bytes::copy_from_slice(g.as_bytes()));
+        }
+        let r = self.groups[who.0].join(who.1, g.as_bytes(), kind);
+        self.drain(who.0);
+        r
+    }
+
+    pub(super) fn leave(&mut self, who: Who, g: &str) -> Result<(), GroupsError> {
+        let r = self.groups[who.0].leave(who.1, g.as_bytes());
+        self.drain(who.0);
+        r
+    }
+
+    pub(super) fn disconnect(&mut self, who: Who) -> Result<(), GroupsError> {
+        let r = self.groups[who.0].disconnect(who.1);
+        self.drain(who.0);
+        r
+    }
+
+    /// Sends a numbered message; returns its number.
+    pub(super) fn send(
+        &mut self,
+        who: Who,
+        groups: &[&str],
+        service: Service,
+        self_discard: bool,
+    ) -> Result<u64, GroupsError> {
+        let no = self.next_msg;
+        let mut p = no.to_be_bytes().to_vec();
+        p.extend_from_slice(&[0xab; 24]);
+        let names: Vec<&[u8]> = groups.iter().map(|g| g.as_bytes()).collect();
+        self.groups[who.0].multicast(who.1, service, &names, 7, Bytes::from(p), self_discard)?;
+        self.next_msg += 1;
+        if let [g] = groups {
+            let g = Bytes::copy_from_slice(g.as_bytes());
+            let vs = self.groups[who.0].views.get(&g).is_some_and(|v| v.kind == GroupKind::Vs);
+            if let (true, Some(v)) = (vs, self.cur_view.get(&(who, g.clone()))) {
+                self.sent_in.insert(no, (g, *v));
+            }
+        }
+        self.drain(who.0);
+        Ok(no)
+    }
+
+    fn transmit(&mut self, from: usize, dest: Dest, bytes: Bytes) {
+        let n = self.nodes.len();
+        let targets: Vec<usize> = match dest {
+            Dest::All => (0..n).filter(|&j| j != from).collect(),
+            Dest::Node(id) => vec![usize::from(id.0)],
+        };
+        for to in targets {
+            if to >= n || !self.reach[from][to] {
+                continue;
+            }
+            let at = self.now + Duration::from_micros(self.rng.random_range(20..=120));
+            self.order += 1;
+            self.net.push(Reverse((at, self.order, to, bytes.clone())));
+        }
+    }
+
+    fn drain(&mut self, i: usize) {
+        loop {
+            let mut progress = false;
+            while let Some(s) = self.groups[i].poll_submit() {
+                self.backlog[i].push_back(s);
+            }
+            while let Some(s) = self.backlog[i].front() {
+                match self.nodes[i].submit(self.now, s.service, s.groups.clone(), s.payload.clone()) {
+                    Ok(_) => {
+                        self.backlog[i].pop_front();
+                    }
+                    Err(_) => break,
+                }
+            }
+            while let Some(t) = self.nodes[i].poll_transmit() {
+                self.transmit(i, t.dest, t.bytes);
+            }
+            while let Some(ev) = self.nodes[i].poll_event() {
+                self.groups[i].handle_event(self.now, &ev);
+                progress = true;
+            }
+            while let Some((c, ev)) = self.groups[i].poll_client() {
+                self.record((i, c), ev);
+                progress = true;
+            }
+            if !progress {
+                break;
+            }
+        }
+    }
+
+    fn record(&mut self, who: Who, ev: ClientEvent) {
+        match &ev {
+            ClientEvent::Membership { group, view_id, kind: ConfigKind::Regular, .. } => {
+                self.cur_view.insert((who, group.clone()), *view_id);
+            }
+            ClientEvent::Left { group } => {
+                self.cur_view.remove(&(who, group.clone()));
+            }
+            ClientEvent::FlushRequest { group, .. } => {
+                let d = self.rng.random_range(0..=self.flush_delay.as_micros() as u64);
+                self.order += 1;
+                self.actions.insert((self.now + Duration::from_micros(d), self.order), (who, group.clone()));
+            }
+            ClientEvent::Message { payload, .. } => {
+                let no = u64::from_be_bytes(payload[..8].try_into().expect("8 bytes"));
+                if let Some((g, v)) = self.sent_in.get(&no) {
+                    let here = self.cur_view.get(&(who, g.clone()));
+                    if here != Some(v) {
+                        self.violations.push(format!(
+                            "sending view: {who:?} got msg {no} (sent in {v}) in view {here:?}"
+                        ));
+                    }
+                }
+            }
+            _ => {}
+        }
+        self.log.entry(who).or_default().push(ev);
+    }
+
+    /// Runs the world for `d` of virtual time.
+    pub(super) fn run(&mut self, d: Duration) {
+        let end = self.now + d;
+        loop {
+            let mut next = self.net.peek().map(|Reverse(x)| x.0);
+            let mut consider = |t: Option<Time>| {
+                if let Some(t) = t {
+                    next = Some(next.map_or(t, |n: Time| n.min(t)));
+                }
+            };
+            for n in &self.nodes {
+                consider(n.poll_timeout());
+            }
+            consider(self.actions.keys().next().map(|k| k.0));
+            if self.backlog.iter().any(|b| !b.is_empty()) {
+                consider(Some(self.now + Duration::from_millis(1)));
+            }
+            let Some(next) = next.filter(|&t| t <= end) else {
+                self.now = end;
+                return;
+            };
+            self.now = self.now.max(next);
+            let now = self.now;
+            while self.net.peek().is_some_and(|Reverse(x)| x.0 <= now) {
+                let Some(Reverse((_, _, to, bytes))) = self.net.pop() else { break };
+                self.nodes[to].handle_datagram(now, bytes);
+                self.drain(to);
+            }
+            for i in 0..self.nodes.len() {
+                if self.nodes[i].poll_timeout().is_some_and(|t| t <= now) {
+                    self.nodes[i].handle_timeout(now);
+                    self.drain(i);
+                }
+            }
+            while let Some(e) = self.actions.first_entry() {
+                if e.key().0 > now {
+                    break;
+                }
+                let ((d, c), g) = e.remove();
+                // The client may have left or been asked again since.
+                let _ = self.groups[d].flush_ok(c, &g);
+                self.drain(d);
+            }
+            for i in 0..self.nodes.len() {
+                if !self.backlog[i].is_empty() {
+                    self.drain(i);
+                }
+            }
+        }
+    }
+
+    /// The regular views a client saw of `g`: (view id, members, cause).
+    pub(super) fn views_of(&self, who: Who, g: &str) -> Vec<(ViewId, Vec<PrivateName>, Cause)> {
+        self.log[&who]
+            .iter()
+            .filter_map(|e| match e {
+                ClientEvent::Membership { group, view_id, members, cause, kind: ConfigKind::Regular }
+                    if group == g.as_bytes() =>
+                {
+                    Some((*view_id, members.to_vec(), *cause))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Message numbers a client received, in order.
+    pub(super) fn messages(&self, who: Who) -> Vec<u64> {
+        self.log[&who]
+            .iter()
+            .filter_map(|e| match e {
+                ClientEvent::Message { payload, .. } => {
+                    Some(u64::from_be_bytes(payload[..8].try_into().expect("8 bytes")))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Checks the invariants over every client's events; returns what broke.
+    pub(super) fn check(&self) -> Vec<String> {
+        let mut v = self.violations.clone();
+        // 1. One view id names one membership, on every daemon.
+        let mut views: BTreeMap<(Bytes, ViewId), Vec<PrivateName>> = BTreeMap::new();
+        // 5. VS: members moving together between two views delivered the
+        // same messages in the first.
+        let mut sync: BTreeMap<(Bytes, ViewId, ViewId), (Who, BTreeSet<u64>)> = BTreeMap::new();
+        for (who, evs) in &self.log {
+            let mut last: BTreeMap<Bytes, ViewId> = BTreeMap::new();
+            let mut signalled: BTreeSet<Bytes> = BTreeSet::new();
+            let mut in_view: BTreeMap<Bytes, BTreeSet<u64>> = BTreeMap::new();
+            for e in evs {
+                match e {
+                    ClientEvent::Membership { group, view_id, members, cause, kind } => {
+                        if *kind == ConfigKind::Transitional {
+                            signalled.insert(group.clone());
+                            continue;
+                        }
+                        let prev = views.entry((group.clone(), *view_id)).or_insert_with(|| members.to_vec());
+                        if prev[..] != members[..] {
+                            v.push(format!(
+                                "view {view_id} of {group:?} has two memberships: {who:?} {members:?} vs {prev:?}"
+                            ));
+                        }
+                        if let Some(p) = last.get(group) {
+                            // 2. View ids only grow at a client.
+                            if p >= view_id {
+                                v.push(format!("{who:?}: view {view_id} of {group:?} after {p}"));
+                            }
+                            // 4. A network view is preceded by the transitional signal.
+                            if *cause == Cause::Network && !signalled.contains(group) {
+                                v.push(format!(
+                                    "{who:?}: network view {view_id} without transitional signal"
+                                ));
+                            }
+                            if let Some(msgs) =
+                                in_view.remove(group).filter(|_| self.vs_groups.contains(group))
+                            {
+                                let key = (group.clone(), *p, *view_id);
+                                match sync.get(&key) {
+                                    Some((other, m)) if *m != msgs => v.push(format!(
+                                        "vs: {who:?} and {other:?} delivered different messages in {p} of {group:?}"
+                                    )),
+                                    Some(_) => {}
+                                    None => {
+                                        sync.insert(key, (*who, msgs));
+                                    }
+                                }
+                            }
+                        }
+                        signalled.remove(group);
+                        last.insert(group.clone(), *view_id);
+                        in_view.insert(group.clone(), BTreeSet::new());
+                    }
+                    ClientEvent::Left { group } => {
+                        last.remove(group);
+                        in_view.remove(group);
+                        signalled.remove(group);
+                    }
+                    ClientEvent::Message { groups, payload, .. } => {
+                        let no = u64::from_be_bytes(payload[..8].try_into().expect("8 bytes"));
+                        for g in groups.iter() {
+                            if let Some(s) = in_view.get_mut(g) {
+                                s.insert(no);
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        // 3. Every client sees messages in one total order.
+        let seqs: Vec<(Who, Vec<u64>)> = self.log.keys().map(|w| (*w, self.messages(*w))).collect();
+        for (i, (a, sa)) in seqs.iter().enumerate() {
+            let pos: BTreeMap<u64, usize> = sa.iter().enumerate().map(|(i, m)| (*m, i)).collect();
+            if pos.len() != sa.len() {
+                v.push(format!("{a:?} received a message twice"));
+            }
+            for (b, sb) in &seqs[i + 1..] {
+                let mut last = None;
+                for m in sb {
+                    if let Some(&p) = pos.get(m) {
+                        if last.is_some_and(|l| l > p) {
+                            v.push(format!("order: {a:?} and {b:?} disagree at msg {m}"));
+                            break;
+                        }
+                        last = Some(p);
+                    }
+                }
+            }
+        }
+        v
+    }
+}

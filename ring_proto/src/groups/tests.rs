@@ -1,0 +1,383 @@
+use super::harness::{Who, World};
+use super::*;
+use proptest::prelude::*;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::time::Duration;
+
+const MS: Duration = Duration::from_millis(1);
+
+fn ring_id() -> impl Strategy<Value = RingId> {
+    (any::<u64>(), any::<u16>()).prop_map(|(seq, rep)| RingId { seq, rep: NodeId(rep) })
+}
+
+fn name() -> impl Strategy<Value = Bytes> {
+    proptest::collection::vec(any::<u8>(), 1..20).prop_map(Bytes::from)
+}
+
+fn body() -> impl Strategy<Value = Body> {
+    let view = (ring_id(), any::<u64>()).prop_map(|(ring_id, counter)| ViewId { ring_id, counter });
+    let kind = prop_oneof![Just(GroupKind::Open), Just(GroupKind::Vs)];
+    prop_oneof![
+        (
+            any::<bool>(),
+            any::<u16>(),
+            proptest::collection::vec((any::<u8>(), view), 0..4),
+            proptest::collection::vec(any::<u8>(), 0..64)
+        )
+            .prop_map(|(self_discard, msg_type, views, p)| Body::Data {
+                self_discard,
+                msg_type,
+                views,
+                payload: Bytes::from(p)
+            }),
+        kind.clone().prop_map(|kind| Body::Join { kind }),
+        Just(Body::Leave),
+        Just(Body::Disconnect),
+        (ring_id(), any::<u64>())
+            .prop_map(|(ring_id, seq)| Body::FlushOk { flush: FlushId { ring_id, seq } }),
+        (
+            ring_id(),
+            proptest::collection::vec(
+                (name(), proptest::collection::vec((name(), kind, any::<bool>()), 0..4))
+                    .prop_map(|(name, groups)| StateEntry { name, groups }),
+                0..4
+            )
+        )
+            .prop_map(|(ring_id, clients)| Body::State { ring_id, clients }),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn group_msg_round_trips(sender in name(), body in body()) {
+        let sender = if matches!(body, Body::State { .. }) { Bytes::new() } else { sender };
+        let m = GroupMsg { sender, body };
+        prop_assert_eq!(GroupMsg::decode(&m.encode()), Ok(m));
+    }
+
+    #[test]
+    fn group_msg_decode_is_total(bytes in proptest::collection::vec(any::<u8>(), 0..128)) {
+        let _ = GroupMsg::decode(&Bytes::from(bytes));
+    }
+
+    #[test]
+    fn group_msg_decode_of_mutated_is_total(body in body(), at in any::<usize>(), x in any::<u8>()) {
+        let sender = if matches!(body, Body::State { .. }) { Bytes::new() } else { Bytes::from_static(b"a") };
+        let mut b = GroupMsg { sender, body }.encode().to_vec();
+        let i = at % b.len();
+        b[i] ^= x;
+        let _ = GroupMsg::decode(&Bytes::from(b.clone()));
+        b.truncate(i);
+        let _ = GroupMsg::decode(&Bytes::from(b));
+    }
+}
+
+#[test]
+fn decode_rejects_trailing_bytes_and_bad_headers() {
+    let m = GroupMsg { sender: Bytes::from_static(b"c"), body: Body::Leave }.encode();
+    let mut v = m.to_vec();
+    v.push(0);
+    assert_eq!(GroupMsg::decode(&Bytes::from(v)), Err(crate::wire::DecodeError::TrailingBytes));
+    let mut v = m.to_vec();
+    v[1] = 9;
+    assert_eq!(GroupMsg::decode(&Bytes::from(v)), Err(crate::wire::DecodeError::UnsupportedVersion(9)));
+}
+
+#[test]
+fn private_names_format_and_parse() {
+    let p = PrivateName { daemon: NodeId(12), name: Bytes::from_static(b"alice") };
+    assert_eq!(p.group_name(), b"#alice#12");
+    assert_eq!(p.to_string(), "#alice#12");
+    assert_eq!(PrivateName::parse(b"#alice#12"), Some(p));
+    for bad in [&b"alice"[..], b"#alice", b"##1", b"#a#", b"#a#x", b"#a#70000", b"#a#b#1"] {
+        assert_eq!(PrivateName::parse(bad), None, "{:?}", String::from_utf8_lossy(bad));
+    }
+}
+
+#[test]
+fn local_requests_are_checked() {
+    let mut g =
+        ClientGroups::with_limits(NodeId(1), Limits { max_groups_per_client: 2, ..Limits::default() });
+    assert_eq!(g.connect(ClientId(1), b""), Err(GroupsError::BadName));
+    assert_eq!(g.connect(ClientId(1), b"a#b"), Err(GroupsError::BadName));
+    assert_eq!(g.connect(ClientId(1), &[b'x'; 33]), Err(GroupsError::BadName));
+    assert!(g.connect(ClientId(1), b"a").is_ok());
+    assert_eq!(g.connect(ClientId(2), b"a"), Err(GroupsError::DuplicateName));
+    assert_eq!(g.connect(ClientId(1), b"b"), Err(GroupsError::DuplicateClient));
+    assert_eq!(g.join(ClientId(9), b"g", GroupKind::Open), Err(GroupsError::UnknownClient));
+    assert_eq!(g.join(ClientId(1), b"#a#1", GroupKind::Open), Err(GroupsError::BadName));
+    assert!(g.join(ClientId(1), b"g", GroupKind::Open).is_ok());
+    assert!(g.join(ClientId(1), b"h", GroupKind::Open).is_ok());
+    assert_eq!(g.join(ClientId(1), b"i", GroupKind::Open), Err(GroupsError::TooManyGroups));
+    assert_eq!(g.leave(ClientId(1), b"g"), Err(GroupsError::NotMember), "the join is not ordered yet");
+    assert_eq!(g.flush_ok(ClientId(1), b"g"), Err(GroupsError::NotMember));
+    let none: [&[u8]; 0] = [];
+    assert_eq!(
+        g.multicast(ClientId(1), Service::Agreed, &none, 0, Bytes::new(), false),
+        Err(GroupsError::BadDestinations)
+    );
+    assert!(g.multicast(ClientId(1), Service::Fifo, &[&b"g"[..], b"#b#2"], 0, Bytes::new(), false).is_ok());
+    assert!(g.disconnect(ClientId(1)).is_ok());
+    assert_eq!(g.disconnect(ClientId(1)), Err(GroupsError::UnknownClient));
+    assert_eq!(
+        g.connect(ClientId(3), b"a"),
+        Err(GroupsError::DuplicateName),
+        "until the disconnect is ordered"
+    );
+    let n = std::iter::from_fn(|| g.poll_submit()).count();
+    assert_eq!(n, 4);
+}
+
+/// Non-group payloads on the ring (e.g. other users of `Node`) are ignored.
+#[test]
+fn foreign_payloads_are_counted_and_ignored() {
+    let mut w = World::with_ring(2, 1);
+    w.run(5 * MS);
+    w.nodes[0]
+        .submit(w.now, Service::Agreed, crate::wire::Groups::none(), Bytes::from_static(b"xyz"))
+        .unwrap();
+    w.run(20 * MS);
+    assert_eq!(w.groups[1].stats().undecodable, 1);
+}
+
+fn three_clients(w: &mut World, kind: GroupKind) -> [Who; 3] {
+    let a = w.connect(0, 1, "a");
+    let b = w.connect(1, 1, "b");
+    let c = w.connect(2, 1, "c");
+    for x in [a, b, c] {
+        w.join(x, "g", kind).unwrap();
+    }
+    w.run(30 * MS);
+    [a, b, c]
+}
+
+/// Section 5 of ARCHITECTURE.md: joins, leaves and disconnects are ordered
+/// control messages, so every daemon computes the same views, each stating
+/// its cause.
+#[test]
+fn views_agree_and_state_their_cause() {
+    let mut w = World::with_ring(3, 1);
+    w.run(5 * MS);
+    let [a, b, c] = three_clients(&mut w, GroupKind::Open);
+    let va = w.views_of(a, "g");
+    let vc = w.views_of(c, "g");
+    assert_eq!(va.last().unwrap().1.len(), 3);
+    assert_eq!(va.last(), vc.last());
+    assert!(va.iter().all(|v| v.2 == Cause::Join || v.2 == Cause::Network));
+    w.leave(b, "g").unwrap();
+    w.run(20 * MS);
+    let last = w.views_of(a, "g").last().cloned().unwrap();
+    assert_eq!(last.2, Cause::Leave);
+    assert_eq!(last.1.len(), 2);
+    assert!(w.log[&b].iter().any(|e| matches!(e, ClientEvent::Left { .. })));
+    w.disconnect(c).unwrap();
+    w.run(20 * MS);
+    let last = w.views_of(a, "g").last().cloned().unwrap();
+    assert_eq!(last.2, Cause::Disconnect);
+    assert_eq!(last.1, vec![PrivateName { daemon: NodeId(0), name: Bytes::from_static(b"a") }]);
+    // The name is free again once the disconnect is ordered.
+    assert!(w.groups[2].connect(ClientId(5), b"c").is_ok());
+    assert_eq!(w.check(), Vec::<String>::new());
+}
+
+/// Several destinations: once per client; self-discard; private groups;
+/// open groups accept non-members; every service is delivered in one order.
+#[test]
+fn multicast_semantics() {
+    let mut w = World::with_ring(3, 2);
+    w.run(5 * MS);
+    let a = w.connect(0, 1, "a");
+    let b = w.connect(1, 1, "b");
+    let outsider = w.connect(2, 1, "o");
+    for x in [a, b] {
+        w.join(x, "g", GroupKind::Open).unwrap();
+        w.join(x, "h", GroupKind::Open).unwrap();
+    }
+    w.run(30 * MS);
+    let m1 = w.send(a, &["g", "h"], Service::Agreed, false).unwrap();
+    let m2 = w.send(a, &["g"], Service::Safe, true).unwrap();
+    let m3 = w.send(outsider, &["g"], Service::Unreliable, false).unwrap();
+    let m4 = w.send(outsider, &["#b#1"], Service::Fifo, false).unwrap();
+    w.run(30 * MS);
+    assert_eq!(w.messages(a), vec![m1, m3]);
+    assert_eq!(w.messages(b), vec![m1, m2, m3, m4]);
+    assert_eq!(w.messages(outsider), Vec::<u64>::new());
+    let services: Vec<Service> = w.log[&b]
+        .iter()
+        .filter_map(|e| match e {
+            ClientEvent::Message { service, .. } => Some(*service),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(services, vec![Service::Agreed, Service::Safe, Service::Unreliable, Service::Fifo]);
+    assert_eq!(w.check(), Vec::<String>::new());
+}
+
+/// EVS (Moser et al. 1994, "Extended Virtual Synchrony"): a partition
+/// gives, at every surviving member, the transitional signal first and then
+/// a network view; the merge gives one merged view at every member.
+#[test]
+fn partition_then_merge() {
+    let mut w = World::starting(3, 3);
+    w.run(Duration::from_secs(2));
+    assert!(w.nodes.iter().all(|n| n.ring().is_some_and(|r| r.1.len() == 3)));
+    let [a, b, c] = three_clients(&mut w, GroupKind::Open);
+    let before = w.views_of(a, "g").len();
+    w.partition(&[0, 0, 1]);
+    w.run(Duration::from_secs(2));
+    let va = w.views_of(a, "g");
+    let last = va.last().unwrap();
+    assert!(va.len() > before);
+    assert_eq!(last.2, Cause::Network);
+    assert_eq!(last.1.len(), 2, "c is gone: {last:?}");
+    assert_eq!(w.views_of(b, "g").last(), Some(last));
+    assert_eq!(w.views_of(c, "g").last().unwrap().1.len(), 1);
+    let sig = w.log[&a].iter().position(
+        |e| matches!(e, ClientEvent::Membership { kind: ConfigKind::Transitional, members, .. } if members.len() == 2),
+    );
+    let net = w.log[&a].iter().position(
+        |e| matches!(e, ClientEvent::Membership { cause: Cause::Network, kind: ConfigKind::Regular, members, .. } if members.len() == 2),
+    );
+    assert!(sig.unwrap() < net.unwrap());
+    // Both sides keep working.
+    let m = w.send(c, &["g"], Service::Agreed, false).unwrap();
+    w.run(20 * MS);
+    assert!(w.messages(c).contains(&m) && !w.messages(a).contains(&m));
+    w.heal();
+    w.run(Duration::from_secs(3));
+    let merged = w.views_of(a, "g").last().cloned().unwrap();
+    assert_eq!(merged.1.len(), 3);
+    assert_eq!(merged.2, Cause::Network);
+    assert_eq!(w.views_of(c, "g").last(), Some(&merged));
+    assert_eq!(w.check(), Vec::<String>::new());
+}
+
+/// VS (Birman; Spread's flush library): a change of a VS group asks every
+/// member to flush; messages sent before a member's flush_ok are delivered
+/// in the old view; the new view comes after every flush_ok.
+#[test]
+fn vs_flush_gives_sending_view_delivery() {
+    let mut w = World::with_ring(3, 4);
+    w.flush_delay = 5 * MS;
+    w.run(5 * MS);
+    let [a, b, _c] = three_clients(&mut w, GroupKind::Vs);
+    let outsider = w.connect(2, 2, "o");
+    assert_eq!(w.send(outsider, &["g"], Service::Agreed, false), Err(GroupsError::NotMember));
+    let d = w.connect(1, 2, "d");
+    w.join(d, "g", GroupKind::Vs).unwrap();
+    // Send while the flush is going on.
+    let mut sent = Vec::new();
+    for _ in 0..20 {
+        w.run(MS / 2);
+        for x in [a, b] {
+            match w.send(x, &["g"], Service::Agreed, false) {
+                Ok(m) => sent.push(m),
+                Err(e) => assert_eq!(e, GroupsError::Flushing),
+            }
+        }
+    }
+    w.run(30 * MS);
+    assert!(w.log[&a].iter().any(|e| matches!(e, ClientEvent::FlushRequest { .. })));
+    let last = w.views_of(a, "g").last().cloned().unwrap();
+    assert_eq!((last.1.len(), last.2), (4, Cause::Join));
+    assert!(!sent.is_empty());
+    // Cascade: two changes in a row restart the flush.
+    w.leave(b, "g").unwrap();
+    w.run(MS);
+    w.disconnect(d).unwrap();
+    w.run(40 * MS);
+    assert_eq!(w.views_of(a, "g").last().unwrap().1.len(), 2);
+    assert_eq!(w.join(outsider, "g", GroupKind::Open), Ok(()));
+    w.run(20 * MS);
+    assert!(
+        w.log[&outsider]
+            .iter()
+            .any(|e| matches!(e, ClientEvent::JoinRefused { reason: Refusal::KindMismatch, .. }))
+    );
+    assert_eq!(w.check(), Vec::<String>::new());
+}
+
+/// Many seeds: random joins, leaves, disconnects and sends to open and VS
+/// groups, with a partition and a merge; every invariant of the checker.
+#[test]
+fn random_runs_with_partitions() {
+    // messages, network views, transitional signals, flush requests, other views
+    let mut totals = [0u64; 5];
+    for seed in 0..40 {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let n = 3 + (seed % 2) as usize;
+        let mut w = World::starting(n, seed);
+        w.run(Duration::from_millis(1200));
+        let mut clients = Vec::new();
+        for d in 0..n {
+            for c in 0..3 {
+                clients.push(w.connect(d, c, &format!("c{d}{c}")));
+            }
+        }
+        let groups = ["g1", "g2", "v1"];
+        let kind = |g: &str| if g.starts_with('v') { GroupKind::Vs } else { GroupKind::Open };
+        let part_at = rng.random_range(100..400);
+        let heal_at = part_at + rng.random_range(300..900);
+        let mut labels: Vec<u8> = (0..n).map(|_| rng.random_range(0..2)).collect();
+        labels[0] = 0;
+        labels[rng.random_range(1..n)] = 1;
+        let mut next_id = 100;
+        for step in 0..1400u32 {
+            if step == part_at {
+                w.partition(&labels);
+            }
+            if step == heal_at {
+                w.heal();
+            }
+            let who = clients[rng.random_range(0..clients.len())];
+            let g = groups[rng.random_range(0..groups.len())];
+            let _ = match rng.random_range(0..100) {
+                0..15 => w.join(who, g, kind(g)),
+                15..20 => w.leave(who, g),
+                20..22 => {
+                    let r = w.disconnect(who);
+                    if r.is_ok() {
+                        let i = clients.iter().position(|x| *x == who).unwrap();
+                        next_id += 1;
+                        clients[i] = w.connect(who.0, next_id, &format!("n{next_id}"));
+                    }
+                    r
+                }
+                22..30 => w.send(who, &["g1", "g2"], Service::Agreed, rng.random_bool(0.5)).map(|_| ()),
+                _ => w.send(who, &[g], Service::Agreed, false).map(|_| ()),
+            };
+            w.run(MS);
+        }
+        w.heal();
+        w.run(Duration::from_secs(3));
+        let v = w.check();
+        assert!(v.is_empty(), "seed {seed}: {v:#?}");
+        for evs in w.log.values() {
+            for e in evs {
+                match e {
+                    ClientEvent::Message { .. } => totals[0] += 1,
+                    ClientEvent::Membership { cause: Cause::Network, kind: ConfigKind::Regular, .. } => {
+                        totals[1] += 1
+                    }
+                    ClientEvent::Membership { kind: ConfigKind::Transitional, .. } => totals[2] += 1,
+                    ClientEvent::FlushRequest { .. } => totals[3] += 1,
+                    ClientEvent::Membership { .. } => totals[4] += 1,
+                    _ => {}
+                }
+            }
+        }
+        // After the heal, every daemon agrees on every group's view.
+        for g in groups {
+            let first = w.groups[0].view(g.as_bytes()).map(|(id, m)| (id, m.to_vec()));
+            for d in 1..n {
+                let here = w.groups[d].view(g.as_bytes()).map(|(id, m)| (id, m.to_vec()));
+                if let (Some(x), Some(y)) = (&first, &here) {
+                    assert_eq!(x, y, "seed {seed} group {g}");
+                }
+            }
+        }
+    }
+    eprintln!("random runs: {totals:?}");
+    assert!(totals.iter().all(|&t| t > 20), "the workload exercised every path: {totals:?}");
+}

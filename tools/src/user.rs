@@ -1,0 +1,99 @@
+//! `ringfence user`: an interactive client, like Spread's spuser.
+//!
+//! Commands on standard input, one per line:
+//! `j GROUP` join, `l GROUP` leave, `s GROUP TEXT` send (agreed),
+//! `S GROUP TEXT` send safe, `q` quit. Everything that arrives is printed.
+
+use clap::Args;
+use ringfence_client::{Address, Client, Event, Service};
+use std::io::BufRead;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// Options of `ringfence user`.
+#[derive(Args, Debug)]
+pub(crate) struct UserArgs {
+    /// The daemon's client socket.
+    #[arg(long)]
+    socket: PathBuf,
+    /// This client's name.
+    #[arg(long, default_value = "user")]
+    name: String,
+}
+
+pub(crate) fn main(args: &UserArgs) -> ExitCode {
+    let mut c = match Client::connect(&Address::Unix(args.socket.clone()), &args.name) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("user: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    println!("connected as {}", c.private_name());
+    let (tx, rx) = mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    loop {
+        loop {
+            match c.poll() {
+                Ok(Some(ev)) => print_event(&ev),
+                Ok(None) => break,
+                Err(e) => {
+                    eprintln!("user: {e}");
+                    return ExitCode::from(1);
+                }
+            }
+        }
+        let line = match rx.recv_timeout(Duration::from_millis(10)) {
+            Ok(l) => l,
+            Err(mpsc::RecvTimeoutError::Timeout) => continue,
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
+        let mut words = line.trim().splitn(3, ' ');
+        let r = match (words.next(), words.next(), words.next()) {
+            (Some("j"), Some(g), None) => c.join(g),
+            (Some("l"), Some(g), None) => c.leave(g),
+            (Some("s"), Some(g), Some(text)) => c.multicast(Service::Agreed, &[g], 0, text.as_bytes()),
+            (Some("S"), Some(g), Some(text)) => c.multicast(Service::Safe, &[g], 0, text.as_bytes()),
+            (Some("q"), None, None) => break,
+            (Some(""), None, None) | (None, _, _) => Ok(()),
+            _ => {
+                println!("commands: j GROUP | l GROUP | s GROUP TEXT | S GROUP TEXT | q");
+                Ok(())
+            }
+        };
+        if let Err(e) = r {
+            eprintln!("user: {e}");
+            return ExitCode::from(1);
+        }
+    }
+    let _ = c.disconnect();
+    ExitCode::SUCCESS
+}
+
+fn print_event(ev: &Event) {
+    match ev {
+        Event::Message(m) => {
+            println!(
+                "message from {} to {:?} ({:?}): {}",
+                m.sender,
+                m.groups,
+                m.service,
+                String::from_utf8_lossy(&m.payload)
+            );
+        }
+        Event::Membership(v) => {
+            println!("view of {} {:?} ({:?}, {:?}): {:?}", v.group, v.view_id, v.kind, v.cause, v.members);
+        }
+        Event::FlushRequest { group, .. } => println!("flush requested for {group}"),
+        Event::Error { code, text } => println!("error {code:?}: {text}"),
+        other => println!("{other:?}"),
+    }
+}
