@@ -147,6 +147,7 @@ pub struct Client {
     out: Vec<u8>,
     welcome: Welcome,
     buf: Vec<u8>,
+    self_discard: bool,
 }
 
 impl std::fmt::Debug for Client {
@@ -183,6 +184,7 @@ impl Client {
                 max_groups: 0,
             },
             buf: vec![0u8; 64 * 1024],
+            self_discard: false,
         };
         c.send(&ClientFrame::Hello(Hello::new(name, Auth::PeerCredentials)))?;
         match c.next_frame(true)? {
@@ -214,6 +216,13 @@ impl Client {
         Ok(())
     }
 
+    /// With `true`, this client's own messages (sent with
+    /// [`Client::multicast`] and [`Client::multicast_batch`]) are not
+    /// delivered back to it. Off by default.
+    pub fn set_self_discard(&mut self, on: bool) {
+        self.self_discard = on;
+    }
+
     /// Joins a group.
     pub fn join(&mut self, group: &str) -> Result<(), ClientError> {
         self.send(&ClientFrame::Join { group: group.to_string() })
@@ -239,7 +248,7 @@ impl Client {
             &self.limits,
             service,
             msg_type,
-            false,
+            self.self_discard,
             groups.iter().copied(),
             payload,
         )?;
@@ -263,7 +272,7 @@ impl Client {
                 &self.limits,
                 service,
                 msg_type,
-                false,
+                self.self_discard,
                 groups.iter().copied(),
                 p,
             )?;

@@ -23,11 +23,13 @@ use std::net::{SocketAddr, UdpSocket};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use tracing::{debug, info, warn};
 
 /// Frames waiting for one client before it counts as a slow consumer.
-pub(crate) const CLIENT_QUEUE: usize = 8192;
+pub(crate) const CLIENT_QUEUE: usize = 1 << 18;
+/// Payload bytes waiting for one client before it counts as a slow consumer.
+pub(crate) const CLIENT_QUEUE_BYTES: usize = 32 << 20;
 /// Requests from all clients waiting for the ring thread.
 pub(crate) const RING_QUEUE: usize = 8192;
 
@@ -47,12 +49,27 @@ pub(crate) enum ToRing {
 pub(crate) struct ClientOut {
     tx: Sender<DaemonFrame>,
     kicked: Arc<AtomicBool>,
+    /// Payload bytes queued and not yet written.
+    queued: Arc<AtomicUsize>,
+}
+
+fn payload_len(f: &DaemonFrame) -> usize {
+    match f {
+        DaemonFrame::Message(m) => m.payload.len(),
+        _ => 0,
+    }
 }
 
 impl ClientOut {
     /// Queues a frame; false if the client is too slow (it is then
     /// disconnected with that reason).
     pub(crate) fn send(&self, f: DaemonFrame) -> bool {
+        let len = payload_len(&f);
+        if self.queued.load(Ordering::Relaxed) + len > CLIENT_QUEUE_BYTES {
+            self.kicked.store(true, Ordering::Relaxed);
+            return false;
+        }
+        self.queued.fetch_add(len, Ordering::Relaxed);
         match self.tx.try_send(f) {
             Ok(()) => true,
             Err(TrySendError::Full(_)) => {
@@ -134,12 +151,13 @@ fn serve(id: u64, stream: UnixStream, to_ring: &Sender<ToRing>, waker: &Waker, l
     let mut buf = vec![0u8; 64 * 1024];
     let (tx, rx) = bounded::<DaemonFrame>(CLIENT_QUEUE);
     let kicked = Arc::new(AtomicBool::new(false));
-    let out = ClientOut { tx, kicked: Arc::clone(&kicked) };
+    let queued = Arc::new(AtomicUsize::new(0));
+    let out = ClientOut { tx, kicked: Arc::clone(&kicked), queued: Arc::clone(&queued) };
     let writer_limits = limits;
     let writer_kicked = Arc::clone(&kicked);
     let writer = std::thread::Builder::new()
         .name(format!("rf-client-{id}-w"))
-        .spawn(move || write_loop(&mut write_half, &rx, &writer_limits, &writer_kicked));
+        .spawn(move || write_loop(&mut write_half, &rx, &writer_limits, &writer_kicked, &queued));
     let mut said_hello = false;
     let mut pending_out = Some(out);
     'read: loop {
@@ -196,18 +214,25 @@ fn serve(id: u64, stream: UnixStream, to_ring: &Sender<ToRing>, waker: &Waker, l
     }
 }
 
-fn write_loop(stream: &mut UnixStream, rx: &Receiver<DaemonFrame>, limits: &Limits, kicked: &AtomicBool) {
+fn write_loop(
+    stream: &mut UnixStream,
+    rx: &Receiver<DaemonFrame>,
+    limits: &Limits,
+    kicked: &AtomicBool,
+    queued: &AtomicUsize,
+) {
     let mut out: Vec<u8> = Vec::with_capacity(256 * 1024);
     while let Ok(first) = rx.recv() {
         out.clear();
-        if first.encode(&mut out, limits).is_err() {
-            continue;
-        }
+        let mut taken = payload_len(&first);
+        let _ = first.encode(&mut out, limits);
         // Batch whatever else is queued into the same write.
         while out.len() < 256 * 1024 {
             let Ok(f) = rx.try_recv() else { break };
+            taken += payload_len(&f);
             let _ = f.encode(&mut out, limits);
         }
+        queued.fetch_sub(taken, Ordering::Relaxed);
         if stream.write_all(&out).is_err() {
             return;
         }

@@ -4,6 +4,8 @@
 //! user, flood, monitor, keygen and demo commands join as their issues land.
 
 mod daemon;
+mod demo;
+mod flood;
 mod sim;
 mod user;
 
@@ -25,6 +27,10 @@ enum Command {
     Daemon(daemon::DaemonArgs),
     /// Interactive client: join, leave, send, and print what arrives.
     User(user::UserArgs),
+    /// Start 3 daemons on loopback and show ordering, a crash and a merge.
+    Demo,
+    /// Measure throughput and latency with N messages of size S.
+    Flood(flood::FloodArgs),
 }
 
 fn main() -> ExitCode {
@@ -33,5 +39,7 @@ fn main() -> ExitCode {
         Command::Sim(args) => sim::main(&args),
         Command::Daemon(args) => daemon::main(&args),
         Command::User(args) => user::main(&args),
+        Command::Demo => demo::main(),
+        Command::Flood(args) => flood::main(&args),
     }
 }

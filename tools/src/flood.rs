@@ -1,0 +1,818 @@
+//! `ringfence flood`: measure throughput and latency of a cluster.
+//!
+//! Senders multicast `--messages` messages of `--size` bytes to one group;
+//! one receiver per daemon (threads of this process, each with its own
+//! [`Client`]) takes every message and checks it. With `--config FILE`, flood
+//! connects to the client socket of every daemon of that cluster; otherwise
+//! (`--spawn K`, K = 3 by default) it starts K daemons itself as child
+//! processes of this binary on 127.0.0.1, and kills and reaps them at the end,
+//! whatever happens.
+//!
+//! Each payload starts with 16 bytes: the send time (u64 LE, nanoseconds
+//! since an `Instant` shared by all threads of this process), the sender's
+//! index (u32 LE) and its sequence number (u32 LE). A receiver records the
+//! latency (receive time minus send time) in an HDR histogram, checks
+//! per-sender FIFO order and the payload length, and keeps a hash of the
+//! whole delivery sequence; with agreed or safe service all receivers must
+//! end with the same hash (the same total order).
+//!
+//! Throughput counts payload bytes once per message (not per receiver), from
+//! the first send to the last delivery at any receiver. Everything is bounded
+//! by `--timeout`: past it, flood reports what was delivered and fails.
+
+use clap::{Args, ValueEnum};
+use hdrhistogram::Histogram;
+use ringfence_client::{Address, Client, ClientError, Event, Service};
+use ringfence_engine::DaemonConfig;
+use std::fmt::Write as _;
+use std::net::UdpSocket;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// Bytes at the start of every payload: send time, sender index, sequence.
+const HEADER: usize = 16;
+/// Messages per `multicast_batch` write when not paced.
+const BATCH: usize = 64;
+
+/// Delivery service, as named on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum ServiceArg {
+    /// No reliability.
+    Unreliable,
+    /// Reliable, unordered.
+    Reliable,
+    /// Per-sender order.
+    Fifo,
+    /// Causal order.
+    Causal,
+    /// Total order.
+    Agreed,
+    /// Total order, delivered once every daemon holds the message.
+    Safe,
+}
+
+impl ServiceArg {
+    fn service(self) -> Service {
+        match self {
+            Self::Unreliable => Service::Unreliable,
+            Self::Reliable => Service::Reliable,
+            Self::Fifo => Service::Fifo,
+            Self::Causal => Service::Causal,
+            Self::Agreed => Service::Agreed,
+            Self::Safe => Service::Safe,
+        }
+    }
+
+    /// The service promises per-sender order (and no loss).
+    fn fifo(self) -> bool {
+        matches!(self, Self::Fifo | Self::Causal | Self::Agreed | Self::Safe)
+    }
+
+    /// The service promises one total order at every receiver.
+    fn total(self) -> bool {
+        matches!(self, Self::Agreed | Self::Safe)
+    }
+}
+
+/// Options of `ringfence flood`.
+#[derive(Args, Debug)]
+pub(crate) struct FloodArgs {
+    /// A cluster configuration: flood connects to every daemon's client
+    /// socket. Without it, flood starts its own daemons (see --spawn).
+    #[arg(long, conflicts_with = "spawn")]
+    config: Option<PathBuf>,
+    /// Start K daemons as child processes on 127.0.0.1 (the default, with
+    /// K = 3, when no --config is given).
+    #[arg(long, value_name = "K")]
+    spawn: Option<usize>,
+    /// Messages to send, in all (split evenly among the senders).
+    #[arg(long, default_value_t = 100_000)]
+    messages: u64,
+    /// Payload size in bytes (at least 16: send time and sequence number).
+    #[arg(long, default_value_t = 100)]
+    size: usize,
+    /// Delivery service.
+    #[arg(long, value_enum, default_value_t = ServiceArg::Agreed)]
+    service: ServiceArg,
+    /// Number of senders, placed on daemons 0, 1, ... round-robin.
+    #[arg(long, default_value_t = 1)]
+    senders: usize,
+    /// The group to flood.
+    #[arg(long, default_value = "flood")]
+    group: String,
+    /// Print one JSON object on standard output instead of the summary.
+    #[arg(long)]
+    json: bool,
+    /// Pace the senders to R messages/s in all (for latency); without it they
+    /// send as fast as the daemons accept.
+    #[arg(long, value_name = "R")]
+    rate: Option<u64>,
+    /// Spawned daemons: turn the accelerated ring off.
+    #[arg(long, conflicts_with = "config")]
+    no_accelerated: bool,
+    /// Spawned daemons: turn packing of small messages off.
+    #[arg(long, conflicts_with = "config")]
+    no_packing: bool,
+    /// Give up after this many seconds (setup included), report the shortfall
+    /// and fail.
+    #[arg(long, value_name = "SECS", default_value_t = 120)]
+    timeout: u64,
+}
+
+/// Daemons started by flood: killed, reaped and cleaned up on drop.
+struct Spawned {
+    children: Vec<Child>,
+    dir: PathBuf,
+    keep_dir: bool,
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if self.keep_dir {
+            eprintln!("flood: daemon logs kept in {}", self.dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+impl Spawned {
+    /// Writes a config for `n` daemons on free loopback ports and starts them.
+    fn start(n: usize, args: &FloodArgs) -> Result<(Self, Vec<PathBuf>), String> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let dir = std::env::temp_dir().join(format!("ringfence-flood-{}-{nanos:x}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let mut me = Self { children: Vec::new(), dir, keep_dir: false };
+        let socks = (0..n)
+            .map(|_| UdpSocket::bind("127.0.0.1:0"))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("no free UDP port: {e}"))?;
+        let ports = socks
+            .iter()
+            .map(|s| s.local_addr().map(|a| a.port()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("no free UDP port: {e}"))?;
+        drop(socks);
+        let mut text = String::from("[cluster]\n");
+        for (i, p) in ports.iter().enumerate() {
+            let _ = write!(
+                text,
+                "\n[[cluster.daemon]]\nid = {i}\nname = \"d{i}\"\naddress = \"127.0.0.1:{p}\"\n"
+            );
+        }
+        text += "\n[ring]\n";
+        if args.no_accelerated {
+            text += "accelerated = false\n";
+        }
+        if args.no_packing {
+            text += "packing = false\n";
+        }
+        let _ = write!(text, "\n[paths]\nstate_dir = \"{}/{{name}}\"\n", me.dir.display());
+        let config = me.dir.join("cluster.toml");
+        std::fs::write(&config, text).map_err(|e| format!("{}: {e}", config.display()))?;
+        let exe = std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?;
+        for i in 0..n {
+            let log_path = me.dir.join(format!("d{i}.log"));
+            let log = std::fs::File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
+            let child = Command::new(&exe)
+                .arg("daemon")
+                .arg("--config")
+                .arg(&config)
+                .args(["--name", &format!("d{i}")])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .map_err(|e| format!("cannot start daemon d{i}: {e}"))?;
+            me.children.push(child);
+        }
+        let sockets = (0..n).map(|i| me.dir.join(format!("d{i}")).join("client.sock")).collect();
+        Ok((me, sockets))
+    }
+
+    /// Fails if a daemon has exited.
+    fn check_alive(&mut self) -> Result<(), String> {
+        for (i, c) in self.children.iter_mut().enumerate() {
+            if let Ok(Some(status)) = c.try_wait() {
+                self.keep_dir = true;
+                return Err(format!("daemon d{i} exited ({status})"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The client sockets of every daemon of a configured cluster.
+fn configured_sockets(path: &Path) -> Result<Vec<PathBuf>, String> {
+    // Any daemon's name selects the file's view of the whole cluster; read
+    // the names from the file first.
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let name = text
+        .lines()
+        .find_map(|l| {
+            let l = l.trim();
+            let v = l.strip_prefix("name")?.trim_start().strip_prefix('=')?.trim();
+            Some(v.trim_matches('"').to_string())
+        })
+        .ok_or_else(|| format!("{}: no daemon in [[cluster.daemon]]", path.display()))?;
+    let first = DaemonConfig::load(path, &name).map_err(|e| e.to_string())?;
+    first
+        .peers
+        .iter()
+        .map(|p| DaemonConfig::load(path, &p.name).map(|c| c.client_socket).map_err(|e| e.to_string()))
+        .collect()
+}
+
+/// Nanoseconds since `base`.
+fn ns_since(base: Instant) -> u64 {
+    u64::try_from(base.elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Connects, retrying while the daemon is starting.
+fn connect(
+    socket: &Path,
+    name: &str,
+    deadline: Instant,
+    spawned: &mut Option<Spawned>,
+) -> Result<Client, String> {
+    loop {
+        match Client::connect(&Address::Unix(socket.to_path_buf()), name) {
+            Ok(c) => return Ok(c),
+            Err(e) => {
+                if let Some(s) = spawned.as_mut() {
+                    s.check_alive()?;
+                }
+                if Instant::now() >= deadline {
+                    return Err(format!("cannot connect to {}: {e}", socket.display()));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+/// What a sender did.
+struct SenderDone {
+    /// Kept open until the end, so nothing it sent is cut off.
+    _client: Client,
+    sent: u64,
+    first_ns: u64,
+}
+
+/// What a receiver saw.
+struct ReceiverDone {
+    delivered: u64,
+    hist: Histogram<u64>,
+    last_ns: u64,
+    fifo_violations: u64,
+    first_violation: Option<String>,
+    bad_payloads: u64,
+    order_hash: u64,
+    views: u64,
+}
+
+enum Done {
+    Sender(usize, Result<SenderDone, String>),
+    Receiver(usize, Result<ReceiverDone, String>),
+}
+
+struct SendPlan {
+    service: Service,
+    group: String,
+    size: usize,
+    count: u64,
+    /// Per-sender pacing interval, if paced.
+    interval_ns: Option<u64>,
+}
+
+fn write_header(buf: &mut [u8], ts: u64, sender: u32, seq: u32) {
+    buf[0..8].copy_from_slice(&ts.to_le_bytes());
+    buf[8..12].copy_from_slice(&sender.to_le_bytes());
+    buf[12..16].copy_from_slice(&seq.to_le_bytes());
+}
+
+/// Reads what the daemon said to a sender (it joins no group, so only errors).
+fn drain_sender(c: &mut Client) -> Result<(), String> {
+    while let Some(ev) = c.poll().map_err(|e| e.to_string())? {
+        if let Event::Error { code, text } = ev {
+            return Err(format!("daemon refused a multicast ({code:?}): {text}"));
+        }
+    }
+    Ok(())
+}
+
+fn run_sender(
+    mut c: Client,
+    idx: u32,
+    plan: &SendPlan,
+    base: Instant,
+    stop: &AtomicBool,
+    deadline: Instant,
+) -> Result<SenderDone, String> {
+    let groups = [plan.group.as_str()];
+    let mut sent: u64 = 0;
+    let mut first_ns = None;
+    let err = |e: ClientError| format!("sender {idx}: {e}");
+    if let Some(interval) = plan.interval_ns {
+        let mut buf = vec![0u8; plan.size];
+        let start = ns_since(base);
+        while sent < plan.count {
+            if stop.load(Ordering::Relaxed) || Instant::now() >= deadline {
+                break;
+            }
+            let target = start + sent * interval;
+            let mut now = ns_since(base);
+            if now + 150_000 < target {
+                std::thread::sleep(Duration::from_nanos(target - now - 100_000));
+                now = ns_since(base);
+            }
+            while now < target {
+                std::thread::yield_now();
+                now = ns_since(base);
+            }
+            first_ns.get_or_insert(now);
+            write_header(&mut buf, now, idx, u32::try_from(sent).unwrap_or(u32::MAX));
+            c.multicast(plan.service, &groups, 0, &buf).map_err(err)?;
+            sent += 1;
+            if sent % 1024 == 0 {
+                drain_sender(&mut c)?;
+            }
+        }
+    } else {
+        let mut buf = vec![0u8; plan.size * BATCH];
+        let mut batches: u64 = 0;
+        while sent < plan.count {
+            if stop.load(Ordering::Relaxed) || Instant::now() >= deadline {
+                break;
+            }
+            let n = usize::try_from((plan.count - sent).min(BATCH as u64)).unwrap_or(BATCH);
+            let now = ns_since(base);
+            first_ns.get_or_insert(now);
+            for (j, m) in buf.chunks_mut(plan.size).take(n).enumerate() {
+                write_header(m, now, idx, u32::try_from(sent + j as u64).unwrap_or(u32::MAX));
+            }
+            c.multicast_batch(plan.service, &groups, 0, buf.chunks(plan.size).take(n)).map_err(err)?;
+            sent += n as u64;
+            batches += 1;
+            if batches % 16 == 0 {
+                drain_sender(&mut c)?;
+            }
+        }
+    }
+    drain_sender(&mut c)?;
+    Ok(SenderDone { _client: c, sent, first_ns: first_ns.unwrap_or(0) })
+}
+
+struct RecvPlan {
+    group: String,
+    size: usize,
+    /// Messages each sender sends.
+    per_sender: Vec<u64>,
+    expected: u64,
+    fifo: bool,
+}
+
+fn run_receiver(
+    mut c: Client,
+    plan: &RecvPlan,
+    base: Instant,
+    progress: &AtomicU64,
+    stop: &AtomicBool,
+) -> Result<ReceiverDone, String> {
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 600_000_000_000, 3).map_err(|e| e.to_string())?;
+    let mut next = vec![0u64; plan.per_sender.len()];
+    let mut done = ReceiverDone {
+        delivered: 0,
+        hist: Histogram::new(3).map_err(|e| e.to_string())?,
+        last_ns: 0,
+        fifo_violations: 0,
+        first_violation: None,
+        bad_payloads: 0,
+        order_hash: 0xcbf2_9ce4_8422_2325,
+        views: 0,
+    };
+    while done.delivered < plan.expected && !stop.load(Ordering::Relaxed) {
+        match c.receive().map_err(|e| e.to_string())? {
+            Event::Message(m) => {
+                let now = ns_since(base);
+                done.delivered += 1;
+                done.last_ns = now;
+                progress.store(done.delivered, Ordering::Relaxed);
+                let p = &m.payload[..];
+                if p.len() != plan.size || p.len() < HEADER {
+                    done.bad_payloads += 1;
+                    continue;
+                }
+                let ts = u64::from_le_bytes(p[0..8].try_into().unwrap_or_default());
+                let sender = u32::from_le_bytes(p[8..12].try_into().unwrap_or_default()) as usize;
+                let seq = u64::from(u32::from_le_bytes(p[12..16].try_into().unwrap_or_default()));
+                if sender >= next.len() || seq >= plan.per_sender[sender] {
+                    done.bad_payloads += 1;
+                    continue;
+                }
+                hist.saturating_record(now.saturating_sub(ts).max(1));
+                done.order_hash = (done.order_hash.rotate_left(17) ^ ((sender as u64) << 32 | seq))
+                    .wrapping_mul(0x100_0000_01b3);
+                if plan.fifo && seq != next[sender] {
+                    done.fifo_violations += 1;
+                    if done.first_violation.is_none() {
+                        done.first_violation = Some(format!(
+                            "sender {sender}: expected #{} got #{seq} (delivery {})",
+                            next[sender], done.delivered
+                        ));
+                    }
+                }
+                next[sender] = seq + 1;
+            }
+            Event::Membership(v) if v.group == plan.group => done.views += 1,
+            Event::Error { code, text } => return Err(format!("daemon error ({code:?}): {text}")),
+            _ => {}
+        }
+    }
+    done.hist = hist;
+    Ok(done)
+}
+
+/// Joins every receiver to the group and waits until each sees a view with
+/// all of them (the daemons have formed one ring).
+fn wait_for_ring(
+    receivers: &mut [Client],
+    group: &str,
+    deadline: Instant,
+    spawned: &mut Option<Spawned>,
+) -> Result<(), String> {
+    for c in receivers.iter_mut() {
+        c.join(group).map_err(|e| e.to_string())?;
+    }
+    let want = receivers.len();
+    let mut ready = vec![false; want];
+    let mut last = vec![0usize; want];
+    let mut tick = 0u32;
+    while !ready.iter().all(|&r| r) {
+        let mut idle = true;
+        for (i, c) in receivers.iter_mut().enumerate() {
+            while let Some(ev) = c.poll().map_err(|e| format!("receiver {i}: {e}"))? {
+                idle = false;
+                match ev {
+                    Event::Membership(v) if v.group == group => {
+                        last[i] = v.members.len();
+                        ready[i] = v.members.len() == want;
+                    }
+                    Event::Error { code, text } => return Err(format!("receiver {i}: {code:?}: {text}")),
+                    _ => {}
+                }
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "the daemons formed no ring in time: the receivers see views of {last:?} members, want {want}"
+            ));
+        }
+        if idle {
+            tick += 1;
+            if tick % 50 == 0 {
+                if let Some(s) = spawned.as_mut() {
+                    s.check_alive()?;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    Ok(())
+}
+
+/// The outcome of a run.
+#[derive(Default)]
+struct Report {
+    daemons: usize,
+    elapsed_s: f64,
+    sent: u64,
+    delivered: u64,
+    expected: u64,
+    p50_us: Option<f64>,
+    p99_us: Option<f64>,
+    p999_us: Option<f64>,
+    max_us: Option<f64>,
+    fifo_violations: u64,
+    bad_payloads: u64,
+    total_order: Option<bool>,
+    first_violation: Option<String>,
+    errors: Vec<String>,
+    timed_out: bool,
+}
+
+impl Report {
+    fn order_ok(&self) -> bool {
+        self.fifo_violations == 0 && self.bad_payloads == 0 && self.total_order != Some(false)
+    }
+
+    fn ok(&self) -> bool {
+        self.order_ok() && self.errors.is_empty() && !self.timed_out && self.delivered == self.expected
+    }
+
+    fn msgs_per_sec(&self) -> f64 {
+        if self.elapsed_s > 0.0 { self.sent as f64 / self.elapsed_s } else { 0.0 }
+    }
+}
+
+/// A quantile in microseconds, to 0.1 us.
+fn us(h: &Histogram<u64>, q: f64) -> Option<f64> {
+    (!h.is_empty()).then(|| (h.value_at_quantile(q) as f64 / 100.0).round() / 10.0)
+}
+
+pub(crate) fn main(args: &FloodArgs) -> ExitCode {
+    if args.size < HEADER {
+        eprintln!(
+            "flood: --size {} is too small: payloads carry a {HEADER}-byte header (send time, sender, sequence)",
+            args.size
+        );
+        return ExitCode::from(2);
+    }
+    if args.senders == 0 || args.messages == 0 || args.rate == Some(0) || args.spawn == Some(0) {
+        eprintln!("flood: --senders, --messages, --rate and --spawn must be at least 1");
+        return ExitCode::from(2);
+    }
+    if args.messages / args.senders as u64 >= u64::from(u32::MAX) {
+        eprintln!("flood: at most {} messages per sender", u32::MAX - 1);
+        return ExitCode::from(2);
+    }
+    let mut spawned = None;
+    let report = run(args, &mut spawned);
+    let ok = report.ok();
+    if let Some(s) = spawned.as_mut() {
+        s.keep_dir |= !report.errors.is_empty() || report.timed_out;
+    }
+    // Stop the daemons before printing: the threads still blocked on them
+    // end with the process.
+    drop(spawned);
+    print_report(args, &report);
+    if ok { ExitCode::SUCCESS } else { ExitCode::from(1) }
+}
+
+fn run(args: &FloodArgs, spawned: &mut Option<Spawned>) -> Report {
+    let deadline = Instant::now() + Duration::from_secs(args.timeout);
+    let mut report = Report { expected: 0, ..Report::default() };
+    let sockets = match &args.config {
+        Some(path) => configured_sockets(path),
+        None => Spawned::start(args.spawn.unwrap_or(3), args).map(|(s, socks)| {
+            *spawned = Some(s);
+            socks
+        }),
+    };
+    let sockets = match sockets {
+        Ok(s) => s,
+        Err(e) => {
+            report.errors.push(e);
+            return report;
+        }
+    };
+    let k = sockets.len();
+    report.daemons = k;
+    let m = args.senders;
+    let per_sender: Vec<u64> =
+        (0..m).map(|i| args.messages / m as u64 + u64::from((i as u64) < args.messages % m as u64)).collect();
+    report.expected = args.messages * k as u64;
+
+    // Receivers first, one per daemon; then wait until they see one ring.
+    let mut receivers = Vec::with_capacity(k);
+    for (i, s) in sockets.iter().enumerate() {
+        match connect(s, &format!("flood-r{i}"), deadline, spawned) {
+            Ok(c) => receivers.push(c),
+            Err(e) => {
+                report.errors.push(e);
+                return report;
+            }
+        }
+    }
+    if let Err(e) = wait_for_ring(&mut receivers, &args.group, deadline, spawned) {
+        report.errors.push(e);
+        return report;
+    }
+    let mut senders = Vec::with_capacity(m);
+    for i in 0..m {
+        match connect(&sockets[i % k], &format!("flood-s{i}"), deadline, spawned) {
+            Ok(c) => senders.push(c),
+            Err(e) => {
+                report.errors.push(e);
+                return report;
+            }
+        }
+    }
+
+    let base = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let progress: Arc<Vec<AtomicU64>> = Arc::new((0..k).map(|_| AtomicU64::new(0)).collect());
+    let (tx, rx) = mpsc::channel::<Done>();
+    let recv_plan = Arc::new(RecvPlan {
+        group: args.group.clone(),
+        size: args.size,
+        per_sender: per_sender.clone(),
+        expected: args.messages,
+        fifo: args.service.fifo(),
+    });
+    for (i, c) in receivers.into_iter().enumerate() {
+        let (tx, plan, progress, stop) =
+            (tx.clone(), Arc::clone(&recv_plan), Arc::clone(&progress), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let r = run_receiver(c, &plan, base, &progress[i], &stop);
+            let _ = tx.send(Done::Receiver(i, r));
+        });
+    }
+    for (i, c) in senders.into_iter().enumerate() {
+        let plan = SendPlan {
+            service: args.service.service(),
+            group: args.group.clone(),
+            size: args.size,
+            count: per_sender[i],
+            interval_ns: args.rate.map(|r| (1_000_000_000 * m as u64 / r).max(1)),
+        };
+        let (tx, stop) = (tx.clone(), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let r = run_sender(c, u32::try_from(i).unwrap_or(u32::MAX), &plan, base, &stop, deadline);
+            let _ = tx.send(Done::Sender(i, r));
+        });
+    }
+    drop(tx);
+
+    let mut sent_done: Vec<Option<SenderDone>> = (0..m).map(|_| None).collect();
+    let mut recv_done: Vec<Option<ReceiverDone>> = (0..k).map(|_| None).collect();
+    let mut pending = m + k;
+    while pending > 0 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(Done::Sender(i, Ok(d))) => sent_done[i] = Some(d),
+            Ok(Done::Receiver(i, Ok(d))) => recv_done[i] = Some(d),
+            Ok(Done::Sender(i, Err(e))) => report.errors.push(format!("sender {i}: {e}")),
+            Ok(Done::Receiver(i, Err(e))) => report.errors.push(format!("receiver {i} (daemon {i}): {e}")),
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                report.timed_out = true;
+                break;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+        if !report.errors.is_empty() {
+            break;
+        }
+        pending -= 1;
+    }
+    stop.store(true, Ordering::Relaxed);
+
+    report.sent = sent_done.iter().flatten().map(|s| s.sent).sum();
+    report.delivered = progress.iter().map(|p| p.load(Ordering::Relaxed)).sum();
+    let first = sent_done.iter().flatten().map(|s| s.first_ns).min().unwrap_or(0);
+    let last = recv_done.iter().flatten().map(|r| r.last_ns).max().unwrap_or(0);
+    report.elapsed_s = last.saturating_sub(first) as f64 / 1e9;
+    let mut hist =
+        Histogram::<u64>::new_with_bounds(1, 600_000_000_000, 3).unwrap_or_else(|_| unreachable!());
+    for r in recv_done.iter().flatten() {
+        let _ = hist.add(&r.hist);
+        report.fifo_violations += r.fifo_violations;
+        report.bad_payloads += r.bad_payloads;
+        if report.first_violation.is_none() {
+            report.first_violation.clone_from(&r.first_violation);
+        }
+        if r.views > 0 {
+            report.errors.push(format!("the group's membership changed {} time(s) during the run", r.views));
+        }
+    }
+    report.p50_us = us(&hist, 0.5);
+    report.p99_us = us(&hist, 0.99);
+    report.p999_us = us(&hist, 0.999);
+    report.max_us = us(&hist, 1.0);
+    if args.service.total() && recv_done.iter().all(Option::is_some) {
+        let hashes: Vec<u64> = recv_done.iter().flatten().map(|r| r.order_hash).collect();
+        report.total_order = Some(hashes.windows(2).all(|w| w[0] == w[1]));
+        if report.total_order == Some(false) && report.first_violation.is_none() {
+            report.first_violation =
+                Some(format!("receivers delivered different sequences (hashes {hashes:x?})"));
+        }
+    }
+    report
+}
+
+fn print_report(args: &FloodArgs, r: &Report) {
+    let mbytes = r.msgs_per_sec() * args.size as f64 / 1e6;
+    let spawned = args.config.is_none();
+    if args.json {
+        let v = serde_json::json!({
+            "msgs_per_sec": r.msgs_per_sec().round(),
+            "mbytes_per_sec": (mbytes * 1000.0).round() / 1000.0,
+            "p50_us": r.p50_us,
+            "p99_us": r.p99_us,
+            "p999_us": r.p999_us,
+            "max_us": r.max_us,
+            "delivered": r.delivered,
+            "expected": r.expected,
+            "sent": r.sent,
+            "messages": args.messages,
+            "size": args.size,
+            "service": args.service.service().name(),
+            "senders": args.senders,
+            "receivers": r.daemons,
+            "daemons": r.daemons,
+            "spawned": spawned,
+            "accelerated": spawned.then_some(!args.no_accelerated),
+            "packing": spawned.then_some(!args.no_packing),
+            "rate": args.rate,
+            "elapsed_s": r.elapsed_s,
+            "order_ok": r.order_ok(),
+            "fifo_violations": r.fifo_violations,
+            "bad_payloads": r.bad_payloads,
+            "total_order_ok": r.total_order,
+            "first_violation": r.first_violation,
+            "timed_out": r.timed_out,
+            "errors": r.errors,
+            "ok": r.ok(),
+        });
+        println!("{v}");
+        return;
+    }
+    let mut out = String::new();
+    let setup = if spawned {
+        format!(
+            "{} spawned daemons, accelerated {}, packing {}",
+            r.daemons,
+            if args.no_accelerated { "off" } else { "on" },
+            if args.no_packing { "off" } else { "on" }
+        )
+    } else {
+        format!("{} daemons of {}", r.daemons, args.config.as_deref().unwrap_or(Path::new("?")).display())
+    };
+    let pacing =
+        args.rate.map_or_else(|| "as fast as possible".to_string(), |r| format!("paced at {r} msgs/s"));
+    let _ = writeln!(
+        out,
+        "flood: {} x {} B {} to group {:?}, {} sender(s), {} receiver(s), {}, {}",
+        args.messages,
+        args.size,
+        args.service.service().name(),
+        args.group,
+        args.senders,
+        r.daemons,
+        setup,
+        pacing
+    );
+    let _ = writeln!(
+        out,
+        "  throughput  {:.0} msgs/s, {:.2} MB/s of payload ({} sent, {:.3} s from first send to last delivery)",
+        r.msgs_per_sec(),
+        mbytes,
+        r.sent,
+        r.elapsed_s
+    );
+    let f = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.0} us"));
+    let _ = writeln!(
+        out,
+        "  latency     p50 {}, p99 {}, p99.9 {}, max {} (send to delivery, every receiver)",
+        f(r.p50_us),
+        f(r.p99_us),
+        f(r.p999_us),
+        f(r.max_us)
+    );
+    let loss = if r.delivered == r.expected {
+        "no loss".to_string()
+    } else {
+        format!("SHORT by {}", r.expected.saturating_sub(r.delivered))
+    };
+    let _ = writeln!(out, "  delivered   {} of {} ({loss})", r.delivered, r.expected);
+    let fifo = if !args.service.fifo() {
+        "per-sender order not promised by this service".to_string()
+    } else if r.fifo_violations == 0 {
+        "per-sender FIFO ok".to_string()
+    } else {
+        format!("per-sender FIFO VIOLATED {} time(s)", r.fifo_violations)
+    };
+    let total = match r.total_order {
+        Some(true) => format!("; same total order at all {} receivers", r.daemons),
+        Some(false) => "; receivers DISAGREE on the total order".to_string(),
+        None if args.service.total() => {
+            "; total order not compared (not every receiver finished)".to_string()
+        }
+        None => String::new(),
+    };
+    let _ = writeln!(out, "  order       {fifo}{total}");
+    if r.bad_payloads > 0 {
+        let _ = writeln!(out, "  payloads    {} malformed", r.bad_payloads);
+    }
+    if let Some(v) = &r.first_violation {
+        let _ = writeln!(out, "  first violation: {v}");
+    }
+    if r.timed_out {
+        let _ = writeln!(out, "  TIMED OUT after {} s", args.timeout);
+    }
+    for e in &r.errors {
+        let _ = writeln!(out, "  error: {e}");
+    }
+    let _ = writeln!(out, "  result      {}", if r.ok() { "ok" } else { "FAILED" });
+    print!("{out}");
+}
