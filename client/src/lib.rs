@@ -228,6 +228,14 @@ impl Client {
         self.send(&ClientFrame::Join { group: group.to_string() })
     }
 
+    /// Joins a closed virtual-synchrony group: only members may send to it,
+    /// and every view change goes through a flush ([`Event::FlushRequest`],
+    /// answered with [`Client::flush_ok`]), so every message is delivered in
+    /// the view it was sent in.
+    pub fn join_vs(&mut self, group: &str) -> Result<(), ClientError> {
+        self.send(&ClientFrame::JoinVs { group: group.to_string() })
+    }
+
     /// Leaves a group.
     pub fn leave(&mut self, group: &str) -> Result<(), ClientError> {
         self.send(&ClientFrame::Leave { group: group.to_string() })

@@ -236,6 +236,7 @@ impl Daemon {
                 let c = ClientId(id);
                 let r = match frame {
                     ClientFrame::Join { group } => self.groups.join(c, group.as_bytes(), GroupKind::Open),
+                    ClientFrame::JoinVs { group } => self.groups.join(c, group.as_bytes(), GroupKind::Vs),
                     ClientFrame::Leave { group } => self.groups.leave(c, group.as_bytes()),
                     ClientFrame::Multicast(m) => {
                         self.groups.multicast(c, m.service, &m.groups, m.msg_type, m.payload, m.self_discard)

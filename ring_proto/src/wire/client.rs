@@ -93,6 +93,8 @@ pub const TYPE_MULTICAST: u8 = 0x04;
 pub const TYPE_FLUSH_OK: u8 = 0x05;
 /// Frame type of [`ClientFrame::Bye`].
 pub const TYPE_CLIENT_BYE: u8 = 0x06;
+/// Frame type of [`ClientFrame::JoinVs`].
+pub const TYPE_JOIN_VS: u8 = 0x07;
 /// Frame type of [`DaemonFrame::Welcome`].
 pub const TYPE_WELCOME: u8 = 0x81;
 /// Frame type of [`DaemonFrame::Refused`].
@@ -489,6 +491,12 @@ pub enum ClientFrame {
         /// The group.
         group: String,
     },
+    /// Join a closed virtual-synchrony group (members only may send; view
+    /// changes go through a flush, giving sending-view delivery).
+    JoinVs {
+        /// The group.
+        group: String,
+    },
     /// Leave a group.
     Leave {
         /// The group.
@@ -877,6 +885,7 @@ impl Frame for ClientFrame {
                 Self::Hello(Hello { min_version, max_version, client_name, auth })
             }
             TYPE_JOIN => Self::Join { group: read_group(&mut r)? },
+            TYPE_JOIN_VS => Self::JoinVs { group: read_group(&mut r)? },
             TYPE_LEAVE => Self::Leave { group: read_group(&mut r)? },
             TYPE_MULTICAST => {
                 let service = read_service(&mut r)?;
@@ -911,6 +920,9 @@ impl Frame for ClientFrame {
                 put_auth(out, &h.auth)
             }),
             Self::Join { group } => put_frame(out, limits, TYPE_JOIN, |out| put_group(out, "group", group)),
+            Self::JoinVs { group } => {
+                put_frame(out, limits, TYPE_JOIN_VS, |out| put_group(out, "group", group))
+            }
             Self::Leave { group } => put_frame(out, limits, TYPE_LEAVE, |out| put_group(out, "group", group)),
             Self::Multicast(m) => {
                 encode_multicast(out, limits, m.service, m.msg_type, m.self_discard, &m.groups, &m.payload)

@@ -59,6 +59,7 @@ fn client_frame() -> impl Strategy<Value = ClientFrame> {
             ClientFrame::Hello(Hello { min_version, max_version: min_version + extra, client_name, auth })
         }),
         group().prop_map(|group| ClientFrame::Join { group }),
+        group().prop_map(|group| ClientFrame::JoinVs { group }),
         group().prop_map(|group| ClientFrame::Leave { group }),
         (service(), any::<u16>(), any::<bool>(), groups(), payload()).prop_map(
             |(service, msg_type, self_discard, groups, payload)| {
