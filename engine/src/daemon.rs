@@ -25,8 +25,11 @@ const SOCKET_BUFFER: usize = 4 << 20;
 /// Longest sleep in one wait, so a stop request is seen promptly.
 const MAX_WAIT: Duration = Duration::from_millis(100);
 
+/// How often the daemon writes its status file for `ringfence monitor`.
+const STATUS_INTERVAL: Duration = Duration::from_millis(500);
+
 /// Counters of the runtime (the protocol's own are in `Node::stats`).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct DaemonStats {
     /// Datagrams from addresses that are not daemons of the cluster (dropped).
     pub unknown_sources: u64,
@@ -55,6 +58,7 @@ pub struct Daemon {
     /// A group message the ring refused for backpressure, retried first.
     held: Option<Submit>,
     limits: Limits,
+    status_at: Instant,
 }
 
 impl Daemon {
@@ -101,6 +105,7 @@ impl Daemon {
             waker: waker_addr,
             held: None,
             limits,
+            status_at: Instant::now(),
         })
     }
 
@@ -126,6 +131,10 @@ impl Daemon {
     pub fn run(&mut self, stop: &Arc<AtomicBool>) -> io::Result<()> {
         while !stop.load(Ordering::Relaxed) {
             self.flush();
+            if self.status_at.elapsed() >= STATUS_INTERVAL {
+                self.status_at = Instant::now();
+                self.write_status();
+            }
             let now = self.now();
             let wait = self.node.poll_timeout().map_or(MAX_WAIT, |d| d.saturating_since(now)).min(MAX_WAIT);
             if wait.is_zero() {
@@ -155,6 +164,36 @@ impl Daemon {
         }
         info!(daemon = %self.cfg.me.name, "daemon stopped");
         Ok(())
+    }
+
+    /// Writes `<state_dir>/status.json` (read by `ringfence monitor`):
+    /// membership phase, ring, members, clients and every counter.
+    fn write_status(&self) {
+        let ring = self.node.ring().map(|(id, members)| {
+            serde_json::json!({ "seq": id.seq, "rep": id.rep.0, "members": members.iter().map(|m| m.0).collect::<Vec<_>>() })
+        });
+        let g = self.groups.stats();
+        let status = serde_json::json!({
+            "daemon": self.cfg.me.name,
+            "id": self.cfg.me.id.0,
+            "incarnation": self.state.incarnation,
+            "uptime_ms": u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX),
+            "phase": format!("{:?}", self.node.phase()),
+            "ring": ring,
+            "clients": self.clients.len(),
+            "protocol": self.node.stats(),
+            "runtime": self.stats,
+            "groups": {
+                "messages_delivered": g.messages_delivered,
+                "views_installed": g.views_installed,
+                "malformed": g.malformed,
+            },
+        });
+        let path = self.cfg.state_dir.join("status.json");
+        let tmp = self.cfg.state_dir.join("status.json.tmp");
+        if std::fs::write(&tmp, status.to_string()).and_then(|()| std::fs::rename(&tmp, &path)).is_err() {
+            warn!(path = %path.display(), "could not write the status file");
+        }
     }
 
     fn receive(&mut self, n: usize, from: SocketAddr) {

@@ -200,6 +200,21 @@ impl Spawned {
         Ok((me, sockets))
     }
 
+    /// CPU time (user and system) the daemons have used so far, in seconds,
+    /// from `/proc` (Linux; in USER_HZ = 100 ticks).
+    fn cpu_seconds(&self) -> Option<f64> {
+        let mut ticks = 0u64;
+        for c in &self.children {
+            let stat = std::fs::read_to_string(format!("/proc/{}/stat", c.id())).ok()?;
+            // Fields after the parenthesised command name: state is field 3,
+            // utime and stime are fields 14 and 15.
+            let rest = stat.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            ticks += f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+        }
+        Some(ticks as f64 / 100.0)
+    }
+
     /// Fails if a daemon has exited.
     fn check_alive(&mut self) -> Result<(), String> {
         for (i, c) in self.children.iter_mut().enumerate() {
@@ -503,6 +518,8 @@ struct Report {
     p99_us: Option<f64>,
     p999_us: Option<f64>,
     max_us: Option<f64>,
+    /// CPU time of all spawned daemons per message sent, during the load.
+    daemon_cpu_us_per_msg: Option<f64>,
     fifo_violations: u64,
     bad_payloads: u64,
     total_order: Option<bool>,
@@ -609,6 +626,7 @@ fn run(args: &FloodArgs, spawned: &mut Option<Spawned>) -> Report {
         }
     }
 
+    let cpu_before = spawned.as_ref().and_then(Spawned::cpu_seconds);
     let base = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
     let progress: Arc<Vec<AtomicU64>> = Arc::new((0..k).map(|_| AtomicU64::new(0)).collect());
@@ -666,6 +684,7 @@ fn run(args: &FloodArgs, spawned: &mut Option<Spawned>) -> Report {
         pending -= 1;
     }
     stop.store(true, Ordering::Relaxed);
+    let cpu_after = spawned.as_ref().and_then(Spawned::cpu_seconds);
 
     report.sent = sent_done.iter().flatten().map(|s| s.sent).sum();
     report.delivered = progress.iter().map(|p| p.load(Ordering::Relaxed)).sum();
@@ -683,6 +702,11 @@ fn run(args: &FloodArgs, spawned: &mut Option<Spawned>) -> Report {
         }
         if r.views > 0 {
             report.errors.push(format!("the group's membership changed {} time(s) during the run", r.views));
+        }
+    }
+    if let (Some(a), Some(b)) = (cpu_before, cpu_after) {
+        if report.sent > 0 {
+            report.daemon_cpu_us_per_msg = Some(((b - a) * 1e6 / report.sent as f64 * 10.0).round() / 10.0);
         }
     }
     report.p50_us = us(&hist, 0.5);
@@ -725,6 +749,7 @@ fn print_report(args: &FloodArgs, r: &Report) {
             "packing": spawned.then_some(!args.no_packing),
             "rate": args.rate,
             "elapsed_s": r.elapsed_s,
+            "daemon_cpu_us_per_msg": r.daemon_cpu_us_per_msg,
             "order_ok": r.order_ok(),
             "fifo_violations": r.fifo_violations,
             "bad_payloads": r.bad_payloads,
@@ -785,6 +810,10 @@ fn print_report(args: &FloodArgs, r: &Report) {
         format!("SHORT by {}", r.expected.saturating_sub(r.delivered))
     };
     let _ = writeln!(out, "  delivered   {} of {} ({loss})", r.delivered, r.expected);
+    if let Some(c) = r.daemon_cpu_us_per_msg {
+        let _ =
+            writeln!(out, "  daemon CPU  {c:.1} us per message (user + system, all {} daemons)", r.daemons);
+    }
     let fifo = if !args.service.fifo() {
         "per-sender order not promised by this service".to_string()
     } else if r.fifo_violations == 0 {

@@ -6,6 +6,7 @@
 mod daemon;
 mod demo;
 mod flood;
+mod monitor;
 mod sim;
 mod user;
 
@@ -29,6 +30,8 @@ enum Command {
     User(user::UserArgs),
     /// Start 3 daemons on loopback and show ordering, a crash and a merge.
     Demo,
+    /// Show membership, ring and counters of the cluster's daemons.
+    Monitor(monitor::MonitorArgs),
     /// Measure throughput and latency with N messages of size S.
     Flood(flood::FloodArgs),
 }
@@ -40,6 +43,7 @@ fn main() -> ExitCode {
         Command::Daemon(args) => daemon::main(&args),
         Command::User(args) => user::main(&args),
         Command::Demo => demo::main(),
+        Command::Monitor(args) => monitor::main(&args),
         Command::Flood(args) => flood::main(&args),
     }
 }

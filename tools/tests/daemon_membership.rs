@@ -105,6 +105,25 @@ fn kill_and_restart_give_evs_configurations() {
         wait_for(d, marks[i], &["regular configuration", "members=[0, 1, 2]"]);
     }
     wait_for(d2, 0, &["regular configuration", "members=[0, 1, 2]"]);
+
+    // `ringfence monitor` shows the three in one ring (status files are
+    // rewritten every 500 ms).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = Command::new(env!("CARGO_BIN_EXE_ringfence"))
+            .args(["monitor", "--config", config.to_str().unwrap(), "--once", "--json"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let lines: Vec<&str> = text.lines().collect();
+        if lines.len() == 3
+            && lines.iter().all(|l| l.contains("\"members\":[0,1,2]") && l.contains("Operational"))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "monitor never showed one ring: {text}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     drop(daemons);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,0 +1,113 @@
+//! `ringfence monitor --config FILE`: membership, ring and per-daemon
+//! counters of every daemon of the cluster that runs on this machine, read
+//! from the status file each daemon writes every 500 ms
+//! (`<state_dir>/status.json`).
+
+use clap::Args;
+use ringfence_engine::DaemonConfig;
+use serde_json::Value;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Options of `ringfence monitor`.
+#[derive(Args, Debug)]
+pub(crate) struct MonitorArgs {
+    /// The cluster configuration (TOML).
+    #[arg(long)]
+    config: PathBuf,
+    /// Print once and exit (default: refresh every second).
+    #[arg(long)]
+    once: bool,
+    /// Print the raw status objects as JSON lines.
+    #[arg(long)]
+    json: bool,
+}
+
+fn num(v: &Value, path: &[&str]) -> u64 {
+    path.iter().try_fold(v, |v, k| v.get(k)).and_then(Value::as_u64).unwrap_or(0)
+}
+
+pub(crate) fn main(args: &MonitorArgs) -> ExitCode {
+    // Any daemon name loads the cluster; then each daemon's own state dir.
+    let first = match std::fs::read_to_string(&args.config)
+        .ok()
+        .and_then(|t| t.parse::<toml::Table>().ok())
+        .and_then(|t| {
+            t.get("cluster")?.get("daemon")?.as_array()?.first()?.get("name")?.as_str().map(str::to_string)
+        }) {
+        Some(n) => n,
+        None => {
+            eprintln!("monitor: {}: no [[cluster.daemon]] with a name", args.config.display());
+            return ExitCode::from(2);
+        }
+    };
+    let cluster = match DaemonConfig::load(&args.config, &first) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("monitor: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let dirs: Vec<(String, PathBuf)> = cluster
+        .peers
+        .iter()
+        .filter_map(|p| DaemonConfig::load(&args.config, &p.name).ok().map(|c| (p.name.clone(), c.state_dir)))
+        .collect();
+    loop {
+        if !args.json {
+            println!(
+                "{:<10} {:<12} {:<10} {:<14} {:>7} {:>10} {:>10} {:>8} {:>8} {:>8}",
+                "daemon",
+                "phase",
+                "ring",
+                "members",
+                "clients",
+                "delivered",
+                "sent pkts",
+                "retrans",
+                "tok-rtx",
+                "bad"
+            );
+        }
+        for (name, dir) in &dirs {
+            let path = dir.join("status.json");
+            let Some(v) =
+                std::fs::read_to_string(&path).ok().and_then(|t| serde_json::from_str::<Value>(&t).ok())
+            else {
+                if !args.json {
+                    println!("{name:<10} (no status at {})", path.display());
+                }
+                continue;
+            };
+            if args.json {
+                println!("{v}");
+                continue;
+            }
+            let ring = v.get("ring").filter(|r| !r.is_null());
+            let ring_id =
+                ring.map_or("-".to_string(), |r| format!("{}.{}", num(r, &["rep"]), num(r, &["seq"])));
+            let members = ring
+                .and_then(|r| r.get("members"))
+                .map_or("-".to_string(), |m| m.to_string().replace(',', " "));
+            println!(
+                "{:<10} {:<12} {:<10} {:<14} {:>7} {:>10} {:>10} {:>8} {:>8} {:>8}",
+                name,
+                v.get("phase").and_then(Value::as_str).unwrap_or("?"),
+                ring_id,
+                members,
+                num(&v, &["clients"]),
+                num(&v, &["protocol", "messages_delivered"]),
+                num(&v, &["protocol", "packets_sent"]),
+                num(&v, &["protocol", "packets_retransmitted"]),
+                num(&v, &["protocol", "token_retransmits"]),
+                num(&v, &["protocol", "bad_datagrams"]),
+            );
+        }
+        if args.once {
+            return ExitCode::SUCCESS;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        println!();
+    }
+}
