@@ -30,17 +30,15 @@ fn num(v: &Value, path: &[&str]) -> u64 {
 
 pub(crate) fn main(args: &MonitorArgs) -> ExitCode {
     // Any daemon name loads the cluster; then each daemon's own state dir.
-    let first = match std::fs::read_to_string(&args.config)
+    let first = std::fs::read_to_string(&args.config)
         .ok()
         .and_then(|t| t.parse::<toml::Table>().ok())
         .and_then(|t| {
             t.get("cluster")?.get("daemon")?.as_array()?.first()?.get("name")?.as_str().map(str::to_string)
-        }) {
-        Some(n) => n,
-        None => {
-            eprintln!("monitor: {}: no [[cluster.daemon]] with a name", args.config.display());
-            return ExitCode::from(2);
-        }
+        });
+    let Some(first) = first else {
+        eprintln!("monitor: {}: no [[cluster.daemon]] with a name", args.config.display());
+        return ExitCode::from(2);
     };
     let cluster = match DaemonConfig::load(&args.config, &first) {
         Ok(c) => c,
