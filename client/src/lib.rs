@@ -250,18 +250,7 @@ impl Client {
         msg_type: u16,
         payload: &[u8],
     ) -> Result<(), ClientError> {
-        self.out.clear();
-        encode_multicast(
-            &mut self.out,
-            &self.limits,
-            service,
-            msg_type,
-            self.self_discard,
-            groups.iter().copied(),
-            payload,
-        )?;
-        self.stream.write_all(&self.out)?;
-        Ok(())
+        self.multicast_batch(service, groups, msg_type, std::iter::once(payload))
     }
 
     /// Multicasts many messages with one write (the daemon reads them as one
