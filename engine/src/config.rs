@@ -62,6 +62,15 @@ struct File {
     ring: RingFile,
     #[serde(default)]
     paths: PathsFile,
+    #[serde(default)]
+    daemon: DaemonSection,
+}
+
+/// `[daemon]`: runtime choices of this process.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DaemonSection {
+    backend: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -82,6 +91,7 @@ struct DaemonFile {
     id: Spanned<u16>,
     name: Spanned<String>,
     address: Spanned<String>,
+    client_tcp: Option<Spanned<String>>,
 }
 
 /// `[ring]`: every field optional; defaults are the LAN defaults of
@@ -129,6 +139,18 @@ pub enum Transport {
     Unicast,
 }
 
+/// Which socket I/O backend the ring thread uses (`[daemon] backend`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BackendChoice {
+    /// io_uring if it can be set up here, else portable (the default).
+    #[default]
+    Auto,
+    /// io_uring only: the daemon fails to start if it cannot be set up.
+    IoUring,
+    /// Blocking sockets with read timeouts.
+    Portable,
+}
+
 /// A validated configuration for one daemon.
 #[derive(Clone, Debug)]
 pub struct DaemonConfig {
@@ -146,6 +168,11 @@ pub struct DaemonConfig {
     /// The Unix socket local clients connect to (default
     /// `<state_dir>/client.sock`).
     pub client_socket: PathBuf,
+    /// A TCP address remote clients connect to (none by default). Until TLS
+    /// lands, use it only on trusted networks.
+    pub client_tcp: Option<SocketAddr>,
+    /// The ring thread's socket I/O backend (`[daemon] backend`).
+    pub backend: BackendChoice,
 }
 
 fn line_of(text: &str, span: Range<usize>) -> usize {
@@ -232,7 +259,29 @@ impl DaemonConfig {
             .client_socket
             .as_deref()
             .map_or_else(|| state_dir.join("client.sock"), |s| PathBuf::from(s.replace("{name}", &me.name)));
-        Ok(Self { me, peers, transport, ring, state_dir, client_socket })
+        let mine = file.cluster.daemon.iter().find(|d| d.name.get_ref() == name);
+        let client_tcp = match mine.and_then(|d| d.client_tcp.as_ref()) {
+            None => None,
+            Some(a) => Some(a.get_ref().parse().map_err(|e| {
+                invalid(a.span(), "cluster.daemon.client_tcp", format!("not an IP:port address: {e}"))
+            })?),
+        };
+        let backend = match file.daemon.backend.as_ref() {
+            None => BackendChoice::Auto,
+            Some(b) => match b.get_ref().as_str() {
+                "auto" => BackendChoice::Auto,
+                "io_uring" => BackendChoice::IoUring,
+                "portable" => BackendChoice::Portable,
+                other => {
+                    return Err(invalid(
+                        b.span(),
+                        "daemon.backend",
+                        format!("`{other}` is not a backend (use \"auto\", \"io_uring\" or \"portable\")"),
+                    ));
+                }
+            },
+        };
+        Ok(Self { me, peers, transport, ring, state_dir, client_socket, client_tcp, backend })
     }
 }
 
@@ -307,5 +356,28 @@ token_timeout_ms = 500
         let bad = GOOD.replace("token_timeout_ms = 500", "token_timeout_ms = 1");
         let e = DaemonConfig::parse(Path::new("x.toml"), &bad, "a").unwrap_err().to_string();
         assert!(e.contains("ring.token_timeout"), "{e}");
+
+        let bad = format!("{GOOD}\n[daemon]\nbackend = \"epoll\"\n");
+        let e = DaemonConfig::parse(Path::new("x.toml"), &bad, "a").unwrap_err().to_string();
+        assert!(e.starts_with("x.toml:19: key `daemon.backend`") && e.contains("epoll"), "{e}");
+
+        let bad = format!("{GOOD}\n[daemon]\nbackend = 3\n");
+        let e = DaemonConfig::parse(Path::new("x.toml"), &bad, "a").unwrap_err().to_string();
+        assert!(e.starts_with("x.toml:19:") && e.contains("string"), "{e}");
+    }
+
+    #[test]
+    fn the_backend_is_chosen_by_config() {
+        let c = DaemonConfig::parse(Path::new("x.toml"), GOOD, "a").unwrap();
+        assert_eq!(c.backend, BackendChoice::Auto);
+        for (text, want) in [
+            ("auto", BackendChoice::Auto),
+            ("io_uring", BackendChoice::IoUring),
+            ("portable", BackendChoice::Portable),
+        ] {
+            let file = format!("{GOOD}\n[daemon]\nbackend = \"{text}\"\n");
+            let c = DaemonConfig::parse(Path::new("x.toml"), &file, "a").unwrap();
+            assert_eq!(c.backend, want);
+        }
     }
 }

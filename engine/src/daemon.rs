@@ -1,5 +1,7 @@
-//! The ring thread on the portable backend.
+//! The ring thread: the protocol core driven over one of the socket I/O
+//! backends of `crate::backend` (io_uring or portable).
 
+use crate::backend::{self, Backend};
 use crate::config::DaemonConfig;
 use crate::session::{self, ClientOut, RING_QUEUE, ToRing, Waker};
 use crate::state::State;
@@ -10,7 +12,7 @@ use ringfence_proto::ring::{ConfigKind, Dest, Event, SubmitError};
 use ringfence_proto::wire::client::{
     self as cp, CLIENT_VERSION, ClientFrame, DaemonFrame, ErrorCode, Limits, RefuseCode, ViewCause, ViewKind,
 };
-use ringfence_proto::{Node, NodeId, Time};
+use ringfence_proto::{Node, Time};
 use socket2::{Domain, Protocol, Socket, Type};
 use std::collections::HashMap;
 use std::io;
@@ -46,11 +48,10 @@ pub struct DaemonStats {
 pub struct Daemon {
     cfg: DaemonConfig,
     node: Node,
-    socket: UdpSocket,
+    backend: Box<dyn Backend>,
     start: Instant,
     state: State,
     stats: DaemonStats,
-    buf: Vec<u8>,
     groups: ClientGroups,
     requests: Receiver<ToRing>,
     clients: HashMap<u64, ClientOut>,
@@ -79,8 +80,12 @@ impl Daemon {
         let limits = Limits::default();
         let (to_ring, requests) = bounded::<ToRing>(RING_QUEUE);
         let local = socket.local_addr()?;
+        let backend = backend::open(cfg.backend, socket, cfg.ring.mtu)?;
         let waker = Waker::new(local)?;
         let waker_addr = waker.address()?;
+        if let Some(addr) = cfg.client_tcp {
+            session::listen_tcp(addr, to_ring.clone(), &waker, limits)?;
+        }
         session::listen(&cfg.client_socket, to_ring, &waker, limits)?;
         let groups = ClientGroups::new(cfg.me.id);
         info!(
@@ -88,17 +93,16 @@ impl Daemon {
             id = cfg.me.id.0,
             address = %addr,
             incarnation = state.incarnation,
-            backend = "portable",
+            backend = backend.name(),
             "daemon started"
         );
         Ok(Self {
             cfg,
             node,
-            socket,
+            backend,
             start,
             state,
             stats: DaemonStats::default(),
-            buf: vec![0u8; 65_536],
             groups,
             requests,
             clients: HashMap::new(),
@@ -123,10 +127,6 @@ impl Daemon {
         Time::from_nanos(u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX))
     }
 
-    fn peer_of(&self, from: SocketAddr) -> Option<NodeId> {
-        self.cfg.peers.iter().find(|p| p.address == from).map(|p| p.id)
-    }
-
     /// Runs until `stop` is set.
     pub fn run(&mut self, stop: &Arc<AtomicBool>) -> io::Result<()> {
         while !stop.load(Ordering::Relaxed) {
@@ -141,22 +141,10 @@ impl Daemon {
                 self.node.handle_timeout(now);
                 continue;
             }
-            self.socket.set_read_timeout(Some(wait))?;
-            match self.socket.recv_from(&mut self.buf) {
-                Ok((n, from)) => self.receive(n, from),
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => warn!(error = %e, "receive failed"),
-            }
-            // Take whatever else is queued without waiting.
-            self.socket.set_nonblocking(true)?;
-            for _ in 0..256 {
-                match self.socket.recv_from(&mut self.buf) {
-                    Ok((n, from)) => self.receive(n, from),
-                    Err(_) => break,
-                }
-            }
-            self.socket.set_nonblocking(false)?;
+            let Self { backend, node, stats, cfg, waker, start, .. } = self;
+            backend.wait(wait, &mut |from, bytes| {
+                Self::receive(node, stats, cfg, *waker, *start, from, bytes)
+            })?;
             let now = self.now();
             if self.node.poll_timeout().is_some_and(|d| d <= now) {
                 self.node.handle_timeout(now);
@@ -196,17 +184,25 @@ impl Daemon {
         }
     }
 
-    fn receive(&mut self, n: usize, from: SocketAddr) {
-        if from == self.waker {
+    fn receive(
+        node: &mut Node,
+        stats: &mut DaemonStats,
+        cfg: &DaemonConfig,
+        waker: SocketAddr,
+        start: Instant,
+        from: SocketAddr,
+        bytes: &[u8],
+    ) {
+        if from == waker {
             return; // a session has requests for us: handled in `flush`
         }
-        self.stats.received += 1;
-        if self.peer_of(from).is_none() {
-            self.stats.unknown_sources += 1;
+        stats.received += 1;
+        if !cfg.peers.iter().any(|p| p.address == from) {
+            stats.unknown_sources += 1;
             return;
         }
-        let now = self.now();
-        self.node.handle_datagram(now, Bytes::copy_from_slice(&self.buf[..n]));
+        let now = Time::from_nanos(u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX));
+        node.handle_datagram(now, Bytes::copy_from_slice(bytes));
     }
 
     /// Takes client requests, hands group messages to the ring, sends what
@@ -380,23 +376,21 @@ impl Daemon {
                 Dest::All => {
                     for p in &self.cfg.peers {
                         if p.id != self.cfg.me.id {
-                            Self::send(&self.socket, &mut self.stats, &t.bytes, p.address);
+                            self.backend.send(p.address, &t.bytes);
                         }
                     }
                 }
                 Dest::Node(id) => {
                     if let Some(p) = self.cfg.peers.iter().find(|p| p.id == id) {
-                        Self::send(&self.socket, &mut self.stats, &t.bytes, p.address);
+                        self.backend.send(p.address, &t.bytes);
                     }
                 }
             }
         }
-    }
-
-    fn send(socket: &UdpSocket, stats: &mut DaemonStats, bytes: &[u8], to: SocketAddr) {
-        match socket.send_to(bytes, to) {
-            Ok(_) => stats.sent += 1,
-            Err(_) => stats.send_errors += 1,
+        // One submission for the whole visit on io_uring.
+        if let Err(e) = self.backend.flush_sends() {
+            warn!(error = %e, backend = self.backend.name(), "sends failed");
         }
+        (self.stats.sent, self.stats.send_errors) = self.backend.counters();
     }
 }

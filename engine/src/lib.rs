@@ -11,14 +11,17 @@
 //!   peers              configurations (logged, persisted), deliveries
 //! ```
 //!
-//! This is the portable backend (blocking socket with a read timeout). The
-//! io_uring backend, session threads and client connections join with the
-//! daemon issue; see `docs/status.md`.
+//! The ring thread's socket I/O runs on one of two backends chosen by
+//! `[daemon] backend`: io_uring (batched sends, multishot receive into a
+//! provided-buffer ring) or portable (a blocking socket with read timeouts);
+//! `auto` tries io_uring and falls back. See `backend` and `uring`.
 
+mod backend;
 pub mod config;
 mod daemon;
 mod session;
 mod state;
+mod uring;
 
-pub use config::{ConfigError, DaemonConfig, Peer, Transport};
+pub use config::{BackendChoice, ConfigError, DaemonConfig, Peer, Transport};
 pub use daemon::{Daemon, DaemonStats};

@@ -19,7 +19,7 @@ use ringfence_proto::wire::client::{
     ByeReason, ClientFrame, DaemonFrame, Frame, FrameDecoder, Limits, RefuseCode,
 };
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::sync::Arc;
@@ -111,6 +111,59 @@ impl Waker {
     }
 }
 
+/// A client connection: a Unix or TCP stream.
+pub(crate) trait Conn: Read + Write + Send + Sized + 'static {
+    /// A second handle on the same connection (reader and writer threads).
+    fn duplicate(&self) -> io::Result<Self>;
+    /// Shuts down one or both directions.
+    fn close(&self, how: Shutdown);
+}
+
+impl Conn for UnixStream {
+    fn duplicate(&self) -> io::Result<Self> {
+        self.try_clone()
+    }
+    fn close(&self, how: Shutdown) {
+        let _ = self.shutdown(how);
+    }
+}
+
+impl Conn for TcpStream {
+    fn duplicate(&self) -> io::Result<Self> {
+        self.try_clone()
+    }
+    fn close(&self, how: Shutdown) {
+        let _ = self.shutdown(how);
+    }
+}
+
+/// Starts a listener thread for TCP clients on `addr`.
+pub(crate) fn listen_tcp(
+    addr: SocketAddr,
+    to_ring: Sender<ToRing>,
+    waker: &Waker,
+    limits: Limits,
+) -> io::Result<()> {
+    let listener = TcpListener::bind(addr)?;
+    info!(address = %addr, "listening for TCP clients");
+    let waker = waker.try_clone()?;
+    // Ids of TCP sessions live in the upper half, apart from Unix ones.
+    let next_id = Arc::new(AtomicU64::new(1 << 62));
+    std::thread::Builder::new().name("rf-tcp-listener".into()).spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(stream) = conn else { continue };
+            let _ = stream.set_nodelay(true);
+            let id = next_id.fetch_add(1, Ordering::Relaxed);
+            let to_ring = to_ring.clone();
+            let Ok(waker) = waker.try_clone() else { continue };
+            let _ = std::thread::Builder::new()
+                .name(format!("rf-client-{id}"))
+                .spawn(move || serve(id, stream, &to_ring, &waker, limits));
+        }
+    })?;
+    Ok(())
+}
+
 /// Starts the listener thread on `path`.
 pub(crate) fn listen(path: &Path, to_ring: Sender<ToRing>, waker: &Waker, limits: Limits) -> io::Result<()> {
     if path.exists() {
@@ -144,8 +197,8 @@ pub(crate) fn listen(path: &Path, to_ring: Sender<ToRing>, waker: &Waker, limits
 }
 
 /// One client's reader (this thread) and writer (a thread it starts).
-fn serve(id: u64, stream: UnixStream, to_ring: &Sender<ToRing>, waker: &Waker, limits: Limits) {
-    let Ok(mut write_half) = stream.try_clone() else { return };
+fn serve<S: Conn>(id: u64, stream: S, to_ring: &Sender<ToRing>, waker: &Waker, limits: Limits) {
+    let Ok(mut write_half) = stream.duplicate() else { return };
     let mut read_half = stream;
     let mut decoder: FrameDecoder<ClientFrame> = FrameDecoder::new(limits);
     let mut buf = vec![0u8; 64 * 1024];
@@ -208,14 +261,14 @@ fn serve(id: u64, stream: UnixStream, to_ring: &Sender<ToRing>, waker: &Waker, l
         waker.wake();
     }
     drop(pending_out);
-    let _ = read_half.shutdown(std::net::Shutdown::Read);
+    read_half.close(Shutdown::Read);
     if let Ok(w) = writer {
         let _ = w.join();
     }
 }
 
-fn write_loop(
-    stream: &mut UnixStream,
+fn write_loop<S: Conn>(
+    stream: &mut S,
     rx: &Receiver<DaemonFrame>,
     limits: &Limits,
     kicked: &AtomicBool,
@@ -250,5 +303,5 @@ fn write_loop(
             let _ = stream.write_all(&out);
         }
     }
-    let _ = stream.shutdown(std::net::Shutdown::Both);
+    stream.close(Shutdown::Both);
 }

@@ -1,6 +1,7 @@
 //! Real daemons on loopback: they form one ring, a daemon killed with
 //! SIGKILL leaves a transitional then a regular configuration without it at
 //! the survivors, and a restarted daemon merges back (EVS on real sockets).
+//! One test body, both socket backends (io_uring and portable), side by side.
 
 use std::io::{BufRead, BufReader};
 use std::net::UdpSocket;
@@ -26,12 +27,16 @@ fn free_ports(n: usize) -> Vec<u16> {
     socks.iter().map(|s| s.local_addr().unwrap().port()).collect()
 }
 
-fn write_config(dir: &Path, ports: &[u16]) -> std::path::PathBuf {
+/// The `[daemon] backend` values every real-process test runs on.
+const BACKENDS: [&str; 2] = ["io_uring", "portable"];
+
+fn write_config(dir: &Path, ports: &[u16], backend: &str) -> std::path::PathBuf {
     let mut text = String::from("[cluster]\ntransport = \"unicast\"\n");
     for (i, p) in ports.iter().enumerate() {
         text += &format!("\n[[cluster.daemon]]\nid = {i}\nname = \"d{i}\"\naddress = \"127.0.0.1:{p}\"\n");
     }
     text += &format!("\n[paths]\nstate_dir = \"{}/{{name}}\"\n", dir.display());
+    text += &format!("\n[daemon]\nbackend = \"{backend}\"\n");
     let path = dir.join("cluster.toml");
     std::fs::write(&path, text).unwrap();
     path
@@ -77,13 +82,23 @@ fn log_len(d: &Daemon) -> usize {
 
 #[test]
 fn kill_and_restart_give_evs_configurations() {
-    let dir = std::env::temp_dir().join(format!("ringfence-test-{}", std::process::id()));
+    std::thread::scope(|s| {
+        for backend in BACKENDS {
+            s.spawn(move || kill_and_restart(backend));
+        }
+    });
+}
+
+fn kill_and_restart(backend: &str) {
+    let dir = std::env::temp_dir().join(format!("ringfence-test-{}-{backend}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let config = write_config(&dir, &free_ports(3));
+    let config = write_config(&dir, &free_ports(3), backend);
     let mut daemons: Vec<Option<Daemon>> = (0..3).map(|i| Some(start(&config, &format!("d{i}")))).collect();
 
-    // One ring of all three.
+    // One ring of all three, on the backend asked for.
+    let started = format!("backend=\"{backend}\"");
     for d in daemons.iter().flatten() {
+        wait_for(d, 0, &["daemon started", &started]);
         wait_for(d, 0, &["regular configuration", "members=[0, 1, 2]"]);
     }
 

@@ -28,7 +28,7 @@ impl Drop for Daemons {
     }
 }
 
-fn setup(dir: &Path, n: usize) -> (Daemons, Vec<PathBuf>) {
+fn setup(dir: &Path, n: usize, backend: &str) -> (Daemons, Vec<PathBuf>) {
     let socks: Vec<UdpSocket> = (0..n).map(|_| UdpSocket::bind("127.0.0.1:0").unwrap()).collect();
     let ports: Vec<u16> = socks.iter().map(|s| s.local_addr().unwrap().port()).collect();
     drop(socks);
@@ -37,6 +37,7 @@ fn setup(dir: &Path, n: usize) -> (Daemons, Vec<PathBuf>) {
         text += &format!("\n[[cluster.daemon]]\nid = {i}\nname = \"d{i}\"\naddress = \"127.0.0.1:{p}\"\n");
     }
     text += &format!("\n[paths]\nstate_dir = \"{}/{{name}}\"\n", dir.display());
+    text += &format!("\n[daemon]\nbackend = \"{backend}\"\n");
     let config = dir.join("cluster.toml");
     std::fs::write(&config, text).unwrap();
     let children = (0..n)
@@ -86,11 +87,21 @@ fn encode_view(v: ViewId) -> String {
     format!("{}.{}.{}", v.ring_seq, v.ring_rep, v.counter)
 }
 
+/// The `[daemon] backend` values every real-process test runs on.
+const BACKENDS: [&str; 2] = ["io_uring", "portable"];
+
+/// One test body, both socket backends, one after the other.
 #[test]
 fn kill_under_load_keeps_delivering_and_sending_view_delivery() {
-    let dir = std::env::temp_dir().join(format!("ringfence-fail-{}", std::process::id()));
+    for backend in BACKENDS {
+        kill_under_load_on(backend);
+    }
+}
+
+fn kill_under_load_on(backend: &str) {
+    let dir = std::env::temp_dir().join(format!("ringfence-fail-{}-{backend}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let (mut daemons, sockets) = setup(&dir, 3);
+    let (mut daemons, sockets) = setup(&dir, 3, backend);
     let mut members: Vec<Member> = (0..3)
         .map(|i| {
             let mut client = connect(&sockets[i], &format!("m{i}"));

@@ -1,0 +1,780 @@
+//! The io_uring backend of the ring thread.
+//!
+//! - **Sends.** `send` copies the datagram into a boxed slot (message header,
+//!   iovec, address, bytes) and puts a `SendMsg` entry on the submission
+//!   queue; `flush_sends` submits every entry of one flush with one
+//!   `io_uring_enter`. A slot returns to the free list only when its
+//!   completion is reaped, so the kernel never sees freed or reused memory.
+//! - **Receives.** One multishot `RecvMsg` into a provided-buffer ring: the
+//!   kernel picks a buffer per datagram and writes the source address, the
+//!   header and the payload into it; the buffer goes back to the ring after
+//!   the datagram was handed to the daemon. Where buffer rings or multishot
+//!   receive are missing, a pool of single-shot `RecvMsg`s is used instead.
+//! - **Waiting.** `io_uring_enter` with a timeout (`EXT_ARG`): it returns at
+//!   the first completion or when the timeout expires.
+//!
+//! This is the only module of the engine with `unsafe` code: every block
+//! says why the memory it hands to the kernel outlives the operation.
+
+#![allow(unsafe_code)]
+
+use crate::backend::Backend;
+use io_uring::{IoUring, cqueue, opcode, squeue, types};
+use socket2::SockAddr;
+use std::alloc::Layout;
+use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+use tracing::{debug, info, warn};
+
+/// Submission queue entries.
+const SQ_ENTRIES: u32 = 256;
+/// Completion queue entries (sends and receives of a busy visit).
+const CQ_ENTRIES: u32 = 4096;
+/// Send slots at most; past that a send waits for a completion.
+const MAX_SENDS: usize = 4096;
+/// Single-shot receives kept armed in the fallback pool.
+const POOL: usize = 32;
+/// Buffer group id of the provided-buffer ring.
+const BGID: u16 = 0x7266;
+/// Bytes of provided buffers to aim for.
+const RING_BYTES: usize = 4 << 20;
+/// How long `drop` waits for the kernel to finish with our memory.
+const QUIESCE: Duration = Duration::from_secs(2);
+
+/// What a completion belongs to: the top byte of its `user_data`.
+const KIND_SHIFT: u32 = 56;
+const K_SEND: u64 = 1;
+const K_MULTI: u64 = 2;
+const K_ONE: u64 = 3;
+const K_CANCEL: u64 = 4;
+
+const fn tag(kind: u64, index: usize) -> u64 {
+    (kind << KIND_SHIFT) | index as u64
+}
+
+/// Room for any socket address the kernel writes (`sockaddr_storage`).
+#[derive(Clone, Copy)]
+#[repr(C, align(8))]
+struct NameBuf([u8; 128]);
+
+const NAME_LEN: u32 = 128;
+
+/// A zeroed `msghdr`.
+fn empty_msghdr() -> libc::msghdr {
+    // SAFETY: `msghdr` is a plain C struct of integers and raw pointers, for
+    // which all-zero bytes are a valid value (null pointers, zero lengths).
+    unsafe { std::mem::zeroed() }
+}
+
+/// One datagram on its way out: everything the kernel reads for it.
+struct SendOp {
+    msg: libc::msghdr,
+    iov: libc::iovec,
+    addr: SockAddr,
+    bytes: Vec<u8>,
+}
+
+/// One single-shot receive of the fallback pool.
+struct RecvOne {
+    msg: libc::msghdr,
+    iov: libc::iovec,
+    name: NameBuf,
+    buf: Vec<u8>,
+    armed: bool,
+}
+
+/// Page-aligned memory from the global allocator that the kernel may use.
+struct Region {
+    ptr: NonNull<u8>,
+    layout: Layout,
+}
+
+impl Region {
+    fn new(size: usize) -> io::Result<Self> {
+        let layout = Layout::from_size_align(size.max(1), 4096).map_err(io::Error::other)?;
+        // SAFETY: the layout has a non-zero size.
+        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+        let ptr = NonNull::new(ptr).ok_or_else(|| io::Error::from(io::ErrorKind::OutOfMemory))?;
+        Ok(Self { ptr, layout })
+    }
+}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout. The owner of a region
+        // the kernel may still write (`Uring::drop` when the kernel did not
+        // finish in time) forgets it instead of dropping it.
+        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), self.layout) }
+    }
+}
+
+/// A provided-buffer ring: `n` entries (`struct io_uring_buf`: u64 addr,
+/// u32 len, u16 bid, u16 resv, the first entry's resv being the tail) and
+/// `n` buffers of `buf_len` bytes.
+struct BufRing {
+    entries: Region,
+    bufs: Region,
+    n: u16,
+    buf_len: usize,
+    tail: u16,
+    registered: bool,
+}
+
+impl BufRing {
+    fn new(n: u16, buf_len: usize) -> io::Result<Self> {
+        debug_assert!(n.is_power_of_two());
+        debug_assert_eq!(std::mem::size_of::<types::BufRingEntry>(), 16);
+        let entries = Region::new(usize::from(n) * 16)?;
+        let bufs = Region::new(usize::from(n) * buf_len)?;
+        let mut r = Self { entries, bufs, n, buf_len, tail: 0, registered: false };
+        for bid in 0..n {
+            r.put(bid);
+        }
+        Ok(r)
+    }
+
+    /// Writes buffer `bid` at the tail (not yet visible to the kernel).
+    fn put(&mut self, bid: u16) {
+        assert!(bid < self.n);
+        let slot = usize::from(self.tail & (self.n - 1));
+        let buf_len = u32::try_from(self.buf_len).unwrap_or(u32::MAX);
+        // SAFETY: `slot < n`, so the 16-byte entry is inside `entries`. The
+        // kernel reads only the entries between its head and the published
+        // tail; this one is past the tail (each buffer id is in the ring at
+        // most once and there are as many entries as buffers). Only addr,
+        // len and bid are written, never `resv` (the tail, for entry 0),
+        // and through raw pointers, so no reference covers memory the
+        // kernel reads concurrently. `bid < n`, so the address is inside
+        // `bufs`.
+        unsafe {
+            let e = self.entries.ptr.as_ptr().add(slot * 16);
+            let addr = self.bufs.ptr.as_ptr().add(usize::from(bid) * self.buf_len) as u64;
+            e.cast::<u64>().write(addr);
+            e.add(8).cast::<u32>().write(buf_len);
+            e.add(12).cast::<u16>().write(bid);
+        }
+        self.tail = self.tail.wrapping_add(1);
+    }
+
+    /// Makes every `put` buffer visible to the kernel.
+    fn publish(&self) {
+        // SAFETY: the tail is the u16 at offset 14 of the page-aligned first
+        // entry, which lives as long as `self`; the kernel reads it with
+        // acquire ordering, we write it with release ordering, and nothing
+        // else writes it.
+        let tail = unsafe { AtomicU16::from_ptr(self.entries.ptr.as_ptr().add(14).cast::<u16>()) };
+        tail.store(self.tail, Ordering::Release);
+    }
+
+    /// The first `len` bytes of buffer `bid`, which a completion handed to us.
+    fn get(&self, bid: u16, len: usize) -> Option<&[u8]> {
+        if bid >= self.n {
+            return None;
+        }
+        // SAFETY: `bid < n` and `len <= buf_len`, so the range is inside
+        // `bufs`. The kernel handed this buffer to us in a completion and
+        // does not write it again until `put` gives it back, which the
+        // borrow of `self` here orders after this slice's last use.
+        Some(unsafe {
+            std::slice::from_raw_parts(
+                self.bufs.ptr.as_ptr().add(usize::from(bid) * self.buf_len),
+                len.min(self.buf_len),
+            )
+        })
+    }
+}
+
+enum Recv {
+    /// Multishot receive into a buffer ring.
+    Multi { bufs: BufRing, msg: Box<libc::msghdr>, armed: bool, received: bool },
+    /// Single-shot receives (kernels without buffer rings or multishot).
+    #[expect(clippy::vec_box, reason = "the kernel holds pointers into each slot: its address must not move")]
+    Pool(Vec<Box<RecvOne>>),
+    /// After a failed shutdown: nothing (the memory was leaked on purpose).
+    Gone,
+}
+
+/// A completion kept for the next `wait`.
+#[derive(Clone, Copy)]
+struct Done {
+    user_data: u64,
+    result: i32,
+    flags: u32,
+}
+
+/// The io_uring backend.
+pub(crate) struct Uring {
+    // Declared first: dropped before the memory below.
+    ring: IoUring,
+    socket: UdpSocket,
+    /// Boxed: in-flight slots must keep their address when the vector grows.
+    #[expect(
+        clippy::vec_box,
+        reason = "the kernel holds pointers into each slot: its address must not move"
+    )]
+    sends: Vec<Box<SendOp>>,
+    free_sends: Vec<usize>,
+    sends_in_flight: usize,
+    recv: Recv,
+    ready: Vec<Done>,
+    max_datagram: usize,
+    sent: u64,
+    send_errors: u64,
+    truncated: u64,
+}
+
+impl std::fmt::Debug for Uring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let recv = match &self.recv {
+            Recv::Multi { .. } => "multishot",
+            Recv::Pool(_) => "pool",
+            Recv::Gone => "gone",
+        };
+        f.debug_struct("Uring")
+            .field("socket", &self.socket)
+            .field("recv", &recv)
+            .field("sends_in_flight", &self.sends_in_flight)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Uring {
+    /// Sets up io_uring on `socket`; `max_datagram` is the largest datagram
+    /// expected (a larger one is dropped).
+    pub(crate) fn new(socket: UdpSocket, max_datagram: usize) -> io::Result<Self> {
+        Self::with_receive(socket, max_datagram, false)
+    }
+
+    /// As `new`; `pool` forces the single-shot receive pool.
+    pub(crate) fn with_receive(socket: UdpSocket, max_datagram: usize, pool: bool) -> io::Result<Self> {
+        let ring = IoUring::builder()
+            .setup_cqsize(CQ_ENTRIES)
+            .setup_coop_taskrun()
+            .build(SQ_ENTRIES)
+            .or_else(|_| IoUring::builder().setup_cqsize(CQ_ENTRIES).build(SQ_ENTRIES))?;
+        if !ring.params().is_feature_ext_arg() {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "io_uring without EXT_ARG (kernel < 5.11)",
+            ));
+        }
+        if !ring.params().is_feature_nodrop() {
+            return Err(io::Error::new(io::ErrorKind::Unsupported, "io_uring without NODROP (kernel < 5.5)"));
+        }
+        let max_datagram = max_datagram.clamp(64, 65_535);
+        let mut me = Self {
+            ring,
+            socket,
+            sends: Vec::new(),
+            free_sends: Vec::new(),
+            sends_in_flight: 0,
+            recv: Recv::Gone,
+            ready: Vec::new(),
+            max_datagram,
+            sent: 0,
+            send_errors: 0,
+            truncated: 0,
+        };
+        me.recv = if pool {
+            me.pool()
+        } else {
+            match me.buffer_ring() {
+                Ok(r) => r,
+                Err(e) => {
+                    info!(error = %e, "io_uring: no provided-buffer ring, using single-shot receives");
+                    me.pool()
+                }
+            }
+        };
+        me.arm()?;
+        me.submit()?;
+        Ok(me)
+    }
+
+    /// The receive mode in use (`multishot` or `pool`).
+    pub(crate) fn receive_mode(&self) -> &'static str {
+        match self.recv {
+            Recv::Multi { .. } => "multishot",
+            Recv::Pool(_) => "pool",
+            Recv::Gone => "none",
+        }
+    }
+
+    fn buffer_ring(&mut self) -> io::Result<Recv> {
+        let buf_len = (16 + NAME_LEN as usize + self.max_datagram).next_multiple_of(64);
+        let n = (RING_BYTES / buf_len).clamp(64, 4096);
+        let n = u16::try_from(1usize << n.ilog2()).unwrap_or(4096);
+        let mut bufs = BufRing::new(n, buf_len)?;
+        // SAFETY: the entries are page-aligned and `n` entries long; they
+        // live in `self.recv` until `Uring::drop` unregisters the ring (or
+        // leaks them when the kernel may still use them).
+        unsafe {
+            self.ring.submitter().register_buf_ring_with_flags(
+                bufs.entries.ptr.as_ptr() as u64,
+                n,
+                BGID,
+                0,
+            )?
+        };
+        bufs.registered = true;
+        bufs.publish();
+        let mut msg = Box::new(empty_msghdr());
+        msg.msg_namelen = NAME_LEN;
+        Ok(Recv::Multi { bufs, msg, armed: false, received: false })
+    }
+
+    fn pool(&self) -> Recv {
+        Recv::Pool(
+            (0..POOL)
+                .map(|_| {
+                    Box::new(RecvOne {
+                        msg: empty_msghdr(),
+                        iov: libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 },
+                        name: NameBuf([0; 128]),
+                        buf: vec![0u8; self.max_datagram + 1],
+                        armed: false,
+                    })
+                })
+                .collect(),
+        )
+    }
+
+    /// Puts an entry on the submission queue, submitting first if it is full.
+    ///
+    /// # Safety
+    ///
+    /// Every buffer the entry points to must stay valid and untouched until
+    /// its completion is reaped.
+    unsafe fn push(&mut self, sqe: &squeue::Entry) -> io::Result<()> {
+        loop {
+            // SAFETY: the caller's promise.
+            if unsafe { self.ring.submission().push(sqe) }.is_ok() {
+                return Ok(());
+            }
+            self.submit()?;
+        }
+    }
+
+    /// Submits the queue (no wait), riding out transient errors.
+    fn submit(&mut self) -> io::Result<()> {
+        for _ in 0..64 {
+            match self.ring.submit() {
+                Ok(_) => return Ok(()),
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)) => {
+                    self.reap();
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Arms whatever receive is not armed.
+    fn arm(&mut self) -> io::Result<()> {
+        let fd = types::Fd(self.socket.as_raw_fd());
+        let mut sqes: Vec<squeue::Entry> = Vec::new();
+        match &mut self.recv {
+            Recv::Multi { msg, armed, .. } if !*armed => {
+                *armed = true;
+                sqes.push(
+                    opcode::RecvMsgMulti::new(fd, &raw const **msg, BGID).build().user_data(tag(K_MULTI, 0)),
+                );
+            }
+            Recv::Pool(slots) => {
+                for (i, s) in slots.iter_mut().enumerate().filter(|(_, s)| !s.armed) {
+                    let s = &mut **s;
+                    s.armed = true;
+                    s.iov = libc::iovec { iov_base: s.buf.as_mut_ptr().cast(), iov_len: s.buf.len() };
+                    s.msg = empty_msghdr();
+                    s.msg.msg_name = (&raw mut s.name).cast();
+                    s.msg.msg_namelen = NAME_LEN;
+                    s.msg.msg_iov = &raw mut s.iov;
+                    s.msg.msg_iovlen = 1;
+                    sqes.push(opcode::RecvMsg::new(fd, &raw mut s.msg).build().user_data(tag(K_ONE, i)));
+                }
+            }
+            _ => {}
+        }
+        for sqe in &sqes {
+            // SAFETY: the multishot header is boxed in `self.recv` and the
+            // pool's slots are boxed there too; neither is moved, changed or
+            // freed while armed: a slot is rewritten only after its
+            // completion (`armed` false), and `Uring::drop` waits for the
+            // final completions (or leaks the memory).
+            unsafe { self.push(sqe)? };
+        }
+        Ok(())
+    }
+
+    /// Takes every completion: send slots go back to the free list, receive
+    /// completions wait in `ready` for the next `wait`.
+    fn reap(&mut self) {
+        let Self { ring, free_sends, sends_in_flight, ready, sent, send_errors, .. } = self;
+        for cqe in ring.completion() {
+            let user_data = cqe.user_data();
+            match user_data >> KIND_SHIFT {
+                K_SEND => {
+                    free_sends.push((user_data & ((1 << KIND_SHIFT) - 1)) as usize);
+                    *sends_in_flight -= 1;
+                    if cqe.result() < 0 {
+                        *send_errors += 1;
+                    } else {
+                        *sent += 1;
+                    }
+                }
+                K_CANCEL => {}
+                _ => ready.push(Done { user_data, result: cqe.result(), flags: cqe.flags() }),
+            }
+        }
+    }
+
+    /// Hands the receive completions in `ready` to `on_datagram`, recycles
+    /// their buffers and re-arms what ended.
+    fn deliver(&mut self, on_datagram: &mut dyn FnMut(SocketAddr, &[u8])) -> io::Result<()> {
+        let mut ready = std::mem::take(&mut self.ready);
+        let mut to_pool = false;
+        for d in ready.drain(..) {
+            let index = (d.user_data & ((1 << KIND_SHIFT) - 1)) as usize;
+            match (&mut self.recv, d.user_data >> KIND_SHIFT) {
+                (Recv::Multi { bufs, msg, armed, received }, K_MULTI) => {
+                    if !cqueue::more(d.flags) {
+                        *armed = false;
+                    }
+                    if d.result < 0 {
+                        if d.result == -libc::EINVAL && !*received {
+                            to_pool = true; // no multishot receive here
+                        } else if d.result != -libc::ENOBUFS {
+                            warn!(error = %io::Error::from_raw_os_error(-d.result), "io_uring: receive failed");
+                        }
+                        continue;
+                    }
+                    *received = true;
+                    let Some(bid) = cqueue::buffer_select(d.flags) else { continue };
+                    if let Some(data) = bufs.get(bid, d.result as usize) {
+                        match types::RecvMsgOut::parse(data, msg) {
+                            Ok(out) if !out.is_payload_truncated() && !out.is_name_data_truncated() => {
+                                if let Some(from) = parse_name(out.name_data()) {
+                                    on_datagram(from, out.payload_data());
+                                }
+                            }
+                            _ => self.truncated += 1,
+                        }
+                    }
+                    bufs.put(bid);
+                }
+                (Recv::Pool(slots), K_ONE) if index < slots.len() => {
+                    let s = &mut *slots[index];
+                    s.armed = false;
+                    if d.result < 0 {
+                        if d.result != -libc::EINTR {
+                            warn!(error = %io::Error::from_raw_os_error(-d.result), "io_uring: receive failed");
+                        }
+                        continue;
+                    }
+                    let n = d.result as usize;
+                    if s.msg.msg_flags & libc::MSG_TRUNC != 0 || n > self.max_datagram {
+                        self.truncated += 1;
+                        continue;
+                    }
+                    let name_len = (s.msg.msg_namelen as usize).min(s.name.0.len());
+                    if let Some(from) = parse_name(&s.name.0[..name_len]) {
+                        on_datagram(from, &s.buf[..n]);
+                    }
+                }
+                _ => {}
+            }
+        }
+        self.ready = ready;
+        if let Recv::Multi { bufs, .. } = &self.recv {
+            bufs.publish();
+        }
+        if to_pool {
+            self.switch_to_pool();
+        }
+        self.arm()
+    }
+
+    /// The kernel refused multishot receive: unregister the buffer ring and
+    /// use the single-shot pool.
+    fn switch_to_pool(&mut self) {
+        info!("io_uring: multishot receive unsupported, using single-shot receives");
+        let old = std::mem::replace(&mut self.recv, Recv::Gone);
+        if let Recv::Multi { bufs, msg, .. } = old {
+            // The multishot receive has ended (its last completion came
+            // without MORE), so the kernel no longer writes the buffers.
+            if self.ring.submitter().unregister_buf_ring(BGID).is_err() {
+                std::mem::forget(bufs); // the kernel may still read the entries
+                std::mem::forget(msg);
+            }
+        }
+        self.recv = self.pool();
+    }
+
+    fn anything_in_flight(&self) -> bool {
+        self.sends_in_flight > 0
+            || match &self.recv {
+                Recv::Multi { armed, .. } => *armed,
+                Recv::Pool(slots) => slots.iter().any(|s| s.armed),
+                Recv::Gone => false,
+            }
+    }
+
+    /// Waits for completions at most `timeout`.
+    fn enter(&mut self, timeout: Duration) -> io::Result<()> {
+        let ts = types::Timespec::from(timeout);
+        let args = types::SubmitArgs::new().timespec(&ts);
+        match self.ring.submitter().submit_with_args(1, &args) {
+            Ok(_) => Ok(()),
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ETIME | libc::EINTR | libc::EBUSY | libc::EAGAIN)
+                ) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl Backend for Uring {
+    fn wait(&mut self, timeout: Duration, on_datagram: &mut dyn FnMut(SocketAddr, &[u8])) -> io::Result<()> {
+        self.reap();
+        if self.ready.is_empty() && !timeout.is_zero() {
+            self.enter(timeout)?;
+            self.reap();
+        }
+        self.deliver(on_datagram)?;
+        // Re-armed receives go to the kernel now, not at the next flush.
+        if self.ring.submission().is_empty() { Ok(()) } else { self.submit() }
+    }
+
+    fn send(&mut self, to: SocketAddr, bytes: &[u8]) {
+        let index = loop {
+            if let Some(i) = self.free_sends.pop() {
+                break i;
+            }
+            if self.sends.len() < MAX_SENDS {
+                self.sends.push(Box::new(SendOp {
+                    msg: empty_msghdr(),
+                    iov: libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 },
+                    addr: SockAddr::from(to),
+                    bytes: Vec::new(),
+                }));
+                break self.sends.len() - 1;
+            }
+            // Every slot is in flight: wait for one.
+            if self.enter(Duration::from_millis(100)).and_then(|()| self.submit()).is_err() {
+                self.send_errors += 1;
+                return;
+            }
+            self.reap();
+        };
+        let op = &mut *self.sends[index];
+        op.bytes.clear();
+        op.bytes.extend_from_slice(bytes);
+        op.addr = SockAddr::from(to);
+        op.iov = libc::iovec { iov_base: op.bytes.as_mut_ptr().cast(), iov_len: op.bytes.len() };
+        op.msg = empty_msghdr();
+        op.msg.msg_name = op.addr.as_ptr().cast_mut().cast();
+        op.msg.msg_namelen = op.addr.len();
+        op.msg.msg_iov = &raw mut op.iov;
+        op.msg.msg_iovlen = 1;
+        let sqe = opcode::SendMsg::new(types::Fd(self.socket.as_raw_fd()), &raw const op.msg)
+            .build()
+            .user_data(tag(K_SEND, index));
+        self.sends_in_flight += 1;
+        // SAFETY: the slot is boxed in `self.sends` (its address does not
+        // change when the vector grows) and it is neither on the free list
+        // nor written again until its completion is reaped in `reap`; the
+        // header, iovec, address and bytes it points to are all inside it
+        // or owned by it. `Uring::drop` waits for in-flight sends (or
+        // leaks the slots).
+        if unsafe { self.push(&sqe) }.is_err() {
+            // Not queued: nothing refers to the slot.
+            self.sends_in_flight -= 1;
+            self.free_sends.push(index);
+            self.send_errors += 1;
+        }
+    }
+
+    fn flush_sends(&mut self) -> io::Result<()> {
+        if !self.ring.submission().is_empty() {
+            self.submit()?;
+        }
+        // UDP sends complete inline: take their completions now.
+        self.reap();
+        Ok(())
+    }
+
+    fn counters(&self) -> (u64, u64) {
+        (self.sent, self.send_errors)
+    }
+
+    fn name(&self) -> &'static str {
+        "io_uring"
+    }
+}
+
+impl Drop for Uring {
+    fn drop(&mut self) {
+        // Cancel the receives, then wait until the kernel has finished with
+        // every buffer we lent it.
+        let cancels: Vec<u64> = match &self.recv {
+            Recv::Multi { armed: true, .. } => vec![tag(K_MULTI, 0)],
+            Recv::Pool(slots) => {
+                slots.iter().enumerate().filter(|(_, s)| s.armed).map(|(i, _)| tag(K_ONE, i)).collect()
+            }
+            _ => Vec::new(),
+        };
+        for target in cancels {
+            let sqe = opcode::AsyncCancel::new(target).build().user_data(tag(K_CANCEL, 0));
+            // SAFETY: a cancel request points to no memory.
+            let _ = unsafe { self.push(&sqe) };
+        }
+        let deadline = Instant::now() + QUIESCE;
+        let _ = self.submit();
+        while self.anything_in_flight() && Instant::now() < deadline {
+            let _ = self.enter(Duration::from_millis(50));
+            self.reap();
+            for d in std::mem::take(&mut self.ready) {
+                match (&mut self.recv, d.user_data >> KIND_SHIFT) {
+                    (Recv::Multi { armed, .. }, K_MULTI) if !cqueue::more(d.flags) => *armed = false,
+                    (Recv::Pool(slots), K_ONE) => {
+                        if let Some(s) = slots.get_mut((d.user_data & ((1 << KIND_SHIFT) - 1)) as usize) {
+                            s.armed = false;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if self.anything_in_flight() {
+            warn!("io_uring: operations still in flight at shutdown; leaking their buffers");
+            std::mem::forget(std::mem::take(&mut self.sends));
+            std::mem::forget(std::mem::replace(&mut self.recv, Recv::Gone));
+            return;
+        }
+        if let Recv::Multi { bufs, .. } = &self.recv {
+            if bufs.registered && self.ring.submitter().unregister_buf_ring(BGID).is_err() {
+                // The kernel may still read the entries until the ring goes.
+                std::mem::forget(std::mem::replace(&mut self.recv, Recv::Gone));
+            }
+        }
+        if self.truncated > 0 {
+            debug!(truncated = self.truncated, "io_uring: datagrams too large were dropped");
+        }
+    }
+}
+
+/// A socket address as the kernel wrote it (`sockaddr_in` or `sockaddr_in6`).
+fn parse_name(name: &[u8]) -> Option<SocketAddr> {
+    let family = i32::from(u16::from_ne_bytes(name.get(0..2)?.try_into().ok()?));
+    let port = u16::from_be_bytes(name.get(2..4)?.try_into().ok()?);
+    match family {
+        libc::AF_INET => {
+            let ip: [u8; 4] = name.get(4..8)?.try_into().ok()?;
+            Some(SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::from(ip), port)))
+        }
+        libc::AF_INET6 => {
+            let flowinfo = u32::from_be_bytes(name.get(4..8)?.try_into().ok()?);
+            let ip: [u8; 16] = name.get(8..24)?.try_into().ok()?;
+            let scope = u32::from_ne_bytes(name.get(24..28)?.try_into().ok()?);
+            Some(SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::from(ip), port, flowinfo, scope)))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exchange(pool: bool) {
+        let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let a_addr = a.local_addr().unwrap();
+        let mut u = Uring::with_receive(a, 1500, pool).unwrap();
+        assert_eq!(u.receive_mode(), if pool { "pool" } else { "multishot" });
+        let b = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let b_addr = b.local_addr().unwrap();
+        b.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+
+        // Sends of one flush: all arrive, in order (loopback keeps it).
+        for i in 0..100u32 {
+            u.send(b_addr, &i.to_be_bytes());
+        }
+        u.flush_sends().unwrap();
+        let mut buf = [0u8; 64];
+        for i in 0..100u32 {
+            let (n, from) = b.recv_from(&mut buf).unwrap_or_else(|e| panic!("datagram {i}: {e}"));
+            assert_eq!((from, &buf[..n]), (a_addr, &i.to_be_bytes()[..]));
+        }
+        assert_eq!(u.counters(), (100, 0));
+
+        // Receives, more than the pool and than one wait, with the source,
+        // in rounds (the test socket's receive buffer is the default).
+        let mut got = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for round in 0..20u32 {
+            for i in round * 100..round * 100 + 100 {
+                b.send_to(&i.to_be_bytes(), a_addr).unwrap();
+            }
+            if round == 19 {
+                b.send_to(&[7u8; 1500], a_addr).unwrap();
+                b.send_to(&[8u8; 4000], a_addr).unwrap(); // too large: dropped
+                b.send_to(b"end", a_addr).unwrap();
+            }
+            let want = if round == 19 { 2002 } else { (round as usize + 1) * 100 };
+            while got.len() < want {
+                assert!(Instant::now() < deadline, "got {} datagrams", got.len());
+                u.wait(Duration::from_millis(50), &mut |from, bytes| {
+                    assert_eq!(from, b_addr);
+                    got.push(bytes.to_vec());
+                })
+                .unwrap();
+            }
+        }
+        assert_eq!(got.last().unwrap(), b"end");
+        assert_eq!(got.len(), 2002, "one datagram too large, the rest all arrive");
+        for (i, g) in got.iter().take(2000).enumerate() {
+            assert_eq!(g[..], (i as u32).to_be_bytes());
+        }
+        assert_eq!(got[2000], vec![7u8; 1500]);
+
+        // A wait with nothing to receive returns after about its timeout.
+        let t = Instant::now();
+        u.wait(Duration::from_millis(30), &mut |_, _| panic!("nothing was sent")).unwrap();
+        assert!(t.elapsed() >= Duration::from_millis(25) && t.elapsed() < Duration::from_secs(2));
+        drop(u);
+    }
+
+    #[test]
+    fn multishot_receive_and_batched_sends() {
+        exchange(false);
+    }
+
+    #[test]
+    fn single_shot_pool_receive_and_batched_sends() {
+        exchange(true);
+    }
+
+    #[test]
+    fn names_parse() {
+        let v4: SocketAddr = "127.0.0.2:4801".parse().unwrap();
+        let s = SockAddr::from(v4);
+        // SAFETY: `as_ptr` points at `len` initialised bytes of `s`.
+        let bytes = unsafe { std::slice::from_raw_parts(s.as_ptr().cast::<u8>(), s.len() as usize) };
+        assert_eq!(parse_name(bytes), Some(v4));
+        let v6: SocketAddr = "[::1]:4801".parse().unwrap();
+        let s = SockAddr::from(v6);
+        // SAFETY: as above.
+        let bytes = unsafe { std::slice::from_raw_parts(s.as_ptr().cast::<u8>(), s.len() as usize) };
+        assert_eq!(parse_name(bytes), Some(v6));
+        assert_eq!(parse_name(&[0, 0]), None);
+    }
+}
