@@ -117,6 +117,10 @@ pub(crate) struct FloodArgs {
     /// Spawned daemons: turn packing of small messages off.
     #[arg(long, conflicts_with = "config")]
     no_packing: bool,
+    /// Spawned daemons: the ring thread's I/O backend (auto, io_uring or
+    /// portable).
+    #[arg(long, conflicts_with = "config", default_value = "auto", value_parser = ["auto", "io_uring", "portable"])]
+    backend: String,
     /// Give up after this many seconds (setup included), report the shortfall
     /// and fail.
     #[arg(long, value_name = "SECS", default_value_t = 120)]
@@ -163,7 +167,7 @@ impl Spawned {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| format!("no free UDP port: {e}"))?;
         drop(socks);
-        let mut text = String::from("[cluster]\n");
+        let mut text = format!("[daemon]\nbackend = \"{}\"\n\n[cluster]\n", args.backend);
         for (i, p) in ports.iter().enumerate() {
             let _ = write!(
                 text,
@@ -747,6 +751,7 @@ fn print_report(args: &FloodArgs, r: &Report) {
             "spawned": spawned,
             "accelerated": spawned.then_some(!args.no_accelerated),
             "packing": spawned.then_some(!args.no_packing),
+            "backend": spawned.then_some(args.backend.as_str()),
             "rate": args.rate,
             "elapsed_s": r.elapsed_s,
             "daemon_cpu_us_per_msg": r.daemon_cpu_us_per_msg,
@@ -765,8 +770,9 @@ fn print_report(args: &FloodArgs, r: &Report) {
     let mut out = String::new();
     let setup = if spawned {
         format!(
-            "{} spawned daemons, accelerated {}, packing {}",
+            "{} spawned daemons ({} backend), accelerated {}, packing {}",
             r.daemons,
+            args.backend,
             if args.no_accelerated { "off" } else { "on" },
             if args.no_packing { "off" } else { "on" }
         )
