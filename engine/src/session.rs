@@ -213,6 +213,8 @@ fn serve<S: Conn>(id: u64, stream: S, to_ring: &Sender<ToRing>, waker: &Waker, l
         .spawn(move || write_loop(&mut write_half, &rx, &writer_limits, &writer_kicked, &queued));
     let mut said_hello = false;
     let mut pending_out = Some(out);
+    // Requests handed to the ring since the last wake-up.
+    let mut unwoken = false;
     'read: loop {
         loop {
             match decoder.next_frame() {
@@ -226,11 +228,18 @@ fn serve<S: Conn>(id: u64, stream: S, to_ring: &Sender<ToRing>, waker: &Waker, l
                 }
                 Ok(Some(ClientFrame::Bye)) => break 'read,
                 Ok(Some(frame)) if said_hello => {
-                    // Blocks when the ring is behind: backpressure.
-                    if to_ring.send(ToRing::Frame { id, frame }).is_err() {
-                        break 'read;
+                    match to_ring.try_send(ToRing::Frame { id, frame }) {
+                        Ok(()) => unwoken = true,
+                        Err(TrySendError::Full(req)) => {
+                            // The ring is behind: make sure it is awake, then
+                            // block (backpressure on this client).
+                            waker.wake();
+                            if to_ring.send(req).is_err() {
+                                break 'read;
+                            }
+                        }
+                        Err(TrySendError::Disconnected(_)) => break 'read,
                     }
-                    waker.wake();
                 }
                 Ok(Some(_)) => {
                     if let Some(out) = pending_out.take() {
@@ -241,7 +250,13 @@ fn serve<S: Conn>(id: u64, stream: S, to_ring: &Sender<ToRing>, waker: &Waker, l
                     }
                     break 'read;
                 }
-                Ok(None) => break,
+                Ok(None) => {
+                    // One wake-up for everything one read brought.
+                    if std::mem::take(&mut unwoken) {
+                        waker.wake();
+                    }
+                    break;
+                }
                 Err(e) => {
                     debug!(client = id, error = %e, "bad frame; closing");
                     break 'read;
@@ -258,8 +273,8 @@ fn serve<S: Conn>(id: u64, stream: S, to_ring: &Sender<ToRing>, waker: &Waker, l
     }
     if said_hello {
         let _ = to_ring.send(ToRing::Gone { id });
-        waker.wake();
     }
+    waker.wake();
     drop(pending_out);
     read_half.close(Shutdown::Read);
     if let Ok(w) = writer {
