@@ -4,94 +4,10 @@
 //! disconnects leaves the others a view with cause `disconnect`.
 
 use ringfence_client::{Address, Client, Event, Service, ViewCause};
-use std::net::UdpSocket;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
-struct Daemons(Vec<Child>);
+mod common;
 
-impl Drop for Daemons {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-/// Starts `n` daemons; returns them, their client sockets and TCP ports.
-fn setup(dir: &Path, n: usize, backend: &str) -> (Daemons, Vec<PathBuf>, Vec<u16>) {
-    let socks: Vec<UdpSocket> = (0..n).map(|_| UdpSocket::bind("127.0.0.1:0").unwrap()).collect();
-    let ports: Vec<u16> = socks.iter().map(|s| s.local_addr().unwrap().port()).collect();
-    drop(socks);
-    let tcps: Vec<std::net::TcpListener> =
-        (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
-    let tcp_ports: Vec<u16> = tcps.iter().map(|s| s.local_addr().unwrap().port()).collect();
-    drop(tcps);
-    let mut text = String::from("[cluster]\n");
-    for (i, p) in ports.iter().enumerate() {
-        text += &format!(
-            "\n[[cluster.daemon]]\nid = {i}\nname = \"d{i}\"\naddress = \"127.0.0.1:{p}\"\nclient_tcp = \"127.0.0.1:{}\"\n",
-            tcp_ports[i]
-        );
-    }
-    text += &format!("\n[paths]\nstate_dir = \"{}/{{name}}\"\n", dir.display());
-    text += &format!("\n[daemon]\nbackend = \"{backend}\"\n");
-    let config = dir.join("cluster.toml");
-    std::fs::write(&config, text).unwrap();
-    let children = (0..n)
-        .map(|i| {
-            Command::new(env!("CARGO_BIN_EXE_ringfence"))
-                .args(["daemon", "--config", config.to_str().unwrap(), "--name", &format!("d{i}")])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    let sockets = (0..n).map(|i| dir.join(format!("d{i}")).join("client.sock")).collect();
-    (Daemons(children), sockets, tcp_ports)
-}
-
-fn connect(socket: &Path, name: &str) -> Client {
-    connect_to(&Address::Unix(socket.to_path_buf()), name)
-}
-
-fn connect_to(addr: &Address, name: &str) -> Client {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match Client::connect(addr, name) {
-            Ok(c) => return c,
-            Err(e) => {
-                assert!(Instant::now() < deadline, "cannot connect to {addr:?}: {e}");
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-    }
-}
-
-/// Receives until `pred` says stop, at most 20 s.
-fn receive_until(c: &mut Client, mut pred: impl FnMut(&Event) -> bool) -> Vec<Event> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut got = Vec::new();
-    loop {
-        assert!(Instant::now() < deadline, "timed out; got {} events: {:?}", got.len(), got.last());
-        match c.poll().unwrap() {
-            Some(e) => {
-                let stop = pred(&e);
-                got.push(e);
-                if stop {
-                    return got;
-                }
-            }
-            None => std::thread::sleep(Duration::from_millis(1)),
-        }
-    }
-}
-
-/// The `[daemon] backend` values every real-process test runs on.
-const BACKENDS: [&str; 2] = ["io_uring", "portable"];
+use common::{BACKENDS, Cluster, connect, connect_to, receive_until};
 
 /// One test body, both socket backends, one after the other.
 #[test]
@@ -102,12 +18,11 @@ fn three_senders_three_daemons_one_total_order() {
 }
 
 fn total_order_on(backend: &str) {
-    let dir = std::env::temp_dir().join(format!("ringfence-order-{}-{backend}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (_daemons, sockets, tcp_ports) = setup(&dir, 3, backend);
+    let cluster = Cluster::start("order", 3, backend);
     // Clients 0 and 1 over the Unix socket, client 2 over TCP.
-    let mut clients: Vec<Client> = (0..2).map(|i| connect(&sockets[i], &format!("c{i}"))).collect();
-    clients.push(connect_to(&Address::Tcp(format!("127.0.0.1:{}", tcp_ports[2]).parse().unwrap()), "c2"));
+    let mut clients: Vec<Client> = (0..2).map(|i| connect(&cluster.socket(i), &format!("c{i}"))).collect();
+    let tcp = format!("127.0.0.1:{}", cluster.tcp_ports[2]).parse().unwrap();
+    clients.push(connect_to(&Address::Tcp(tcp), "c2"));
     for c in &mut clients {
         c.join("g").unwrap();
     }
@@ -164,5 +79,4 @@ fn total_order_on(backend: &str) {
         assert_eq!(v.cause, ViewCause::Disconnect);
         assert!(!v.members.contains(&gone_name));
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }

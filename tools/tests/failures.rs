@@ -3,71 +3,12 @@
 //! and a virtual-synchrony group keeps sending-view delivery across the
 //! change: every message is delivered in the view it was sent in.
 
-use ringfence_client::{Address, Client, Event, Service, ViewCause, ViewId, ViewKind};
-use std::net::UdpSocket;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use ringfence_client::{Client, Event, Service, ViewCause, ViewId, ViewKind};
 use std::time::{Duration, Instant};
 
-struct Daemons(Vec<Option<Child>>);
+mod common;
 
-impl Daemons {
-    fn kill(&mut self, i: usize) {
-        if let Some(mut c) = self.0[i].take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Daemons {
-    fn drop(&mut self) {
-        for i in 0..self.0.len() {
-            self.kill(i);
-        }
-    }
-}
-
-fn setup(dir: &Path, n: usize, backend: &str) -> (Daemons, Vec<PathBuf>) {
-    let socks: Vec<UdpSocket> = (0..n).map(|_| UdpSocket::bind("127.0.0.1:0").unwrap()).collect();
-    let ports: Vec<u16> = socks.iter().map(|s| s.local_addr().unwrap().port()).collect();
-    drop(socks);
-    let mut text = String::from("[cluster]\n");
-    for (i, p) in ports.iter().enumerate() {
-        text += &format!("\n[[cluster.daemon]]\nid = {i}\nname = \"d{i}\"\naddress = \"127.0.0.1:{p}\"\n");
-    }
-    text += &format!("\n[paths]\nstate_dir = \"{}/{{name}}\"\n", dir.display());
-    text += &format!("\n[daemon]\nbackend = \"{backend}\"\n");
-    let config = dir.join("cluster.toml");
-    std::fs::write(&config, text).unwrap();
-    let children = (0..n)
-        .map(|i| {
-            Some(
-                Command::new(env!("CARGO_BIN_EXE_ringfence"))
-                    .args(["daemon", "--config", config.to_str().unwrap(), "--name", &format!("d{i}")])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .unwrap(),
-            )
-        })
-        .collect();
-    let sockets = (0..n).map(|i| dir.join(format!("d{i}")).join("client.sock")).collect();
-    (Daemons(children), sockets)
-}
-
-fn connect(socket: &Path, name: &str) -> Client {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match Client::connect(&Address::Unix(socket.to_path_buf()), name) {
-            Ok(c) => return c,
-            Err(e) => {
-                assert!(Instant::now() < deadline, "cannot connect: {e}");
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-    }
-}
+use common::{BACKENDS, Cluster, connect};
 
 /// One member of the VS group, as the test drives it.
 struct Member {
@@ -87,9 +28,6 @@ fn encode_view(v: ViewId) -> String {
     format!("{}.{}.{}", v.ring_seq, v.ring_rep, v.counter)
 }
 
-/// The `[daemon] backend` values every real-process test runs on.
-const BACKENDS: [&str; 2] = ["io_uring", "portable"];
-
 /// One test body, both socket backends, one after the other.
 #[test]
 fn kill_under_load_keeps_delivering_and_sending_view_delivery() {
@@ -99,12 +37,10 @@ fn kill_under_load_keeps_delivering_and_sending_view_delivery() {
 }
 
 fn kill_under_load_on(backend: &str) {
-    let dir = std::env::temp_dir().join(format!("ringfence-fail-{}-{backend}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (mut daemons, sockets) = setup(&dir, 3, backend);
+    let mut daemons = Cluster::start("fail", 3, backend);
     let mut members: Vec<Member> = (0..3)
         .map(|i| {
-            let mut client = connect(&sockets[i], &format!("m{i}"));
+            let mut client = connect(&daemons.socket(i), &format!("m{i}"));
             client.join_vs("vs").unwrap();
             Member {
                 client,
@@ -185,5 +121,4 @@ fn kill_under_load_on(backend: &str) {
     for m in &members {
         assert!(m.transitional_first, "the network view came without the transitional signal first");
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,0 +1,125 @@
+//! What the real-process tests share: a cluster of `ringfence daemon`
+//! children on 127.0.0.1 with free ports and a temporary state directory,
+//! killed and reaped when dropped, and client helpers with bounded waits.
+
+#![allow(dead_code, unreachable_pub)] // each test file uses a part; `pub` within the test crate
+
+use ringfence_client::{Address, Client, Event};
+use std::net::{TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The `[daemon] backend` values every real-process test runs on: one test
+/// body, both socket backends.
+pub const BACKENDS: [&str; 2] = ["io_uring", "portable"];
+
+/// Daemons started by a test; all are killed and reaped when dropped.
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub tcp_ports: Vec<u16>,
+    pub children: Vec<Option<Child>>,
+}
+
+impl Cluster {
+    /// Writes a config for `n` daemons (`d0`, `d1`, ...) on `backend`, each
+    /// with a Unix client socket and a TCP client port, and starts them.
+    pub fn start(tag: &str, n: usize, backend: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("ringfence-{tag}-{}-{backend}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let udp: Vec<UdpSocket> = (0..n).map(|_| UdpSocket::bind("127.0.0.1:0").unwrap()).collect();
+        let tcp: Vec<TcpListener> = (0..n).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+        let ports: Vec<u16> = udp.iter().map(|s| s.local_addr().unwrap().port()).collect();
+        let tcp_ports: Vec<u16> = tcp.iter().map(|s| s.local_addr().unwrap().port()).collect();
+        drop((udp, tcp));
+        let mut text = format!("[daemon]\nbackend = \"{backend}\"\n\n[cluster]\n");
+        for (i, p) in ports.iter().enumerate() {
+            text += &format!(
+                "\n[[cluster.daemon]]\nid = {i}\nname = \"d{i}\"\naddress = \"127.0.0.1:{p}\"\nclient_tcp = \"127.0.0.1:{}\"\n",
+                tcp_ports[i]
+            );
+        }
+        text += &format!("\n[paths]\nstate_dir = \"{}/{{name}}\"\n", dir.display());
+        let config = dir.join("cluster.toml");
+        std::fs::write(&config, text).unwrap();
+        let mut c = Self { dir, config, tcp_ports, children: (0..n).map(|_| None).collect() };
+        for i in 0..n {
+            c.spawn(i, Stdio::null());
+        }
+        c
+    }
+
+    /// Starts (or restarts) daemon `i` with its standard error going to `stderr`.
+    pub fn spawn(&mut self, i: usize, stderr: Stdio) -> &mut Child {
+        let child = Command::new(env!("CARGO_BIN_EXE_ringfence"))
+            .args(["daemon", "--config", self.config.to_str().unwrap(), "--name", &format!("d{i}")])
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .unwrap();
+        self.children[i].insert(child)
+    }
+
+    /// `kill -9` of daemon `i`.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.children[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Daemon `i`'s Unix client socket.
+    pub fn socket(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("d{i}")).join("client.sock")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.children.len() {
+            self.kill(i);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Connects to a daemon's Unix socket, retrying for up to 10 s while it
+/// starts.
+pub fn connect(socket: &Path, name: &str) -> Client {
+    connect_to(&Address::Unix(socket.to_path_buf()), name)
+}
+
+/// Connects to any address, retrying for up to 10 s.
+pub fn connect_to(addr: &Address, name: &str) -> Client {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match Client::connect(addr, name) {
+            Ok(c) => return c,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "cannot connect to {addr:?}: {e}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+/// Receives until `stop` says so, at most 20 s; returns every event.
+pub fn receive_until(c: &mut Client, mut stop: impl FnMut(&Event) -> bool) -> Vec<Event> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut got = Vec::new();
+    loop {
+        assert!(Instant::now() < deadline, "timed out; got {} events, last {:?}", got.len(), got.last());
+        match c.poll().unwrap() {
+            Some(e) => {
+                let done = stop(&e);
+                got.push(e);
+                if done {
+                    return got;
+                }
+            }
+            None => std::thread::sleep(Duration::from_millis(1)),
+        }
+    }
+}
