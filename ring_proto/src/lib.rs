@@ -14,11 +14,14 @@
 //! ```
 //!
 //! What it is not: a runtime. The daemon (`ringfence-engine`) owns sockets and
-//! real time and drives a [`ring::Node`] exactly the way [`sim`] does.
+//! real time and drives a [`Node`] exactly the way [`sim`] does.
 //!
 //! Modules:
-//! - [`wire`]: every daemon-to-daemon wire format; total decoders.
-//! - [`ring`]: ordering (token rules, flow control, packing, delivery).
+//! - [`wire`]: every wire format, daemon to daemon and client to daemon;
+//!   total decoders.
+//! - [`ring`]: ordering within one ring (token rules, flow control, packing,
+//!   delivery); [`Node`] adds membership and Extended Virtual Synchrony.
+//! - [`groups`]: light-weight client groups over the ring.
 //! - [`sim`]: the deterministic simulator, network model, invariant checker
 //!   and trace writer.
 

@@ -367,7 +367,7 @@ impl Ring {
         }
     }
 
-    /// The next deadline at which [`Node::handle_timeout`] must be called.
+    /// The next deadline at which this ring's timers must be handled.
     pub fn poll_timeout(&self) -> Option<Time> {
         let a = self.sent_token.as_ref().map(|s| s.deadline);
         let b = self.held.as_ref().and_then(|h| h.deadline);

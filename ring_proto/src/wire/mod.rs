@@ -1,4 +1,5 @@
-//! Daemon-to-daemon wire formats.
+//! Wire formats: daemon to daemon (this module) and client to daemon
+//! ([`client`]).
 //!
 //! Every datagram starts with the same four-byte header: the magic `RF`
 //! (`0x52 0x46`), the format version ([`VERSION`]) and a kind byte. All
