@@ -122,3 +122,42 @@ fn kill_under_load_on(backend: &str) {
         assert!(m.transitional_first, "the network view came without the transitional signal first");
     }
 }
+
+/// A client that stops reading is disconnected with the stated reason once
+/// its bounded queue is full; the daemon and the other clients go on.
+#[test]
+fn a_slow_consumer_is_disconnected_with_a_reason() {
+    let cluster = Cluster::start("slow", 1, "auto");
+    let mut slow = connect(&cluster.socket(0), "slow");
+    let mut fast = connect(&cluster.socket(0), "fast");
+    slow.join("g").unwrap();
+    fast.join("g").unwrap();
+    fast.set_self_discard(true);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    // Wait for the view, then send about 48 MiB while `slow` reads nothing.
+    while !matches!(fast.poll().unwrap(), Some(Event::Membership(v)) if v.members.len() == 2) {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let payload = vec![7u8; 64 * 1024];
+    for _ in 0..768 {
+        fast.multicast(Service::Agreed, &["g"], 0, &payload).unwrap();
+    }
+    let reason = loop {
+        assert!(Instant::now() < deadline, "the slow client was never disconnected");
+        match slow.poll() {
+            Ok(_) => std::thread::sleep(Duration::from_millis(2)),
+            Err(ringfence_client::ClientError::Disconnected { reason, .. }) => break reason,
+            Err(e) => panic!("unexpected error: {e}"),
+        }
+    };
+    assert_eq!(reason, ringfence_proto::wire::client::ByeReason::SlowConsumer);
+    // The daemon is still up: the other client still talks to it.
+    fast.set_self_discard(false);
+    fast.multicast(Service::Agreed, &["g"], 0, b"still here").unwrap();
+    let got = common::receive_until(
+        &mut fast,
+        |e| matches!(e, Event::Message(m) if &m.payload[..] == b"still here"),
+    );
+    assert!(!got.is_empty());
+}
