@@ -83,10 +83,11 @@ impl Daemon {
         let backend = backend::open(cfg.backend, socket, cfg.ring.mtu)?;
         let waker = Waker::new(local)?;
         let waker_addr = waker.address()?;
+        let sessions = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         if let Some(addr) = cfg.client_tcp {
-            session::listen_tcp(addr, to_ring.clone(), &waker, limits)?;
+            session::listen_tcp(addr, to_ring.clone(), &waker, limits, &sessions)?;
         }
-        session::listen(&cfg.client_socket, to_ring, &waker, limits)?;
+        session::listen(&cfg.client_socket, to_ring, &waker, limits, &sessions)?;
         let groups = ClientGroups::new(cfg.me.id);
         info!(
             daemon = %cfg.me.name,
@@ -211,10 +212,8 @@ impl Daemon {
         let now = self.now();
         // Requests from sessions, unless the ring is refusing messages
         // (then the bounded channel fills and the sessions block).
-        for _ in 0..1024 {
-            if self.held.is_some() {
-                break;
-            }
+        // (Bounded by the channel's capacity: sessions block when it is full.)
+        while self.held.is_none() {
             let Ok(req) = self.requests.try_recv() else { break };
             self.request(req);
             self.submit(now);
@@ -361,9 +360,6 @@ impl Daemon {
                     ConfigKind::Transitional => "transitional",
                 };
                 info!(daemon = %self.cfg.me.name, ring = %c.ring_id, ?members, "{kind} configuration");
-                if let Err(e) = self.state.set_ring_seq(c.ring_id.seq.max(self.node.max_ring_seq())) {
-                    warn!(error = %e, "could not persist the ring sequence");
-                }
             }
         }
         while let Some((id, ev)) = self.groups.poll_client() {
@@ -371,6 +367,15 @@ impl Daemon {
         }
         // Group control produced by the events (state exchange, views).
         self.submit(now);
+        // A ring sequence this daemon may announce (in a commit token or a
+        // join) is on disk before any datagram leaves: a restart never
+        // numbers a ring it already used.
+        if self.node.max_ring_seq() > self.state.ring_seq {
+            if let Err(e) = self.state.set_ring_seq(self.node.max_ring_seq()) {
+                warn!(error = %e, "could not persist the ring sequence; not sending");
+                return;
+            }
+        }
         while let Some(t) = self.node.poll_transmit() {
             match t.dest {
                 Dest::All => {

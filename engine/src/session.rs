@@ -16,7 +16,8 @@
 
 use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
 use ringfence_proto::wire::client::{
-    ByeReason, ClientFrame, DaemonFrame, Frame, FrameDecoder, Limits, RefuseCode,
+    Auth, ByeReason, CLIENT_VERSION, ClientFrame, DaemonFrame, Frame, FrameDecoder, Hello, Limits,
+    RefuseCode, negotiate_version,
 };
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -24,6 +25,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
 use tracing::{debug, info, warn};
 
 /// Frames waiting for one client before it counts as a slow consumer.
@@ -69,14 +71,19 @@ impl ClientOut {
             self.kicked.store(true, Ordering::Relaxed);
             return false;
         }
+        // Counted before it is queued, so the writer never subtracts first.
         self.queued.fetch_add(len, Ordering::Relaxed);
         match self.tx.try_send(f) {
             Ok(()) => true,
             Err(TrySendError::Full(_)) => {
+                self.queued.fetch_sub(len, Ordering::Relaxed);
                 self.kicked.store(true, Ordering::Relaxed);
                 false
             }
-            Err(TrySendError::Disconnected(_)) => false,
+            Err(TrySendError::Disconnected(_)) => {
+                self.queued.fetch_sub(len, Ordering::Relaxed);
+                false
+            }
         }
     }
 }
@@ -117,6 +124,8 @@ pub(crate) trait Conn: Read + Write + Send + Sized + 'static {
     fn duplicate(&self) -> io::Result<Self>;
     /// Shuts down one or both directions.
     fn close(&self, how: Shutdown);
+    /// Bounds how long one read or write may wait without progress.
+    fn timeouts(&self, read: Option<Duration>, write: Option<Duration>) -> io::Result<()>;
 }
 
 impl Conn for UnixStream {
@@ -125,6 +134,10 @@ impl Conn for UnixStream {
     }
     fn close(&self, how: Shutdown) {
         let _ = self.shutdown(how);
+    }
+    fn timeouts(&self, read: Option<Duration>, write: Option<Duration>) -> io::Result<()> {
+        self.set_read_timeout(read)?;
+        self.set_write_timeout(write)
     }
 }
 
@@ -135,6 +148,50 @@ impl Conn for TcpStream {
     fn close(&self, how: Shutdown) {
         let _ = self.shutdown(how);
     }
+    fn timeouts(&self, read: Option<Duration>, write: Option<Duration>) -> io::Result<()> {
+        self.set_read_timeout(read)?;
+        self.set_write_timeout(write)
+    }
+}
+
+/// A client must say Hello within this time.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// A write to a client that makes no progress for this long ends the
+/// session (the client stopped reading).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most client connections at once (handshaking or not); more are closed at
+/// once.
+const MAX_SESSIONS: usize = 4096;
+
+/// What every session of a listener shares.
+#[derive(Clone)]
+struct Ctx {
+    to_ring: Sender<ToRing>,
+    waker: Arc<Waker>,
+    limits: Limits,
+    /// Sessions open now, over all listeners.
+    sessions: Arc<AtomicUsize>,
+    /// Unix socket (peer credentials) or TCP.
+    unix: bool,
+}
+
+/// Counts one session while it lives.
+struct SessionSlot(Arc<AtomicUsize>);
+
+impl SessionSlot {
+    fn take(sessions: &Arc<AtomicUsize>) -> Option<Self> {
+        if sessions.fetch_add(1, Ordering::AcqRel) >= MAX_SESSIONS {
+            sessions.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Self(Arc::clone(sessions)))
+    }
+}
+
+impl Drop for SessionSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Starts a listener thread for TCP clients on `addr`.
@@ -143,29 +200,50 @@ pub(crate) fn listen_tcp(
     to_ring: Sender<ToRing>,
     waker: &Waker,
     limits: Limits,
+    sessions: &Arc<AtomicUsize>,
 ) -> io::Result<()> {
     let listener = TcpListener::bind(addr)?;
     info!(address = %addr, "listening for TCP clients");
-    let waker = waker.try_clone()?;
+    let ctx = Ctx {
+        to_ring,
+        waker: Arc::new(waker.try_clone()?),
+        limits,
+        sessions: Arc::clone(sessions),
+        unix: false,
+    };
     // Ids of TCP sessions live in the upper half, apart from Unix ones.
-    let next_id = Arc::new(AtomicU64::new(1 << 62));
+    let next_id = AtomicU64::new(1 << 62);
     std::thread::Builder::new().name("rf-tcp-listener".into()).spawn(move || {
         for conn in listener.incoming() {
             let Ok(stream) = conn else { continue };
             let _ = stream.set_nodelay(true);
-            let id = next_id.fetch_add(1, Ordering::Relaxed);
-            let to_ring = to_ring.clone();
-            let Ok(waker) = waker.try_clone() else { continue };
-            let _ = std::thread::Builder::new()
-                .name(format!("rf-client-{id}"))
-                .spawn(move || serve(id, stream, &to_ring, &waker, limits));
+            spawn_session(next_id.fetch_add(1, Ordering::Relaxed), stream, &ctx);
         }
     })?;
     Ok(())
 }
 
+fn spawn_session<S: Conn>(id: u64, stream: S, ctx: &Ctx) {
+    let Some(slot) = SessionSlot::take(&ctx.sessions) else {
+        warn!(client = id, "too many client connections; closing a new one");
+        stream.close(Shutdown::Both);
+        return;
+    };
+    let ctx = ctx.clone();
+    let _ = std::thread::Builder::new().name(format!("rf-client-{id}")).spawn(move || {
+        serve(id, stream, &ctx);
+        drop(slot);
+    });
+}
+
 /// Starts the listener thread on `path`.
-pub(crate) fn listen(path: &Path, to_ring: Sender<ToRing>, waker: &Waker, limits: Limits) -> io::Result<()> {
+pub(crate) fn listen(
+    path: &Path,
+    to_ring: Sender<ToRing>,
+    waker: &Waker,
+    limits: Limits,
+    sessions: &Arc<AtomicUsize>,
+) -> io::Result<()> {
     if path.exists() {
         std::fs::remove_file(path)?;
     }
@@ -174,31 +252,56 @@ pub(crate) fn listen(path: &Path, to_ring: Sender<ToRing>, waker: &Waker, limits
     }
     let listener = UnixListener::bind(path)?;
     info!(socket = %path.display(), "listening for clients");
-    let waker = waker.try_clone()?;
-    let next_id = Arc::new(AtomicU64::new(1));
+    let ctx = Ctx {
+        to_ring,
+        waker: Arc::new(waker.try_clone()?),
+        limits,
+        sessions: Arc::clone(sessions),
+        unix: true,
+    };
+    let next_id = AtomicU64::new(1);
     std::thread::Builder::new().name("rf-listener".into()).spawn(move || {
         for conn in listener.incoming() {
-            let stream = match conn {
-                Ok(s) => s,
-                Err(e) => {
-                    warn!(error = %e, "accept failed");
-                    continue;
-                }
-            };
-            let id = next_id.fetch_add(1, Ordering::Relaxed);
-            let (to_ring, limits) = (to_ring.clone(), limits);
-            let Ok(waker) = waker.try_clone() else { continue };
-            let _ = std::thread::Builder::new()
-                .name(format!("rf-client-{id}"))
-                .spawn(move || serve(id, stream, &to_ring, &waker, limits));
+            match conn {
+                Ok(stream) => spawn_session(next_id.fetch_add(1, Ordering::Relaxed), stream, &ctx),
+                Err(e) => warn!(error = %e, "accept failed"),
+            }
         }
     })?;
     Ok(())
 }
 
+/// Checks a Hello: a version both sides speak, and an authentication this
+/// listener accepts (Unix peer credentials on the Unix socket; on TCP, until
+/// TLS and tokens land, only the same marker, which proves nothing: TCP is for
+/// trusted networks). Returns why it is refused, if it is.
+fn check_hello(h: &Hello, unix: bool) -> Option<(RefuseCode, String)> {
+    if negotiate_version(h.min_version, h.max_version).is_none() {
+        let text = format!(
+            "versions {}..={} not spoken; this daemon speaks {}",
+            h.min_version, h.max_version, CLIENT_VERSION
+        );
+        return Some((RefuseCode::VersionMismatch, text));
+    }
+    match (&h.auth, unix) {
+        (Auth::PeerCredentials, _) => None,
+        (Auth::Token(_), _) => {
+            Some((RefuseCode::AuthUnsupported, "token authentication is not available yet".into()))
+        }
+        (Auth::Tls, _) => Some((RefuseCode::AuthUnsupported, "TLS is not available yet".into())),
+        _ => Some((RefuseCode::AuthUnsupported, "unknown authentication kind".into())),
+    }
+}
+
 /// One client's reader (this thread) and writer (a thread it starts).
-fn serve<S: Conn>(id: u64, stream: S, to_ring: &Sender<ToRing>, waker: &Waker, limits: Limits) {
+fn serve<S: Conn>(id: u64, stream: S, ctx: &Ctx) {
+    let (to_ring, waker, limits) = (&ctx.to_ring, &ctx.waker, ctx.limits);
     let Ok(mut write_half) = stream.duplicate() else { return };
+    // The client must say Hello soon; a write that makes no progress for
+    // WRITE_TIMEOUT means the client stopped reading.
+    if stream.timeouts(Some(HELLO_TIMEOUT), Some(WRITE_TIMEOUT)).is_err() {
+        return;
+    }
     let mut read_half = stream;
     let mut decoder: FrameDecoder<ClientFrame> = FrameDecoder::new(limits);
     let mut buf = vec![0u8; 64 * 1024];
@@ -206,11 +309,10 @@ fn serve<S: Conn>(id: u64, stream: S, to_ring: &Sender<ToRing>, waker: &Waker, l
     let kicked = Arc::new(AtomicBool::new(false));
     let queued = Arc::new(AtomicUsize::new(0));
     let out = ClientOut { tx, kicked: Arc::clone(&kicked), queued: Arc::clone(&queued) };
-    let writer_limits = limits;
     let writer_kicked = Arc::clone(&kicked);
     let writer = std::thread::Builder::new()
         .name(format!("rf-client-{id}-w"))
-        .spawn(move || write_loop(&mut write_half, &rx, &writer_limits, &writer_kicked, &queued));
+        .spawn(move || write_loop(&mut write_half, &rx, &limits, &writer_kicked, &queued));
     let mut said_hello = false;
     let mut pending_out = Some(out);
     // Requests handed to the ring since the last wake-up.
@@ -219,28 +321,35 @@ fn serve<S: Conn>(id: u64, stream: S, to_ring: &Sender<ToRing>, waker: &Waker, l
         loop {
             match decoder.next_frame() {
                 Ok(Some(ClientFrame::Hello(h))) if !said_hello => {
-                    said_hello = true;
                     let Some(out) = pending_out.take() else { break 'read };
+                    if let Some((code, text)) = check_hello(&h, ctx.unix) {
+                        info!(client = id, ?code, "client refused: {text}");
+                        out.send(DaemonFrame::Refused { code, text });
+                        break 'read;
+                    }
+                    said_hello = true;
+                    // From now on the client may be idle as long as it likes.
+                    if read_half.timeouts(None, Some(WRITE_TIMEOUT)).is_err() {
+                        break 'read;
+                    }
                     if to_ring.send(ToRing::Connect { id, hello_name: h.client_name, out }).is_err() {
                         break 'read;
                     }
                     waker.wake();
                 }
                 Ok(Some(ClientFrame::Bye)) => break 'read,
-                Ok(Some(frame)) if said_hello => {
-                    match to_ring.try_send(ToRing::Frame { id, frame }) {
-                        Ok(()) => unwoken = true,
-                        Err(TrySendError::Full(req)) => {
-                            // The ring is behind: make sure it is awake, then
-                            // block (backpressure on this client).
-                            waker.wake();
-                            if to_ring.send(req).is_err() {
-                                break 'read;
-                            }
+                Ok(Some(frame)) if said_hello => match to_ring.try_send(ToRing::Frame { id, frame }) {
+                    Ok(()) => unwoken = true,
+                    Err(TrySendError::Full(req)) => {
+                        // The ring is behind: make sure it is awake, then
+                        // block (backpressure on this client).
+                        waker.wake();
+                        if to_ring.send(req).is_err() {
+                            break 'read;
                         }
-                        Err(TrySendError::Disconnected(_)) => break 'read,
                     }
-                }
+                    Err(TrySendError::Disconnected(_)) => break 'read,
+                },
                 Ok(Some(_)) => {
                     if let Some(out) = pending_out.take() {
                         out.send(DaemonFrame::Refused {
@@ -267,14 +376,18 @@ fn serve<S: Conn>(id: u64, stream: S, to_ring: &Sender<ToRing>, waker: &Waker, l
             }
         }
         match read_half.read(&mut buf) {
-            Ok(0) | Err(_) => break,
+            Ok(0) => break,
             Ok(n) => decoder.push(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => break,
         }
     }
     if said_hello {
         let _ = to_ring.send(ToRing::Gone { id });
     }
     waker.wake();
+    // Dropping the last sender lets the writer finish what is queued (a
+    // Refused, a Bye) and close the connection.
     drop(pending_out);
     read_half.close(Shutdown::Read);
     if let Ok(w) = writer {
@@ -302,6 +415,9 @@ fn write_loop<S: Conn>(
         }
         queued.fetch_sub(taken, Ordering::Relaxed);
         if stream.write_all(&out).is_err() {
+            // Gone, or no progress for WRITE_TIMEOUT: end the session (the
+            // reader sees the connection close).
+            stream.close(Shutdown::Both);
             return;
         }
         if kicked.load(Ordering::Relaxed) {

@@ -55,9 +55,18 @@ impl State {
         Ok(())
     }
 
+    /// Writes the file durably: a temporary file, synced, renamed over the
+    /// old one, and the directory synced.
     fn save(&self) -> io::Result<()> {
+        use std::io::Write;
         let tmp = self.path.with_extension("tmp");
-        std::fs::write(&tmp, format!("incarnation={}\nring_seq={}\n", self.incarnation, self.ring_seq))?;
-        std::fs::rename(&tmp, &self.path)
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(format!("incarnation={}\nring_seq={}\n", self.incarnation, self.ring_seq).as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &self.path)?;
+        if let Some(dir) = self.path.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
     }
 }

@@ -90,6 +90,9 @@ struct Recovery {
     max_stable: u64,
     done: BTreeSet<NodeId>,
     deadline: Time,
+    /// The representative has started the new ring's token (once only: a
+    /// duplicate of the second rotation must not start it again).
+    started: bool,
 }
 
 #[derive(Debug)]
@@ -716,6 +719,20 @@ impl Node {
 
     fn accept_commit(&mut self, now: Time, mut c: CommitToken) {
         let rep = c.ring_id.rep == self.id;
+        if let State::Recovery { rec, .. } = &mut self.state {
+            if rec.token.ring_id == c.ring_id && c.rotation == 2 && rep {
+                // Both rotations done: everyone is in recovery. Start the
+                // ring, once: a copy of this token must not restart it.
+                self.last_commit = Some((c.ring_id, c.token_seq));
+                if !std::mem::replace(&mut rec.started, true) {
+                    self.sent_commit = None;
+                    if let Some(n) = &mut self.next {
+                        n.start_token(now);
+                    }
+                }
+            }
+            return;
+        }
         match &self.state {
             State::Gather(g) if c.rotation == 1 && !rep => {
                 if g.members() != c.members || c.ring_id.seq <= g.round {
@@ -747,13 +764,6 @@ impl Node {
                 }
                 self.enter_recovery(now, &c);
                 self.pass_commit(now, c);
-            }
-            State::Recovery { rec, .. } if rec.token.ring_id == c.ring_id && c.rotation == 2 && rep => {
-                // Both rotations done: everyone is in recovery. Start the ring.
-                self.sent_commit = None;
-                if let Some(n) = &mut self.next {
-                    n.start_token(now);
-                }
             }
             _ => {}
         }
@@ -809,6 +819,7 @@ impl Node {
             max_stable,
             done: BTreeSet::new(),
             deadline: now + self.cfg.token_timeout,
+            started: false,
         };
         self.state = State::Recovery { gather, rec };
     }

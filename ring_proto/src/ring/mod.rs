@@ -571,8 +571,13 @@ impl Ring {
             let Ok(packet) = DataPacket::decode(raw.clone()) else {
                 unreachable!("a packet this node built must decode");
             };
+            // A number is never used twice: if the slot is taken the token
+            // is not the one this ring started (a protocol bug), so stop.
+            if !self.store.insert(seq, Stored { raw: raw.clone(), packet }) {
+                debug_assert!(false, "packet {seq} numbered twice in ring {}", self.ring_id);
+                break;
+            }
             token.seq = seq;
-            self.store.insert(seq, Stored { raw: raw.clone(), packet });
             self.high_seq = self.high_seq.max(seq);
             self.stats.packets_sent += 1;
             new_packets.push(raw);

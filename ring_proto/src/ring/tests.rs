@@ -208,3 +208,71 @@ fn config_errors_name_the_field() {
     let bad = Config { window: 1, ..Config::default() };
     assert_eq!(bad.validate().unwrap_err().field, "window");
 }
+
+/// Review finding: a copy of the second-rotation commit token reaching the
+/// representative during recovery restarted the new ring's token (seq 0),
+/// which lost the ring (and could number a packet twice). The copy is
+/// delivered again to the representative once its new ring is running but
+/// recovery is not over; the ring must form once and stay.
+#[test]
+fn a_duplicated_commit_token_does_not_restart_the_ring() {
+    for n in 2..=3 {
+        duplicated_commit_token(n);
+    }
+}
+
+fn duplicated_commit_token(n: u16) {
+    use crate::wire::Datagram;
+    use crate::{Incarnation, Phase};
+    let cfg = Config::default();
+    let inc = Incarnation { ring_seq: 0, first_msg_seq: 1 };
+    let mut nodes: Vec<Node> =
+        (0..n).map(|i| Node::new(cfg.clone(), NodeId(i), Time::ZERO, inc).unwrap()).collect();
+    let mut queue: Vec<(usize, Bytes)> = Vec::new();
+    let mut saved: Option<Bytes> = None;
+    let mut injected = false;
+    for step in 0..3000u64 {
+        let now = Time::ZERO + Duration::from_millis(step);
+        if step == 50 {
+            for nd in &mut nodes {
+                nd.submit(now, Service::Agreed, Groups::none(), Bytes::from_static(b"m")).unwrap();
+            }
+        }
+        for nd in &mut nodes {
+            if nd.poll_timeout().is_some_and(|t| t <= now) {
+                nd.handle_timeout(now);
+            }
+        }
+        for (to, b) in std::mem::take(&mut queue) {
+            if let Ok(Datagram::Commit(c)) = Datagram::decode(b.clone()) {
+                if to == 0 && c.rotation == 2 && saved.is_none() {
+                    saved = Some(b.clone());
+                }
+            }
+            nodes[to].handle_datagram(now, b);
+        }
+        if !injected && nodes[0].phase() == Phase::Recovery && nodes[0].stats().packets_sent > 0 {
+            if let Some(b) = saved.clone() {
+                nodes[0].handle_datagram(now, b);
+                injected = true;
+            }
+        }
+        for i in 0..nodes.len() {
+            while let Some(t) = nodes[i].poll_transmit() {
+                match t.dest {
+                    Dest::All => {
+                        queue.extend((0..nodes.len()).filter(|&j| j != i).map(|j| (j, t.bytes.clone())))
+                    }
+                    Dest::Node(id) => queue.push((usize::from(id.0), t.bytes.clone())),
+                }
+            }
+            while nodes[i].poll_event().is_some() {}
+        }
+    }
+    assert!(injected, "{n} nodes: the copy was never delivered during recovery");
+    for node in &nodes {
+        assert_eq!(node.phase(), Phase::Operational);
+        let s = node.stats();
+        assert_eq!((s.rings_installed, s.bad_datagrams), (1, 0), "{n} nodes, node {}: {s:?}", node.id());
+    }
+}
