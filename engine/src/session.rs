@@ -128,31 +128,24 @@ pub(crate) trait Conn: Read + Write + Send + Sized + 'static {
     fn timeouts(&self, read: Option<Duration>, write: Option<Duration>) -> io::Result<()>;
 }
 
-impl Conn for UnixStream {
-    fn duplicate(&self) -> io::Result<Self> {
-        self.try_clone()
-    }
-    fn close(&self, how: Shutdown) {
-        let _ = self.shutdown(how);
-    }
-    fn timeouts(&self, read: Option<Duration>, write: Option<Duration>) -> io::Result<()> {
-        self.set_read_timeout(read)?;
-        self.set_write_timeout(write)
-    }
+macro_rules! impl_conn {
+    ($($t:ty),*) => {$(
+        impl Conn for $t {
+            fn duplicate(&self) -> io::Result<Self> {
+                self.try_clone()
+            }
+            fn close(&self, how: Shutdown) {
+                let _ = self.shutdown(how);
+            }
+            fn timeouts(&self, read: Option<Duration>, write: Option<Duration>) -> io::Result<()> {
+                self.set_read_timeout(read)?;
+                self.set_write_timeout(write)
+            }
+        }
+    )*};
 }
 
-impl Conn for TcpStream {
-    fn duplicate(&self) -> io::Result<Self> {
-        self.try_clone()
-    }
-    fn close(&self, how: Shutdown) {
-        let _ = self.shutdown(how);
-    }
-    fn timeouts(&self, read: Option<Duration>, write: Option<Duration>) -> io::Result<()> {
-        self.set_read_timeout(read)?;
-        self.set_write_timeout(write)
-    }
-}
+impl_conn!(UnixStream, TcpStream);
 
 /// A client must say Hello within this time.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
