@@ -25,3 +25,4 @@ mod uring;
 
 pub use config::{BackendChoice, ConfigError, DaemonConfig, Peer, Transport};
 pub use daemon::{Daemon, DaemonStats};
+pub use uring::available as io_uring_available;

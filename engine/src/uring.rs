@@ -691,6 +691,12 @@ fn parse_name(name: &[u8]) -> Option<SocketAddr> {
     }
 }
 
+/// Whether this kernel (and its seccomp policy) lets a process set up the
+/// io_uring backend: a UDP socket on loopback is opened on it and dropped.
+pub fn available() -> bool {
+    UdpSocket::bind("127.0.0.1:0").and_then(|s| Uring::new(s, 2048)).is_ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

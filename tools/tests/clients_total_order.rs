@@ -7,12 +7,12 @@ use ringfence_client::{Address, Client, Event, Service, ViewCause};
 
 mod common;
 
-use common::{BACKENDS, Cluster, connect, connect_to, receive_until};
+use common::{Cluster, backends, connect, connect_to, receive_until};
 
 /// One test body, both socket backends, one after the other.
 #[test]
 fn three_senders_three_daemons_one_total_order() {
-    for backend in BACKENDS {
+    for backend in backends() {
         total_order_on(backend);
     }
 }

@@ -27,8 +27,9 @@ fn free_ports(n: usize) -> Vec<u16> {
     socks.iter().map(|s| s.local_addr().unwrap().port()).collect()
 }
 
-/// The `[daemon] backend` values every real-process test runs on.
-const BACKENDS: [&str; 2] = ["io_uring", "portable"];
+mod common;
+
+use common::backends;
 
 fn write_config(dir: &Path, ports: &[u16], backend: &str) -> std::path::PathBuf {
     let mut text = String::from("[cluster]\ntransport = \"unicast\"\n");
@@ -83,7 +84,7 @@ fn log_len(d: &Daemon) -> usize {
 #[test]
 fn kill_and_restart_give_evs_configurations() {
     std::thread::scope(|s| {
-        for backend in BACKENDS {
+        for backend in backends() {
             s.spawn(move || kill_and_restart(backend));
         }
     });

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{BACKENDS, Cluster, connect};
+use common::{Cluster, backends, connect};
 
 /// One member of the VS group, as the test drives it.
 struct Member {
@@ -31,7 +31,7 @@ fn encode_view(v: ViewId) -> String {
 /// One test body, both socket backends, one after the other.
 #[test]
 fn kill_under_load_keeps_delivering_and_sending_view_delivery() {
-    for backend in BACKENDS {
+    for backend in backends() {
         kill_under_load_on(backend);
     }
 }
