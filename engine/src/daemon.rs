@@ -238,9 +238,10 @@ impl Daemon {
 
     fn request(&mut self, req: ToRing) {
         match req {
-            ToRing::Connect { id, hello_name, out } => {
+            ToRing::Connect { id, hello_name, principal, out } => {
                 match self.groups.connect(ClientId(id), hello_name.as_bytes()) {
                     Ok(name) => {
+                        info!(client = id, name = %name, %principal, "client connected");
                         let welcome = cp::Welcome {
                             version: CLIENT_VERSION,
                             daemon_id: self.cfg.me.id.0,

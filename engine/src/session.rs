@@ -35,11 +35,36 @@ pub(crate) const CLIENT_QUEUE_BYTES: usize = 32 << 20;
 /// Requests from all clients waiting for the ring thread.
 pub(crate) const RING_QUEUE: usize = 8192;
 
+/// Who is at the other end of a client connection, as the kernel says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Principal {
+    /// A local process, by its Unix peer credentials (`SO_PEERCRED`).
+    Local {
+        /// User id.
+        uid: u32,
+        /// Group id.
+        gid: u32,
+        /// Process id.
+        pid: i32,
+    },
+    /// A remote address (no authentication yet: TLS and tokens are to come).
+    Remote(SocketAddr),
+}
+
+impl std::fmt::Display for Principal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Local { uid, gid, pid } => write!(f, "uid={uid} gid={gid} pid={pid}"),
+            Self::Remote(a) => write!(f, "tcp {a}"),
+        }
+    }
+}
+
 /// A request from a session to the ring thread.
 #[derive(Debug)]
 pub(crate) enum ToRing {
     /// A client said hello.
-    Connect { id: u64, hello_name: String, out: ClientOut },
+    Connect { id: u64, hello_name: String, principal: Principal, out: ClientOut },
     /// A client's request.
     Frame { id: u64, frame: ClientFrame },
     /// The connection ended.
@@ -126,6 +151,8 @@ pub(crate) trait Conn: Read + Write + Send + Sized + 'static {
     fn close(&self, how: Shutdown);
     /// Bounds how long one read or write may wait without progress.
     fn timeouts(&self, read: Option<Duration>, write: Option<Duration>) -> io::Result<()>;
+    /// Who is at the other end.
+    fn principal(&self) -> io::Result<Principal>;
 }
 
 macro_rules! impl_conn {
@@ -141,11 +168,33 @@ macro_rules! impl_conn {
                 self.set_read_timeout(read)?;
                 self.set_write_timeout(write)
             }
+            fn principal(&self) -> io::Result<Principal> {
+                PeerOf::peer(self)
+            }
         }
     )*};
 }
 
 impl_conn!(UnixStream, TcpStream);
+
+/// How each kind of connection names its peer.
+trait PeerOf {
+    fn peer(&self) -> io::Result<Principal>;
+}
+
+impl PeerOf for UnixStream {
+    fn peer(&self) -> io::Result<Principal> {
+        let c = nix::sys::socket::getsockopt(self, nix::sys::socket::sockopt::PeerCredentials)
+            .map_err(io::Error::from)?;
+        Ok(Principal::Local { uid: c.uid(), gid: c.gid(), pid: c.pid() })
+    }
+}
+
+impl PeerOf for TcpStream {
+    fn peer(&self) -> io::Result<Principal> {
+        self.peer_addr().map(Principal::Remote)
+    }
+}
 
 /// A client must say Hello within this time.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
@@ -320,12 +369,24 @@ fn serve<S: Conn>(id: u64, stream: S, ctx: &Ctx) {
                         out.send(DaemonFrame::Refused { code, text });
                         break 'read;
                     }
+                    // Unix peer credentials come from the kernel, not the client.
+                    let principal = match read_half.principal() {
+                        Ok(p) => p,
+                        Err(e) => {
+                            out.send(DaemonFrame::Refused {
+                                code: RefuseCode::AuthFailed,
+                                text: format!("cannot read the peer's credentials: {e}"),
+                            });
+                            break 'read;
+                        }
+                    };
                     said_hello = true;
                     // From now on the client may be idle as long as it likes.
                     if read_half.timeouts(None, Some(WRITE_TIMEOUT)).is_err() {
                         break 'read;
                     }
-                    if to_ring.send(ToRing::Connect { id, hello_name: h.client_name, out }).is_err() {
+                    let connect = ToRing::Connect { id, hello_name: h.client_name, principal, out };
+                    if to_ring.send(connect).is_err() {
                         break 'read;
                     }
                     waker.wake();

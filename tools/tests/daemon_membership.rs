@@ -103,6 +103,18 @@ fn kill_and_restart(backend: &str) {
         wait_for(d, 0, &["regular configuration", "members=[0, 1, 2]"]);
     }
 
+    // A local client is identified by its Unix peer credentials, read from
+    // the kernel (this test process).
+    let client_socket = dir.join("d0").join("client.sock");
+    let client = common::connect(&client_socket, "probe");
+    let uid = format!(
+        "uid={}",
+        std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m)).unwrap()
+    );
+    let pid = format!("pid={}", std::process::id());
+    wait_for(daemons[0].as_ref().unwrap(), 0, &["client connected", &uid, &pid]);
+    drop(client);
+
     // kill -9 of d2: the survivors see a transitional configuration, then a
     // regular one without it.
     let marks: Vec<usize> = daemons.iter().flatten().map(log_len).collect();
