@@ -30,7 +30,6 @@
 //! # Ok::<(), ringfence_client::ClientError>(())
 //! ```
 
-use bytes::Bytes;
 pub use ringfence_proto::wire::Service;
 use ringfence_proto::wire::client::{
     Auth, ByeReason, ClientDecodeError, ClientEncodeError, ClientFrame, DaemonFrame, ErrorCode, Frame,
@@ -349,9 +348,4 @@ impl Client {
             }
         }
     }
-}
-
-/// Payload bytes of a message, for convenience.
-pub fn payload_of(m: &Message) -> &Bytes {
-    &m.payload
 }

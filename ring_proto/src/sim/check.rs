@@ -122,7 +122,7 @@ pub(crate) fn fixed_ring(logs: &[Log], sent: &HashMap<MsgId, Sent>, v: &mut Vec<
 type ConfigKey = (ConfigKind, RingId, Vec<NodeId>);
 
 /// The EVS checks over logs of runs with faults.
-pub(crate) fn evs(logs: &[Log], _sent: &HashMap<MsgId, Sent>, v: &mut Vec<Violation>) {
+pub(crate) fn evs(logs: &[Log], v: &mut Vec<Violation>) {
     // 1. One ring id, one membership.
     let mut rings: HashMap<RingId, &Vec<NodeId>> = HashMap::new();
     for log in logs {

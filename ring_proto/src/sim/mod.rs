@@ -738,7 +738,7 @@ impl<'t> Sim<'t> {
     fn finish(mut self) -> Report {
         let mut v = std::mem::take(&mut self.violations);
         if self.faulty() {
-            check::evs(&self.logs, &self.sent, &mut v);
+            check::evs(&self.logs, &mut v);
             if self.converged_at.is_some() && !v.iter().any(|x| matches!(x, Violation::Stalled { .. })) {
                 for (i, n) in self.nodes.iter().enumerate() {
                     if n.is_some() {
