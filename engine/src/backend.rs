@@ -1,23 +1,44 @@
 //! The ring thread's socket I/O, behind one small interface with two
-//! implementations: `portable` (a blocking std socket with read timeouts,
-//! here) and `io_uring` (`crate::uring`). The daemon picks one at bind time
-//! from `[daemon] backend`; `auto` tries io_uring and falls back.
+//! implementations: `portable` (poll(2) and plain socket calls, here) and
+//! `io_uring` (`crate::uring`). The daemon picks one at bind time from
+//! `[daemon] backend`; `auto` tries io_uring and falls back.
+//!
+//! A backend owns one or more bound UDP sockets:
+//!
+//! ```text
+//!   sockets[0]  unicast (own address:port)  send + receive
+//!   sockets[1..] e.g. multicast (group:port)       receive
+//!        \______________ wait() ______________/
+//!                         |
+//!              on_datagram(source, bytes)
+//! ```
+//!
+//! Every send, including a send to a multicast group, leaves from
+//! `sockets[0]`.
 
 use crate::config::BackendChoice;
-use std::io;
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::socket::{MsgFlags, SockaddrStorage, recvmsg};
+use std::io::{self, IoSliceMut};
 use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::{AsFd, AsRawFd};
 use std::time::Duration;
 use tracing::{info, warn};
 
-/// Datagrams taken without waiting after the first one of a wait.
+/// Datagrams taken from one socket in one wait at most.
 const DRAIN: usize = 256;
+
+/// Sockets one backend receives on at most.
+pub(crate) const MAX_SOCKETS: usize = 8;
 
 /// Socket I/O of the ring thread.
 pub(crate) trait Backend: std::fmt::Debug {
-    /// Waits at most `timeout` for datagrams and gives each one received to
-    /// `on_datagram` (source, bytes). It may return early with none.
+    /// Waits at most `timeout` for datagrams on any of the sockets and gives
+    /// each one received to `on_datagram` (source, bytes). It may return
+    /// early with none.
     fn wait(&mut self, timeout: Duration, on_datagram: &mut dyn FnMut(SocketAddr, &[u8])) -> io::Result<()>;
-    /// Sends, or queues until `flush_sends`, one datagram.
+    /// Sends, or queues until `flush_sends`, one datagram from `sockets[0]`.
     fn send(&mut self, to: SocketAddr, bytes: &[u8]);
     /// Hands every queued send to the kernel (one submission on io_uring).
     fn flush_sends(&mut self) -> io::Result<()>;
@@ -27,30 +48,44 @@ pub(crate) trait Backend: std::fmt::Debug {
     fn name(&self) -> &'static str;
 }
 
-/// Opens the backend `choice` asks for on the bound `socket`. `max_datagram`
-/// is the largest datagram expected (larger ones may be truncated and are
-/// then dropped).
+/// Opens the backend `choice` asks for on the bound `sockets`: `sockets[0]`
+/// sends and receives, the others (at most `MAX_SOCKETS` in all) only
+/// receive. `max_datagram` is the largest datagram expected (larger ones
+/// may be truncated and are then dropped).
 pub(crate) fn open(
     choice: BackendChoice,
-    socket: UdpSocket,
+    sockets: Vec<UdpSocket>,
     max_datagram: usize,
 ) -> io::Result<Box<dyn Backend>> {
+    check_sockets(&sockets)?;
     match choice {
-        BackendChoice::Portable => Ok(Box::new(Portable::new(socket))),
-        BackendChoice::IoUring => Ok(uring(crate::uring::Uring::new(socket, max_datagram)?)),
+        BackendChoice::Portable => Ok(Box::new(Portable::new(sockets)?)),
+        BackendChoice::IoUring => Ok(uring(crate::uring::Uring::new(sockets, max_datagram)?)),
         BackendChoice::Auto => {
-            // Setup needs its own handle: on failure the socket goes to the
+            // Setup needs its own handles: on failure the sockets go to the
             // portable backend.
-            let probe = socket.try_clone()?;
+            let probe = sockets.iter().map(UdpSocket::try_clone).collect::<io::Result<Vec<_>>>()?;
             match crate::uring::Uring::new(probe, max_datagram) {
                 Ok(u) => Ok(uring(u)),
                 Err(e) => {
                     warn!(error = %e, "io_uring cannot be set up here: using the portable backend");
-                    Ok(Box::new(Portable::new(socket)))
+                    Ok(Box::new(Portable::new(sockets)?))
                 }
             }
         }
     }
+}
+
+/// Rejects an empty socket list or one longer than `MAX_SOCKETS` (the
+/// caller's mistake).
+pub(crate) fn check_sockets(sockets: &[UdpSocket]) -> io::Result<()> {
+    if sockets.is_empty() || sockets.len() > MAX_SOCKETS {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("a backend needs 1 to {MAX_SOCKETS} sockets, not {}", sockets.len()),
+        ));
+    }
+    Ok(())
 }
 
 fn uring(u: crate::uring::Uring) -> Box<dyn Backend> {
@@ -58,60 +93,82 @@ fn uring(u: crate::uring::Uring) -> Box<dyn Backend> {
     Box::new(u)
 }
 
-/// A blocking socket with read timeouts.
+/// poll(2) over every socket, then nonblocking receives (`MSG_DONTWAIT`).
+/// The sockets themselves stay blocking, so a send blocks while the send
+/// buffer is full, as a plain `send_to` does.
 #[derive(Debug)]
 pub(crate) struct Portable {
-    socket: UdpSocket,
+    sockets: Vec<UdpSocket>,
     buf: Vec<u8>,
     sent: u64,
     send_errors: u64,
 }
 
 impl Portable {
-    pub(crate) fn new(socket: UdpSocket) -> Self {
-        Self { socket, buf: vec![0u8; 65_536], sent: 0, send_errors: 0 }
+    /// The portable backend on `sockets` (see `open`).
+    pub(crate) fn new(sockets: Vec<UdpSocket>) -> io::Result<Self> {
+        check_sockets(&sockets)?;
+        Ok(Self { sockets, buf: vec![0u8; 65_536], sent: 0, send_errors: 0 })
+    }
+}
+
+/// Takes up to `DRAIN` queued datagrams from `socket` without waiting.
+fn drain(socket: &UdpSocket, buf: &mut [u8], on_datagram: &mut dyn FnMut(SocketAddr, &[u8])) {
+    for _ in 0..DRAIN {
+        let (n, from, truncated) = {
+            let mut iov = [IoSliceMut::new(buf)];
+            match recvmsg::<SockaddrStorage>(socket.as_raw_fd(), &mut iov, None, MsgFlags::MSG_DONTWAIT) {
+                Ok(r) => (r.bytes, r.address, r.flags.contains(MsgFlags::MSG_TRUNC)),
+                Err(Errno::EAGAIN | Errno::EINTR) => return,
+                Err(e) => {
+                    warn!(error = %e, "receive failed");
+                    return;
+                }
+            }
+        };
+        if truncated {
+            continue; // larger than any datagram we send
+        }
+        if let Some(from) = from.as_ref().and_then(socket_addr) {
+            on_datagram(from, &buf[..n]);
+        }
+    }
+}
+
+/// The source address of a received datagram.
+fn socket_addr(a: &SockaddrStorage) -> Option<SocketAddr> {
+    if let Some(v4) = a.as_sockaddr_in() {
+        Some(SocketAddr::V4((*v4).into()))
+    } else {
+        a.as_sockaddr_in6().map(|v6| SocketAddr::V6((*v6).into()))
     }
 }
 
 impl Backend for Portable {
     fn wait(&mut self, timeout: Duration, on_datagram: &mut dyn FnMut(SocketAddr, &[u8])) -> io::Result<()> {
-        if timeout.is_zero() {
-            self.socket.set_nonblocking(true)?;
-        } else {
-            self.socket.set_read_timeout(Some(timeout))?;
+        let Self { sockets, buf, .. } = self;
+        let n = sockets.len();
+        // A fixed array (no allocation per wait); entries past `n` repeat
+        // the last socket and are not passed to poll.
+        let mut fds: [PollFd<'_>; MAX_SOCKETS] =
+            std::array::from_fn(|i| PollFd::new(sockets[i.min(n - 1)].as_fd(), PollFlags::POLLIN));
+        // Whole milliseconds, rounded down: never longer than `timeout`.
+        let ms = PollTimeout::try_from(timeout).unwrap_or(PollTimeout::MAX);
+        match poll(&mut fds[..n], ms) {
+            Ok(0) | Err(Errno::EINTR) => return Ok(()),
+            Ok(_) => {}
+            Err(e) => return Err(e.into()),
         }
-        let first = self.socket.recv_from(&mut self.buf);
-        if timeout.is_zero() {
-            self.socket.set_nonblocking(false)?;
+        // Any event (readable, or an error to collect) means: try to receive.
+        let ready: [bool; MAX_SOCKETS] = std::array::from_fn(|i| i < n && fds[i].any().unwrap_or(true));
+        for (socket, _) in sockets.iter().zip(ready).filter(|(_, r)| *r) {
+            drain(socket, buf, on_datagram);
         }
-        match first {
-            Ok((n, from)) => on_datagram(from, &self.buf[..n]),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
-                ) =>
-            {
-                return Ok(());
-            }
-            Err(e) => {
-                warn!(error = %e, "receive failed");
-                return Ok(());
-            }
-        }
-        // Take whatever else is queued without waiting.
-        self.socket.set_nonblocking(true)?;
-        for _ in 0..DRAIN {
-            match self.socket.recv_from(&mut self.buf) {
-                Ok((n, from)) => on_datagram(from, &self.buf[..n]),
-                Err(_) => break,
-            }
-        }
-        self.socket.set_nonblocking(false)
+        Ok(())
     }
 
     fn send(&mut self, to: SocketAddr, bytes: &[u8]) {
-        match self.socket.send_to(bytes, to) {
+        match self.sockets[0].send_to(bytes, to) {
             Ok(_) => self.sent += 1,
             Err(_) => self.send_errors += 1,
         }
@@ -127,5 +184,153 @@ impl Backend for Portable {
 
     fn name(&self) -> &'static str {
         "portable"
+    }
+}
+
+/// Test bodies every backend runs (see the `tests` modules here and in
+/// `crate::uring`).
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use socket2::{Domain, Protocol, Socket, Type};
+    use std::net::{Ipv4Addr, SocketAddrV4};
+    use std::time::Instant;
+
+    /// Waits until `n` datagrams arrived (or more, from the last wait),
+    /// failing after 10 s.
+    fn collect(b: &mut dyn Backend, n: usize) -> Vec<(SocketAddr, Vec<u8>)> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut got = Vec::new();
+        while got.len() < n {
+            assert!(Instant::now() < deadline, "{} of {n} datagrams after 10 s", got.len());
+            b.wait(Duration::from_millis(50), &mut |from, bytes| got.push((from, bytes.to_vec()))).unwrap();
+        }
+        got
+    }
+
+    /// Two receive sockets: datagrams to either arrive, in order per socket;
+    /// a datagram on the second alone ends a wait; sends leave from the
+    /// first; an idle wait lasts about its timeout.
+    pub(crate) fn two_sockets(open: impl FnOnce(Vec<UdpSocket>) -> Box<dyn Backend>) {
+        let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let b = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let (a_addr, b_addr) = (a.local_addr().unwrap(), b.local_addr().unwrap());
+        let mut u = open(vec![a, b]);
+        let c = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let c_addr = c.local_addr().unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+
+        // Sends stay on sockets[0].
+        u.send(c_addr, b"hello");
+        u.flush_sends().unwrap();
+        let mut buf = [0u8; 64];
+        let (n, from) = c.recv_from(&mut buf).unwrap();
+        assert_eq!((from, &buf[..n]), (a_addr, &b"hello"[..]));
+        assert_eq!(u.counters(), (1, 0));
+
+        // Interleaved to both sockets, in rounds (default receive buffers):
+        // even numbers go to `a`, odd ones to `b`.
+        let mut got: [Vec<u32>; 2] = [Vec::new(), Vec::new()];
+        for round in 0..10u32 {
+            for i in round * 100..round * 100 + 100 {
+                c.send_to(&i.to_be_bytes(), if i % 2 == 0 { a_addr } else { b_addr }).unwrap();
+            }
+            for (from, bytes) in collect(&mut *u, 100) {
+                assert_eq!(from, c_addr);
+                let v = u32::from_be_bytes(bytes[..].try_into().expect("4 bytes"));
+                got[(v % 2) as usize].push(v);
+            }
+        }
+        assert_eq!(got[0], (0..1000).step_by(2).collect::<Vec<u32>>());
+        assert_eq!(got[1], (1..1000).step_by(2).collect::<Vec<u32>>());
+
+        // A datagram on the second socket alone ends a long wait early.
+        c.send_to(b"to b", b_addr).unwrap();
+        let t = Instant::now();
+        let mut seen = Vec::new();
+        while seen.is_empty() && t.elapsed() < Duration::from_secs(5) {
+            u.wait(Duration::from_secs(5), &mut |from, bytes| seen.push((from, bytes.to_vec()))).unwrap();
+        }
+        assert!(t.elapsed() < Duration::from_secs(2), "the wait missed the second socket");
+        assert_eq!(seen, vec![(c_addr, b"to b".to_vec())]);
+
+        // An idle wait lasts about its timeout; a zero one returns at once.
+        let t = Instant::now();
+        u.wait(Duration::from_millis(30), &mut |_, _| panic!("nothing was sent")).unwrap();
+        assert!(t.elapsed() >= Duration::from_millis(25) && t.elapsed() < Duration::from_secs(2));
+        let t = Instant::now();
+        u.wait(Duration::ZERO, &mut |_, _| panic!("nothing was sent")).unwrap();
+        assert!(t.elapsed() < Duration::from_millis(500));
+    }
+
+    /// A UDP socket with the multicast options of a sender on loopback.
+    fn multicast_sender() -> io::Result<Socket> {
+        let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+        s.bind(&SocketAddr::from((Ipv4Addr::LOCALHOST, 0)).into())?;
+        s.set_multicast_if_v4(&Ipv4Addr::LOCALHOST)?;
+        s.set_multicast_ttl_v4(0)?;
+        s.set_multicast_loop_v4(true)?;
+        Ok(s)
+    }
+
+    /// IP multicast over loopback, as the daemon's multicast transport uses
+    /// it: `sockets[0]` is unicast and sends to the group, `sockets[1]` is
+    /// bound to the group and joined. Skipped where the join fails.
+    pub(crate) fn multicast(open: impl FnOnce(Vec<UdpSocket>) -> Box<dyn Backend>) {
+        let id = std::process::id();
+        let group = Ipv4Addr::new(239, 255, (id >> 8) as u8, id as u8);
+        let setup = || -> io::Result<(UdpSocket, UdpSocket, UdpSocket)> {
+            let m = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+            m.set_reuse_address(true)?;
+            m.bind(&SocketAddr::from(SocketAddrV4::new(group, 0)).into())?;
+            m.join_multicast_v4(&group, &Ipv4Addr::LOCALHOST)?;
+            Ok((multicast_sender()?.into(), m.into(), multicast_sender()?.into()))
+        };
+        let (a, m, c) = match setup() {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("skipping the multicast test: cannot join {group} on loopback: {e}");
+                return;
+            }
+        };
+        let to = m.local_addr().unwrap();
+        let (a_addr, c_addr) = (a.local_addr().unwrap(), c.local_addr().unwrap());
+        let mut u = open(vec![a, m]);
+
+        // Our own send to the group loops back; another sender's arrives.
+        u.send(to, b"from a");
+        u.flush_sends().unwrap();
+        c.send_to(b"from c", to).unwrap();
+        let mut got = collect(&mut *u, 2);
+        got.sort();
+        let mut want = vec![(a_addr, b"from a".to_vec()), (c_addr, b"from c".to_vec())];
+        want.sort();
+        assert_eq!(got, want);
+        assert_eq!(u.counters(), (1, 0));
+    }
+
+    #[test]
+    fn portable_receives_on_two_sockets() {
+        two_sockets(|s| Box::new(Portable::new(s).unwrap()));
+    }
+
+    #[test]
+    fn portable_multicast_on_loopback() {
+        multicast(|s| Box::new(Portable::new(s).unwrap()));
+    }
+
+    #[test]
+    fn open_rejects_no_sockets_and_too_many() {
+        for choice in [BackendChoice::Portable, BackendChoice::IoUring, BackendChoice::Auto] {
+            let e = open(choice, Vec::new(), 1500).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+            let many = (0..=MAX_SOCKETS).map(|_| UdpSocket::bind("127.0.0.1:0").unwrap()).collect();
+            assert_eq!(open(choice, many, 1500).unwrap_err().kind(), io::ErrorKind::InvalidInput);
+        }
+    }
+
+    #[test]
+    fn auto_opens_on_two_sockets() {
+        two_sockets(|s| open(BackendChoice::Auto, s, 1500).unwrap());
     }
 }

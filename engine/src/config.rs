@@ -1,10 +1,13 @@
 //! The daemon's TOML configuration. Errors name the file, the line and the
 //! key.
 
+use ringfence_crypto::aead::{Backend as AeadBackend, UnknownBackend};
+use ringfence_crypto::identity::PublicIdentity;
 use ringfence_proto::NodeId;
 use ringfence_proto::ring::Config as RingConfig;
+use ringfence_proto::security::LinkMode;
 use serde::Deserialize;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -64,6 +67,19 @@ struct File {
     paths: PathsFile,
     #[serde(default)]
     daemon: DaemonSection,
+    #[serde(default)]
+    security: SecurityFile,
+}
+
+/// `[security]`: link security and this daemon's identity.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SecurityFile {
+    link_security: Option<Spanned<String>>,
+    identity: Option<Spanned<String>>,
+    aead: Option<Spanned<String>>,
+    refresh_interval_s: Option<u64>,
+    refresh_bytes: Option<u64>,
 }
 
 /// `[daemon]`: runtime choices of this process.
@@ -71,6 +87,7 @@ struct File {
 #[serde(deny_unknown_fields)]
 struct DaemonSection {
     backend: Option<Spanned<String>>,
+    ring_core: Option<Spanned<toml::Value>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -78,6 +95,10 @@ struct DaemonSection {
 struct Cluster {
     #[serde(default = "default_transport")]
     transport: Spanned<String>,
+    multicast_group: Option<Spanned<String>>,
+    multicast_interface: Option<Spanned<String>>,
+    multicast_ttl: Option<Spanned<u32>>,
+    multicast_loop: Option<bool>,
     daemon: Vec<DaemonFile>,
 }
 
@@ -92,6 +113,7 @@ struct DaemonFile {
     name: Spanned<String>,
     address: Spanned<String>,
     client_tcp: Option<Spanned<String>>,
+    public_key: Option<Spanned<String>>,
 }
 
 /// `[ring]`: every field optional; defaults are the LAN defaults of
@@ -130,6 +152,25 @@ pub struct Peer {
     pub name: String,
     /// Its UDP address for daemon-to-daemon traffic.
     pub address: SocketAddr,
+    /// Its public identity (`public_key`), required unless
+    /// `link_security = "none"`.
+    pub public_key: Option<PublicIdentity>,
+}
+
+/// Link security settings (`[security]`).
+#[derive(Clone, Debug)]
+pub struct Security {
+    /// What links protect (`link_security`, default `encrypt`).
+    pub mode: LinkMode,
+    /// This daemon's secret key file (`identity`, `{name}` expands).
+    pub identity: Option<PathBuf>,
+    /// AES-GCM implementation (`aead`: `ring`, the default, or `aes-gcm`).
+    pub aead: AeadBackend,
+    /// Refresh the server key after this long (`refresh_interval_s`,
+    /// default 3600).
+    pub refresh_after: Option<Duration>,
+    /// Refresh after this many payload bytes (`refresh_bytes`, default 2^36).
+    pub refresh_bytes: Option<u64>,
 }
 
 /// How a datagram for all daemons is sent.
@@ -137,6 +178,37 @@ pub struct Peer {
 pub enum Transport {
     /// One datagram per other daemon.
     Unicast,
+    /// One datagram to an IPv4 multicast group; tokens and other messages
+    /// to one daemon stay unicast.
+    Multicast(Multicast),
+}
+
+/// The IP multicast settings of `transport = "multicast"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Multicast {
+    /// The group address and port every daemon joins (`multicast_group`).
+    pub group: SocketAddrV4,
+    /// The interface (by its address) to join on and send from
+    /// (`multicast_interface`; default: this daemon's own address).
+    pub interface: Ipv4Addr,
+    /// Hops a datagram may take (`multicast_ttl`, default 1: the LAN).
+    pub ttl: u32,
+    /// Whether this host's other sockets see our datagrams
+    /// (`multicast_loop`, default true: needed for several daemons on one host).
+    pub r#loop: bool,
+}
+
+/// Which core the ring thread is pinned to (`[daemon] ring_core`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CorePin {
+    /// `"auto"` (the default): core `daemon id mod cores`, so daemons sharing
+    /// a host spread over its cores; session threads take the other cores.
+    #[default]
+    Auto,
+    /// `"none"`: no pinning; the scheduler places the threads.
+    None,
+    /// A core index.
+    Core(usize),
 }
 
 /// Which socket I/O backend the ring thread uses (`[daemon] backend`).
@@ -173,6 +245,10 @@ pub struct DaemonConfig {
     pub client_tcp: Option<SocketAddr>,
     /// The ring thread's socket I/O backend (`[daemon] backend`).
     pub backend: BackendChoice,
+    /// Where the ring thread runs (`[daemon] ring_core`).
+    pub ring_core: CorePin,
+    /// Link security.
+    pub security: Security,
 }
 
 fn line_of(text: &str, span: Range<usize>) -> usize {
@@ -200,13 +276,62 @@ impl DaemonConfig {
             key: key.to_string(),
             message,
         };
-        let transport = match file.cluster.transport.get_ref().as_str() {
-            "unicast" => Transport::Unicast,
+        let c = &file.cluster;
+        let transport = match c.transport.get_ref().as_str() {
+            "unicast" => {
+                if let Some(g) = &c.multicast_group {
+                    return Err(invalid(
+                        g.span(),
+                        "cluster.multicast_group",
+                        "set, but `cluster.transport` is \"unicast\"".into(),
+                    ));
+                }
+                Transport::Unicast
+            }
+            "multicast" => {
+                let group = c.multicast_group.as_ref().ok_or_else(|| {
+                    invalid(
+                        c.transport.span(),
+                        "cluster.multicast_group",
+                        "missing: transport \"multicast\" needs a group such as \"239.255.42.1:4810\"".into(),
+                    )
+                })?;
+                let addr: SocketAddrV4 = group.get_ref().parse().map_err(|e| {
+                    invalid(group.span(), "cluster.multicast_group", format!("not an IPv4 address:port: {e}"))
+                })?;
+                if !addr.ip().is_multicast() {
+                    return Err(invalid(
+                        group.span(),
+                        "cluster.multicast_group",
+                        format!("{} is not an IPv4 multicast address (224.0.0.0/4)", addr.ip()),
+                    ));
+                }
+                let interface = match &c.multicast_interface {
+                    None => None,
+                    Some(i) => Some(i.get_ref().parse::<Ipv4Addr>().map_err(|e| {
+                        invalid(i.span(), "cluster.multicast_interface", format!("not an IPv4 address: {e}"))
+                    })?),
+                };
+                let ttl = c.multicast_ttl.as_ref().map_or(Ok(1), |t| {
+                    if *t.get_ref() > 255 {
+                        Err(invalid(t.span(), "cluster.multicast_ttl", "must be 0 to 255".into()))
+                    } else {
+                        Ok(*t.get_ref())
+                    }
+                })?;
+                // The interface defaults to the daemon's own address, known below.
+                Transport::Multicast(Multicast {
+                    group: addr,
+                    interface: interface.unwrap_or(Ipv4Addr::UNSPECIFIED),
+                    ttl,
+                    r#loop: c.multicast_loop.unwrap_or(true),
+                })
+            }
             other => {
                 return Err(invalid(
-                    file.cluster.transport.span(),
+                    c.transport.span(),
                     "cluster.transport",
-                    format!("`{other}` is not supported (use \"unicast\")"),
+                    format!("`{other}` is not a transport (use \"unicast\" or \"multicast\")"),
                 ));
             }
         };
@@ -237,7 +362,13 @@ impl DaemonConfig {
                     format!("{address} appears twice"),
                 ));
             }
-            peers.push(Peer { id, name: n.clone(), address });
+            let public_key = match &d.public_key {
+                None => None,
+                Some(k) => Some(k.get_ref().parse::<PublicIdentity>().map_err(|e| {
+                    invalid(k.span(), "cluster.daemon.public_key", format!("not a public key: {e}"))
+                })?),
+            };
+            peers.push(Peer { id, name: n.clone(), address, public_key });
         }
         peers.sort_by_key(|p| p.id);
         let me = peers
@@ -281,8 +412,110 @@ impl DaemonConfig {
                 }
             },
         };
-        Ok(Self { me, peers, transport, ring, state_dir, client_socket, client_tcp, backend })
+        let mut transport = transport;
+        if let Transport::Multicast(m) = &mut transport {
+            if m.interface.is_unspecified() {
+                match me.address {
+                    SocketAddr::V4(a) => m.interface = *a.ip(),
+                    SocketAddr::V6(_) => {
+                        return Err(invalid(
+                            c.transport.span(),
+                            "cluster.transport",
+                            "multicast needs IPv4 daemon addresses (or set `multicast_interface`)".into(),
+                        ));
+                    }
+                }
+            }
+        }
+        let ring_core = match file.daemon.ring_core.as_ref() {
+            None => CorePin::Auto,
+            Some(v) => match v.get_ref() {
+                toml::Value::String(s) if s == "auto" => CorePin::Auto,
+                toml::Value::String(s) if s == "none" => CorePin::None,
+                toml::Value::Integer(n) if (0..=4095).contains(n) => {
+                    CorePin::Core(usize::try_from(*n).unwrap_or(0))
+                }
+                other => {
+                    return Err(invalid(
+                        v.span(),
+                        "daemon.ring_core",
+                        format!("`{other}` is not a core (use \"auto\", \"none\" or a core index)"),
+                    ));
+                }
+            },
+        };
+        let security = security(&file, &peers, &me, &invalid)?;
+        Ok(Self {
+            me,
+            peers,
+            transport,
+            ring,
+            state_dir,
+            client_socket,
+            client_tcp,
+            backend,
+            ring_core,
+            security,
+        })
     }
+}
+
+fn security(
+    file: &File,
+    peers: &[Peer],
+    me: &Peer,
+    invalid: &dyn Fn(Range<usize>, &str, String) -> ConfigError,
+) -> Result<Security, ConfigError> {
+    let f = &file.security;
+    let mode = match &f.link_security {
+        None => LinkMode::Encrypt,
+        Some(m) => m.get_ref().parse().map_err(|e| invalid(m.span(), "security.link_security", e))?,
+    };
+    let aead = match &f.aead {
+        None => AeadBackend::Ring,
+        Some(a) => a.get_ref().parse().map_err(|e: UnknownBackend| {
+            invalid(a.span(), "security.aead", format!("{e} (use \"ring\" or \"aes-gcm\")"))
+        })?,
+    };
+    let identity = f.identity.as_ref().map(|i| PathBuf::from(i.get_ref().replace("{name}", &me.name)));
+    if mode != LinkMode::None {
+        let span = f.link_security.as_ref().map_or(0..0, Spanned::span);
+        if identity.is_none() {
+            return Err(invalid(
+                span,
+                "security.identity",
+                format!(
+                    "missing: link_security \"{}\" needs this daemon's secret key file \
+                     (make one with `ringfence keygen daemon {}`), or set link_security = \"none\"",
+                    mode.name(),
+                    me.name
+                ),
+            ));
+        }
+        if let Some((p, d)) = peers
+            .iter()
+            .filter(|p| p.public_key.is_none())
+            .filter_map(|p| file.cluster.daemon.iter().find(|d| *d.name.get_ref() == p.name).map(|d| (p, d)))
+            .next()
+        {
+            return Err(invalid(
+                d.name.span(),
+                "cluster.daemon.public_key",
+                format!(
+                    "missing for daemon `{}`: link_security \"{}\" needs every daemon's public key",
+                    p.name,
+                    mode.name()
+                ),
+            ));
+        }
+    }
+    Ok(Security {
+        mode,
+        identity,
+        aead,
+        refresh_after: Some(Duration::from_secs(f.refresh_interval_s.unwrap_or(3600).max(1))),
+        refresh_bytes: Some(f.refresh_bytes.unwrap_or(1 << 36).max(1 << 20)),
+    })
 }
 
 fn ring_config(f: &RingFile) -> RingConfig {
@@ -326,6 +559,9 @@ address = "127.0.0.1:4801"
 
 [ring]
 token_timeout_ms = 500
+
+[security]
+link_security = "none"
 "#;
 
     #[test]
@@ -359,11 +595,11 @@ token_timeout_ms = 500
 
         let bad = format!("{GOOD}\n[daemon]\nbackend = \"epoll\"\n");
         let e = DaemonConfig::parse(Path::new("x.toml"), &bad, "a").unwrap_err().to_string();
-        assert!(e.starts_with("x.toml:19: key `daemon.backend`") && e.contains("epoll"), "{e}");
+        assert!(e.starts_with("x.toml:22: key `daemon.backend`") && e.contains("epoll"), "{e}");
 
         let bad = format!("{GOOD}\n[daemon]\nbackend = 3\n");
         let e = DaemonConfig::parse(Path::new("x.toml"), &bad, "a").unwrap_err().to_string();
-        assert!(e.starts_with("x.toml:19:") && e.contains("string"), "{e}");
+        assert!(e.starts_with("x.toml:22:") && e.contains("string"), "{e}");
     }
 
     #[test]
@@ -379,5 +615,74 @@ token_timeout_ms = 500
             let c = DaemonConfig::parse(Path::new("x.toml"), &file, "a").unwrap();
             assert_eq!(c.backend, want);
         }
+    }
+
+    #[test]
+    fn multicast_transport_and_its_errors() {
+        let mc = GOOD.replace(
+            "transport = \"unicast\"",
+            "transport = \"multicast\"\nmulticast_group = \"239.255.42.1:4810\"\nmulticast_ttl = 0",
+        );
+        let c = DaemonConfig::parse(Path::new("x.toml"), &mc, "a").unwrap();
+        let Transport::Multicast(m) = c.transport else { panic!("not multicast: {:?}", c.transport) };
+        assert_eq!(m.group, "239.255.42.1:4810".parse().unwrap());
+        assert_eq!(m.interface, Ipv4Addr::LOCALHOST, "defaults to the daemon's own address");
+        assert_eq!((m.ttl, m.r#loop), (0, true));
+
+        let bad = mc.replace("239.255.42.1:4810", "10.0.0.1:4810");
+        let e = DaemonConfig::parse(Path::new("x.toml"), &bad, "a").unwrap_err().to_string();
+        assert!(e.starts_with("x.toml:4: key `cluster.multicast_group`") && e.contains("multicast"), "{e}");
+
+        let bad = mc.replace("multicast_group = \"239.255.42.1:4810\"\n", "");
+        let e = DaemonConfig::parse(Path::new("x.toml"), &bad, "a").unwrap_err().to_string();
+        assert!(e.starts_with("x.toml:3: key `cluster.multicast_group`") && e.contains("missing"), "{e}");
+
+        let bad = mc.replace("multicast_ttl = 0", "multicast_ttl = 300");
+        let e = DaemonConfig::parse(Path::new("x.toml"), &bad, "a").unwrap_err().to_string();
+        assert!(e.starts_with("x.toml:5: key `cluster.multicast_ttl`"), "{e}");
+
+        let bad = GOOD.replace("transport = \"unicast\"", "transport = \"broadcast\"");
+        let e = DaemonConfig::parse(Path::new("x.toml"), &bad, "a").unwrap_err().to_string();
+        assert!(e.starts_with("x.toml:3: key `cluster.transport`") && e.contains("broadcast"), "{e}");
+    }
+
+    #[test]
+    fn the_ring_core_is_chosen_by_config() {
+        let c = DaemonConfig::parse(Path::new("x.toml"), GOOD, "a").unwrap();
+        assert_eq!(c.ring_core, CorePin::Auto);
+        for (text, want) in
+            [("\"auto\"", CorePin::Auto), ("\"none\"", CorePin::None), ("3", CorePin::Core(3))]
+        {
+            let file = format!("{GOOD}\n[daemon]\nring_core = {text}\n");
+            assert_eq!(DaemonConfig::parse(Path::new("x.toml"), &file, "a").unwrap().ring_core, want);
+        }
+        let bad = format!("{GOOD}\n[daemon]\nring_core = \"fast\"\n");
+        let e = DaemonConfig::parse(Path::new("x.toml"), &bad, "a").unwrap_err().to_string();
+        assert!(e.starts_with("x.toml:22: key `daemon.ring_core`"), "{e}");
+    }
+
+    #[test]
+    fn link_security_defaults_to_encrypt_and_needs_keys() {
+        let secure = GOOD.replace("link_security = \"none\"", "");
+        let e = DaemonConfig::parse(Path::new("x.toml"), &secure, "a").unwrap_err().to_string();
+        assert!(e.contains("key `security.identity`") && e.contains("ringfence keygen daemon a"), "{e}");
+
+        let secure = GOOD.replace("link_security = \"none\"", "identity = \"/keys/{name}.key\"");
+        let e = DaemonConfig::parse(Path::new("x.toml"), &secure, "a").unwrap_err().to_string();
+        assert!(e.starts_with("x.toml:7: key `cluster.daemon.public_key`") && e.contains("`a`"), "{e}");
+
+        let key = "ringfence-daemon-pub";
+        let with_keys = secure
+            .replace("name = \"a\"", &format!("name = \"a\"\npublic_key = \"{}\"", "ab".repeat(32)))
+            .replace("name = \"b\"", &format!("name = \"b\"\npublic_key = \"{key}\""));
+        let e = DaemonConfig::parse(Path::new("x.toml"), &with_keys, "a").unwrap_err().to_string();
+        assert!(e.contains("key `cluster.daemon.public_key`") && e.contains("not a public key"), "{e}");
+
+        let bad = GOOD.replace("link_security = \"none\"", "link_security = \"plaintext\"");
+        let e = DaemonConfig::parse(Path::new("x.toml"), &bad, "a").unwrap_err().to_string();
+        assert!(e.starts_with("x.toml:19: key `security.link_security`") && e.contains("plaintext"), "{e}");
+
+        let c = DaemonConfig::parse(Path::new("x.toml"), GOOD, "a").unwrap();
+        assert_eq!(c.security.mode, LinkMode::None);
     }
 }

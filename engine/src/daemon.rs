@@ -2,13 +2,14 @@
 //! backends of `crate::backend` (io_uring or portable).
 
 use crate::backend::{self, Backend};
-use crate::config::DaemonConfig;
-use crate::session::{self, ClientOut, RING_QUEUE, ToRing, Waker};
+use crate::config::{CorePin, DaemonConfig, Multicast, Transport};
+use crate::session::{ClientOut, Encoder, RING_QUEUE, SessionConfig, Sessions, ToRing, Waker};
 use crate::state::State;
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, bounded};
 use ringfence_proto::groups::{Cause, ClientEvent, ClientGroups, ClientId, GroupKind, GroupsError, Submit};
 use ringfence_proto::ring::{ConfigKind, Dest, Event, SubmitError};
+use ringfence_proto::security::{LinkMode, SecurityConfig};
 use ringfence_proto::wire::client::{
     self as cp, CLIENT_VERSION, ClientFrame, DaemonFrame, ErrorCode, Limits, RefuseCode, ViewCause, ViewKind,
 };
@@ -55,11 +56,17 @@ pub struct Daemon {
     groups: ClientGroups,
     requests: Receiver<ToRing>,
     clients: HashMap<u64, ClientOut>,
+    /// The session threads, woken once per turn when given frames.
+    sessions: Sessions,
+    /// Encodes frames for clients once, into buffers shared by receivers.
+    encoder: Encoder,
     waker: SocketAddr,
     /// A group message the ring refused for backpressure, retried first.
     held: Option<Submit>,
     limits: Limits,
     status_at: Instant,
+    /// The multicast group `Dest::All` goes to (multicast transport).
+    group: Option<SocketAddr>,
 }
 
 impl Daemon {
@@ -72,22 +79,40 @@ impl Daemon {
         let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
         let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
         socket.bind(&addr.into())?;
-        let socket: UdpSocket = socket.into();
+        let mut sockets = vec![];
+        if let Transport::Multicast(m) = cfg.transport {
+            // Sends (to the group too) leave from the unicast socket, so a
+            // datagram's source is the sender's configured address.
+            socket.set_multicast_if_v4(&m.interface)?;
+            socket.set_multicast_ttl_v4(m.ttl)?;
+            socket.set_multicast_loop_v4(m.r#loop)?;
+            sockets.push(socket.into());
+            sockets.push(multicast_socket(&m)?);
+            info!(group = %m.group, interface = %m.interface, ttl = m.ttl, "IP multicast transport");
+        } else {
+            sockets.push(socket.into());
+        }
+        let local = sockets[0].local_addr()?;
         let state = State::start(&cfg.state_dir)?;
         let start = Instant::now();
-        let node = Node::new(cfg.ring.clone(), cfg.me.id, Time::ZERO, state.incarnation())
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+        let security = security_config(&cfg, state.incarnation)?;
+        let node =
+            Node::with_security(cfg.ring.clone(), cfg.me.id, Time::ZERO, state.incarnation(), security)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         let limits = Limits::default();
         let (to_ring, requests) = bounded::<ToRing>(RING_QUEUE);
-        let local = socket.local_addr()?;
-        let backend = backend::open(cfg.backend, socket, cfg.ring.mtu)?;
+        let backend = backend::open(cfg.backend, sockets, cfg.ring.mtu)?;
         let waker = Waker::new(local)?;
         let waker_addr = waker.address()?;
-        let sessions = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        if let Some(addr) = cfg.client_tcp {
-            session::listen_tcp(addr, to_ring.clone(), &waker, limits, &sessions)?;
-        }
-        session::listen(&cfg.client_socket, to_ring, &waker, limits, &sessions)?;
+        let cores = core_affinity::get_core_ids().map_or(0, |c| c.len());
+        let sessions = Sessions::start(SessionConfig {
+            unix: &cfg.client_socket,
+            tcp: cfg.client_tcp,
+            to_ring,
+            waker: &waker,
+            limits,
+            ring_core: ring_core(cfg.ring_core, cfg.me.id.0, cores),
+        })?;
         let groups = ClientGroups::new(cfg.me.id);
         info!(
             daemon = %cfg.me.name,
@@ -98,6 +123,10 @@ impl Daemon {
             "daemon started"
         );
         Ok(Self {
+            group: match cfg.transport {
+                Transport::Multicast(m) => Some(SocketAddr::V4(m.group)),
+                Transport::Unicast => None,
+            },
             cfg,
             node,
             backend,
@@ -107,6 +136,8 @@ impl Daemon {
             groups,
             requests,
             clients: HashMap::new(),
+            sessions,
+            encoder: Encoder::new(limits),
             waker: waker_addr,
             held: None,
             limits,
@@ -130,6 +161,7 @@ impl Daemon {
 
     /// Runs until `stop` is set.
     pub fn run(&mut self, stop: &Arc<AtomicBool>) -> io::Result<()> {
+        self.pin();
         while !stop.load(Ordering::Relaxed) {
             self.flush();
             if self.status_at.elapsed() >= STATUS_INTERVAL {
@@ -155,6 +187,21 @@ impl Daemon {
         Ok(())
     }
 
+    /// Pins the calling thread (the ring thread) to the core `[daemon]
+    /// ring_core` names.
+    fn pin(&self) {
+        let cores = core_affinity::get_core_ids().unwrap_or_default();
+        let Some(want) = ring_core(self.cfg.ring_core, self.cfg.me.id.0, cores.len()) else { return };
+        match cores.get(want) {
+            Some(&core) if core_affinity::set_for_current(core) => {
+                info!(core = core.id, "ring thread pinned");
+            }
+            _ => {
+                warn!(core = want, available = cores.len(), "could not pin the ring thread; running unpinned")
+            }
+        }
+    }
+
     /// Writes `<state_dir>/status.json` (read by `ringfence monitor`):
     /// membership phase, ring, members, clients and every counter.
     fn write_status(&self) {
@@ -171,6 +218,7 @@ impl Daemon {
             "ring": ring,
             "clients": self.clients.len(),
             "protocol": self.node.stats(),
+            "security": self.node.security_stats(),
             "runtime": self.stats,
             "groups": {
                 "messages_delivered": g.messages_delivered,
@@ -198,6 +246,9 @@ impl Daemon {
             return; // a session has requests for us: handled in `flush`
         }
         stats.received += 1;
+        if from == cfg.me.address {
+            return; // our own multicast datagram, looped back
+        }
         if !cfg.peers.iter().any(|p| p.address == from) {
             stats.unknown_sources += 1;
             return;
@@ -250,7 +301,9 @@ impl Daemon {
                             max_payload: self.limits.max_payload,
                             max_groups: self.limits.max_groups,
                         };
-                        out.send(DaemonFrame::Welcome(welcome));
+                        if let Some(b) = self.encoder.frame(&DaemonFrame::Welcome(welcome)) {
+                            out.send(b);
+                        }
                         self.clients.insert(id, out);
                     }
                     Err(e) => {
@@ -259,7 +312,10 @@ impl Daemon {
                             GroupsError::TooManyClients => RefuseCode::TooManyClients,
                             _ => RefuseCode::ProtocolViolation,
                         };
-                        out.send(DaemonFrame::Refused { code, text: e.to_string() });
+                        let refused = DaemonFrame::Refused { code, text: e.to_string() };
+                        if let Some(b) = self.encoder.frame(&refused) {
+                            out.send_last(b);
+                        }
                     }
                 }
             }
@@ -286,26 +342,31 @@ impl Daemon {
                         _ => ErrorCode::Other(0),
                     };
                     if let Some(out) = self.clients.get(&id) {
-                        out.send(DaemonFrame::Error { code, text: e.to_string() });
+                        let error = DaemonFrame::Error { code, text: e.to_string() };
+                        if let Some(b) = self.encoder.frame(&error) {
+                            out.send(b);
+                        }
                     }
                 }
             }
         }
     }
 
-    /// Gives a client event to its session; a client whose queue is full is
-    /// disconnected (its session says why).
+    /// Gives a client event to its session thread, encoded: a message once
+    /// for all the local clients it goes to in a row (one shared buffer). A
+    /// client whose queue is full is disconnected by its session thread,
+    /// which says why and sends `ToRing::Gone`.
     fn deliver_to_client(&mut self, id: ClientId, ev: ClientEvent) {
         let Some(out) = self.clients.get(&id.0) else { return };
         let frame = match ev {
             ClientEvent::Message { sender, groups, service, msg_type, payload } => {
-                DaemonFrame::Message(cp::Message {
-                    sender: sender.to_string(),
-                    groups: groups.iter().map(|g| String::from_utf8_lossy(g).into_owned()).collect(),
-                    service,
-                    msg_type,
-                    payload,
-                })
+                let Some(b) = self.encoder.message(&sender, &groups, service, msg_type, &payload) else {
+                    return;
+                };
+                if !out.send(b) {
+                    self.session_gone(id);
+                }
+                return;
             }
             ClientEvent::Membership { group, view_id, members, cause, kind } => {
                 DaemonFrame::Membership(cp::Membership {
@@ -342,11 +403,18 @@ impl Daemon {
             },
             ClientEvent::Left { .. } => return,
         };
-        if !out.send(frame) {
-            warn!(client = id.0, "slow consumer: disconnecting");
-            self.clients.remove(&id.0);
-            let _ = self.groups.disconnect(id);
+        let Some(b) = self.encoder.frame(&frame) else { return };
+        if !out.send(b) {
+            self.session_gone(id);
         }
+    }
+
+    /// The client's session thread is gone (the daemon is stopping): forget
+    /// the client.
+    fn session_gone(&mut self, id: ClientId) {
+        warn!(client = id.0, "client session thread gone; disconnecting");
+        self.clients.remove(&id.0);
+        let _ = self.groups.disconnect(id);
     }
 
     /// Sends what the core produced and logs what it delivered.
@@ -363,9 +431,14 @@ impl Daemon {
                 info!(daemon = %self.cfg.me.name, ring = %c.ring_id, ?members, "{kind} configuration");
             }
         }
+        while let Some(a) = self.node.poll_alert() {
+            warn!(daemon = %self.cfg.me.name, peer = a.peer.0, "{}", a.text);
+        }
         while let Some((id, ev)) = self.groups.poll_client() {
             self.deliver_to_client(id, ev);
         }
+        // One wake-up per session thread for all it was given this turn.
+        self.sessions.wake();
         // Group control produced by the events (state exchange, views).
         self.submit(now);
         // A ring sequence this daemon may announce (in a commit token or a
@@ -379,13 +452,16 @@ impl Daemon {
         }
         while let Some(t) = self.node.poll_transmit() {
             match t.dest {
-                Dest::All => {
-                    for p in &self.cfg.peers {
-                        if p.id != self.cfg.me.id {
-                            self.backend.send(p.address, &t.bytes);
+                Dest::All => match self.group {
+                    Some(group) => self.backend.send(group, &t.bytes),
+                    None => {
+                        for p in &self.cfg.peers {
+                            if p.id != self.cfg.me.id {
+                                self.backend.send(p.address, &t.bytes);
+                            }
                         }
                     }
-                }
+                },
                 Dest::Node(id) => {
                     if let Some(p) = self.cfg.peers.iter().find(|p| p.id == id) {
                         self.backend.send(p.address, &t.bytes);
@@ -398,5 +474,63 @@ impl Daemon {
             warn!(error = %e, backend = self.backend.name(), "sends failed");
         }
         (self.stats.sent, self.stats.send_errors) = self.backend.counters();
+    }
+}
+
+/// The receive socket of the multicast transport: bound to the group's port
+/// (shared with other daemons of this host), joined on the interface.
+fn multicast_socket(m: &Multicast) -> io::Result<UdpSocket> {
+    let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_reuse_address(true)?;
+    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
+    socket.bind(&SocketAddr::V4(m.group).into())?;
+    socket.join_multicast_v4(m.group.ip(), &m.interface)?;
+    Ok(socket.into())
+}
+
+/// The protocol core's security settings from the daemon's config: the
+/// identity file read, every peer's public key, a fresh seed from the
+/// operating system.
+fn security_config(cfg: &DaemonConfig, incarnation: u32) -> io::Result<SecurityConfig> {
+    let s = &cfg.security;
+    let identity = match (&s.identity, s.mode) {
+        (_, LinkMode::None) | (None, _) => None,
+        (Some(path), _) => {
+            let id = ringfence_crypto::identity::load_secret(path)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+            if cfg.me.public_key.as_ref().is_some_and(|k| *k != id.public()) {
+                warn!(
+                    identity = %path.display(),
+                    "this daemon's secret key does not match its public_key in the cluster config: \
+                     the other daemons will reject its datagrams"
+                );
+            }
+            Some(Arc::new(id))
+        }
+    };
+    let peers = cfg.peers.iter().filter_map(|p| Some((p.id, p.public_key?))).collect();
+    let mut seed = [0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::rng(), &mut seed);
+    Ok(SecurityConfig {
+        mode: s.mode,
+        identity,
+        peers,
+        aead: s.aead,
+        refresh_after: s.refresh_after,
+        refresh_bytes: s.refresh_bytes,
+        seed,
+        incarnation,
+    })
+}
+
+/// The index (in `core_affinity::get_core_ids()`) of the core the ring thread
+/// of daemon `id` is pinned to under `pin`, on a machine with `cores` cores;
+/// `None` when it is not pinned. The session threads take the other cores.
+pub(crate) fn ring_core(pin: CorePin, id: u16, cores: usize) -> Option<usize> {
+    match pin {
+        CorePin::None => None,
+        CorePin::Core(i) => Some(i),
+        CorePin::Auto if cores < 2 => None,
+        CorePin::Auto => Some(usize::from(id) % cores),
     }
 }

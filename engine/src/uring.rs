@@ -5,11 +5,15 @@
 //!   queue; `flush_sends` submits every entry of one flush with one
 //!   `io_uring_enter`. A slot returns to the free list only when its
 //!   completion is reaped, so the kernel never sees freed or reused memory.
-//! - **Receives.** One multishot `RecvMsg` into a provided-buffer ring: the
-//!   kernel picks a buffer per datagram and writes the source address, the
-//!   header and the payload into it; the buffer goes back to the ring after
-//!   the datagram was handed to the daemon. Where buffer rings or multishot
-//!   receive are missing, a pool of single-shot `RecvMsg`s is used instead.
+//! - **Receives.** One multishot `RecvMsg` per socket, all into one
+//!   provided-buffer ring: the kernel picks a buffer per datagram and writes
+//!   the source address, the header and the payload into it; the buffer goes
+//!   back to the ring after the datagram was handed to the daemon. A
+//!   multishot receive that ends (buffers ran out) is re-armed on its own
+//!   socket. Where buffer rings or multishot receive are missing, a pool of
+//!   single-shot `RecvMsg`s (`POOL` per socket) is used instead.
+//! - **Sockets.** `sockets[0]` sends and receives; the others (a multicast
+//!   group's socket) only receive.
 //! - **Waiting.** `io_uring_enter` with a timeout (`EXT_ARG`): it returns at
 //!   the first completion or when the timeout expires.
 //!
@@ -36,7 +40,7 @@ const SQ_ENTRIES: u32 = 256;
 const CQ_ENTRIES: u32 = 4096;
 /// Send slots at most; past that a send waits for a completion.
 const MAX_SENDS: usize = 4096;
-/// Single-shot receives kept armed in the fallback pool.
+/// Single-shot receives kept armed per socket in the fallback pool.
 const POOL: usize = 32;
 /// Buffer group id of the provided-buffer ring.
 const BGID: u16 = 0x7266;
@@ -45,8 +49,11 @@ const RING_BYTES: usize = 4 << 20;
 /// How long `drop` waits for the kernel to finish with our memory.
 const QUIESCE: Duration = Duration::from_secs(2);
 
-/// What a completion belongs to: the top byte of its `user_data`.
+/// What a completion belongs to: the top byte of its `user_data`; the
+/// other bits are an index (send slot, socket of a multishot receive, pool
+/// slot).
 const KIND_SHIFT: u32 = 56;
+const INDEX_MASK: u64 = (1 << KIND_SHIFT) - 1;
 const K_SEND: u64 = 1;
 const K_MULTI: u64 = 2;
 const K_ONE: u64 = 3;
@@ -54,6 +61,11 @@ const K_CANCEL: u64 = 4;
 
 const fn tag(kind: u64, index: usize) -> u64 {
     (kind << KIND_SHIFT) | index as u64
+}
+
+/// The index bits of a `user_data`.
+const fn index_of(user_data: u64) -> usize {
+    (user_data & INDEX_MASK) as usize
 }
 
 /// Room for any socket address the kernel writes (`sockaddr_storage`).
@@ -80,6 +92,8 @@ struct SendOp {
 
 /// One single-shot receive of the fallback pool.
 struct RecvOne {
+    /// Index of the socket it receives on.
+    socket: usize,
     msg: libc::msghdr,
     iov: libc::iovec,
     name: NameBuf,
@@ -188,9 +202,19 @@ impl BufRing {
     }
 }
 
+/// The multishot receive of one socket.
+struct MultiArm {
+    /// Boxed: the kernel reads it while the receive is armed.
+    msg: Box<libc::msghdr>,
+    armed: bool,
+}
+
 enum Recv {
-    /// Multishot receive into a buffer ring.
-    Multi { bufs: BufRing, msg: Box<libc::msghdr>, armed: bool, received: bool },
+    /// Multishot receives (one per socket, same index) into one buffer ring.
+    /// `received`: some datagram arrived (multishot works here); `refused`:
+    /// the kernel refused multishot receive, switch to the pool once no
+    /// receive is armed.
+    Multi { bufs: BufRing, arms: Vec<MultiArm>, received: bool, refused: bool },
     /// Single-shot receives (kernels without buffer rings or multishot).
     #[expect(clippy::vec_box, reason = "the kernel holds pointers into each slot: its address must not move")]
     Pool(Vec<Box<RecvOne>>),
@@ -210,7 +234,8 @@ struct Done {
 pub(crate) struct Uring {
     // Declared first: dropped before the memory below.
     ring: IoUring,
-    socket: UdpSocket,
+    /// `sockets[0]` sends and receives, the others only receive.
+    sockets: Vec<UdpSocket>,
     /// Boxed: in-flight slots must keep their address when the vector grows.
     #[expect(
         clippy::vec_box,
@@ -220,6 +245,8 @@ pub(crate) struct Uring {
     free_sends: Vec<usize>,
     sends_in_flight: usize,
     recv: Recv,
+    /// Entries `arm` is about to push (kept to reuse its allocation).
+    arming: Vec<squeue::Entry>,
     ready: Vec<Done>,
     max_datagram: usize,
     sent: u64,
@@ -235,7 +262,7 @@ impl std::fmt::Debug for Uring {
             Recv::Gone => "gone",
         };
         f.debug_struct("Uring")
-            .field("socket", &self.socket)
+            .field("sockets", &self.sockets)
             .field("recv", &recv)
             .field("sends_in_flight", &self.sends_in_flight)
             .finish_non_exhaustive()
@@ -243,14 +270,16 @@ impl std::fmt::Debug for Uring {
 }
 
 impl Uring {
-    /// Sets up io_uring on `socket`; `max_datagram` is the largest datagram
-    /// expected (a larger one is dropped).
-    pub(crate) fn new(socket: UdpSocket, max_datagram: usize) -> io::Result<Self> {
-        Self::with_receive(socket, max_datagram, false)
+    /// Sets up io_uring on `sockets` (`sockets[0]` sends and receives, the
+    /// others only receive); `max_datagram` is the largest datagram expected
+    /// (a larger one is dropped).
+    pub(crate) fn new(sockets: Vec<UdpSocket>, max_datagram: usize) -> io::Result<Self> {
+        Self::with_receive(sockets, max_datagram, false)
     }
 
     /// As `new`; `pool` forces the single-shot receive pool.
-    pub(crate) fn with_receive(socket: UdpSocket, max_datagram: usize, pool: bool) -> io::Result<Self> {
+    pub(crate) fn with_receive(sockets: Vec<UdpSocket>, max_datagram: usize, pool: bool) -> io::Result<Self> {
+        crate::backend::check_sockets(&sockets)?;
         let ring = IoUring::builder()
             .setup_cqsize(CQ_ENTRIES)
             .setup_coop_taskrun()
@@ -268,11 +297,12 @@ impl Uring {
         let max_datagram = max_datagram.clamp(64, 65_535);
         let mut me = Self {
             ring,
-            socket,
+            sockets,
             sends: Vec::new(),
             free_sends: Vec::new(),
             sends_in_flight: 0,
             recv: Recv::Gone,
+            arming: Vec::new(),
             ready: Vec::new(),
             max_datagram,
             sent: 0,
@@ -322,16 +352,22 @@ impl Uring {
         };
         bufs.registered = true;
         bufs.publish();
-        let mut msg = Box::new(empty_msghdr());
-        msg.msg_namelen = NAME_LEN;
-        Ok(Recv::Multi { bufs, msg, armed: false, received: false })
+        let arms = (0..self.sockets.len())
+            .map(|_| {
+                let mut msg = Box::new(empty_msghdr());
+                msg.msg_namelen = NAME_LEN;
+                MultiArm { msg, armed: false }
+            })
+            .collect();
+        Ok(Recv::Multi { bufs, arms, received: false, refused: false })
     }
 
     fn pool(&self) -> Recv {
         Recv::Pool(
-            (0..POOL)
-                .map(|_| {
+            (0..POOL * self.sockets.len())
+                .map(|i| {
                     Box::new(RecvOne {
+                        socket: i / POOL,
                         msg: empty_msghdr(),
                         iov: libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 },
                         name: NameBuf([0; 128]),
@@ -373,16 +409,23 @@ impl Uring {
         Ok(())
     }
 
-    /// Arms whatever receive is not armed.
+    /// Arms whatever receive is not armed, on every socket.
     fn arm(&mut self) -> io::Result<()> {
-        let fd = types::Fd(self.socket.as_raw_fd());
-        let mut sqes: Vec<squeue::Entry> = Vec::new();
-        match &mut self.recv {
-            Recv::Multi { msg, armed, .. } if !*armed => {
-                *armed = true;
-                sqes.push(
-                    opcode::RecvMsgMulti::new(fd, &raw const **msg, BGID).build().user_data(tag(K_MULTI, 0)),
-                );
+        let Self { sockets, recv, arming, .. } = self;
+        let fd = |i: usize| types::Fd(sockets[i].as_raw_fd());
+        // Reused: no allocation once it has grown to `POOL * sockets`.
+        let mut sqes = std::mem::take(arming);
+        sqes.clear();
+        match recv {
+            Recv::Multi { arms, refused: false, .. } => {
+                for (i, a) in arms.iter_mut().enumerate().filter(|(_, a)| !a.armed) {
+                    a.armed = true;
+                    sqes.push(
+                        opcode::RecvMsgMulti::new(fd(i), &raw const *a.msg, BGID)
+                            .build()
+                            .user_data(tag(K_MULTI, i)),
+                    );
+                }
             }
             Recv::Pool(slots) => {
                 for (i, s) in slots.iter_mut().enumerate().filter(|(_, s)| !s.armed) {
@@ -394,20 +437,51 @@ impl Uring {
                     s.msg.msg_namelen = NAME_LEN;
                     s.msg.msg_iov = &raw mut s.iov;
                     s.msg.msg_iovlen = 1;
-                    sqes.push(opcode::RecvMsg::new(fd, &raw mut s.msg).build().user_data(tag(K_ONE, i)));
+                    sqes.push(
+                        opcode::RecvMsg::new(fd(s.socket), &raw mut s.msg).build().user_data(tag(K_ONE, i)),
+                    );
                 }
             }
             _ => {}
         }
-        for sqe in &sqes {
-            // SAFETY: the multishot header is boxed in `self.recv` and the
-            // pool's slots are boxed there too; neither is moved, changed or
-            // freed while armed: a slot is rewritten only after its
-            // completion (`armed` false), and `Uring::drop` waits for the
-            // final completions (or leaks the memory).
-            unsafe { self.push(sqe)? };
+        let mut result = Ok(());
+        for (k, sqe) in sqes.iter().enumerate() {
+            // SAFETY: each socket's multishot header is boxed in
+            // `self.recv` and the pool's slots are boxed there too; none is
+            // moved, changed or freed while armed: a header or slot is
+            // rewritten only after its final completion (`armed` false),
+            // `switch_to_pool` drops the headers only when none is armed,
+            // and `Uring::drop` waits for the final completions (or leaks
+            // the memory). The sockets live in `self.sockets` as long.
+            if let Err(e) = unsafe { self.push(sqe) } {
+                // Not queued: nothing refers to these; arm them next time.
+                for sqe in &sqes[k..] {
+                    self.disarm(sqe.get_user_data());
+                }
+                result = Err(e);
+                break;
+            }
         }
-        Ok(())
+        self.arming = sqes;
+        result
+    }
+
+    /// Marks the receive `user_data` names as not armed.
+    fn disarm(&mut self, user_data: u64) {
+        let index = index_of(user_data);
+        match (&mut self.recv, user_data >> KIND_SHIFT) {
+            (Recv::Multi { arms, .. }, K_MULTI) => {
+                if let Some(a) = arms.get_mut(index) {
+                    a.armed = false;
+                }
+            }
+            (Recv::Pool(slots), K_ONE) => {
+                if let Some(s) = slots.get_mut(index) {
+                    s.armed = false;
+                }
+            }
+            _ => {}
+        }
     }
 
     /// Takes every completion: send slots go back to the free list, receive
@@ -418,7 +492,7 @@ impl Uring {
             let user_data = cqe.user_data();
             match user_data >> KIND_SHIFT {
                 K_SEND => {
-                    free_sends.push((user_data & ((1 << KIND_SHIFT) - 1)) as usize);
+                    free_sends.push(index_of(user_data));
                     *sends_in_flight -= 1;
                     if cqe.result() < 0 {
                         *send_errors += 1;
@@ -436,17 +510,17 @@ impl Uring {
     /// their buffers and re-arms what ended.
     fn deliver(&mut self, on_datagram: &mut dyn FnMut(SocketAddr, &[u8])) -> io::Result<()> {
         let mut ready = std::mem::take(&mut self.ready);
-        let mut to_pool = false;
         for d in ready.drain(..) {
-            let index = (d.user_data & ((1 << KIND_SHIFT) - 1)) as usize;
+            let index = index_of(d.user_data);
             match (&mut self.recv, d.user_data >> KIND_SHIFT) {
-                (Recv::Multi { bufs, msg, armed, received }, K_MULTI) => {
+                (Recv::Multi { bufs, arms, received, refused }, K_MULTI) if index < arms.len() => {
+                    let MultiArm { msg, armed } = &mut arms[index];
                     if !cqueue::more(d.flags) {
                         *armed = false;
                     }
                     if d.result < 0 {
                         if d.result == -libc::EINVAL && !*received {
-                            to_pool = true; // no multishot receive here
+                            *refused = true; // no multishot receive here
                         } else if d.result != -libc::ENOBUFS {
                             warn!(error = %io::Error::from_raw_os_error(-d.result), "io_uring: receive failed");
                         }
@@ -489,8 +563,11 @@ impl Uring {
             }
         }
         self.ready = ready;
-        if let Recv::Multi { bufs, .. } = &self.recv {
+        let mut to_pool = false;
+        if let Recv::Multi { bufs, arms, refused, .. } = &self.recv {
             bufs.publish();
+            // Switch only once every socket's multishot receive has ended.
+            to_pool = *refused && arms.iter().all(|a| !a.armed);
         }
         if to_pool {
             self.switch_to_pool();
@@ -499,16 +576,18 @@ impl Uring {
     }
 
     /// The kernel refused multishot receive: unregister the buffer ring and
-    /// use the single-shot pool.
+    /// use the single-shot pool. Called only when no multishot receive is
+    /// armed.
     fn switch_to_pool(&mut self) {
         info!("io_uring: multishot receive unsupported, using single-shot receives");
         let old = std::mem::replace(&mut self.recv, Recv::Gone);
-        if let Recv::Multi { bufs, msg, .. } = old {
-            // The multishot receive has ended (its last completion came
+        if let Recv::Multi { bufs, arms, .. } = old {
+            debug_assert!(arms.iter().all(|a| !a.armed));
+            // Every multishot receive has ended (its last completion came
             // without MORE), so the kernel no longer writes the buffers.
             if self.ring.submitter().unregister_buf_ring(BGID).is_err() {
                 std::mem::forget(bufs); // the kernel may still read the entries
-                std::mem::forget(msg);
+                std::mem::forget(arms);
             }
         }
         self.recv = self.pool();
@@ -517,7 +596,7 @@ impl Uring {
     fn anything_in_flight(&self) -> bool {
         self.sends_in_flight > 0
             || match &self.recv {
-                Recv::Multi { armed, .. } => *armed,
+                Recv::Multi { arms, .. } => arms.iter().any(|a| a.armed),
                 Recv::Pool(slots) => slots.iter().any(|s| s.armed),
                 Recv::Gone => false,
             }
@@ -585,7 +664,7 @@ impl Backend for Uring {
         op.msg.msg_namelen = op.addr.len();
         op.msg.msg_iov = &raw mut op.iov;
         op.msg.msg_iovlen = 1;
-        let sqe = opcode::SendMsg::new(types::Fd(self.socket.as_raw_fd()), &raw const op.msg)
+        let sqe = opcode::SendMsg::new(types::Fd(self.sockets[0].as_raw_fd()), &raw const op.msg)
             .build()
             .user_data(tag(K_SEND, index));
         self.sends_in_flight += 1;
@@ -623,10 +702,12 @@ impl Backend for Uring {
 
 impl Drop for Uring {
     fn drop(&mut self) {
-        // Cancel the receives, then wait until the kernel has finished with
-        // every buffer we lent it.
+        // Cancel the receives on every socket, then wait until the kernel
+        // has finished with every buffer we lent it.
         let cancels: Vec<u64> = match &self.recv {
-            Recv::Multi { armed: true, .. } => vec![tag(K_MULTI, 0)],
+            Recv::Multi { arms, .. } => {
+                arms.iter().enumerate().filter(|(_, a)| a.armed).map(|(i, _)| tag(K_MULTI, i)).collect()
+            }
             Recv::Pool(slots) => {
                 slots.iter().enumerate().filter(|(_, s)| s.armed).map(|(i, _)| tag(K_ONE, i)).collect()
             }
@@ -643,14 +724,8 @@ impl Drop for Uring {
             let _ = self.enter(Duration::from_millis(50));
             self.reap();
             for d in std::mem::take(&mut self.ready) {
-                match (&mut self.recv, d.user_data >> KIND_SHIFT) {
-                    (Recv::Multi { armed, .. }, K_MULTI) if !cqueue::more(d.flags) => *armed = false,
-                    (Recv::Pool(slots), K_ONE) => {
-                        if let Some(s) = slots.get_mut((d.user_data & ((1 << KIND_SHIFT) - 1)) as usize) {
-                            s.armed = false;
-                        }
-                    }
-                    _ => {}
+                if !cqueue::more(d.flags) {
+                    self.disarm(d.user_data);
                 }
             }
         }
@@ -694,7 +769,7 @@ fn parse_name(name: &[u8]) -> Option<SocketAddr> {
 /// Whether this kernel (and its seccomp policy) lets a process set up the
 /// io_uring backend: a UDP socket on loopback is opened on it and dropped.
 pub fn available() -> bool {
-    UdpSocket::bind("127.0.0.1:0").and_then(|s| Uring::new(s, 2048)).is_ok()
+    UdpSocket::bind("127.0.0.1:0").and_then(|s| Uring::new(vec![s], 2048)).is_ok()
 }
 
 #[cfg(test)]
@@ -704,7 +779,7 @@ mod tests {
     fn exchange(pool: bool) {
         let a = UdpSocket::bind("127.0.0.1:0").unwrap();
         let a_addr = a.local_addr().unwrap();
-        let mut u = Uring::with_receive(a, 1500, pool).unwrap();
+        let mut u = Uring::with_receive(vec![a], 1500, pool).unwrap();
         assert_eq!(u.receive_mode(), if pool { "pool" } else { "multishot" });
         let b = UdpSocket::bind("127.0.0.1:0").unwrap();
         let b_addr = b.local_addr().unwrap();
@@ -767,6 +842,34 @@ mod tests {
     #[test]
     fn single_shot_pool_receive_and_batched_sends() {
         exchange(true);
+    }
+
+    fn two_sockets(pool: bool) {
+        crate::backend::tests::two_sockets(|s| {
+            let u = Uring::with_receive(s, 1500, pool).unwrap();
+            assert_eq!(u.receive_mode(), if pool { "pool" } else { "multishot" });
+            Box::new(u)
+        });
+    }
+
+    #[test]
+    fn multishot_receive_on_two_sockets() {
+        two_sockets(false);
+    }
+
+    #[test]
+    fn single_shot_pool_receive_on_two_sockets() {
+        two_sockets(true);
+    }
+
+    #[test]
+    fn multishot_multicast_on_loopback() {
+        crate::backend::tests::multicast(|s| Box::new(Uring::with_receive(s, 1500, false).unwrap()));
+    }
+
+    #[test]
+    fn single_shot_pool_multicast_on_loopback() {
+        crate::backend::tests::multicast(|s| Box::new(Uring::with_receive(s, 1500, true).unwrap()));
     }
 
     #[test]

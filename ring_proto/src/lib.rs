@@ -30,6 +30,7 @@
 pub mod groups;
 mod node;
 pub mod ring;
+pub mod security;
 pub mod sim;
 mod time;
 pub mod wire;

@@ -25,6 +25,7 @@ use crate::ring::{
     Config, ConfigError, ConfigKind, Configuration, Delivery, Dest, Event, Outboxes, Pending, Ring, Stats,
     SubmitError, Transmit,
 };
+use crate::security::{Agreement, KeyId, Link, LinkMode, Reject, SecurityConfig, SecurityStats};
 use crate::wire::{
     Beacon, CommitToken, Datagram, ENTRY_EMPTY, ENTRY_FRESH, Groups, Join, MsgId, NodeId, OldRing, RingId,
     Service,
@@ -117,6 +118,69 @@ struct Quarantine {
     backoff: Duration,
 }
 
+/// A security alert for the runtime's log (rate-limited per kind and peer).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Alert {
+    /// The daemon the datagram claimed to come from.
+    pub peer: NodeId,
+    /// What was wrong.
+    pub text: String,
+}
+
+/// How often one kind of alert about one peer is repeated.
+const ALERT_EVERY: Duration = Duration::from_secs(10);
+
+/// The security state of a node.
+#[derive(Debug)]
+struct Sec {
+    cfg: SecurityConfig,
+    link: Link,
+    /// The key agreement (absent in mode `none`).
+    agreement: Option<Agreement>,
+    stats: SecurityStats,
+    /// The regular configuration held back from the clients until its key
+    /// is agreed.
+    pending: Option<Configuration>,
+    /// Switch sealing to this key once packet `seq` of ring `ring` is
+    /// stable (every member holds it, so every member holds the key).
+    switch_at: Option<(RingId, u64, KeyId)>,
+    /// The newest key of our ring that every member is known to hold: one
+    /// this daemon switched to (stable), or one a member sealed with. Every
+    /// datagram of the ring goes sealed with it, and recovered packets of
+    /// the ring travel through the next one sealed with it.
+    ring_key: Option<(RingId, KeyId, u64)>,
+    /// Link keys derived here: id, ring, epoch (newest last, bounded).
+    derived: VecDeque<(KeyId, RingId, u64)>,
+    changed_at: Time,
+    agreed_at: Time,
+    bytes_under_key: u64,
+    refresh_asked: bool,
+    alerts: VecDeque<Alert>,
+    alerted: BTreeMap<(u8, NodeId), Time>,
+}
+
+impl Sec {
+    /// Whether a refresh may be asked for in ring `ring_id` now: its key is
+    /// agreed, no run is going on and none was asked for.
+    fn refresh_possible(&self, ring_id: RingId) -> bool {
+        !self.refresh_asked
+            && self
+                .agreement
+                .as_ref()
+                .is_some_and(|a| !a.running() && a.key().is_some_and(|k| k.ring_id == ring_id))
+    }
+
+    fn alert(&mut self, now: Time, kind: u8, peer: NodeId, text: impl FnOnce() -> String) {
+        let last = self.alerted.entry((kind, peer)).or_insert(Time::ZERO);
+        if *last == Time::ZERO || now.saturating_since(*last) >= ALERT_EVERY {
+            *last = now.max(Time::from_nanos(1));
+            if self.alerts.len() < 64 {
+                self.alerts.push_back(Alert { peer, text: text() });
+            }
+        }
+    }
+}
+
 /// One daemon's protocol state machine. See the module docs for the calling
 /// contract.
 #[derive(Debug)]
@@ -140,6 +204,11 @@ pub struct Node {
     quarantine: BTreeMap<NodeId, Quarantine>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
+    /// Link security and the servers' key agreement (absent: plain datagrams
+    /// without any outer layer, for ordering tests and the plain simulator).
+    sec: Option<Box<Sec>>,
+    /// The latest time given to a `handle_*` call.
+    now: Time,
     /// Counters of rings that ended, and of the node itself.
     retired: Stats,
 }
@@ -156,6 +225,83 @@ impl Node {
         node.enter_gather(now, BTreeSet::new(), BTreeSet::new());
         node.retired.membership_changes = 0;
         Ok(node)
+    }
+
+    /// A daemon with link security and the servers' key agreement: every
+    /// datagram goes through [`crate::security::link`], and each regular
+    /// configuration reaches [`Node::poll_event`] only once its server key
+    /// is agreed (mode `none`: at once, as with [`Node::new`]).
+    pub fn with_security(
+        cfg: Config,
+        id: NodeId,
+        now: Time,
+        inc: Incarnation,
+        sec: SecurityConfig,
+    ) -> Result<Self, ConfigError> {
+        if sec.mode != LinkMode::None && (sec.identity.is_none() || !sec.peers.contains_key(&id)) {
+            return Err(ConfigError {
+                field: "security",
+                reason: "a secure mode needs this daemon's identity and public key",
+            });
+        }
+        let mut node = Self::new(cfg, id, now, inc)?;
+        let link = Link::new(
+            id,
+            sec.mode,
+            sec.digest(),
+            sec.identity.clone(),
+            sec.peers.clone(),
+            sec.aead,
+            sec.incarnation,
+        );
+        let agreement = match (&sec.identity, sec.mode) {
+            (Some(identity), LinkMode::Encrypt | LinkMode::Authenticate) => {
+                Some(Agreement::new(id, identity.clone(), sec.peers.clone(), sec.seed))
+            }
+            _ => None,
+        };
+        let stats = SecurityStats { mode: sec.mode, ..SecurityStats::default() };
+        node.sec = Some(Box::new(Sec {
+            cfg: sec,
+            link,
+            agreement,
+            stats,
+            pending: None,
+            switch_at: None,
+            ring_key: None,
+            derived: VecDeque::new(),
+            changed_at: now,
+            agreed_at: now,
+            bytes_under_key: 0,
+            refresh_asked: false,
+            alerts: VecDeque::new(),
+            alerted: BTreeMap::new(),
+        }));
+        // The first datagrams (joins) were queued plain by `new`: wrap them.
+        Ok(node)
+    }
+
+    /// Security counters (`None` without link security).
+    pub fn security_stats(&self) -> Option<&SecurityStats> {
+        self.sec.as_ref().map(|s| &s.stats)
+    }
+
+    /// The next security alert for the log.
+    pub fn poll_alert(&mut self) -> Option<Alert> {
+        self.sec.as_mut()?.alerts.pop_front()
+    }
+
+    /// The server key agreed in the current ring: its ring, epoch and link
+    /// key id (the secret itself stays inside).
+    pub fn server_key(&self) -> Option<(RingId, u64, KeyId)> {
+        let k = self.sec.as_ref()?.agreement.as_ref()?.key()?;
+        Some((k.ring_id, k.epoch, k.link))
+    }
+
+    /// The secret server key of the current ring (for deriving client group
+    /// keys).
+    pub fn server_secret(&self) -> Option<&ringfence_crypto::aead::Key32> {
+        Some(&self.sec.as_ref()?.agreement.as_ref()?.key()?.key)
     }
 
     /// A daemon already operational in the ring `ring_id` of `members` (all
@@ -203,6 +349,8 @@ impl Node {
             quarantine: BTreeMap::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
+            sec: None,
+            now,
             retired: Stats::default(),
         }
     }
@@ -300,10 +448,23 @@ impl Node {
     /// The next datagram to send.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         // The rings' own queues are read in place: no move per datagram.
-        self.transmits
-            .pop_front()
-            .or_else(|| self.ring.as_mut().and_then(Ring::poll_transmit))
-            .or_else(|| self.next.as_mut().and_then(Ring::poll_transmit))
+        // Only the current ring's own packets and tokens go sealed: membership
+        // messages (joins, commit tokens, beacons) reach daemons outside it,
+        // and the next ring has no key yet. Those are signed.
+        let (t, ring_own) = if let Some(t) = self.transmits.pop_front() {
+            (t, false)
+        } else if let Some(t) = self.ring.as_mut().and_then(Ring::poll_transmit) {
+            (t, true)
+        } else {
+            (self.next.as_mut().and_then(Ring::poll_transmit)?, false)
+        };
+        match &mut self.sec {
+            None => Some(t),
+            Some(sec) => {
+                let bytes = sec.link.seal(&t.bytes, ring_own, &mut sec.stats);
+                Some(Transmit { dest: t.dest, bytes })
+            }
+        }
     }
 
     /// The next delivery or configuration event.
@@ -314,14 +475,167 @@ impl Node {
         // In operation the ring's deliveries are read in place (no move per
         // message); during a change `pump` orders them among configurations.
         if matches!(self.state, State::Operational) {
-            let r = self.ring.as_mut()?;
-            while let Some(d) = r.poll_delivery() {
-                if !d.service.is_control() {
+            loop {
+                let d = self.ring.as_mut()?.poll_delivery()?;
+                if d.service == Service::KeyAgreement {
+                    self.key_message(&d);
+                    if let Some(e) = self.events.pop_front() {
+                        return Some(e);
+                    }
+                } else if !d.service.is_control() {
+                    if let Some(sec) = &mut self.sec {
+                        if sec.pending.is_some() {
+                            // Nothing but key agreement may precede the key.
+                            sec.stats.bad_agreement_messages += 1;
+                            continue;
+                        }
+                        sec.bytes_under_key += d.payload.len() as u64;
+                    }
                     return Some(Event::Deliver(d));
                 }
             }
         }
         None
+    }
+
+    /// Whether key agreement messages must be taken off the ring as they
+    /// arrive (a run in progress), rather than when the owner polls.
+    fn agreeing(&self) -> bool {
+        self.sec.as_ref().is_some_and(|s| s.agreement.as_ref().is_some_and(Agreement::running))
+    }
+
+    /// Moves the current ring's deliveries into the event queue, acting on
+    /// key agreement messages on the way (during a run only).
+    fn pump_keys(&mut self) {
+        while self.agreeing() && matches!(self.state, State::Operational) {
+            let Some(d) = self.ring.as_mut().and_then(Ring::poll_delivery) else { break };
+            if d.service == Service::KeyAgreement {
+                self.key_message(&d);
+            } else if !d.service.is_control() {
+                if let Some(sec) = self.sec.as_mut().filter(|s| s.pending.is_some()) {
+                    sec.stats.bad_agreement_messages += 1;
+                    continue;
+                }
+                self.events.push_back(Event::Deliver(d));
+            }
+        }
+        self.check_switch();
+    }
+
+    /// Acts on one delivered key agreement message.
+    fn key_message(&mut self, d: &Delivery) {
+        let now = self.now;
+        let Some(sec) = self.sec.as_mut() else { return };
+        let Some(agreement) = sec.agreement.as_mut() else { return };
+        let out = match agreement.handle(d.ring_id, d.id.origin, &d.payload) {
+            Ok(out) => out,
+            Err(why) => {
+                sec.stats.bad_agreement_messages += 1;
+                let origin = d.id.origin;
+                sec.alert(now, 0xA0, origin, || {
+                    format!("key agreement message from daemon {origin} rejected: {why}")
+                });
+                return;
+            }
+        };
+        for env in out.send {
+            self.push_ctl(Service::KeyAgreement, env);
+        }
+        if out.agreed {
+            let Some(sec) = self.sec.as_mut() else { return };
+            let Some(agreement) = sec.agreement.as_ref() else { return };
+            let (Some(k), Some(link_key)) = (agreement.key(), agreement.link_key()) else { return };
+            let (ring_id, epoch, kid) = (k.ring_id, k.epoch, k.link);
+            sec.link.add_key(&link_key);
+            if sec.derived.len() == 8 {
+                sec.derived.pop_front();
+            }
+            sec.derived.push_back((kid, ring_id, epoch));
+            sec.switch_at = Some((ring_id, d.ring_seq, kid));
+            sec.stats.keys_agreed += 1;
+            sec.stats.epoch = epoch;
+            sec.stats.rekeyed_at_ns = Some(now.as_nanos());
+            sec.agreed_at = now;
+            sec.bytes_under_key = 0;
+            sec.refresh_asked = false;
+            if let Some(c) = sec.pending.take() {
+                sec.stats.last_agreement_ns = Some(now.saturating_since(sec.changed_at).as_nanos() as u64);
+                // Client messages wait until datagrams go sealed (below).
+                self.events.push_back(Event::Configuration(c));
+            }
+            self.check_switch();
+        }
+    }
+
+    /// Seals with the newest key once every member holds it.
+    fn check_switch(&mut self) {
+        let Some(sec) = self.sec.as_mut() else { return };
+        let Some((ring_id, seq, kid)) = sec.switch_at else { return };
+        let Some(r) = self.ring.as_ref().filter(|r| r.ring_id() == ring_id) else { return };
+        if matches!(self.state, State::Operational) && r.stable() >= seq {
+            sec.switch_at = None;
+            self.adopt(kid);
+        }
+    }
+
+    /// Key `kid` is held by every member of its ring (it became stable here,
+    /// or a member sealed a datagram with it): if it is our ring's and newer
+    /// than the key in use, seal with it from now on.
+    fn adopt(&mut self, kid: KeyId) {
+        let Some(sec) = self.sec.as_mut() else { return };
+        let Some(&(_, ring_id, epoch)) = sec.derived.iter().find(|(k, _, _)| *k == kid) else { return };
+        let Some(r) = self.ring.as_ref().filter(|r| r.ring_id() == ring_id) else { return };
+        if !matches!(self.state, State::Operational)
+            || sec.ring_key.is_some_and(|(rk, _, e)| rk == ring_id && e >= epoch)
+        {
+            return;
+        }
+        let _ = r;
+        sec.link.send_with(Some(kid));
+        sec.ring_key = Some((ring_id, kid, epoch));
+        sec.stats.link_key = Some(kid.to_string());
+        if sec.switch_at.is_some_and(|(_, _, k)| k == kid) {
+            sec.switch_at = None;
+        }
+        if !self.out.user_allowed {
+            // Client messages of this ring go sealed from the start.
+            self.out.user_allowed = true;
+            let now = self.now;
+            if let Some(r) = &mut self.ring {
+                r.wake(now);
+            }
+        }
+    }
+
+    /// Queues a control message on the current ring.
+    fn push_ctl(&mut self, service: Service, payload: Bytes) {
+        let msg_seq = self.next_ctl_seq;
+        self.next_ctl_seq += 1;
+        self.out.ctl.push(Pending { msg_seq, service, groups: Groups::none(), payload, sent: 0 });
+        let now = self.now;
+        if let Some(r) = &mut self.ring {
+            r.wake(now);
+        }
+    }
+
+    /// The representative asks for a refresh when the policy says so.
+    fn maybe_refresh(&mut self, now: Time) {
+        let Some(r) = self.ring.as_ref().filter(|_| matches!(self.state, State::Operational)) else { return };
+        if r.members()[0] != self.id {
+            return;
+        }
+        let ring_id = r.ring_id();
+        let Some(sec) = self.sec.as_mut() else { return };
+        if !sec.refresh_possible(ring_id)
+            || !crate::security::refresh_due(&sec.cfg, sec.agreed_at, now, sec.bytes_under_key)
+        {
+            return;
+        }
+        let Some(agreement) = sec.agreement.as_ref() else { return };
+        sec.refresh_asked = true;
+        sec.stats.refreshes += 1;
+        let env = agreement.refresh_request(ring_id);
+        self.push_ctl(Service::KeyAgreement, env);
     }
 
     /// The next deadline at which [`Node::handle_timeout`] must be called.
@@ -342,6 +656,9 @@ impl Node {
                     }
                     if r.members()[0] == self.id {
                         consider(Some(self.beacon_at));
+                        if let Some(sec) = self.sec.as_ref().filter(|s| s.refresh_possible(r.ring_id())) {
+                            consider(sec.cfg.refresh_after.map(|d| sec.agreed_at + d));
+                        }
                     }
                 }
             }
@@ -360,6 +677,15 @@ impl Node {
 
     /// Handles expired timers.
     pub fn handle_timeout(&mut self, now: Time) {
+        self.now = now;
+        self.timeout(now);
+        if self.sec.is_some() {
+            self.pump_keys();
+            self.maybe_refresh(now);
+        }
+    }
+
+    fn timeout(&mut self, now: Time) {
         if let Some(s) = &mut self.sent_commit {
             if s.deadline <= now {
                 s.deadline = now + self.cfg.token_retransmit;
@@ -414,6 +740,61 @@ impl Node {
     /// datagrams of rings this daemon has no business with, are dropped and
     /// counted.
     pub fn handle_datagram(&mut self, now: Time, bytes: Bytes) {
+        self.now = now;
+        let bytes = match &mut self.sec {
+            None => bytes,
+            Some(sec) => {
+                let peer = NodeId(u16::from_be_bytes([
+                    bytes.get(9).copied().unwrap_or(0xff),
+                    bytes.get(10).copied().unwrap_or(0xff),
+                ]));
+                match sec.link.open(bytes) {
+                    Ok((_, inner, None)) => inner,
+                    Ok((_, inner, Some(kid))) => {
+                        if sec.ring_key.is_none_or(|(_, k, _)| k != kid) {
+                            // A member sealed with it: every member holds it.
+                            self.handle_plain(now, inner);
+                            self.adopt(kid);
+                            if self.sec.is_some() {
+                                self.pump_keys();
+                                self.maybe_refresh(now);
+                            }
+                            return;
+                        }
+                        inner
+                    }
+                    Err(r) => {
+                        sec.stats.count(r);
+                        let mode = sec.cfg.mode.name();
+                        sec.alert(now, r as u8, peer, || match r {
+                            Reject::SettingsMismatch => format!(
+                                "refusing daemon {peer}: its security settings (link_security, public keys) \
+                                 differ from ours (link_security = {mode})"
+                            ),
+                            Reject::UnknownSender => format!("refusing daemon {peer}: no public key for it in the cluster config"),
+                            Reject::BadSignature => format!(
+                                "refusing a datagram claiming to be from daemon {peer}: bad signature (wrong identity?)"
+                            ),
+                            Reject::AuthFailure => format!("dropped a datagram from daemon {peer}: authentication failed"),
+                            Reject::Replay => format!("dropped a replayed datagram from daemon {peer}"),
+                            Reject::UnknownKey => format!("dropped a datagram from daemon {peer}: unknown link key"),
+                            Reject::Malformed => format!("dropped a malformed datagram (claimed sender {peer})"),
+                        });
+                        return;
+                    }
+                }
+            }
+        };
+        self.handle_plain(now, bytes);
+        if self.sec.is_some() {
+            self.pump_keys();
+            self.maybe_refresh(now);
+        }
+    }
+
+    /// The datagram rejected by the link layer, for alerts: the runtime
+    /// calls this with the raw bytes when it wants a log line.
+    fn handle_plain(&mut self, now: Time, bytes: Bytes) {
         match Datagram::decode(bytes.clone()) {
             Ok(Datagram::Data(p)) => {
                 if let Some(n) = self.next.as_mut().filter(|n| n.ring_id() == p.ring_id) {
@@ -494,6 +875,12 @@ impl Node {
 
     fn enter_gather(&mut self, now: Time, mut procs: BTreeSet<NodeId>, mut fails: BTreeSet<NodeId>) {
         self.retired.membership_changes += 1;
+        if let Some(sec) = &mut self.sec {
+            // Membership messages reach daemons outside our ring: signed.
+            sec.link.send_with(None);
+            sec.switch_at = None;
+            sec.changed_at = now;
+        }
         if let Some(r) = &mut self.ring {
             r.stop();
             r.freeze(false);
@@ -790,7 +1177,12 @@ impl Node {
             r.stop();
             r.freeze(true);
             if old_members.len() > 1 {
+                let old_ring = r.ring_id();
                 for raw in r.packets_above(low_aru) {
+                    let raw = match &mut self.sec {
+                        None => raw,
+                        Some(sec) => seal_recovered(sec, old_ring, &raw),
+                    };
                     let msg_seq = self.next_ctl_seq;
                     self.next_ctl_seq += 1;
                     self.out.ctl.push(Pending {
@@ -842,8 +1234,12 @@ impl Node {
             let State::Recovery { rec, .. } = &mut self.state else { break };
             match d.service {
                 Service::Recovered => {
-                    if let Some(r) = &mut self.ring {
-                        r.insert_recovered(d.payload);
+                    let payload = match &self.sec {
+                        None => Some(d.payload),
+                        Some(sec) => open_recovered(sec, d.id.origin, &d.payload),
+                    };
+                    if let (Some(r), Some(payload)) = (&mut self.ring, payload) {
+                        r.insert_recovered(payload);
                         while let Some(d) = r.poll_delivery() {
                             if !d.service.is_control() {
                                 self.events.push_back(Event::Deliver(d));
@@ -856,14 +1252,10 @@ impl Node {
                     if rec.token.members.iter().all(|m| rec.done.contains(m)) {
                         self.install(now);
                         // Whatever the new ring delivered after the last
-                        // marker belongs to the new configuration.
-                        if let Some(r) = &mut self.ring {
-                            while let Some(d) = r.poll_delivery() {
-                                if !d.service.is_control() {
-                                    self.events.push_back(Event::Deliver(d));
-                                }
-                            }
-                        }
+                        // marker belongs to the new configuration: it stays
+                        // in the ring for `poll_event` (after the queued
+                        // configurations), key agreement messages included.
+                        self.pump_keys();
                         break;
                     }
                 }
@@ -895,17 +1287,41 @@ impl Node {
             );
             self.retired.absorb(old.stats());
         }
-        self.events.push_back(Event::Configuration(Configuration {
+        let regular = Configuration {
             kind: ConfigKind::Regular,
             ring_id: rec.token.ring_id,
             members: rec.token.members.clone(),
-        }));
+        };
+        let mut gated = false;
+        if let Some(sec) = &mut self.sec {
+            if let Some(agreement) = &mut sec.agreement {
+                // The clients see the configuration once its key is agreed.
+                let out = agreement.start(regular.ring_id, &regular.members);
+                sec.pending = Some(regular.clone());
+                sec.changed_at = now;
+                gated = true;
+                for env in out.send {
+                    let msg_seq = self.next_ctl_seq;
+                    self.next_ctl_seq += 1;
+                    self.out.ctl.push(Pending {
+                        msg_seq,
+                        service: Service::KeyAgreement,
+                        groups: Groups::none(),
+                        payload: env,
+                        sent: 0,
+                    });
+                }
+            }
+        }
+        if !gated {
+            self.events.push_back(Event::Configuration(regular));
+        }
         for m in &rec.token.members {
             self.quarantine.remove(m);
         }
         self.retired.rings_installed += 1;
         self.ring = Some(next);
-        self.out.user_allowed = true;
+        self.out.user_allowed = !gated;
         self.last_token_at = now;
         self.beacon_at = now + self.cfg.merge_interval;
         if let Some(r) = &mut self.ring {
@@ -913,5 +1329,32 @@ impl Node {
                 r.wake(now);
             }
         }
+    }
+}
+
+/// A recovered packet of `old_ring` for the new ring: sealed under the old
+/// ring's link key when it had one (`1 ‖ blob`), else as it was (`0 ‖ raw`).
+fn seal_recovered(sec: &mut Sec, old_ring: RingId, raw: &[u8]) -> Bytes {
+    if let Some((_, kid, _)) = sec.ring_key.filter(|(r, _, _)| *r == old_ring) {
+        if let Some(blob) = sec.link.seal_blob(kid, raw) {
+            let mut b = Vec::with_capacity(1 + blob.len());
+            b.push(1);
+            b.extend_from_slice(&blob);
+            return Bytes::from(b);
+        }
+    }
+    let mut b = Vec::with_capacity(1 + raw.len());
+    b.push(0);
+    b.extend_from_slice(raw);
+    Bytes::from(b)
+}
+
+/// The old ring's packet inside a recovered message, if this daemon can
+/// open it (a daemon of another old ring cannot, and has no use for it).
+fn open_recovered(sec: &Sec, origin: NodeId, payload: &Bytes) -> Option<Bytes> {
+    match payload.first()? {
+        0 => Some(payload.slice(1..)),
+        1 => sec.link.open_blob(origin, &payload[1..]),
+        _ => None,
     }
 }

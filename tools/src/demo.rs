@@ -6,84 +6,16 @@
 //! merge, measures throughput, stops everything it started, and ends with a
 //! line beginning `demo: ok`.
 
+use crate::cluster::{LocalCluster, Spec};
 use ringfence_client::{Address, Client, Event, Service, ViewCause, ViewKind};
-use std::net::UdpSocket;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::path::Path;
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 const GROUP: &str = "demo";
 const NAMES: [&str; 3] = ["alice", "bob", "carol"];
 /// Every wait of the demo gives up after this long.
 const WAIT: Duration = Duration::from_secs(20);
-
-/// The daemons the demo started; all are killed and reaped when dropped.
-struct Cluster {
-    dir: PathBuf,
-    config: PathBuf,
-    children: Vec<Option<Child>>,
-}
-
-impl Cluster {
-    fn start(n: usize) -> Result<Self, String> {
-        let dir = std::env::temp_dir().join(format!("ringfence-demo-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        let socks: Vec<UdpSocket> = (0..n)
-            .map(|_| UdpSocket::bind("127.0.0.1:0"))
-            .collect::<Result<_, _>>()
-            .map_err(|e| e.to_string())?;
-        let ports: Vec<u16> = socks.iter().filter_map(|s| s.local_addr().ok()).map(|a| a.port()).collect();
-        drop(socks);
-        let mut text = String::from("[cluster]\ntransport = \"unicast\"\n");
-        for (i, p) in ports.iter().enumerate() {
-            text +=
-                &format!("\n[[cluster.daemon]]\nid = {i}\nname = \"d{i}\"\naddress = \"127.0.0.1:{p}\"\n");
-        }
-        text += &format!("\n[paths]\nstate_dir = \"{}/{{name}}\"\n", dir.display());
-        let config = dir.join("cluster.toml");
-        std::fs::write(&config, text).map_err(|e| e.to_string())?;
-        let mut c = Self { dir, config, children: (0..n).map(|_| None).collect() };
-        for i in 0..n {
-            c.spawn(i)?;
-        }
-        Ok(c)
-    }
-
-    fn spawn(&mut self, i: usize) -> Result<(), String> {
-        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-        let log = std::fs::File::create(self.dir.join(format!("d{i}.log"))).map_err(|e| e.to_string())?;
-        let child = Command::new(exe)
-            .args(["daemon", "--config"])
-            .arg(&self.config)
-            .args(["--name", &format!("d{i}")])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .map_err(|e| format!("cannot start daemon d{i}: {e}"))?;
-        self.children[i] = Some(child);
-        Ok(())
-    }
-
-    fn kill(&mut self, i: usize) {
-        if let Some(mut c) = self.children[i].take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn socket(&self, i: usize) -> PathBuf {
-        self.dir.join(format!("d{i}")).join("client.sock")
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for i in 0..self.children.len() {
-            self.kill(i);
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 fn connect(socket: &Path, name: &str) -> Result<Client, String> {
     let deadline = Instant::now() + WAIT;
@@ -129,7 +61,7 @@ fn print_view(who: &str, e: &Event) {
 
 fn run() -> Result<(), String> {
     println!("demo: starting 3 daemons on 127.0.0.1");
-    let mut cluster = Cluster::start(3)?;
+    let mut cluster = LocalCluster::start("demo", &Spec::new(3))?;
     let mut clients: Vec<Client> =
         (0..3).map(|i| connect(&cluster.socket(i), NAMES[i])).collect::<Result<_, _>>()?;
     for c in &mut clients {

@@ -20,14 +20,14 @@
 //! the first send to the last delivery at any receiver. Everything is bounded
 //! by `--timeout`: past it, flood reports what was delivered and fails.
 
+use crate::cluster::{LocalCluster, Spec};
 use clap::{Args, ValueEnum};
 use hdrhistogram::Histogram;
 use ringfence_client::{Address, Client, ClientError, Event, Service};
 use ringfence_engine::DaemonConfig;
 use std::fmt::Write as _;
-use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
@@ -121,114 +121,38 @@ pub(crate) struct FloodArgs {
     /// portable).
     #[arg(long, conflicts_with = "config", default_value = "auto", value_parser = ["auto", "io_uring", "portable"])]
     backend: String,
+    /// Spawned daemons: `unicast` (one datagram per peer) or `multicast`
+    /// (one datagram to an IP multicast group on loopback).
+    #[arg(long, conflicts_with = "config", default_value = "unicast", value_parser = ["unicast", "multicast"])]
+    transport: String,
+    /// Spawned daemons: where each ring thread runs (`auto`: core id mod
+    /// cores, `none`: unpinned, or a core index).
+    #[arg(long, conflicts_with = "config", default_value = "auto")]
+    ring_core: String,
+    /// Spawned daemons: link security between them (`encrypt`,
+    /// `authenticate` or `none`).
+    #[arg(long, conflicts_with = "config", default_value = "encrypt", value_parser = ["encrypt", "authenticate", "none"])]
+    link_security: String,
     /// Give up after this many seconds (setup included), report the shortfall
     /// and fail.
     #[arg(long, value_name = "SECS", default_value_t = 120)]
     timeout: u64,
 }
 
-/// Daemons started by flood: killed, reaped and cleaned up on drop.
-struct Spawned {
-    children: Vec<Child>,
-    dir: PathBuf,
-    keep_dir: bool,
-}
-
-impl Drop for Spawned {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        if self.keep_dir {
-            eprintln!("flood: daemon logs kept in {}", self.dir.display());
-        } else {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
+/// Starts the daemons flood was asked to spawn.
+fn spawn(n: usize, args: &FloodArgs) -> Result<LocalCluster, String> {
+    let mut spec = Spec::new(n);
+    spec.backend.clone_from(&args.backend);
+    spec.transport.clone_from(&args.transport);
+    spec.ring_core.clone_from(&args.ring_core);
+    spec.link_security.clone_from(&args.link_security);
+    if args.no_accelerated {
+        spec.ring.push("accelerated = false".into());
     }
-}
-
-impl Spawned {
-    /// Writes a config for `n` daemons on free loopback ports and starts them.
-    fn start(n: usize, args: &FloodArgs) -> Result<(Self, Vec<PathBuf>), String> {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let dir = std::env::temp_dir().join(format!("ringfence-flood-{}-{nanos:x}", std::process::id()));
-        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        let mut me = Self { children: Vec::new(), dir, keep_dir: false };
-        let socks = (0..n)
-            .map(|_| UdpSocket::bind("127.0.0.1:0"))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| format!("no free UDP port: {e}"))?;
-        let ports = socks
-            .iter()
-            .map(|s| s.local_addr().map(|a| a.port()))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| format!("no free UDP port: {e}"))?;
-        drop(socks);
-        let mut text = format!("[daemon]\nbackend = \"{}\"\n\n[cluster]\n", args.backend);
-        for (i, p) in ports.iter().enumerate() {
-            let _ = write!(
-                text,
-                "\n[[cluster.daemon]]\nid = {i}\nname = \"d{i}\"\naddress = \"127.0.0.1:{p}\"\n"
-            );
-        }
-        text += "\n[ring]\n";
-        if args.no_accelerated {
-            text += "accelerated = false\n";
-        }
-        if args.no_packing {
-            text += "packing = false\n";
-        }
-        let _ = write!(text, "\n[paths]\nstate_dir = \"{}/{{name}}\"\n", me.dir.display());
-        let config = me.dir.join("cluster.toml");
-        std::fs::write(&config, text).map_err(|e| format!("{}: {e}", config.display()))?;
-        let exe = std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?;
-        for i in 0..n {
-            let log_path = me.dir.join(format!("d{i}.log"));
-            let log = std::fs::File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
-            let child = Command::new(&exe)
-                .arg("daemon")
-                .arg("--config")
-                .arg(&config)
-                .args(["--name", &format!("d{i}")])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .map_err(|e| format!("cannot start daemon d{i}: {e}"))?;
-            me.children.push(child);
-        }
-        let sockets = (0..n).map(|i| me.dir.join(format!("d{i}")).join("client.sock")).collect();
-        Ok((me, sockets))
+    if args.no_packing {
+        spec.ring.push("packing = false".into());
     }
-
-    /// CPU time (user and system) the daemons have used so far, in seconds,
-    /// from `/proc` (Linux; in USER_HZ = 100 ticks).
-    fn cpu_seconds(&self) -> Option<f64> {
-        let mut ticks = 0u64;
-        for c in &self.children {
-            let stat = std::fs::read_to_string(format!("/proc/{}/stat", c.id())).ok()?;
-            // Fields after the parenthesised command name: state is field 3,
-            // utime and stime are fields 14 and 15.
-            let rest = stat.rsplit_once(')')?.1;
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            ticks += f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
-        }
-        Some(ticks as f64 / 100.0)
-    }
-
-    /// Fails if a daemon has exited.
-    fn check_alive(&mut self) -> Result<(), String> {
-        for (i, c) in self.children.iter_mut().enumerate() {
-            if let Ok(Some(status)) = c.try_wait() {
-                self.keep_dir = true;
-                return Err(format!("daemon d{i} exited ({status})"));
-            }
-        }
-        Ok(())
-    }
+    LocalCluster::start("flood", &spec)
 }
 
 /// The client sockets of every daemon of a configured cluster.
@@ -262,7 +186,7 @@ fn connect(
     socket: &Path,
     name: &str,
     deadline: Instant,
-    spawned: &mut Option<Spawned>,
+    spawned: &mut Option<LocalCluster>,
 ) -> Result<Client, String> {
     loop {
         match Client::connect(&Address::Unix(socket.to_path_buf()), name) {
@@ -468,7 +392,7 @@ fn wait_for_ring(
     receivers: &mut [Client],
     group: &str,
     deadline: Instant,
-    spawned: &mut Option<Spawned>,
+    spawned: &mut Option<LocalCluster>,
 ) -> Result<(), String> {
     for c in receivers.iter_mut() {
         c.join(group).map_err(|e| e.to_string())?;
@@ -580,13 +504,14 @@ pub(crate) fn main(args: &FloodArgs) -> ExitCode {
     if ok { ExitCode::SUCCESS } else { ExitCode::from(1) }
 }
 
-fn run(args: &FloodArgs, spawned: &mut Option<Spawned>) -> Report {
+fn run(args: &FloodArgs, spawned: &mut Option<LocalCluster>) -> Report {
     let deadline = Instant::now() + Duration::from_secs(args.timeout);
     let mut report = Report { expected: 0, ..Report::default() };
     let sockets = match &args.config {
         Some(path) => configured_sockets(path),
-        None => Spawned::start(args.spawn.unwrap_or(3), args).map(|(s, socks)| {
-            *spawned = Some(s);
+        None => spawn(args.spawn.unwrap_or(3), args).map(|c| {
+            let socks = c.sockets();
+            *spawned = Some(c);
             socks
         }),
     };
@@ -630,7 +555,7 @@ fn run(args: &FloodArgs, spawned: &mut Option<Spawned>) -> Report {
         }
     }
 
-    let cpu_before = spawned.as_ref().and_then(Spawned::cpu_seconds);
+    let cpu_before = spawned.as_ref().and_then(LocalCluster::cpu_seconds);
     let base = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
     let progress: Arc<Vec<AtomicU64>> = Arc::new((0..k).map(|_| AtomicU64::new(0)).collect());
@@ -688,7 +613,7 @@ fn run(args: &FloodArgs, spawned: &mut Option<Spawned>) -> Report {
         pending -= 1;
     }
     stop.store(true, Ordering::Relaxed);
-    let cpu_after = spawned.as_ref().and_then(Spawned::cpu_seconds);
+    let cpu_after = spawned.as_ref().and_then(LocalCluster::cpu_seconds);
 
     report.sent = sent_done.iter().flatten().map(|s| s.sent).sum();
     report.delivered = progress.iter().map(|p| p.load(Ordering::Relaxed)).sum();

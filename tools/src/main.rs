@@ -1,11 +1,13 @@
 //! `ringfence`: the command line of the ringfence group communication system.
 //!
-//! Subcommands so far: `sim`, the deterministic simulator, and `daemon`. The
-//! user, flood, monitor, keygen and demo commands join as their issues land.
+//! Subcommands: `daemon`, `user`, `flood`, `monitor`, `demo`, `keygen` and
+//! `sim` (the deterministic simulator).
 
+mod cluster;
 mod daemon;
 mod demo;
 mod flood;
+mod keygen;
 mod monitor;
 mod sim;
 mod user;
@@ -34,6 +36,8 @@ enum Command {
     Monitor(monitor::MonitorArgs),
     /// Measure throughput and latency with N messages of size S.
     Flood(flood::FloodArgs),
+    /// Make a daemon identity (Ed25519 key pair) for link security.
+    Keygen(keygen::KeygenArgs),
 }
 
 fn main() -> ExitCode {
@@ -45,5 +49,6 @@ fn main() -> ExitCode {
         Command::Demo => demo::main(),
         Command::Monitor(args) => monitor::main(&args),
         Command::Flood(args) => flood::main(&args),
+        Command::Keygen(args) => keygen::main(&args),
     }
 }

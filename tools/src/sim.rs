@@ -68,6 +68,12 @@ pub(crate) struct SimArgs {
     /// Worker threads (default: all cores).
     #[arg(long)]
     jobs: Option<usize>,
+    /// Link security and server key agreement (with --faults): encrypt,
+    /// authenticate or none. Checks that every member of a ring derives the
+    /// same server key, no outsider holds it, and (encrypt) no payload
+    /// crosses the wire in clear. Without it: plain datagrams.
+    #[arg(long, value_parser = ["encrypt", "authenticate", "none"])]
+    security: Option<String>,
 }
 
 fn probability(name: &str, p: f64) -> Result<f64, String> {
@@ -104,6 +110,7 @@ impl SimArgs {
                 ..base.workload
             },
             heal_at: self.heal_ms.map_or(base.heal_at, Duration::from_millis),
+            security: self.security.as_deref().map(str::parse).transpose()?,
             faults,
             fault_count: self.fault_count,
             ..base
@@ -135,6 +142,9 @@ impl SimArgs {
         }
         if self.no_packing {
             cmd += " --no-packing";
+        }
+        if let Some(s) = &self.security {
+            cmd += &format!(" --security {s}");
         }
         cmd
     }

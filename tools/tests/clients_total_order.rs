@@ -1,7 +1,8 @@
 //! Real daemons and clients on loopback: three clients on three daemons join
 //! one group and send concurrently; every client sees every message, in the
 //! same total order, and the membership views name all three. A client that
-//! disconnects leaves the others a view with cause `disconnect`.
+//! disconnects leaves the others a view with cause `disconnect`. Both socket
+//! backends, unicast and IP multicast transports.
 
 use ringfence_client::{Address, Client, Event, Service, ViewCause};
 
@@ -13,12 +14,21 @@ use common::{Cluster, backends, connect, connect_to, receive_until};
 #[test]
 fn three_senders_three_daemons_one_total_order() {
     for backend in backends() {
-        total_order_on(backend);
+        total_order_on(backend, "unicast");
     }
 }
 
-fn total_order_on(backend: &str) {
-    let cluster = Cluster::start("order", 3, backend);
+/// The same over the IP multicast transport (a group on loopback): the ring
+/// thread receives on two sockets, the unicast one and the group's.
+#[test]
+fn three_senders_one_total_order_over_ip_multicast() {
+    for backend in backends() {
+        total_order_on(backend, "multicast");
+    }
+}
+
+fn total_order_on(backend: &str, transport: &str) {
+    let cluster = Cluster::start_on("order", 3, backend, transport);
     // Clients 0 and 1 over the Unix socket, client 2 over TCP.
     let mut clients: Vec<Client> = (0..2).map(|i| connect(&cluster.socket(i), &format!("c{i}"))).collect();
     let tcp = format!("127.0.0.1:{}", cluster.tcp_ports[2]).parse().unwrap();

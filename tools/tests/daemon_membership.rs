@@ -31,11 +31,27 @@ mod common;
 
 use common::backends;
 
+/// A cluster config with link security `authenticate` (the other suites run
+/// the default, `encrypt`): an identity per daemon under `dir/keys`.
 fn write_config(dir: &Path, ports: &[u16], backend: &str) -> std::path::PathBuf {
     let mut text = String::from("[cluster]\ntransport = \"unicast\"\n");
+    let keys = dir.join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
     for (i, p) in ports.iter().enumerate() {
-        text += &format!("\n[[cluster.daemon]]\nid = {i}\nname = \"d{i}\"\naddress = \"127.0.0.1:{p}\"\n");
+        let name = format!("d{i}");
+        let public = keys.join(format!("{name}.pub"));
+        if !public.exists() {
+            ringfence_crypto::identity::write_keypair(&keys, &name, &mut rand::rng()).unwrap();
+        }
+        let key = ringfence_crypto::identity::load_public(&public).unwrap().key;
+        text += &format!(
+            "\n[[cluster.daemon]]\nid = {i}\nname = \"{name}\"\naddress = \"127.0.0.1:{p}\"\npublic_key = \"{key}\"\n"
+        );
     }
+    text += &format!(
+        "\n[security]\nlink_security = \"authenticate\"\nidentity = \"{}/{{name}}.key\"\n",
+        keys.display()
+    );
     text += &format!("\n[paths]\nstate_dir = \"{}/{{name}}\"\n", dir.display());
     text += &format!("\n[daemon]\nbackend = \"{backend}\"\n");
     let path = dir.join("cluster.toml");

@@ -7,9 +7,10 @@ use std::time::Duration;
 pub const IP_HEADER: usize = 20;
 /// UDP header bytes, reserved out of the MTU.
 pub const UDP_HEADER: usize = 8;
-/// Bytes reserved for link security (AES-GCM nonce 12 + tag 16), so that
-/// turning encryption on never changes how messages are packed.
-pub const SECURITY_OVERHEAD: usize = 28;
+/// Bytes reserved for link security (the outer header of
+/// `security::link` and, before a link key exists, an Ed25519 signature),
+/// so that turning encryption on never changes how messages are packed.
+pub const SECURITY_OVERHEAD: usize = crate::security::link::OVERHEAD;
 
 /// Tunables of the ordering protocol. Every field has a LAN default
 /// ([`Config::default`]); `docs/protocol.md` explains each.

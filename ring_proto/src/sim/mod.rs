@@ -27,6 +27,7 @@ pub use net::NetConfig;
 pub use trace::TraceEvent;
 
 use crate::ring::{Config, ConfigKind, Dest, Event};
+use crate::security::{KeyId, LinkMode, SecurityConfig};
 use crate::wire::{Groups, MsgId, NodeId, RingId, Service};
 use crate::{Incarnation, Node, Phase, Time};
 use bytes::Bytes;
@@ -35,6 +36,8 @@ use faults::{Fault, Kind};
 use net::Network;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use ringfence_crypto::identity::SecretIdentity;
+use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::fmt;
 use std::io::Write;
@@ -97,6 +100,9 @@ pub struct SimConfig {
     pub converge_within: Duration,
     /// A run that has not finished by this virtual time fails.
     pub time_limit: Duration,
+    /// Link security and key agreement (runs with faults only; `None`:
+    /// plain datagrams without the outer layer).
+    pub security: Option<LinkMode>,
 }
 
 impl Default for SimConfig {
@@ -113,6 +119,7 @@ impl Default for SimConfig {
             heal_at: Duration::from_millis(200),
             converge_within: Duration::from_secs(15),
             time_limit: Duration::from_secs(120),
+            security: None,
         }
     }
 }
@@ -160,6 +167,14 @@ pub enum Violation {
     Phantom { node: NodeId, id: MsgId },
     /// Two daemons installed one ring id with different members.
     RingConflict { ring: RingId },
+    /// Two members of a ring hold different server keys for one epoch.
+    KeyMismatch { ring: RingId, epoch: u64, a: NodeId, b: NodeId },
+    /// A daemon holds the server key of a ring it is not a member of.
+    KeyOutsider { node: NodeId, ring: RingId },
+    /// A workload payload crossed the simulated wire in clear (`encrypt`).
+    PlaintextOnWire { node: NodeId },
+    /// A daemon of the converged ring never got its server key.
+    NoKey { node: NodeId },
     /// Two daemons that installed the same configuration and successor
     /// delivered different messages in it.
     SetMismatch { a: NodeId, b: NodeId, ring: RingId, kind: ConfigKind },
@@ -210,6 +225,19 @@ impl fmt::Display for Violation {
             Self::SelfDelivery { node, id } => write!(f, "evs: node {node} never delivered its own {id:?}"),
             Self::NoConvergence { at } => write!(f, "liveness: no common ring by {at}"),
             Self::Stalled { at } => write!(f, "stalled: not everything delivered by {at}"),
+            Self::KeyMismatch { ring, epoch, a, b } => {
+                write!(
+                    f,
+                    "keys: nodes {a} and {b} hold different server keys for ring {ring} epoch {epoch:#x}"
+                )
+            }
+            Self::KeyOutsider { node, ring } => {
+                write!(f, "keys: node {node} holds the server key of ring {ring}, which it is not in")
+            }
+            Self::PlaintextOnWire { node } => {
+                write!(f, "keys: node {node} sent a workload payload in clear with link_security = encrypt")
+            }
+            Self::NoKey { node } => write!(f, "keys: node {node} has no server key for the converged ring"),
         }
     }
 }
@@ -263,7 +291,58 @@ fn digest(b: &[u8]) -> u64 {
 fn payload(rng: &mut ChaCha8Rng, len: usize) -> Bytes {
     let mut v = vec![0u8; len];
     rng.fill(&mut v[..]);
+    // Every payload long enough carries a marker the wire check looks for.
+    if len >= MARKER.len() {
+        v[..MARKER.len()].copy_from_slice(MARKER);
+    }
     Bytes::from(v)
+}
+
+/// What a workload payload starts with; `encrypt` runs check that it never
+/// crosses the simulated wire.
+const MARKER: &[u8; 16] = b"RFSIM-PLAINTEXT!";
+
+fn contains_marker(bytes: &[u8]) -> bool {
+    bytes.windows(MARKER.len()).any(|w| w == MARKER)
+}
+
+/// The identity of simulated daemon `id` (from the seed).
+fn sim_identity(seed: u64, id: NodeId) -> SecretIdentity {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x6964_0000 ^ (u64::from(id.0) << 40));
+    let mut b = [0u8; 32];
+    rng.fill(&mut b);
+    SecretIdentity::from_bytes(&b)
+}
+
+/// A daemon of the simulation, with link security when the run asks for it.
+fn make_node(
+    cfg: &SimConfig,
+    id: NodeId,
+    now: Time,
+    inc: Incarnation,
+    incarnation: u32,
+) -> Result<Node, crate::ring::ConfigError> {
+    let Some(mode) = cfg.security else { return Node::new(cfg.ring.clone(), id, now, inc) };
+    let peers = (0..cfg.nodes)
+        .map(|i| {
+            let n = NodeId(i as u16);
+            (n, sim_identity(cfg.seed, n).public())
+        })
+        .collect();
+    let mut seed = [0u8; 32];
+    ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x5eed ^ (u64::from(id.0) << 32) ^ (u64::from(incarnation) << 48))
+        .fill(&mut seed);
+    let sec = SecurityConfig {
+        mode,
+        identity: Some(std::sync::Arc::new(sim_identity(cfg.seed, id))),
+        peers,
+        aead: ringfence_crypto::aead::Backend::Ring,
+        refresh_after: Some(Duration::from_millis(700)),
+        refresh_bytes: Some(2 << 20),
+        seed,
+        incarnation,
+    };
+    Node::with_security(cfg.ring.clone(), id, now, inc, sec)
 }
 
 fn draw_size(rng: &mut ChaCha8Rng, w: &Workload) -> usize {
@@ -315,6 +394,8 @@ pub struct Sim<'t> {
     probes: Vec<MsgId>,
     sent: HashMap<MsgId, Sent>,
     violations: Vec<Violation>,
+    /// Server keys seen: (ring, epoch) -> the first holder and its link key id.
+    keys: BTreeMap<(RingId, u64), (NodeId, KeyId)>,
     datagrams: u64,
     wire_bytes: u64,
     payload_bytes: u64,
@@ -335,8 +416,8 @@ impl<'t> Sim<'t> {
         let nodes = if faulty {
             ids.iter()
                 .map(|&id| {
-                    Node::new(cfg.ring.clone(), id, Time::ZERO, Incarnation { ring_seq: 0, first_msg_seq: 1 })
-                        .map(Some)
+                    let inc = Incarnation { ring_seq: 0, first_msg_seq: 1 };
+                    make_node(&cfg, id, Time::ZERO, inc, 0).map(Some)
                 })
                 .collect::<Result<Vec<_>, _>>()?
         } else {
@@ -393,6 +474,7 @@ impl<'t> Sim<'t> {
             probes: Vec::new(),
             sent: HashMap::new(),
             violations: Vec::new(),
+            keys: BTreeMap::new(),
             datagrams: 0,
             wire_bytes: 0,
             payload_bytes: 0,
@@ -526,7 +608,7 @@ impl<'t> Sim<'t> {
         let incarnation = self.logs[self.current[i]].incarnation + 1;
         let inc =
             Incarnation { ring_seq: self.persisted[i], first_msg_seq: (u64::from(incarnation) << 32) + 1 };
-        let Ok(node) = Node::new(self.cfg.ring.clone(), NodeId(i as u16), self.now, inc) else { return };
+        let Ok(node) = make_node(&self.cfg, NodeId(i as u16), self.now, inc, incarnation) else { return };
         self.nodes[i] = Some(node);
         self.logs.push(Log::new(NodeId(i as u16), incarnation));
         self.current[i] = self.logs.len() - 1;
@@ -636,7 +718,26 @@ impl<'t> Sim<'t> {
         while let Some(ev) = node.poll_event() {
             events.push(ev);
         }
+        if let Some((ring, epoch, kid)) = node.server_key() {
+            // Every member of a ring derives the same key; no one else has it.
+            let member = node.ring().is_some_and(|(r, m)| r == ring && m.contains(&me));
+            if !member {
+                self.violations.push(Violation::KeyOutsider { node: me, ring });
+            }
+            match self.keys.get(&(ring, epoch)) {
+                Some(&(first, k)) if k != kid => {
+                    self.violations.push(Violation::KeyMismatch { ring, epoch, a: first, b: me });
+                }
+                Some(_) => {}
+                None => {
+                    self.keys.insert((ring, epoch), (me, kid));
+                }
+            }
+        }
         for t in out {
+            if self.cfg.security == Some(LinkMode::Encrypt) && contains_marker(&t.bytes) {
+                self.violations.push(Violation::PlaintextOnWire { node: me });
+            }
             self.datagrams += 1;
             self.wire_bytes += t.bytes.len() as u64 + 28;
             match t.dest {
@@ -736,11 +837,31 @@ impl<'t> Sim<'t> {
     }
 
     fn finish(mut self) -> Report {
+        if std::env::var_os("RINGFENCE_SIM_DEBUG").is_some() {
+            for n in self.nodes.iter().flatten() {
+                eprintln!(
+                    "node {} {:?} ring {:?} key {:?} pending {} stats {:?}",
+                    n.id(),
+                    n.phase(),
+                    n.ring().map(|(r, m)| (r, m.to_vec())),
+                    n.server_key(),
+                    n.pending(),
+                    n.security_stats()
+                );
+            }
+        }
         let mut v = std::mem::take(&mut self.violations);
         if self.faulty() {
             check::evs(&self.logs, &mut v);
             if self.converged_at.is_some() && !v.iter().any(|x| matches!(x, Violation::Stalled { .. })) {
                 for (i, n) in self.nodes.iter().enumerate() {
+                    if let Some(n) =
+                        n.as_ref().filter(|_| self.cfg.security.is_some_and(|m| m != LinkMode::None))
+                    {
+                        if n.server_key().is_none_or(|(r, _, _)| n.ring().is_none_or(|(nr, _)| nr != r)) {
+                            v.push(Violation::NoKey { node: NodeId(i as u16) });
+                        }
+                    }
                     if n.is_some() {
                         let log = &self.logs[self.current[i]];
                         for p in &self.probes {

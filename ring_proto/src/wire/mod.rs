@@ -107,6 +107,9 @@ pub enum Service {
     /// Membership control: the sender has sent all its recovery packets.
     /// Never delivered to clients.
     RecoveryDone = 0x81,
+    /// Security control: a signed message of the servers' key agreement.
+    /// Never delivered to clients.
+    KeyAgreement = 0x82,
 }
 
 impl Service {
@@ -121,6 +124,7 @@ impl Service {
             5 => Self::Safe,
             0x80 => Self::Recovered,
             0x81 => Self::RecoveryDone,
+            0x82 => Self::KeyAgreement,
             _ => return Err(DecodeError::BadValue("service")),
         })
     }
@@ -136,13 +140,14 @@ impl Service {
             Self::Safe => "safe",
             Self::Recovered => "recovered",
             Self::RecoveryDone => "recovery-done",
+            Self::KeyAgreement => "key-agreement",
         }
     }
 
     /// Whether this is a membership control service, never delivered to
     /// clients.
     pub fn is_control(self) -> bool {
-        matches!(self, Self::Recovered | Self::RecoveryDone)
+        matches!(self, Self::Recovered | Self::RecoveryDone | Self::KeyAgreement)
     }
 }
 

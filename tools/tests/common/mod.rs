@@ -35,21 +35,46 @@ impl Cluster {
     /// Writes a config for `n` daemons (`d0`, `d1`, ...) on `backend`, each
     /// with a Unix client socket and a TCP client port, and starts them.
     pub fn start(tag: &str, n: usize, backend: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("ringfence-{tag}-{}-{backend}", std::process::id()));
+        Self::start_on(tag, n, backend, "unicast")
+    }
+
+    /// As `start`, over `transport` (`unicast` or `multicast`: an IP
+    /// multicast group of this test's own on loopback, TTL 0).
+    pub fn start_on(tag: &str, n: usize, backend: &str, transport: &str) -> Self {
+        let dir = std::env::temp_dir()
+            .join(format!("ringfence-{tag}-{}-{backend}-{transport}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let udp: Vec<UdpSocket> = (0..n).map(|_| UdpSocket::bind("127.0.0.1:0").unwrap()).collect();
         let tcp: Vec<TcpListener> = (0..n).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+        let group_port = UdpSocket::bind("127.0.0.1:0").unwrap();
         let ports: Vec<u16> = udp.iter().map(|s| s.local_addr().unwrap().port()).collect();
         let tcp_ports: Vec<u16> = tcp.iter().map(|s| s.local_addr().unwrap().port()).collect();
+        let group_port = group_port.local_addr().unwrap().port();
         drop((udp, tcp));
-        let mut text = format!("[daemon]\nbackend = \"{backend}\"\n\n[cluster]\n");
-        for (i, p) in ports.iter().enumerate() {
+        let mut text =
+            format!("[daemon]\nbackend = \"{backend}\"\n\n[cluster]\ntransport = \"{transport}\"\n");
+        if transport == "multicast" {
+            let pid = std::process::id();
             text += &format!(
-                "\n[[cluster.daemon]]\nid = {i}\nname = \"d{i}\"\naddress = \"127.0.0.1:{p}\"\nclient_tcp = \"127.0.0.1:{}\"\n",
+                "multicast_group = \"239.255.{}.{}:{group_port}\"\nmulticast_interface = \"127.0.0.1\"\nmulticast_ttl = 0\n",
+                pid % 251,
+                1 + (pid / 251) % 253
+            );
+        }
+        // Link security on (the default, `encrypt`): an identity per daemon.
+        let keys = dir.join("keys");
+        std::fs::create_dir_all(&keys).unwrap();
+        for (i, p) in ports.iter().enumerate() {
+            let (_, public) =
+                ringfence_crypto::identity::write_keypair(&keys, &format!("d{i}"), &mut rand::rng()).unwrap();
+            let key = ringfence_crypto::identity::load_public(&public).unwrap().key;
+            text += &format!(
+                "\n[[cluster.daemon]]\nid = {i}\nname = \"d{i}\"\naddress = \"127.0.0.1:{p}\"\nclient_tcp = \"127.0.0.1:{}\"\npublic_key = \"{key}\"\n",
                 tcp_ports[i]
             );
         }
+        text += &format!("\n[security]\nidentity = \"{}/{{name}}.key\"\n", keys.display());
         text += &format!("\n[paths]\nstate_dir = \"{}/{{name}}\"\n", dir.display());
         let config = dir.join("cluster.toml");
         std::fs::write(&config, text).unwrap();

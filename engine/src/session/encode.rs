@@ -1,0 +1,218 @@
+//! The ring thread's frame encoder: every frame for a client is encoded once
+//! into a reference-counted buffer ([`Bytes`], length prefix included, as on
+//! the wire) that the session threads write as it is.
+//!
+//! A delivered message goes to every local member of its groups; the groups
+//! layer yields it once per member, in a row. The encoder remembers the last
+//! message it encoded and hands out the same buffer again for the same
+//! message, so a fan-out to many clients costs one encoding and one
+//! allocation.
+
+use bytes::Bytes;
+use ringfence_proto::Service;
+use ringfence_proto::groups::PrivateName;
+use ringfence_proto::wire::Groups;
+use ringfence_proto::wire::client::{DaemonFrame, FRAME_HEADER_LEN, Frame, Limits, encode_message};
+use std::fmt::Write as _;
+use tracing::warn;
+
+/// The last message encoded, and what identifies it.
+#[derive(Debug)]
+struct LastMessage {
+    sender: PrivateName,
+    groups: Groups,
+    service: Service,
+    msg_type: u16,
+    /// Held, so its address cannot be reused by another payload while
+    /// remembered.
+    payload: Bytes,
+    frame: Bytes,
+}
+
+impl LastMessage {
+    /// Whether this is the message with these parts.
+    fn is(
+        &self,
+        sender: &PrivateName,
+        groups: &Groups,
+        service: Service,
+        msg_type: u16,
+        payload: &Bytes,
+    ) -> bool {
+        self.payload.as_ptr() == payload.as_ptr()
+            && self.payload.len() == payload.len()
+            && self.service == service
+            && self.msg_type == msg_type
+            && self.sender == *sender
+            && self.groups == *groups
+    }
+}
+
+/// Encodes frames for clients into shared buffers (see the module doc).
+#[derive(Debug)]
+pub(crate) struct Encoder {
+    limits: Limits,
+    /// Encoding space, reused.
+    scratch: Vec<u8>,
+    /// The sender's private name as text, reused.
+    sender: String,
+    last: Option<LastMessage>,
+}
+
+impl Encoder {
+    /// An encoder enforcing `limits`.
+    pub(crate) fn new(limits: Limits) -> Self {
+        Self { limits, scratch: Vec::with_capacity(64 * 1024), sender: String::new(), last: None }
+    }
+
+    /// Encodes any frame; `None` (logged) if it breaks a limit.
+    pub(crate) fn frame(&mut self, f: &DaemonFrame) -> Option<Bytes> {
+        self.scratch.clear();
+        match f.encode(&mut self.scratch, &self.limits) {
+            Ok(()) => Some(Bytes::copy_from_slice(&self.scratch)),
+            Err(e) => {
+                warn!(error = %e, "a frame for a client could not be encoded; dropped");
+                None
+            }
+        }
+    }
+
+    /// Encodes a `Message` frame, or returns the buffer of the previous call
+    /// if it was for the same message (same payload buffer, sender, groups,
+    /// service and type). `None` (logged) if it breaks a limit.
+    pub(crate) fn message(
+        &mut self,
+        sender: &PrivateName,
+        groups: &Groups,
+        service: Service,
+        msg_type: u16,
+        payload: &Bytes,
+    ) -> Option<Bytes> {
+        if let Some(last) = &self.last {
+            if last.is(sender, groups, service, msg_type, payload) {
+                return Some(last.frame.clone());
+            }
+        }
+        // The same sender as last time: its name is already written.
+        if self.last.as_ref().is_none_or(|l| l.sender != *sender) {
+            self.sender.clear();
+            let _ = write!(self.sender, "{sender}");
+        }
+        // One allocation of exactly the frame's size (header, sender,
+        // service, type, groups, payload), written once and shared by every
+        // receiver: a slow client pins only its own frames. Were the size
+        // wrong, the frame would still be right, in a buffer a little larger.
+        let mut out = Vec::with_capacity(message_len(&self.sender, groups, payload.len()));
+        let names = groups.iter().map(String::from_utf8_lossy);
+        if let Err(e) =
+            encode_message(&mut out, &self.limits, &self.sender, names, service, msg_type, payload)
+        {
+            warn!(error = %e, "a message for a client could not be encoded; dropped");
+            self.last = None;
+            return None;
+        }
+        let frame = Bytes::from(out);
+        self.last = Some(LastMessage {
+            sender: sender.clone(),
+            groups: groups.clone(),
+            service,
+            msg_type,
+            payload: payload.clone(),
+            frame: frame.clone(),
+        });
+        Some(frame)
+    }
+}
+
+/// The encoded length of a `Message` frame (length prefix included):
+/// header, sender, service, type, groups, payload.
+fn message_len(sender: &str, groups: &Groups, payload: usize) -> usize {
+    let groups_len: usize = groups.iter().map(|g| 1 + g.len()).sum();
+    FRAME_HEADER_LEN + (1 + sender.len()) + 1 + 2 + (1 + groups_len) + (4 + payload)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ringfence_proto::NodeId;
+    use ringfence_proto::wire::client::{FrameDecoder, Message};
+
+    fn name(n: &str) -> PrivateName {
+        PrivateName { daemon: NodeId(1), name: Bytes::copy_from_slice(n.as_bytes()) }
+    }
+
+    fn decode(b: &Bytes) -> DaemonFrame {
+        let mut d = FrameDecoder::<DaemonFrame>::new(Limits::default());
+        d.push(b);
+        let f = d.next_frame().unwrap().unwrap();
+        assert!(d.next_frame().unwrap().is_none());
+        f
+    }
+
+    #[test]
+    fn a_message_encodes_as_the_frame_the_client_decodes() {
+        let mut e = Encoder::new(Limits::default());
+        let groups = Groups::encode(&["a", "b"]).unwrap();
+        let payload = Bytes::from_static(b"hello");
+        let b = e.message(&name("x"), &groups, Service::Agreed, 7, &payload).unwrap();
+        let want = DaemonFrame::Message(Message {
+            sender: name("x").to_string(),
+            groups: vec!["a".into(), "b".into()],
+            service: Service::Agreed,
+            msg_type: 7,
+            payload,
+        });
+        assert_eq!(decode(&b), want);
+        assert_eq!(e.frame(&want).unwrap(), b);
+    }
+
+    #[test]
+    fn a_message_frame_is_allocated_at_its_exact_size() {
+        let groups = Groups::encode(&["alpha", "b"]).unwrap();
+        let payload = vec![5u8; 1000];
+        let mut want = Vec::new();
+        encode_message(
+            &mut want,
+            &Limits::default(),
+            "#sender#1",
+            ["alpha", "b"],
+            Service::Fifo,
+            1,
+            &payload,
+        )
+        .unwrap();
+        assert_eq!(message_len("#sender#1", &groups, payload.len()), want.len());
+        let mut e = Encoder::new(Limits::default());
+        let b = e.message(&name("sender"), &groups, Service::Fifo, 1, &Bytes::from(payload)).unwrap();
+        assert_eq!(&b[..], &want[..]);
+    }
+
+    #[test]
+    fn the_same_message_for_several_clients_shares_one_buffer() {
+        let mut e = Encoder::new(Limits::default());
+        let groups = Groups::encode(&["g"]).unwrap();
+        let payload = Bytes::from(vec![1u8; 100]);
+        let a = e.message(&name("x"), &groups, Service::Agreed, 0, &payload).unwrap();
+        let b = e.message(&name("x"), &groups, Service::Agreed, 0, &payload.clone()).unwrap();
+        assert_eq!(a.as_ptr(), b.as_ptr(), "a fan-out must not encode again");
+        // Equal bytes in another buffer are another message.
+        let copy = Bytes::from(payload.to_vec());
+        let c = e.message(&name("x"), &groups, Service::Agreed, 0, &copy).unwrap();
+        assert_ne!(a.as_ptr(), c.as_ptr());
+        assert_eq!(a, c);
+        // Same payload buffer, another sender or type: encoded again.
+        let d = e.message(&name("y"), &groups, Service::Agreed, 0, &copy).unwrap();
+        assert_ne!(d, c);
+        let f = e.message(&name("y"), &groups, Service::Agreed, 1, &copy).unwrap();
+        assert_ne!(f, d);
+    }
+
+    #[test]
+    fn a_frame_over_the_limits_is_dropped() {
+        let limits = Limits { max_payload: 4, ..Limits::default() };
+        let mut e = Encoder::new(limits);
+        let groups = Groups::encode(&["g"]).unwrap();
+        assert!(e.message(&name("x"), &groups, Service::Agreed, 0, &Bytes::from_static(b"12345")).is_none());
+        assert!(e.message(&name("x"), &groups, Service::Agreed, 0, &Bytes::from_static(b"1234")).is_some());
+    }
+}

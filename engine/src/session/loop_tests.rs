@@ -1,0 +1,305 @@
+//! Session threads in process: real sockets and threads, with the test in
+//! the ring thread's place (it holds the receiving end of the requests
+//! channel and answers through [`ClientOut`]).
+
+use super::*;
+use crossbeam_channel::RecvTimeoutError;
+use ringfence_proto::wire::client::{
+    ByeReason, ClientFrame, DaemonFrame, Frame, FrameDecoder, Limits, Message, RefuseCode, Welcome,
+};
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU32;
+use std::time::Instant;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// Session threads on a fresh socket, and the ring's side of them.
+struct Harness {
+    sessions: Sessions,
+    requests: Receiver<ToRing>,
+    path: PathBuf,
+    /// Receives the wake-up datagrams.
+    _ring: UdpSocket,
+}
+
+impl Harness {
+    fn new(threads: usize, ring_queue: usize) -> Self {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "rf-session-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let path = dir.join("client.sock");
+        let ring = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let waker = Waker::new(ring.local_addr().unwrap()).unwrap();
+        let (to_ring, requests) = bounded(ring_queue);
+        let cfg = SessionConfig {
+            unix: &path,
+            tcp: None,
+            to_ring,
+            waker: &waker,
+            limits: Limits::default(),
+            ring_core: None,
+        };
+        let sessions = Sessions::spawn(cfg, vec![None; threads]).unwrap();
+        Self { sessions, requests, path, _ring: ring }
+    }
+
+    fn connect(&self) -> TestClient {
+        let s = UnixStream::connect(&self.path).unwrap();
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        TestClient { s, decoder: FrameDecoder::new(Limits::default()), buf: vec![0; 1 << 16] }
+    }
+
+    fn request(&self) -> ToRing {
+        self.requests.recv_timeout(WAIT).expect("no request from the sessions")
+    }
+
+    /// Connects a client and takes its `Connect`: (client, id, out).
+    fn hello(&self, name: &str) -> (TestClient, u64, ClientOut) {
+        let mut c = self.connect();
+        c.send(&ClientFrame::Hello(Hello::new(name, Auth::PeerCredentials)));
+        match self.request() {
+            ToRing::Connect { id, hello_name, principal, out } => {
+                assert_eq!(hello_name, name);
+                assert!(
+                    matches!(principal, Principal::Local { pid, .. } if pid == std::process::id() as i32)
+                );
+                (c, id, out)
+            }
+            r => panic!("expected Connect, got {r:?}"),
+        }
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        if let Some(dir) = self.path.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+fn encode(f: &DaemonFrame) -> Bytes {
+    let mut out = Vec::new();
+    f.encode(&mut out, &Limits::default()).unwrap();
+    Bytes::from(out)
+}
+
+fn welcome(name: &str) -> DaemonFrame {
+    DaemonFrame::Welcome(Welcome {
+        version: CLIENT_VERSION,
+        daemon_id: 1,
+        private_name: format!("#{name}#1"),
+        max_frame_len: 1 << 20,
+        max_payload: 1 << 20,
+        max_groups: 8,
+    })
+}
+
+/// A raw client: frames out, frames in.
+struct TestClient {
+    s: UnixStream,
+    decoder: FrameDecoder<DaemonFrame>,
+    buf: Vec<u8>,
+}
+
+impl TestClient {
+    fn send(&mut self, f: &ClientFrame) {
+        let mut out = Vec::new();
+        f.encode(&mut out, &Limits::default()).unwrap();
+        self.s.write_all(&out).unwrap();
+    }
+
+    /// The next frame, or `None` once the daemon closed the connection.
+    fn next(&mut self) -> Option<DaemonFrame> {
+        loop {
+            if let Some(f) = self.decoder.next_frame().unwrap() {
+                return Some(f);
+            }
+            match self.s.read(&mut self.buf) {
+                Ok(0) => return None,
+                Ok(n) => self.decoder.push(&self.buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return None,
+                Err(e) => panic!("read: {e}"),
+            }
+        }
+    }
+}
+
+#[test]
+fn connections_are_spread_over_the_session_threads_round_robin() {
+    let h = Harness::new(3, RING_QUEUE);
+    let mut clients = vec![];
+    let mut threads = vec![];
+    for i in 0..6 {
+        let name = format!("c{i}");
+        let (c, id, out) = h.hello(&name);
+        threads.push((id >> 16) & 0xff);
+        assert!(out.send(encode(&welcome(&name))));
+        clients.push((c, name));
+    }
+    h.sessions.wake();
+    assert_eq!(threads, vec![0, 1, 2, 0, 1, 2]);
+    for (c, name) in &mut clients {
+        assert_eq!(c.next(), Some(welcome(name)));
+    }
+}
+
+#[test]
+fn one_buffer_reaches_every_client_on_every_thread() {
+    let h = Harness::new(2, RING_QUEUE);
+    let mut clients: Vec<_> = (0..4).map(|i| h.hello(&format!("c{i}"))).collect();
+    let msg = DaemonFrame::Message(Message {
+        sender: "#c0#1".into(),
+        groups: vec!["g".into()],
+        service: ringfence_proto::Service::Agreed,
+        msg_type: 3,
+        payload: Bytes::from_static(b"to everyone"),
+    });
+    let bytes = encode(&msg);
+    for (_, _, out) in &clients {
+        assert!(out.send(bytes.clone()));
+    }
+    h.sessions.wake();
+    for (c, _, _) in &mut clients {
+        assert_eq!(c.next(), Some(msg.clone()));
+    }
+}
+
+#[test]
+fn a_full_ring_queue_slows_the_client_and_drops_nothing() {
+    let h = Harness::new(1, 4);
+    let (mut c, id, _out) = h.hello("fast");
+    let mut batch = Vec::new();
+    for i in 0..2000 {
+        ClientFrame::Join { group: format!("g{i}") }.encode(&mut batch, &Limits::default()).unwrap();
+    }
+    c.s.write_all(&batch).unwrap();
+    // The ring does not drain: its queue fills and stays full.
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(h.requests.len(), 4);
+    for i in 0..2000 {
+        match h.request() {
+            ToRing::Frame { id: from, frame: ClientFrame::Join { group } } => {
+                assert_eq!(from, id);
+                assert_eq!(group, format!("g{i}"), "requests in order, none lost");
+            }
+            r => panic!("unexpected {r:?}"),
+        }
+    }
+    assert!(matches!(h.requests.recv_timeout(Duration::from_millis(50)), Err(RecvTimeoutError::Timeout)));
+}
+
+#[test]
+fn a_slow_reader_gets_bye_slow_consumer_and_the_ring_hears_gone() {
+    let h = Harness::new(1, RING_QUEUE);
+    let (mut slow, id, out) = h.hello("slow");
+    let (mut other, _, other_out) = h.hello("other");
+    let frame = encode(&DaemonFrame::Message(Message {
+        sender: "#x#1".into(),
+        groups: vec!["g".into()],
+        service: ringfence_proto::Service::Agreed,
+        msg_type: 0,
+        payload: Bytes::from(vec![7u8; 64 * 1024]),
+    }));
+    let deadline = Instant::now() + WAIT;
+    let mut sent = 0;
+    let gone = loop {
+        assert!(Instant::now() < deadline, "never disconnected");
+        if sent < 2 * CLIENT_QUEUE_BYTES / frame.len() {
+            assert!(out.send(frame.clone()));
+            sent += 1;
+            h.sessions.wake();
+        }
+        match h.requests.try_recv() {
+            Ok(ToRing::Gone { id: g }) => break g,
+            Ok(r) => panic!("unexpected {r:?}"),
+            Err(_) if sent % 64 == 0 => std::thread::sleep(Duration::from_millis(1)),
+            Err(_) => {}
+        }
+    };
+    assert_eq!(gone, id);
+    // The daemon goes on: the other client is served.
+    assert!(other_out.send(encode(&welcome("other"))));
+    h.sessions.wake();
+    assert_eq!(other.next(), Some(welcome("other")));
+    // The slow client reads whole messages, then the reason, then the end.
+    let mut messages = 0;
+    let reason = loop {
+        match slow.next() {
+            Some(DaemonFrame::Message(_)) => messages += 1,
+            Some(DaemonFrame::Bye { reason, .. }) => break reason,
+            f => panic!("unexpected {f:?}"),
+        }
+    };
+    assert_eq!(reason, ByeReason::SlowConsumer);
+    assert!(messages > 0);
+    assert_eq!(slow.next(), None);
+}
+
+#[test]
+fn bye_is_answered_and_the_ring_hears_gone() {
+    let h = Harness::new(1, RING_QUEUE);
+    let (mut c, id, _out) = h.hello("leaving");
+    c.send(&ClientFrame::Bye);
+    assert!(matches!(c.next(), Some(DaemonFrame::Bye { reason: ByeReason::ClientBye, .. })));
+    assert_eq!(c.next(), None);
+    assert!(matches!(h.request(), ToRing::Gone { id: g } if g == id));
+}
+
+#[test]
+fn a_malformed_frame_ends_the_session_with_a_reason() {
+    let h = Harness::new(1, RING_QUEUE);
+    let (mut c, id, _out) = h.hello("bad");
+    // Type 0x81 travels from daemon to client only.
+    c.s.write_all(&[0, 0, 0, 1, 0x81]).unwrap();
+    assert!(matches!(c.next(), Some(DaemonFrame::Bye { reason: ByeReason::ProtocolViolation, .. })));
+    assert_eq!(c.next(), None);
+    assert!(matches!(h.request(), ToRing::Gone { id: g } if g == id));
+}
+
+#[test]
+fn the_first_frame_must_be_hello() {
+    let h = Harness::new(1, RING_QUEUE);
+    let mut c = h.connect();
+    c.send(&ClientFrame::Join { group: "g".into() });
+    assert!(matches!(c.next(), Some(DaemonFrame::Refused { code: RefuseCode::ProtocolViolation, .. })));
+    assert_eq!(c.next(), None);
+    // The ring never heard of it.
+    assert!(matches!(h.requests.recv_timeout(Duration::from_millis(50)), Err(RecvTimeoutError::Timeout)));
+}
+
+#[test]
+fn a_refusal_from_the_ring_closes_the_connection() {
+    let h = Harness::new(1, RING_QUEUE);
+    let (mut c, id, out) = h.hello("dup");
+    let refused = DaemonFrame::Refused { code: RefuseCode::NameInUse, text: "taken".into() };
+    assert!(out.send_last(encode(&refused)));
+    h.sessions.wake();
+    assert_eq!(c.next(), Some(refused));
+    assert_eq!(c.next(), None);
+    assert!(matches!(h.request(), ToRing::Gone { id: g } if g == id));
+    // A frame for the closed client is dropped, not misdelivered.
+    assert!(out.send(encode(&welcome("dup"))));
+    h.sessions.wake();
+    let (mut next, _, next_out) = h.hello("next");
+    assert!(next_out.send(encode(&welcome("next"))));
+    h.sessions.wake();
+    assert_eq!(next.next(), Some(welcome("next")));
+}
+
+#[test]
+fn a_client_that_never_says_hello_is_closed_after_the_hello_timeout() {
+    let h = Harness::new(1, RING_QUEUE);
+    let t0 = Instant::now();
+    let mut c = h.connect();
+    assert_eq!(c.next(), None);
+    let waited = t0.elapsed();
+    assert!(waited >= HELLO_TIMEOUT, "closed after {waited:?}");
+    assert!(waited < HELLO_TIMEOUT + Duration::from_secs(2), "closed after {waited:?}");
+    assert!(h.requests.try_recv().is_err(), "the ring never heard of it");
+}

@@ -1,0 +1,471 @@
+//! Client sessions: a few session threads own every client connection (Unix
+//! socket and TCP) and exchange work with the ring thread over bounded
+//! channels (ARCHITECTURE section 6, "thread per core").
+//!
+//! There are `max(1, cores - 1)` session threads (at most
+//! [`MAX_SESSION_THREADS`]), pinned to the cores the ring thread does not use.
+//! Each runs one nonblocking event loop (`mio`) over many connections.
+//! Session thread 0 also owns the listeners and hands accepted connections to
+//! the session threads round-robin.
+//!
+//! ```text
+//!           session thread k of N (one mio event loop, many connections)
+//!  client ─frames─► read ─► FrameDecoder ─► Hello check ─► ToRing ──┐ bounded, shared by the
+//!  client ─frames─► ...                                             │ session threads; one wake
+//!                                                                   ▼ datagram per loop turn
+//!                                                       ring thread (Daemon)
+//!                                                                   │ each frame encoded once
+//!                                                                   │ into Bytes; the same Bytes
+//!                                                                   │ for every local receiver
+//!  client ◄─writev── queue per connection ◄── inbox ◄───────────────┘ bounded, one per session
+//!                    (≤ 32 MiB, else Bye      (client id, Bytes)      thread; one mio::Waker
+//!                     SlowConsumer)                                   wake per ring turn
+//! ```
+//!
+//! Backpressure, never unbounded memory:
+//! - A client that sends faster than the ring accepts: when the shared
+//!   request channel is full, the session thread keeps the request it could
+//!   not hand over and stops reading from its clients until there is room,
+//!   so the kernel's socket buffers fill and the clients' writes block.
+//!   Requests are never dropped. Deliveries keep flowing meanwhile.
+//! - A client that reads slower than its groups deliver: its queue of
+//!   encoded frames grows to [`CLIENT_QUEUE_BYTES`] (or [`CLIENT_QUEUE`]
+//!   frames); past that the undelivered frames are dropped, the client gets
+//!   `Bye { SlowConsumer }`, the ring thread is told (`ToRing::Gone`), and the
+//!   daemon goes on. A client that accepts no byte for [`WRITE_TIMEOUT`] while
+//!   data waits is closed.
+//!
+//! The ring thread never waits on a session thread for long: a session
+//! thread drains its inbox on every turn of its loop and never waits on the
+//! ring, so the ring's blocking send on a full inbox (rare: the inbox is
+//! large) always ends promptly, and the two cannot deadlock.
+
+mod conn;
+mod encode;
+mod event_loop;
+
+pub(crate) use encode::Encoder;
+
+use bytes::Bytes;
+use conn::Stream;
+use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
+use event_loop::{SessionThread, Siblings};
+use ringfence_proto::wire::client::{
+    Auth, CLIENT_VERSION, ClientFrame, Hello, Limits, RefuseCode, negotiate_version,
+};
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+use tracing::{info, warn};
+
+/// Frames waiting for one client before it counts as a slow consumer.
+pub(crate) const CLIENT_QUEUE: usize = 1 << 18;
+/// Encoded bytes waiting for one client before it counts as a slow consumer.
+pub(crate) const CLIENT_QUEUE_BYTES: usize = 32 << 20;
+/// Requests from all clients waiting for the ring thread.
+pub(crate) const RING_QUEUE: usize = 8192;
+/// Items (frames for clients, adopted connections) waiting for one session
+/// thread.
+const SESSION_QUEUE: usize = 1 << 16;
+/// Most session threads, whatever the number of cores.
+pub(crate) const MAX_SESSION_THREADS: usize = 8;
+/// A client must say Hello within this time of connecting.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// A client that accepts no byte for this long while data waits for it is
+/// closed (it stopped reading).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most client connections at once (handshaking or not), over all session
+/// threads; more are closed at once.
+const MAX_SESSIONS: usize = 4096;
+
+/// Who is at the other end of a client connection, as the kernel says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Principal {
+    /// A local process, by its Unix peer credentials (`SO_PEERCRED`).
+    Local {
+        /// User id.
+        uid: u32,
+        /// Group id.
+        gid: u32,
+        /// Process id.
+        pid: i32,
+    },
+    /// A remote address (no authentication yet: TLS and tokens are to come).
+    Remote(SocketAddr),
+}
+
+impl std::fmt::Display for Principal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Local { uid, gid, pid } => write!(f, "uid={uid} gid={gid} pid={pid}"),
+            Self::Remote(a) => write!(f, "tcp {a}"),
+        }
+    }
+}
+
+/// A request from a session thread to the ring thread. The requests of one
+/// client arrive in order: `Connect`, then `Frame`s, then `Gone`.
+#[derive(Debug)]
+pub(crate) enum ToRing {
+    /// A client said hello.
+    Connect {
+        /// The client's id (unique for the daemon's lifetime).
+        id: u64,
+        /// The name the client asked for.
+        hello_name: String,
+        /// Who the kernel says the client is.
+        principal: Principal,
+        /// Where its frames go.
+        out: ClientOut,
+    },
+    /// A client's request.
+    Frame {
+        /// The client.
+        id: u64,
+        /// The request.
+        frame: ClientFrame,
+    },
+    /// The session ended (the client left, failed, or was disconnected);
+    /// nothing more is sent to it.
+    Gone {
+        /// The client.
+        id: u64,
+    },
+}
+
+/// Work for one session thread.
+#[derive(Debug)]
+enum ToSession {
+    /// An encoded frame (length prefix included) for a client.
+    Frame {
+        /// The client.
+        id: u64,
+        /// The frame, as on the wire; shared with other clients.
+        bytes: Bytes,
+    },
+    /// The last frame for a client (a refusal): the session writes it, then
+    /// closes the connection.
+    Last {
+        /// The client.
+        id: u64,
+        /// The frame, as on the wire.
+        bytes: Bytes,
+    },
+    /// A connection accepted by session thread 0, handed over to this one.
+    Adopt(Stream, SessionSlot),
+}
+
+/// One session thread's inbox, as the other threads see it.
+#[derive(Debug)]
+struct Outbox {
+    tx: Sender<ToSession>,
+    waker: mio::Waker,
+    /// Items were queued since the last wake-up (see [`Sessions::wake`]).
+    dirty: AtomicBool,
+}
+
+impl Outbox {
+    /// Queues an item without waking the thread; false if the thread is gone.
+    fn push(&self, item: ToSession) -> bool {
+        match self.tx.try_send(item) {
+            Ok(()) => {}
+            Err(TrySendError::Full(item)) => {
+                // The session thread drains its inbox on every turn of its
+                // loop and never waits on the ring: waiting here is short.
+                let _ = self.waker.wake();
+                if self.tx.send(item).is_err() {
+                    return false;
+                }
+            }
+            Err(TrySendError::Disconnected(_)) => return false,
+        }
+        self.dirty.store(true, Ordering::Relaxed);
+        true
+    }
+
+    /// Wakes the thread if items were queued since the last wake-up.
+    fn wake_if_dirty(&self) {
+        if self.dirty.swap(false, Ordering::Relaxed) {
+            let _ = self.waker.wake();
+        }
+    }
+}
+
+/// The ring thread's handle on one client: frames go to the client's session
+/// thread, which writes them. Sending only queues; the ring thread wakes the
+/// session threads once per turn with [`Sessions::wake`].
+#[derive(Debug, Clone)]
+pub(crate) struct ClientOut {
+    id: u64,
+    outbox: Arc<Outbox>,
+}
+
+impl ClientOut {
+    /// Queues an encoded frame (see [`Encoder`]); false if the client's
+    /// session thread is gone. A client that reads too slowly is disconnected
+    /// by its session thread, which then sends `ToRing::Gone`.
+    pub(crate) fn send(&self, bytes: Bytes) -> bool {
+        self.outbox.push(ToSession::Frame { id: self.id, bytes })
+    }
+
+    /// Queues the last frame for the client (a refusal); its session closes
+    /// the connection once the frame is written.
+    pub(crate) fn send_last(&self, bytes: Bytes) -> bool {
+        self.outbox.push(ToSession::Last { id: self.id, bytes })
+    }
+}
+
+/// What the session threads need to start.
+#[derive(Debug)]
+pub(crate) struct SessionConfig<'a> {
+    /// The Unix socket for local clients.
+    pub(crate) unix: &'a Path,
+    /// The TCP address for remote clients, if any.
+    pub(crate) tcp: Option<SocketAddr>,
+    /// Where requests go.
+    pub(crate) to_ring: Sender<ToRing>,
+    /// Wakes the ring thread (each session thread has a clone).
+    pub(crate) waker: &'a Waker,
+    /// Frame limits.
+    pub(crate) limits: Limits,
+    /// The index (in `core_affinity::get_core_ids()`) of the ring thread's
+    /// core; `None` when the ring thread is not pinned, and then neither are
+    /// the session threads.
+    pub(crate) ring_core: Option<usize>,
+}
+
+/// The ring thread's side of the session threads.
+#[derive(Debug)]
+pub(crate) struct Sessions {
+    outboxes: Vec<Arc<Outbox>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Sessions {
+    /// Binds the listeners (errors are returned here, not in a thread) and
+    /// starts the session threads, one per core the ring thread leaves (see
+    /// [`plan_threads`]).
+    pub(crate) fn start(cfg: SessionConfig<'_>) -> io::Result<Self> {
+        let cores = core_affinity::get_core_ids().unwrap_or_default();
+        let count = if cores.is_empty() {
+            std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+        } else {
+            cores.len()
+        };
+        let plan =
+            plan_threads(count, cfg.ring_core).into_iter().map(|c| c.and_then(|i| cores.get(i).copied()));
+        Self::spawn(cfg, plan.collect())
+    }
+
+    /// Binds the listeners and starts one session thread per entry of
+    /// `plan`, pinned to its core if it names one.
+    fn spawn(cfg: SessionConfig<'_>, plan: Vec<Option<core_affinity::CoreId>>) -> io::Result<Self> {
+        let listeners = event_loop::Listeners::bind(cfg.unix, cfg.tcp)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let sessions = Arc::new(AtomicUsize::new(0));
+        let mut polls = Vec::with_capacity(plan.len());
+        let mut outboxes = Vec::with_capacity(plan.len());
+        let mut inboxes = Vec::with_capacity(plan.len());
+        for _ in &plan {
+            let poll = mio::Poll::new()?;
+            let waker = mio::Waker::new(poll.registry(), event_loop::WAKER)?;
+            let (tx, rx): (Sender<ToSession>, Receiver<ToSession>) = bounded(SESSION_QUEUE);
+            polls.push(poll);
+            outboxes.push(Arc::new(Outbox { tx, waker, dirty: AtomicBool::new(false) }));
+            inboxes.push(rx);
+        }
+        // Stops the threads already started if a later one fails to start.
+        let this = Self { outboxes, stop };
+        let mut listeners = Some(listeners);
+        for (k, ((poll, rx), core)) in polls.into_iter().zip(inboxes).zip(plan).enumerate() {
+            let thread = SessionThread::new(event_loop::Setup {
+                index: u8::try_from(k).unwrap_or(u8::MAX),
+                poll,
+                inbox: rx,
+                siblings: Siblings::new(&this.outboxes, k),
+                listeners: if k == 0 { listeners.take() } else { None },
+                to_ring: cfg.to_ring.clone(),
+                waker: cfg.waker.try_clone()?,
+                limits: cfg.limits,
+                sessions: Arc::clone(&sessions),
+                stop: Arc::clone(&this.stop),
+            })?;
+            std::thread::Builder::new().name(format!("rf-session-{k}")).spawn(move || {
+                pin(k, core);
+                thread.run();
+            })?;
+        }
+        info!(threads = this.outboxes.len(), "session threads started");
+        Ok(this)
+    }
+
+    /// Wakes every session thread that was given work since the last call:
+    /// one wake-up per thread per turn of the ring thread, not per frame.
+    pub(crate) fn wake(&self) {
+        for o in &self.outboxes {
+            o.wake_if_dirty();
+        }
+    }
+}
+
+impl Drop for Sessions {
+    /// Stops the session threads; they close their connections.
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for o in &self.outboxes {
+            let _ = o.waker.wake();
+        }
+    }
+}
+
+/// How many session threads to run on `cores` cores, and the core index of
+/// each (`None`: not pinned). With the ring thread pinned to `ring_core` and
+/// at least two cores, the session threads take the other cores in turn.
+fn plan_threads(cores: usize, ring_core: Option<usize>) -> Vec<Option<usize>> {
+    let threads = cores.saturating_sub(1).clamp(1, MAX_SESSION_THREADS);
+    let others: Vec<usize> = match ring_core {
+        Some(r) if cores >= 2 => (0..cores).filter(|&i| i != r).collect(),
+        _ => vec![],
+    };
+    (0..threads).map(|k| (!others.is_empty()).then(|| others[k % others.len()])).collect()
+}
+
+/// Pins the calling session thread to `core`, if there is one; a failure is
+/// logged and the thread runs unpinned.
+fn pin(thread: usize, core: Option<core_affinity::CoreId>) {
+    let Some(core) = core else { return };
+    if core_affinity::set_for_current(core) {
+        info!(thread, core = core.id, "session thread pinned");
+    } else {
+        warn!(thread, core = core.id, "could not pin a session thread; running unpinned");
+    }
+}
+
+/// Counts one connection while it lives, over all session threads.
+#[derive(Debug)]
+struct SessionSlot(Arc<AtomicUsize>);
+
+impl SessionSlot {
+    /// A slot, or `None` when [`MAX_SESSIONS`] connections are open.
+    fn take(sessions: &Arc<AtomicUsize>) -> Option<Self> {
+        if sessions.fetch_add(1, Ordering::AcqRel) >= MAX_SESSIONS {
+            sessions.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Self(Arc::clone(sessions)))
+    }
+}
+
+impl Drop for SessionSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Wakes the ring thread, which waits on its UDP socket: a one-byte datagram
+/// from a socket whose address it knows.
+#[derive(Debug)]
+pub(crate) struct Waker {
+    socket: UdpSocket,
+    ring: SocketAddr,
+}
+
+impl Waker {
+    /// A waker for the ring thread listening on `ring`.
+    pub(crate) fn new(ring: SocketAddr) -> io::Result<Self> {
+        let bind: SocketAddr =
+            if ring.is_ipv4() { "127.0.0.1:0" } else { "[::1]:0" }.parse().map_err(io::Error::other)?;
+        let socket = UdpSocket::bind(bind)?;
+        let ring = if ring.ip().is_unspecified() { SocketAddr::new(bind.ip(), ring.port()) } else { ring };
+        Ok(Self { socket, ring })
+    }
+
+    /// The address wake-ups come from (the ring thread ignores its datagrams).
+    pub(crate) fn address(&self) -> io::Result<SocketAddr> {
+        self.socket.local_addr()
+    }
+
+    /// Sends one wake-up datagram.
+    pub(crate) fn wake(&self) {
+        let _ = self.socket.send_to(&[0], self.ring);
+    }
+
+    /// A second handle on the same socket.
+    fn try_clone(&self) -> io::Result<Self> {
+        Ok(Self { socket: self.socket.try_clone()?, ring: self.ring })
+    }
+}
+
+/// Checks a Hello: a version both sides speak, and an authentication this
+/// listener accepts (Unix peer credentials on the Unix socket; on TCP, until
+/// TLS and tokens land, only the same marker, which proves nothing: TCP is for
+/// trusted networks). Returns why it is refused, if it is.
+fn check_hello(h: &Hello, unix: bool) -> Option<(RefuseCode, String)> {
+    if negotiate_version(h.min_version, h.max_version).is_none() {
+        let text = format!(
+            "versions {}..={} not spoken; this daemon speaks {}",
+            h.min_version, h.max_version, CLIENT_VERSION
+        );
+        return Some((RefuseCode::VersionMismatch, text));
+    }
+    match (&h.auth, unix) {
+        (Auth::PeerCredentials, _) => None,
+        (Auth::Token(_), _) => {
+            Some((RefuseCode::AuthUnsupported, "token authentication is not available yet".into()))
+        }
+        (Auth::Tls, _) => Some((RefuseCode::AuthUnsupported, "TLS is not available yet".into())),
+        _ => Some((RefuseCode::AuthUnsupported, "unknown authentication kind".into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_core_runs_one_unpinned_session_thread() {
+        assert_eq!(plan_threads(1, None), vec![None]);
+        assert_eq!(plan_threads(1, Some(0)), vec![None]);
+        assert_eq!(plan_threads(0, None), vec![None]);
+    }
+
+    #[test]
+    fn session_threads_take_the_cores_the_ring_thread_leaves() {
+        assert_eq!(plan_threads(2, Some(0)), vec![Some(1)]);
+        assert_eq!(plan_threads(2, Some(1)), vec![Some(0)]);
+        assert_eq!(plan_threads(4, Some(1)), vec![Some(0), Some(2), Some(3)]);
+        // An unpinned ring thread: unpinned session threads.
+        assert_eq!(plan_threads(4, None), vec![None, None, None]);
+        // A ring core out of range leaves every core to the sessions.
+        assert_eq!(plan_threads(3, Some(7)), vec![Some(0), Some(1)]);
+    }
+
+    #[test]
+    fn session_threads_are_capped() {
+        let plan = plan_threads(64, Some(0));
+        assert_eq!(plan.len(), MAX_SESSION_THREADS);
+        assert!(plan.iter().all(|c| c.is_some_and(|c| c != 0)));
+    }
+
+    #[test]
+    fn hello_checks_version_and_auth() {
+        assert!(check_hello(&Hello::new("a", Auth::PeerCredentials), true).is_none());
+        assert!(check_hello(&Hello::new("a", Auth::PeerCredentials), false).is_none());
+        let code = |h: &Hello| check_hello(h, true).map(|(c, _)| c);
+        assert_eq!(code(&Hello::new("a", Auth::Tls)), Some(RefuseCode::AuthUnsupported));
+        assert_eq!(
+            code(&Hello::new("a", Auth::Token(Bytes::from_static(&[1])))),
+            Some(RefuseCode::AuthUnsupported)
+        );
+        let mut old = Hello::new("a", Auth::PeerCredentials);
+        old.min_version = CLIENT_VERSION + 1;
+        old.max_version = CLIENT_VERSION + 1;
+        assert_eq!(code(&old), Some(RefuseCode::VersionMismatch));
+    }
+}
+
+#[cfg(test)]
+mod loop_tests;

@@ -1,0 +1,410 @@
+//! Link sealing: the outer layer of every daemon-to-daemon datagram.
+//!
+//! ```text
+//!  0      kind      u8   0xE0 plain, 0xE1 signed, 0xE2 sealed, 0xE3 authenticated
+//!  1..9   digest    [u8; 8]  of the sender's security settings
+//!  9..11  sender    u16  daemon id
+//! 11..19  counter   u64  per sender; per key for sealed/authenticated
+//! 19..27  key id    [u8; 8]  which link key (zero for plain and signed)
+//! 27..    body      plain: the protocol datagram
+//!                   signed: datagram ‖ Ed25519 signature (64) over header ‖ datagram
+//!                   sealed: AES-256-GCM(datagram) ‖ tag (16), header as associated data
+//!                   authenticated: datagram ‖ GMAC tag (16) over header ‖ datagram
+//! ```
+//!
+//! The nonce of a sealed or authenticated datagram is `sender ‖ counter`
+//! (the daemon id widened to 32 bits): a key is fresh for each ring and
+//! epoch and the counter starts at zero and only goes up, so a nonce is never
+//! used twice under one key. Signed datagrams count from
+//! `incarnation << 32`, so a restarted daemon is not taken for a replayer.
+//!
+//! Every receiver keeps a sliding window of counters per sender (per key for
+//! sealed datagrams): a datagram seen before, or older than the window, is a
+//! replay and is dropped and counted.
+
+use super::{LinkMode, SecurityStats};
+use crate::wire::NodeId;
+use bytes::{Bytes, BytesMut};
+use ringfence_crypto::aead::{Aead, Backend, Key32, Nonce, TAG_LEN};
+use ringfence_crypto::identity::{PublicIdentity, SecretIdentity};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+/// Bytes of the outer header.
+pub const HEADER: usize = 27;
+/// Bytes of an Ed25519 signature.
+pub const SIGNATURE: usize = 64;
+/// The most a datagram grows by (header and signature).
+pub const OVERHEAD: usize = HEADER + SIGNATURE;
+
+const PLAIN: u8 = 0xE0;
+const SIGNED: u8 = 0xE1;
+const SEALED: u8 = 0xE2;
+const AUTHENTICATED: u8 = 0xE3;
+
+/// Link keys kept for receiving: the current one and a few before it, for
+/// datagrams in flight across a rekey.
+const KEYS_KEPT: usize = 4;
+/// Width of the replay window, in counters.
+const WINDOW: u64 = 1024;
+
+/// Identifies a link key on the wire: the first 8 bytes of an HMAC of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KeyId(pub [u8; 8]);
+
+impl KeyId {
+    /// The id of `key`.
+    pub fn of(key: &Key32) -> Self {
+        let mac = ringfence_crypto::kdf::hmac_sha256(key.expose_secret(), &[b"ringfence key id v1"]);
+        let mut id = [0u8; 8];
+        id.copy_from_slice(&mac[..8]);
+        Self(id)
+    }
+}
+
+impl std::fmt::Display for KeyId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Counters seen from one sender: the highest and a bitmap of the `WINDOW`
+/// below it.
+#[derive(Clone, Debug, Default)]
+struct Window {
+    top: u64,
+    seen: [u64; (WINDOW / 64) as usize],
+    any: bool,
+}
+
+impl Window {
+    /// Records `c`; false if it was seen already or is too old.
+    fn accept(&mut self, c: u64) -> bool {
+        if !self.any || c > self.top {
+            let shift = if self.any { c - self.top } else { WINDOW };
+            if shift >= WINDOW {
+                self.seen = [0; (WINDOW / 64) as usize];
+            } else {
+                for _ in 0..shift {
+                    // Clear the slots the window moves over.
+                    self.top += 1;
+                    let slot = self.top % WINDOW;
+                    self.seen[(slot / 64) as usize] &= !(1 << (slot % 64));
+                }
+            }
+            self.top = c;
+            self.any = true;
+            let slot = c % WINDOW;
+            self.seen[(slot / 64) as usize] |= 1 << (slot % 64);
+            return true;
+        }
+        if self.top - c >= WINDOW {
+            return false;
+        }
+        let slot = c % WINDOW;
+        let bit = 1 << (slot % 64);
+        let word = &mut self.seen[(slot / 64) as usize];
+        if *word & bit != 0 {
+            return false;
+        }
+        *word |= bit;
+        true
+    }
+}
+
+struct LinkKey {
+    id: KeyId,
+    aead: Box<dyn Aead>,
+    /// Replay windows of this key, per sender.
+    windows: HashMap<NodeId, Window>,
+}
+
+impl std::fmt::Debug for LinkKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LinkKey").field("id", &self.id).finish_non_exhaustive()
+    }
+}
+
+/// Why an incoming datagram was dropped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reject {
+    /// Too short, or an unknown kind byte.
+    Malformed,
+    /// The sender's security settings differ from ours.
+    SettingsMismatch,
+    /// The claimed sender has no public key in our configuration.
+    UnknownSender,
+    /// A signature that does not verify.
+    BadSignature,
+    /// A sealed or authenticated datagram that fails its tag.
+    AuthFailure,
+    /// A key we do not hold (or no longer hold).
+    UnknownKey,
+    /// A counter seen before (or too old).
+    Replay,
+}
+
+/// One daemon's link layer: its identity, its peers' public keys, the link
+/// keys it holds, counters and replay windows.
+pub struct Link {
+    me: NodeId,
+    mode: LinkMode,
+    digest: [u8; 8],
+    identity: Option<Arc<SecretIdentity>>,
+    peers: BTreeMap<NodeId, PublicIdentity>,
+    backend: Backend,
+    /// Receive keys, newest last.
+    keys: Vec<LinkKey>,
+    /// The key this daemon seals with, if any (an index into `keys` by id).
+    send: Option<KeyId>,
+    send_counter: u64,
+    signed_counter: u64,
+    /// Counter of blobs ([`Link::seal_blob`]): never reset, so a blob nonce
+    /// is never reused under any key.
+    blob_counter: u64,
+    signed_windows: HashMap<NodeId, Window>,
+    scratch: Vec<u8>,
+}
+
+impl std::fmt::Debug for Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Link")
+            .field("me", &self.me)
+            .field("mode", &self.mode)
+            .field("keys", &self.keys)
+            .field("send", &self.send)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Link {
+    /// A link layer for daemon `me`. `incarnation` numbers this life of the
+    /// daemon (signed datagrams count from `incarnation << 32`).
+    pub fn new(
+        me: NodeId,
+        mode: LinkMode,
+        digest: [u8; 8],
+        identity: Option<Arc<SecretIdentity>>,
+        peers: BTreeMap<NodeId, PublicIdentity>,
+        backend: Backend,
+        incarnation: u32,
+    ) -> Self {
+        Self {
+            me,
+            mode,
+            digest,
+            identity,
+            peers,
+            backend,
+            keys: Vec::new(),
+            send: None,
+            send_counter: 0,
+            signed_counter: u64::from(incarnation) << 32,
+            blob_counter: u64::from(incarnation) << 32,
+            signed_windows: HashMap::new(),
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Adds a link key for receiving (and, after [`Link::send_with`], for
+    /// sending). Returns its id. The oldest is forgotten past `KEYS_KEPT`.
+    pub fn add_key(&mut self, key: &Key32) -> KeyId {
+        let id = KeyId::of(key);
+        if self.keys.iter().all(|k| k.id != id) {
+            if self.keys.len() == KEYS_KEPT {
+                let old = self.keys.remove(0);
+                if self.send == Some(old.id) {
+                    self.send = None;
+                }
+            }
+            self.keys.push(LinkKey { id, aead: self.backend.key(key), windows: HashMap::new() });
+        }
+        id
+    }
+
+    /// Seals from now on with key `id` (which must have been added); `None`
+    /// goes back to signing.
+    pub fn send_with(&mut self, id: Option<KeyId>) {
+        let id = id.filter(|id| self.keys.iter().any(|k| k.id == *id));
+        if id != self.send {
+            self.send = id;
+            self.send_counter = 0;
+        }
+    }
+
+    /// The key sealed with, if any.
+    pub fn sending_with(&self) -> Option<KeyId> {
+        self.send
+    }
+
+    /// Seals `body` with key `id` as a standalone blob (for recovered
+    /// packets carried through a new ring): `key id ‖ counter ‖ ciphertext ‖
+    /// tag`, or `None` if the key is unknown.
+    pub fn seal_blob(&mut self, id: KeyId, body: &[u8]) -> Option<Bytes> {
+        let key = self.keys.iter().find(|k| k.id == id)?;
+        let counter = self.blob_counter;
+        self.blob_counter += 1;
+        let mut buf = Vec::with_capacity(16 + body.len() + TAG_LEN);
+        buf.extend_from_slice(&id.0);
+        buf.extend_from_slice(&counter.to_be_bytes());
+        buf.extend_from_slice(body);
+        key.aead.seal_frame(&Nonce::new(u32::from(self.me.0) | 0x8000_0000, counter), &mut buf, 16).ok()?;
+        Some(Bytes::from(buf))
+    }
+
+    /// Opens a blob of [`Link::seal_blob`] sealed by `sender`.
+    pub fn open_blob(&self, sender: NodeId, blob: &[u8]) -> Option<Bytes> {
+        if blob.len() < 16 + TAG_LEN {
+            return None;
+        }
+        let id = KeyId(blob[..8].try_into().ok()?);
+        let counter = u64::from_be_bytes(blob[8..16].try_into().ok()?);
+        let key = self.keys.iter().find(|k| k.id == id)?;
+        let mut buf = blob.to_vec();
+        let nonce = Nonce::new(u32::from(sender.0) | 0x8000_0000, counter);
+        let n = key.aead.open_frame(&nonce, &mut buf, 16).ok()?.len();
+        Some(Bytes::copy_from_slice(&buf[16..16 + n]))
+    }
+
+    fn header(&self, out: &mut Vec<u8>, kind: u8, counter: u64, key: KeyId) {
+        out.push(kind);
+        out.extend_from_slice(&self.digest);
+        out.extend_from_slice(&self.me.0.to_be_bytes());
+        out.extend_from_slice(&counter.to_be_bytes());
+        out.extend_from_slice(&key.0);
+    }
+
+    /// Wraps an outgoing protocol datagram: sealed with the link key if
+    /// `keyed` (it is for the members of the keyed ring only) and there is
+    /// one, else signed.
+    pub fn seal(&mut self, datagram: &[u8], keyed: bool, stats: &mut SecurityStats) -> Bytes {
+        let mut out = Vec::with_capacity(OVERHEAD + datagram.len());
+        if self.mode == LinkMode::None {
+            self.header(&mut out, PLAIN, 0, KeyId([0; 8]));
+            out.extend_from_slice(datagram);
+            return Bytes::from(out);
+        }
+        if let Some(id) = self.send.filter(|_| keyed) {
+            if let Some(key) = self.keys.iter().find(|k| k.id == id) {
+                let counter = self.send_counter;
+                self.send_counter += 1;
+                let nonce = Nonce::new(u32::from(self.me.0), counter);
+                let kind = if self.mode == LinkMode::Encrypt { SEALED } else { AUTHENTICATED };
+                self.header(&mut out, kind, counter, id);
+                out.extend_from_slice(datagram);
+                let sealed = if kind == SEALED {
+                    key.aead.seal_frame(&nonce, &mut out, HEADER)
+                } else {
+                    // Everything is associated data; nothing is encrypted.
+                    key.aead.seal_detached(&nonce, &out, &mut []).map(|tag| out.extend_from_slice(&tag))
+                };
+                if sealed.is_ok() {
+                    stats.sealed += 1;
+                    return Bytes::from(out);
+                }
+                out.clear();
+            }
+        }
+        let counter = self.signed_counter;
+        self.signed_counter += 1;
+        self.header(&mut out, SIGNED, counter, KeyId([0; 8]));
+        out.extend_from_slice(datagram);
+        if let Some(identity) = &self.identity {
+            let sig = identity.sign(&out);
+            out.extend_from_slice(&sig);
+        }
+        stats.signed += 1;
+        Bytes::from(out)
+    }
+
+    /// Unwraps an incoming datagram: its sender, the protocol datagram and
+    /// the link key it was sealed with (if sealed), or why it was dropped.
+    pub fn open(&mut self, bytes: Bytes) -> Result<(NodeId, Bytes, Option<KeyId>), Reject> {
+        if bytes.len() < HEADER {
+            return Err(Reject::Malformed);
+        }
+        let kind = bytes[0];
+        if bytes[1..9] != self.digest {
+            return Err(Reject::SettingsMismatch);
+        }
+        let sender = NodeId(u16::from_be_bytes([bytes[9], bytes[10]]));
+        let counter = u64::from_be_bytes(bytes[11..19].try_into().map_err(|_| Reject::Malformed)?);
+        let key_id = KeyId(bytes[19..27].try_into().map_err(|_| Reject::Malformed)?);
+        match (kind, self.mode) {
+            (PLAIN, LinkMode::None) => Ok((sender, bytes.slice(HEADER..), None)),
+            (SIGNED, LinkMode::Encrypt | LinkMode::Authenticate) => {
+                let Some(public) = self.peers.get(&sender) else { return Err(Reject::UnknownSender) };
+                if bytes.len() < HEADER + SIGNATURE {
+                    return Err(Reject::Malformed);
+                }
+                let (signed, sig) = bytes.split_at(bytes.len() - SIGNATURE);
+                let sig: &[u8; SIGNATURE] = sig.try_into().map_err(|_| Reject::Malformed)?;
+                if public.verify(signed, sig).is_err() {
+                    return Err(Reject::BadSignature);
+                }
+                if !self.signed_windows.entry(sender).or_default().accept(counter) {
+                    return Err(Reject::Replay);
+                }
+                Ok((sender, bytes.slice(HEADER..bytes.len() - SIGNATURE), None))
+            }
+            (SEALED, LinkMode::Encrypt) | (AUTHENTICATED, LinkMode::Authenticate) => {
+                if !self.peers.contains_key(&sender) {
+                    return Err(Reject::UnknownSender);
+                }
+                let Some(key) = self.keys.iter_mut().find(|k| k.id == key_id) else {
+                    return Err(Reject::UnknownKey);
+                };
+                let nonce = Nonce::new(u32::from(sender.0), counter);
+                if bytes.len() < HEADER + TAG_LEN {
+                    return Err(Reject::Malformed);
+                }
+                let plain = if kind == SEALED {
+                    let mut buf = BytesMut::from(&bytes[..]);
+                    let n =
+                        key.aead.open_frame(&nonce, &mut buf, HEADER).map_err(|_| Reject::AuthFailure)?.len();
+                    buf.truncate(HEADER + n);
+                    buf.freeze().slice(HEADER..)
+                } else {
+                    let (text, tag) = bytes.split_at(bytes.len() - TAG_LEN);
+                    let tag: &[u8; TAG_LEN] = tag.try_into().map_err(|_| Reject::Malformed)?;
+                    self.scratch.clear();
+                    key.aead
+                        .open_detached(&nonce, text, &mut self.scratch, tag)
+                        .map_err(|_| Reject::AuthFailure)?;
+                    bytes.slice(HEADER..bytes.len() - TAG_LEN)
+                };
+                // Only after the tag checked: a forged counter moves no window.
+                if !key.windows.entry(sender).or_default().accept(counter) {
+                    return Err(Reject::Replay);
+                }
+                Ok((sender, plain, Some(key_id)))
+            }
+            (PLAIN | SIGNED | SEALED | AUTHENTICATED, _) => Err(Reject::SettingsMismatch),
+            _ => Err(Reject::Malformed),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_replay_window_takes_each_counter_once() {
+        let mut w = Window::default();
+        assert!(w.accept(5));
+        assert!(!w.accept(5));
+        assert!(w.accept(3));
+        assert!(!w.accept(3));
+        assert!(w.accept(4000));
+        assert!(!w.accept(5), "older than the window");
+        assert!(w.accept(3999));
+        assert!(w.accept(4000 - WINDOW + 1));
+        assert!(!w.accept(4000 - WINDOW));
+        assert!(w.accept(10_000));
+        assert!(!w.accept(10_000));
+    }
+}
