@@ -141,16 +141,17 @@ struct Sec {
     /// The regular configuration held back from the clients until its key
     /// is agreed.
     pending: Option<Configuration>,
-    /// Switch sealing to this key once packet `seq` of ring `ring` is
-    /// stable (every member holds it, so every member holds the key).
-    switch_at: Option<(RingId, u64, KeyId)>,
+    /// Members that said they hold each new link key of our ring; a key
+    /// is used once all did.
+    checks: BTreeMap<KeyId, BTreeSet<NodeId>>,
     /// The newest key of our ring that every member is known to hold: one
     /// this daemon switched to (stable), or one a member sealed with. Every
     /// datagram of the ring goes sealed with it, and recovered packets of
     /// the ring travel through the next one sealed with it.
     ring_key: Option<(RingId, KeyId, u64)>,
-    /// Link keys derived here: id, ring, epoch (newest last, bounded).
-    derived: VecDeque<(KeyId, RingId, u64)>,
+    /// Link keys derived here: id, ring, epoch, and the server key they
+    /// come from (newest last, bounded).
+    derived: VecDeque<(KeyId, RingId, u64, ringfence_crypto::aead::Key32)>,
     changed_at: Time,
     agreed_at: Time,
     bytes_under_key: u64,
@@ -267,7 +268,7 @@ impl Node {
             agreement,
             stats,
             pending: None,
-            switch_at: None,
+            checks: BTreeMap::new(),
             ring_key: None,
             derived: VecDeque::new(),
             changed_at: now,
@@ -294,14 +295,19 @@ impl Node {
     /// The server key agreed in the current ring: its ring, epoch and link
     /// key id (the secret itself stays inside).
     pub fn server_key(&self) -> Option<(RingId, u64, KeyId)> {
-        let k = self.sec.as_ref()?.agreement.as_ref()?.key()?;
-        Some((k.ring_id, k.epoch, k.link))
+        let sec = self.sec.as_ref()?;
+        let (ring, kid, epoch) = sec.ring_key?;
+        self.ring.as_ref().filter(|r| r.ring_id() == ring)?;
+        Some((ring, epoch, kid))
     }
 
-    /// The secret server key of the current ring (for deriving client group
-    /// keys).
+    /// The secret server key in use in the current ring, held by every
+    /// member (for deriving client group keys).
     pub fn server_secret(&self) -> Option<&ringfence_crypto::aead::Key32> {
-        Some(&self.sec.as_ref()?.agreement.as_ref()?.key()?.key)
+        let sec = self.sec.as_ref()?;
+        let (ring, kid, _) = sec.ring_key?;
+        self.ring.as_ref().filter(|r| r.ring_id() == ring)?;
+        sec.derived.iter().find(|d| d.0 == kid).map(|d| &d.3)
     }
 
     /// A daemon already operational in the ring `ring_id` of `members` (all
@@ -519,7 +525,6 @@ impl Node {
                 self.events.push_back(Event::Deliver(d));
             }
         }
-        self.check_switch();
     }
 
     /// Acts on one delivered key agreement message.
@@ -541,40 +546,43 @@ impl Node {
         for env in out.send {
             self.push_ctl(Service::KeyAgreement, env);
         }
+        if let Some(kid) = out.holds {
+            let Some(sec) = self.sec.as_mut() else { return };
+            let members =
+                self.ring.as_ref().filter(|r| r.ring_id() == d.ring_id).map(|r| r.members().to_vec());
+            if let Some(members) = members {
+                let said = sec.checks.entry(kid).or_default();
+                said.insert(d.id.origin);
+                if members.iter().all(|m| said.contains(m)) {
+                    sec.checks.remove(&kid);
+                    self.adopt(kid);
+                }
+            }
+        }
         if out.agreed {
             let Some(sec) = self.sec.as_mut() else { return };
             let Some(agreement) = sec.agreement.as_ref() else { return };
             let (Some(k), Some(link_key)) = (agreement.key(), agreement.link_key()) else { return };
             let (ring_id, epoch, kid) = (k.ring_id, k.epoch, k.link);
+            let server = k.key.clone();
+            let check = agreement.check(ring_id, kid);
             sec.link.add_key(&link_key);
             if sec.derived.len() == 8 {
                 sec.derived.pop_front();
             }
-            sec.derived.push_back((kid, ring_id, epoch));
-            sec.switch_at = Some((ring_id, d.ring_seq, kid));
+            sec.derived.push_back((kid, ring_id, epoch, server));
             sec.stats.keys_agreed += 1;
-            sec.stats.epoch = epoch;
             sec.stats.rekeyed_at_ns = Some(now.as_nanos());
             sec.agreed_at = now;
             sec.bytes_under_key = 0;
             sec.refresh_asked = false;
             if let Some(c) = sec.pending.take() {
                 sec.stats.last_agreement_ns = Some(now.saturating_since(sec.changed_at).as_nanos() as u64);
-                // Client messages wait until datagrams go sealed (below).
+                // Client messages wait until datagrams go sealed (`adopt`).
                 self.events.push_back(Event::Configuration(c));
             }
-            self.check_switch();
-        }
-    }
-
-    /// Seals with the newest key once every member holds it.
-    fn check_switch(&mut self) {
-        let Some(sec) = self.sec.as_mut() else { return };
-        let Some((ring_id, seq, kid)) = sec.switch_at else { return };
-        let Some(r) = self.ring.as_ref().filter(|r| r.ring_id() == ring_id) else { return };
-        if matches!(self.state, State::Operational) && r.stable() >= seq {
-            sec.switch_at = None;
-            self.adopt(kid);
+            // Sealing starts once every member says it holds the key.
+            self.push_ctl(Service::KeyAgreement, check);
         }
     }
 
@@ -583,7 +591,7 @@ impl Node {
     /// than the key in use, seal with it from now on.
     fn adopt(&mut self, kid: KeyId) {
         let Some(sec) = self.sec.as_mut() else { return };
-        let Some(&(_, ring_id, epoch)) = sec.derived.iter().find(|(k, _, _)| *k == kid) else { return };
+        let Some(&(_, ring_id, epoch, _)) = sec.derived.iter().find(|(k, _, _, _)| *k == kid) else { return };
         let Some(r) = self.ring.as_ref().filter(|r| r.ring_id() == ring_id) else { return };
         if !matches!(self.state, State::Operational)
             || sec.ring_key.is_some_and(|(rk, _, e)| rk == ring_id && e >= epoch)
@@ -594,9 +602,7 @@ impl Node {
         sec.link.send_with(Some(kid));
         sec.ring_key = Some((ring_id, kid, epoch));
         sec.stats.link_key = Some(kid.to_string());
-        if sec.switch_at.is_some_and(|(_, _, k)| k == kid) {
-            sec.switch_at = None;
-        }
+        sec.stats.epoch = epoch;
         if !self.out.user_allowed {
             // Client messages of this ring go sealed from the start.
             self.out.user_allowed = true;
@@ -763,6 +769,13 @@ impl Node {
                         }
                         inner
                     }
+                    Err(Reject::UnknownKey) => {
+                        // Routine for a daemon outside the ring (unicast
+                        // "all" reaches every configured daemon): counted,
+                        // not alerted.
+                        sec.stats.count(Reject::UnknownKey);
+                        return;
+                    }
                     Err(r) => {
                         sec.stats.count(r);
                         let mode = sec.cfg.mode.name();
@@ -777,7 +790,7 @@ impl Node {
                             ),
                             Reject::AuthFailure => format!("dropped a datagram from daemon {peer}: authentication failed"),
                             Reject::Replay => format!("dropped a replayed datagram from daemon {peer}"),
-                            Reject::UnknownKey => format!("dropped a datagram from daemon {peer}: unknown link key"),
+                            Reject::UnknownKey => String::new(),
                             Reject::Malformed => format!("dropped a malformed datagram (claimed sender {peer})"),
                         });
                         return;
@@ -878,8 +891,11 @@ impl Node {
         if let Some(sec) = &mut self.sec {
             // Membership messages reach daemons outside our ring: signed.
             sec.link.send_with(None);
-            sec.switch_at = None;
-            sec.changed_at = now;
+            sec.checks.clear();
+            if matches!(self.state, State::Operational) {
+                // The change begins (a gather restarted within it does not).
+                sec.changed_at = now;
+            }
         }
         if let Some(r) = &mut self.ring {
             r.stop();
@@ -1234,9 +1250,15 @@ impl Node {
             let State::Recovery { rec, .. } = &mut self.state else { break };
             match d.service {
                 Service::Recovered => {
-                    let payload = match &self.sec {
+                    let payload = match &mut self.sec {
                         None => Some(d.payload),
-                        Some(sec) => open_recovered(sec, d.id.origin, &d.payload),
+                        Some(sec) => {
+                            let p = open_recovered(sec, d.id.origin, &d.payload);
+                            if p.is_none() {
+                                sec.stats.recovered_unopened += 1;
+                            }
+                            p
+                        }
                     };
                     if let (Some(r), Some(payload)) = (&mut self.ring, payload) {
                         r.insert_recovered(payload);
@@ -1298,7 +1320,6 @@ impl Node {
                 // The clients see the configuration once its key is agreed.
                 let out = agreement.start(regular.ring_id, &regular.members);
                 sec.pending = Some(regular.clone());
-                sec.changed_at = now;
                 gated = true;
                 for env in out.send {
                     let msg_seq = self.next_ctl_seq;

@@ -68,6 +68,7 @@ pub(crate) fn main(args: &MonitorArgs) -> ExitCode {
                 "bad"
             );
         }
+        let mut security = Vec::new();
         for (name, dir) in &dirs {
             let path = dir.join("status.json");
             let Some(v) =
@@ -101,6 +102,27 @@ pub(crate) fn main(args: &MonitorArgs) -> ExitCode {
                 num(&v, &["protocol", "token_retransmits"]),
                 num(&v, &["protocol", "bad_datagrams"]),
             );
+            security.push(security_row(name, &v));
+        }
+        if !args.json && !security.is_empty() {
+            println!(
+                "\n{:<10} {:<12} {:>16} {:<16} {:>9} {:>9} {:>9} {:>8} {:>6} {:>6} {:>6} {:>8}",
+                "daemon",
+                "link",
+                "epoch",
+                "link key",
+                "rekeyed",
+                "agreement",
+                "sealed",
+                "signed",
+                "auth",
+                "sig",
+                "replay",
+                "mismatch"
+            );
+            for row in &security {
+                println!("{row}");
+            }
         }
         if args.once {
             return ExitCode::SUCCESS;
@@ -108,4 +130,38 @@ pub(crate) fn main(args: &MonitorArgs) -> ExitCode {
         std::thread::sleep(Duration::from_secs(1));
         println!();
     }
+}
+
+/// One line of the security table: link mode, server key epoch, link key,
+/// time since the last rekey, how long the last agreement took, and the
+/// counters of datagrams sealed, signed and rejected (authentication
+/// failures, bad signatures, replays, settings mismatches).
+fn security_row(name: &str, v: &Value) -> String {
+    let s = v.get("security").filter(|s| !s.is_null());
+    let Some(s) = s else { return format!("{name:<10} (no link security layer)") };
+    let mode = s.get("mode").and_then(Value::as_str).unwrap_or("?");
+    let key = s.get("link_key").and_then(Value::as_str).unwrap_or("-");
+    let uptime_ms = num(v, &["uptime_ms"]);
+    let rekeyed = s.get("rekeyed_at_ns").and_then(Value::as_u64).map_or("-".to_string(), |ns| {
+        format!("{:.1}s ago", uptime_ms.saturating_sub(ns / 1_000_000) as f64 / 1e3)
+    });
+    let agreement = s
+        .get("last_agreement_ns")
+        .and_then(Value::as_u64)
+        .map_or("-".to_string(), |ns| format!("{:.1}ms", ns as f64 / 1e6));
+    format!(
+        "{:<10} {:<12} {:>16} {:<16} {:>9} {:>9} {:>9} {:>8} {:>6} {:>6} {:>6} {:>8}",
+        name,
+        mode,
+        format!("{:#x}", num(s, &["epoch"])),
+        key,
+        rekeyed,
+        agreement,
+        num(s, &["sealed"]),
+        num(s, &["signed"]),
+        num(s, &["auth_failures"]),
+        num(s, &["bad_signature"]),
+        num(s, &["replays"]),
+        num(s, &["settings_mismatch"]),
+    )
 }

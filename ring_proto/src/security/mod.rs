@@ -23,6 +23,7 @@
 //! [`link`] is the outer layer; this module holds the settings, the
 //! counters and the [`Agreement`] driver.
 
+pub mod lab;
 pub mod link;
 
 use crate::Time;
@@ -156,6 +157,9 @@ pub struct SecurityStats {
     pub unknown_key: u64,
     /// Dropped: seen before.
     pub replays: u64,
+    /// Recovered packets of an old ring this daemon could not open (not of
+    /// its old ring, or under a key it lacks).
+    pub recovered_unopened: u64,
     /// Key agreement messages rejected (bad envelope or out of place).
     pub bad_agreement_messages: u64,
     /// Key agreements completed (server keys installed).
@@ -191,6 +195,8 @@ impl SecurityStats {
 /// Message types of the envelopes the agreement sends.
 const T_TGDH: u8 = 1;
 const T_REFRESH: u8 = 2;
+/// "I hold link key `kid`": a key is used once every member said so.
+const T_CHECK: u8 = 3;
 
 /// A completed agreement: the server key and where it became known.
 #[derive(Debug)]
@@ -213,6 +219,8 @@ pub struct Outcome {
     pub send: Vec<Bytes>,
     /// A new server key was agreed.
     pub agreed: bool,
+    /// A member said it holds a link key.
+    pub holds: Option<KeyId>,
 }
 
 /// The servers agreement engine: runs TGDH among the members of the
@@ -280,7 +288,7 @@ impl Agreement {
         // `start` only fails for a member set without this daemon or too
         // large, which the ring never installs: then no key, no delivery.
         let msgs = self.tgdh.start(round, &ids, &mut self.rng).unwrap_or_default();
-        Outcome { send: self.envelopes(ring, round, &msgs), agreed: false }
+        Outcome { send: self.envelopes(ring, round, &msgs), ..Outcome::default() }
     }
 
     fn envelopes(&self, ring: RingId, round: u64, msgs: &[TgdhMessage]) -> Vec<Bytes> {
@@ -291,6 +299,11 @@ impl Agreement {
                 self.envelope(ring, round, T_TGDH, &body)
             })
             .collect()
+    }
+
+    /// The envelope saying this daemon holds link key `kid` of `ring`.
+    pub fn check(&self, ring: RingId, kid: KeyId) -> Bytes {
+        self.envelope(ring, 0, T_CHECK, &kid.0)
     }
 
     /// The envelope asking the ring for a refresh (sent by the representative).
@@ -311,6 +324,10 @@ impl Agreement {
         let key = self.peers.get(&origin).ok_or("signer without a public key")?;
         let env = env.verify(key).map_err(|_| "bad envelope signature")?;
         match env.msg_type() {
+            T_CHECK => {
+                let kid = KeyId(env.body().try_into().map_err(|_| "malformed key check")?);
+                Ok(Outcome { holds: Some(kid), ..Outcome::default() })
+            }
             T_REFRESH => {
                 if self.run.is_some() || self.key.as_ref().is_none_or(|k| k.ring_id != ring) {
                     return Ok(Outcome::default()); // one refresh at a time
@@ -319,7 +336,7 @@ impl Agreement {
                 let round = (ring.seq << 16) | (self.refreshes_in_ring & 0xffff);
                 self.run = Some((ring, round));
                 let msgs = self.tgdh.refresh(round, &mut self.rng).map_err(|_| "refresh refused")?;
-                Ok(Outcome { send: self.envelopes(ring, round, &msgs), agreed: false })
+                Ok(Outcome { send: self.envelopes(ring, round, &msgs), ..Outcome::default() })
             }
             T_TGDH => {
                 let Some((run_ring, round)) = self.run else { return Ok(Outcome::default()) };
@@ -329,7 +346,7 @@ impl Agreement {
                 let msg = TgdhMessage::decode(env.body()).map_err(|_| "malformed TGDH message")?;
                 let out =
                     self.tgdh.handle(u32::from(origin.0), &msg, &mut self.rng).map_err(|_| "TGDH refused")?;
-                let mut outcome = Outcome { send: self.envelopes(ring, round, &out), agreed: false };
+                let mut outcome = Outcome { send: self.envelopes(ring, round, &out), ..Outcome::default() };
                 if let (true, Some((_, k))) = (self.tgdh.is_done(), self.tgdh.key()) {
                     // The epoch is the run's round: the same at every member.
                     let key = Key32::from_bytes(*k.as_bytes());

@@ -837,19 +837,6 @@ impl<'t> Sim<'t> {
     }
 
     fn finish(mut self) -> Report {
-        if std::env::var_os("RINGFENCE_SIM_DEBUG").is_some() {
-            for n in self.nodes.iter().flatten() {
-                eprintln!(
-                    "node {} {:?} ring {:?} key {:?} pending {} stats {:?}",
-                    n.id(),
-                    n.phase(),
-                    n.ring().map(|(r, m)| (r, m.to_vec())),
-                    n.server_key(),
-                    n.pending(),
-                    n.security_stats()
-                );
-            }
-        }
         let mut v = std::mem::take(&mut self.violations);
         if self.faulty() {
             check::evs(&self.logs, &mut v);

@@ -108,3 +108,45 @@ fn a_crash_gives_a_transitional_then_a_regular_configuration() {
     let members = last.split("\"members\":[").nth(1).unwrap().trim_end_matches("]}");
     assert_eq!(members.split(',').count(), 3, "{last}");
 }
+
+/// Issue 5: the same fault schedules with link security and server key
+/// agreement on. Every member of a ring derives the same key, no outsider
+/// holds it, no workload payload crosses the wire in clear (`encrypt`), and
+/// the converged ring ends keyed; plus every EVS check above.
+#[test]
+fn fault_seeds_with_key_agreement() {
+    let mut failed = Vec::new();
+    for seed in 0..120 {
+        let mode = if seed % 4 == 3 { LinkMode::Authenticate } else { LinkMode::Encrypt };
+        let cfg = SimConfig { security: Some(mode), ..SimConfig::with_faults(seed, 3 + (seed % 3) as usize) };
+        let r = run(&cfg);
+        if !r.violations.is_empty() {
+            failed.push((seed, mode, r.violations));
+        }
+    }
+    assert!(failed.is_empty(), "{} seeds failed; first: {:?}", failed.len(), failed.first());
+}
+
+/// The plaintext check can fail: over `none` links a marked payload is seen
+/// on the wire, over `encrypt` links it is not.
+#[test]
+fn the_plaintext_check_sees_payloads_on_plain_links_only() {
+    use crate::security::lab::Lab;
+    for (mode, visible) in [(LinkMode::None, true), (LinkMode::Encrypt, false)] {
+        let mut lab = Lab::new(3, mode);
+        let formed = |l: &Lab| {
+            l.nodes
+                .iter()
+                .flatten()
+                .all(|n| n.phase() == Phase::Operational && n.ring().is_some_and(|(_, m)| m.len() == 3))
+        };
+        assert!(lab.run(Time::ZERO + Duration::from_secs(5), formed));
+        let keyed = |l: &Lab| mode == LinkMode::None || l.all_keyed();
+        assert!(lab.run(lab.now + Duration::from_secs(5), keyed));
+        let p = payload(&mut ChaCha8Rng::seed_from_u64(1), 64);
+        let now = lab.now;
+        lab.nodes[0].as_mut().unwrap().submit(now, Service::Agreed, Groups::none(), p).unwrap();
+        lab.run(lab.now + Duration::from_millis(50), |_| false);
+        assert_eq!(lab.wire.iter().any(|d| contains_marker(d)), visible, "{mode:?}");
+    }
+}
