@@ -685,4 +685,14 @@ link_security = "none"
         let c = DaemonConfig::parse(Path::new("x.toml"), GOOD, "a").unwrap();
         assert_eq!(c.security.mode, LinkMode::None);
     }
+
+    #[test]
+    fn the_example_configs_say_what_they_mean() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        let local = DaemonConfig::load(&dir.join("local3.toml"), "d1").unwrap();
+        assert_eq!((local.peers.len(), local.security.mode), (3, LinkMode::None));
+        // The LAN example needs real keys first, and says where.
+        let e = DaemonConfig::load(&dir.join("lan3.toml"), "alpha").unwrap_err().to_string();
+        assert!(e.contains("lan3.toml:") && e.contains("cluster.daemon.public_key"), "{e}");
+    }
 }
