@@ -153,6 +153,7 @@ struct Sec {
     /// come from (newest last, bounded).
     derived: VecDeque<(KeyId, RingId, u64, ringfence_crypto::aead::Key32)>,
     changed_at: Time,
+    installed_at: Time,
     agreed_at: Time,
     bytes_under_key: u64,
     refresh_asked: bool,
@@ -272,6 +273,7 @@ impl Node {
             ring_key: None,
             derived: VecDeque::new(),
             changed_at: now,
+            installed_at: now,
             agreed_at: now,
             bytes_under_key: 0,
             refresh_asked: false,
@@ -578,6 +580,7 @@ impl Node {
             sec.refresh_asked = false;
             if let Some(c) = sec.pending.take() {
                 sec.stats.last_agreement_ns = Some(now.saturating_since(sec.changed_at).as_nanos() as u64);
+                sec.stats.last_run_ns = Some(now.saturating_since(sec.installed_at).as_nanos() as u64);
                 // Client messages wait until datagrams go sealed (`adopt`).
                 self.events.push_back(Event::Configuration(c));
             }
@@ -1320,6 +1323,7 @@ impl Node {
                 // The clients see the configuration once its key is agreed.
                 let out = agreement.start(regular.ring_id, &regular.members);
                 sec.pending = Some(regular.clone());
+                sec.installed_at = now;
                 gated = true;
                 for env in out.send {
                     let msg_seq = self.next_ctl_seq;

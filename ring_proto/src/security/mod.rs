@@ -172,8 +172,12 @@ pub struct SecurityStats {
     pub link_key: Option<String>,
     /// When the current server key was agreed (ns of the node's clock).
     pub rekeyed_at_ns: Option<u64>,
-    /// Time from the last configuration change to its server key, in ns.
+    /// Time from the start of the last membership change (token loss,
+    /// join or merge detected) to its server key, in ns.
     pub last_agreement_ns: Option<u64>,
+    /// Of that, the key agreement alone: from the new ring's installation
+    /// to its server key, in ns.
+    pub last_run_ns: Option<u64>,
 }
 
 impl SecurityStats {
