@@ -154,6 +154,8 @@ struct Sec {
     derived: VecDeque<(KeyId, RingId, u64, ringfence_crypto::aead::Key32)>,
     changed_at: Time,
     installed_at: Time,
+    /// When the key agreement run in progress began.
+    run_started: Time,
     agreed_at: Time,
     bytes_under_key: u64,
     refresh_asked: bool,
@@ -162,6 +164,13 @@ struct Sec {
 }
 
 impl Sec {
+    /// When a key agreement run in progress (or a configuration still
+    /// waiting for its key) is given up, if there is one.
+    fn agreement_deadline(&self, token_timeout: Duration) -> Option<Time> {
+        let stuck = self.pending.is_some() || self.agreement.as_ref().is_some_and(Agreement::running);
+        stuck.then(|| self.run_started + (token_timeout * 20).max(Duration::from_secs(5)))
+    }
+
     /// Whether a refresh may be asked for in ring `ring_id` now: its key is
     /// agreed, no run is going on and none was asked for.
     fn refresh_possible(&self, ring_id: RingId) -> bool {
@@ -173,7 +182,13 @@ impl Sec {
     }
 
     fn alert(&mut self, now: Time, kind: u8, peer: NodeId, text: impl FnOnce() -> String) {
-        let last = self.alerted.entry((kind, peer)).or_insert(Time::ZERO);
+        self.alert_as(now, kind, peer, peer, text);
+    }
+
+    /// As `alert`, rate-limited under `slot` (bounded: a claimed sender id
+    /// from an unauthenticated datagram does not get a slot of its own).
+    fn alert_as(&mut self, now: Time, kind: u8, slot: NodeId, peer: NodeId, text: impl FnOnce() -> String) {
+        let last = self.alerted.entry((kind, slot)).or_insert(Time::ZERO);
         if *last == Time::ZERO || now.saturating_since(*last) >= ALERT_EVERY {
             *last = now.max(Time::from_nanos(1));
             if self.alerts.len() < 64 {
@@ -274,6 +289,7 @@ impl Node {
             derived: VecDeque::new(),
             changed_at: now,
             installed_at: now,
+            run_started: now,
             agreed_at: now,
             bytes_under_key: 0,
             refresh_asked: false,
@@ -468,6 +484,17 @@ impl Node {
         };
         match &mut self.sec {
             None => Some(t),
+            Some(sec)
+                if ring_own
+                    && sec.cfg.mode != LinkMode::None
+                    && !matches!(self.state, State::Operational) =>
+            {
+                // A stopped ring's packet queued before the change began:
+                // no longer sealable (the ring's key is not in use), and
+                // recovery carries what it holds. Dropped, not sent signed.
+                sec.stats.dropped_unsealable += 1;
+                self.poll_transmit()
+            }
             Some(sec) => {
                 let bytes = sec.link.seal(&t.bytes, ring_own, &mut sec.stats);
                 Some(Transmit { dest: t.dest, bytes })
@@ -534,7 +561,12 @@ impl Node {
         let now = self.now;
         let Some(sec) = self.sec.as_mut() else { return };
         let Some(agreement) = sec.agreement.as_mut() else { return };
-        let out = match agreement.handle(d.ring_id, d.id.origin, &d.payload) {
+        let was_running = agreement.running();
+        let out = agreement.handle(d.ring_id, d.id.origin, &d.payload);
+        if !was_running && agreement.running() {
+            sec.run_started = now; // a refresh began
+        }
+        let out = match out {
             Ok(out) => out,
             Err(why) => {
                 sec.stats.bad_agreement_messages += 1;
@@ -595,17 +627,20 @@ impl Node {
     fn adopt(&mut self, kid: KeyId) {
         let Some(sec) = self.sec.as_mut() else { return };
         let Some(&(_, ring_id, epoch, _)) = sec.derived.iter().find(|(k, _, _, _)| *k == kid) else { return };
-        let Some(r) = self.ring.as_ref().filter(|r| r.ring_id() == ring_id) else { return };
-        if !matches!(self.state, State::Operational)
+        if self.ring.as_ref().is_none_or(|r| r.ring_id() != ring_id)
             || sec.ring_key.is_some_and(|(rk, _, e)| rk == ring_id && e >= epoch)
         {
             return;
         }
-        let _ = r;
-        sec.link.send_with(Some(kid));
+        // Whatever our phase, every member of that ring holds the key: it
+        // seals that ring's packets if recovery carries them on.
         sec.ring_key = Some((ring_id, kid, epoch));
         sec.stats.link_key = Some(kid.to_string());
         sec.stats.epoch = epoch;
+        if !matches!(self.state, State::Operational) {
+            return;
+        }
+        sec.link.send_with(Some(kid));
         if !self.out.user_allowed {
             // Client messages of this ring go sealed from the start.
             self.out.user_allowed = true;
@@ -663,6 +698,9 @@ impl Node {
                     if !r.holds_token() {
                         consider(Some(self.last_token_at + self.cfg.token_timeout));
                     }
+                    if let Some(sec) = &self.sec {
+                        consider(sec.agreement_deadline(self.cfg.token_timeout));
+                    }
                     if r.members()[0] == self.id {
                         consider(Some(self.beacon_at));
                         if let Some(sec) = self.sec.as_ref().filter(|s| s.refresh_possible(r.ring_id())) {
@@ -687,6 +725,21 @@ impl Node {
     /// Handles expired timers.
     pub fn handle_timeout(&mut self, now: Time) {
         self.now = now;
+        let deadline = self.sec.as_ref().and_then(|s| s.agreement_deadline(self.cfg.token_timeout));
+        if matches!(self.state, State::Operational) && deadline.is_some_and(|d| d <= now) {
+            // A key agreement that cannot finish (a member that never
+            // answers, a failed run): start the membership over, which
+            // runs the agreement again in a new ring.
+            if let (Some(sec), Some(r)) = (self.sec.as_mut(), self.ring.as_ref()) {
+                sec.stats.agreements_abandoned += 1;
+                let ring = r.ring_id();
+                sec.alert(now, 0xA1, self.id, || {
+                    format!("key agreement in ring {ring} did not finish: forming the ring again")
+                });
+                let procs = r.members().iter().copied().collect();
+                self.enter_gather(now, procs, BTreeSet::new());
+            }
+        }
         self.timeout(now);
         if self.sec.is_some() {
             self.pump_keys();
@@ -782,7 +835,13 @@ impl Node {
                     Err(r) => {
                         sec.stats.count(r);
                         let mode = sec.cfg.mode.name();
-                        sec.alert(now, r as u8, peer, || match r {
+                        // Before authentication the claimed sender is anyone's
+                        // guess: one alert slot per kind, not per claimed id.
+                        let slot = match r {
+                            Reject::BadSignature | Reject::AuthFailure | Reject::Replay => peer,
+                            _ => NodeId(u16::MAX),
+                        };
+                        sec.alert_as(now, r as u8, slot, peer, || match r {
                             Reject::SettingsMismatch => format!(
                                 "refusing daemon {peer}: its security settings (link_security, public keys) \
                                  differ from ours (link_security = {mode})"
@@ -1318,24 +1377,15 @@ impl Node {
             members: rec.token.members.clone(),
         };
         let mut gated = false;
+        let mut announce = Vec::new();
         if let Some(sec) = &mut self.sec {
             if let Some(agreement) = &mut sec.agreement {
                 // The clients see the configuration once its key is agreed.
-                let out = agreement.start(regular.ring_id, &regular.members);
+                announce = agreement.start(regular.ring_id, &regular.members).send;
                 sec.pending = Some(regular.clone());
                 sec.installed_at = now;
+                sec.run_started = now;
                 gated = true;
-                for env in out.send {
-                    let msg_seq = self.next_ctl_seq;
-                    self.next_ctl_seq += 1;
-                    self.out.ctl.push(Pending {
-                        msg_seq,
-                        service: Service::KeyAgreement,
-                        groups: Groups::none(),
-                        payload: env,
-                        sent: 0,
-                    });
-                }
             }
         }
         if !gated {
@@ -1347,6 +1397,9 @@ impl Node {
         self.retired.rings_installed += 1;
         self.ring = Some(next);
         self.out.user_allowed = !gated;
+        for env in announce {
+            self.push_ctl(Service::KeyAgreement, env);
+        }
         self.last_token_at = now;
         self.beacon_at = now + self.cfg.merge_interval;
         if let Some(r) = &mut self.ring {
@@ -1368,10 +1421,23 @@ fn seal_recovered(sec: &mut Sec, old_ring: RingId, raw: &[u8]) -> Bytes {
             return Bytes::from(b);
         }
     }
+    if sec.cfg.mode == LinkMode::Encrypt && carries_client_data(raw) {
+        // Fail closed: a client message never travels in clear. (Cannot
+        // happen: a ring carries client messages only once every member
+        // holds its key, and receiving one proves it.)
+        sec.stats.dropped_unsealable += 1;
+        return Bytes::from_static(&[2]);
+    }
     let mut b = Vec::with_capacity(1 + raw.len());
     b.push(0);
     b.extend_from_slice(raw);
     Bytes::from(b)
+}
+
+/// Whether a data packet holds a chunk of a client message.
+fn carries_client_data(raw: &[u8]) -> bool {
+    crate::wire::DataPacket::decode(Bytes::copy_from_slice(raw))
+        .map_or(true, |p| p.chunks.iter().any(|c| !c.service.is_control()))
 }
 
 /// The old ring's packet inside a recovered message, if this daemon can

@@ -118,6 +118,9 @@ impl Window {
 struct LinkKey {
     id: KeyId,
     aead: Box<dyn Aead>,
+    /// Next counter this daemon seals with under this key: never reset,
+    /// so a (key, nonce) pair is never used twice.
+    counter: u64,
     /// Replay windows of this key, per sender.
     windows: HashMap<NodeId, Window>,
 }
@@ -160,7 +163,6 @@ pub struct Link {
     keys: Vec<LinkKey>,
     /// The key this daemon seals with, if any (an index into `keys` by id).
     send: Option<KeyId>,
-    send_counter: u64,
     signed_counter: u64,
     /// Counter of blobs ([`Link::seal_blob`]): never reset, so a blob nonce
     /// is never reused under any key.
@@ -201,7 +203,6 @@ impl Link {
             backend,
             keys: Vec::new(),
             send: None,
-            send_counter: 0,
             signed_counter: u64::from(incarnation) << 32,
             blob_counter: u64::from(incarnation) << 32,
             signed_windows: HashMap::new(),
@@ -220,7 +221,7 @@ impl Link {
                     self.send = None;
                 }
             }
-            self.keys.push(LinkKey { id, aead: self.backend.key(key), windows: HashMap::new() });
+            self.keys.push(LinkKey { id, aead: self.backend.key(key), counter: 0, windows: HashMap::new() });
         }
         id
     }
@@ -228,11 +229,7 @@ impl Link {
     /// Seals from now on with key `id` (which must have been added); `None`
     /// goes back to signing.
     pub fn send_with(&mut self, id: Option<KeyId>) {
-        let id = id.filter(|id| self.keys.iter().any(|k| k.id == *id));
-        if id != self.send {
-            self.send = id;
-            self.send_counter = 0;
-        }
+        self.send = id.filter(|id| self.keys.iter().any(|k| k.id == *id));
     }
 
     /// The key sealed with, if any.
@@ -270,13 +267,20 @@ impl Link {
     }
 
     fn header(&self, out: &mut Vec<u8>, kind: u8, counter: u64, key: KeyId) {
-        out.push(kind);
-        out.extend_from_slice(&self.digest);
-        out.extend_from_slice(&self.me.0.to_be_bytes());
-        out.extend_from_slice(&counter.to_be_bytes());
-        out.extend_from_slice(&key.0);
+        write_header(out, kind, &self.digest, self.me, counter, key);
     }
+}
 
+/// Writes the outer header (see the module docs).
+fn write_header(out: &mut Vec<u8>, kind: u8, digest: &[u8; 8], me: NodeId, counter: u64, key: KeyId) {
+    out.push(kind);
+    out.extend_from_slice(digest);
+    out.extend_from_slice(&me.0.to_be_bytes());
+    out.extend_from_slice(&counter.to_be_bytes());
+    out.extend_from_slice(&key.0);
+}
+
+impl Link {
     /// Wraps an outgoing protocol datagram: sealed with the link key if
     /// `keyed` (it is for the members of the keyed ring only) and there is
     /// one, else signed.
@@ -287,13 +291,14 @@ impl Link {
             out.extend_from_slice(datagram);
             return Bytes::from(out);
         }
+        let (digest, me, mode) = (self.digest, self.me, self.mode);
         if let Some(id) = self.send.filter(|_| keyed) {
-            if let Some(key) = self.keys.iter().find(|k| k.id == id) {
-                let counter = self.send_counter;
-                self.send_counter += 1;
-                let nonce = Nonce::new(u32::from(self.me.0), counter);
-                let kind = if self.mode == LinkMode::Encrypt { SEALED } else { AUTHENTICATED };
-                self.header(&mut out, kind, counter, id);
+            if let Some(key) = self.keys.iter_mut().find(|k| k.id == id) {
+                let counter = key.counter;
+                key.counter += 1;
+                let nonce = Nonce::new(u32::from(me.0), counter);
+                let kind = if mode == LinkMode::Encrypt { SEALED } else { AUTHENTICATED };
+                write_header(&mut out, kind, &digest, me, counter, id);
                 out.extend_from_slice(datagram);
                 let sealed = if kind == SEALED {
                     key.aead.seal_frame(&nonce, &mut out, HEADER)

@@ -160,6 +160,11 @@ pub struct SecurityStats {
     /// Recovered packets of an old ring this daemon could not open (not of
     /// its old ring, or under a key it lacks).
     pub recovered_unopened: u64,
+    /// Datagrams not sent (and recovered packets not carried) because
+    /// they could not be sealed; recovery or retransmission covers them.
+    pub dropped_unsealable: u64,
+    /// Key agreement runs given up (failed or past their deadline).
+    pub agreements_abandoned: u64,
     /// Key agreement messages rejected (bad envelope or out of place).
     pub bad_agreement_messages: u64,
     /// Key agreements completed (server keys installed).
@@ -338,8 +343,8 @@ impl Agreement {
                 }
                 self.refreshes_in_ring += 1;
                 let round = (ring.seq << 16) | (self.refreshes_in_ring & 0xffff);
-                self.run = Some((ring, round));
                 let msgs = self.tgdh.refresh(round, &mut self.rng).map_err(|_| "refresh refused")?;
+                self.run = Some((ring, round));
                 Ok(Outcome { send: self.envelopes(ring, round, &msgs), ..Outcome::default() })
             }
             T_TGDH => {
