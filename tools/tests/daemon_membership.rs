@@ -3,24 +3,10 @@
 //! the survivors, and a restarted daemon merges back (EVS on real sockets).
 //! One test body, both socket backends (io_uring and portable), side by side.
 
-use std::io::{BufRead, BufReader};
 use std::net::UdpSocket;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
-
-struct Daemon {
-    child: Child,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn free_ports(n: usize) -> Vec<u16> {
     let socks: Vec<UdpSocket> = (0..n).map(|_| UdpSocket::bind("127.0.0.1:0").unwrap()).collect();
@@ -29,7 +15,7 @@ fn free_ports(n: usize) -> Vec<u16> {
 
 mod common;
 
-use common::backends;
+use common::{LoggedDaemon as Daemon, backends};
 
 /// A cluster config with link security `authenticate` (the other suites run
 /// the default, `encrypt`): an identity per daemon under `dir/keys`.
@@ -40,10 +26,11 @@ fn write_config(dir: &Path, ports: &[u16], backend: &str) -> std::path::PathBuf 
     for (i, p) in ports.iter().enumerate() {
         let name = format!("d{i}");
         let public = keys.join(format!("{name}.pub"));
-        if !public.exists() {
-            ringfence_crypto::identity::write_keypair(&keys, &name, &mut rand::rng()).unwrap();
-        }
-        let key = ringfence_crypto::identity::load_public(&public).unwrap().key;
+        let key = if public.exists() {
+            ringfence_crypto::identity::load_public(&public).unwrap().key.to_string()
+        } else {
+            common::keypair(&keys, &name)
+        };
         text += &format!(
             "\n[[cluster.daemon]]\nid = {i}\nname = \"{name}\"\naddress = \"127.0.0.1:{p}\"\npublic_key = \"{key}\"\n"
         );
@@ -60,21 +47,7 @@ fn write_config(dir: &Path, ports: &[u16], backend: &str) -> std::path::PathBuf 
 }
 
 fn start(config: &Path, name: &str) -> Daemon {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ringfence"))
-        .args(["daemon", "--config", config.to_str().unwrap(), "--name", name])
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let stderr = child.stderr.take().unwrap();
-    let sink = Arc::clone(&log);
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            sink.lock().unwrap().push(line);
-        }
-    });
-    Daemon { child, log }
+    Daemon::start(config, name)
 }
 
 /// Waits (at most 20 s) until a log line at or after `from` contains every

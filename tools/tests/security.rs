@@ -21,17 +21,15 @@
 
 use ringfence_client::{Client, Event, Service};
 use serde_json::Value;
-use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{Cluster, backends, connect, receive_until};
+use common::{Cluster, LoggedDaemon as Daemon, backends, connect, keypair, receive_until};
 
 /// Outer header of a daemon datagram (`ring_proto::security::link`).
 const HEADER: usize = 27;
@@ -42,40 +40,14 @@ const TAG: usize = 16;
 /// How long a test watches for something that must not happen.
 const WATCH: Duration = Duration::from_secs(5);
 
-/// A `ringfence daemon` child with its standard error collected line by
-/// line; killed and reaped when dropped.
-struct Daemon {
-    child: Child,
-    log: Arc<Mutex<Vec<String>>>,
+/// Log queries of the tests below.
+trait Logged {
+    fn has_line(&self, needles: &[&str]) -> bool;
+    fn wait_line(&self, needles: &[&str]);
+    fn configurations(&self) -> Vec<Vec<u16>>;
 }
 
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Daemon {
-    fn start(config: &Path, name: &str) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ringfence"))
-            .args(["daemon", "--config", config.to_str().unwrap(), "--name", name])
-            .env("RINGFENCE_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().unwrap();
-        let sink = Arc::clone(&log);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        Self { child, log }
-    }
-
+impl Logged for Daemon {
     fn has_line(&self, needles: &[&str]) -> bool {
         self.log.lock().unwrap().iter().any(|l| needles.iter().all(|n| l.contains(n)))
     }
@@ -144,13 +116,6 @@ impl Drop for Scene {
 fn free_addresses(n: usize) -> Vec<SocketAddr> {
     let socks: Vec<UdpSocket> = (0..n).map(|_| UdpSocket::bind("127.0.0.1:0").unwrap()).collect();
     socks.iter().map(|s| s.local_addr().unwrap()).collect()
-}
-
-/// Makes the identity `name` in `dir`; returns its public key in hex.
-fn keypair(dir: &Path, name: &str) -> String {
-    std::fs::create_dir_all(dir).unwrap();
-    let (_, public) = ringfence_crypto::identity::write_keypair(dir, name, &mut rand::rng()).unwrap();
-    ringfence_crypto::identity::load_public(&public).unwrap().key.to_string()
 }
 
 /// Writes `dir/file`: daemons `d0`, `d1`, ... at `addresses` with

@@ -5,10 +5,56 @@
 #![allow(dead_code, unreachable_pub)] // each test file uses a part; `pub` within the test crate
 
 use ringfence_client::{Address, Client, Event};
+use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// Makes the daemon identity `name` in `dir` (created if missing); returns
+/// its public key in hex, as `public_key` takes it.
+pub fn keypair(dir: &Path, name: &str) -> String {
+    std::fs::create_dir_all(dir).unwrap();
+    let (_, public) = ringfence_crypto::identity::write_keypair(dir, name, &mut rand::rng()).unwrap();
+    ringfence_crypto::identity::load_public(&public).unwrap().key.to_string()
+}
+
+/// A `ringfence daemon` child (log level `info`) with its standard error
+/// collected line by line; killed and reaped when dropped.
+pub struct LoggedDaemon {
+    pub child: Child,
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+impl LoggedDaemon {
+    /// Starts daemon `name` of `config`.
+    pub fn start(config: &Path, name: &str) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ringfence"))
+            .args(["daemon", "--config", config.to_str().unwrap(), "--name", name])
+            .env("RINGFENCE_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Self { child, log }
+    }
+}
+
+impl Drop for LoggedDaemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
 
 /// The `[daemon] backend` values every real-process test runs on: one test
 /// body, both socket backends. Where the kernel refuses io_uring (a seccomp
@@ -66,9 +112,7 @@ impl Cluster {
         let keys = dir.join("keys");
         std::fs::create_dir_all(&keys).unwrap();
         for (i, p) in ports.iter().enumerate() {
-            let (_, public) =
-                ringfence_crypto::identity::write_keypair(&keys, &format!("d{i}"), &mut rand::rng()).unwrap();
-            let key = ringfence_crypto::identity::load_public(&public).unwrap().key;
+            let key = keypair(&keys, &format!("d{i}"));
             text += &format!(
                 "\n[[cluster.daemon]]\nid = {i}\nname = \"d{i}\"\naddress = \"127.0.0.1:{p}\"\nclient_tcp = \"127.0.0.1:{}\"\npublic_key = \"{key}\"\n",
                 tcp_ports[i]
