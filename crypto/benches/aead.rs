@@ -97,6 +97,16 @@ fn ed25519(c: &mut Criterion) {
     g.finish();
 }
 
+/// One X25519 operation, the unit of TGDH's cost (a member does O(log n)
+/// per membership change).
+fn x25519(c: &mut Criterion) {
+    let secret = x25519_dalek::StaticSecret::from([0x5au8; 32]);
+    let public = x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from([0xa5u8; 32]));
+    let mut g = c.benchmark_group("x25519");
+    g.bench_function("diffie_hellman", |b| b.iter(|| secret.diffie_hellman(black_box(&public))));
+    g.finish();
+}
+
 /// Runs every group with short timings; command-line options override them.
 fn benches() {
     let mut c = Criterion::default()
@@ -108,6 +118,7 @@ fn benches() {
     open(&mut c);
     kdf(&mut c);
     ed25519(&mut c);
+    x25519(&mut c);
 }
 
 criterion_main!(benches);
