@@ -512,25 +512,38 @@ impl Node {
         if matches!(self.state, State::Operational) {
             loop {
                 let d = self.ring.as_mut()?.poll_delivery()?;
-                if d.service == Service::KeyAgreement {
-                    self.key_message(&d);
-                    if let Some(e) = self.events.pop_front() {
-                        return Some(e);
-                    }
-                } else if !d.service.is_control() {
-                    if let Some(sec) = &mut self.sec {
-                        if sec.pending.is_some() {
-                            // Nothing but key agreement may precede the key.
-                            sec.stats.bad_agreement_messages += 1;
-                            continue;
-                        }
-                        sec.bytes_under_key += d.payload.len() as u64;
-                    }
+                if let Some(d) = self.screen(d) {
                     return Some(Event::Deliver(d));
+                }
+                if let Some(e) = self.events.pop_front() {
+                    return Some(e);
                 }
             }
         }
         None
+    }
+
+    /// One delivery of the current ring on its way to the owner: key
+    /// agreement messages are acted on here and control messages dropped;
+    /// a client message is kept (and counted against the key's data-out)
+    /// unless it comes before the ring's key, where nothing but key
+    /// agreement may stand.
+    fn screen(&mut self, d: Delivery) -> Option<Delivery> {
+        if d.service == Service::KeyAgreement {
+            self.key_message(&d);
+            return None;
+        }
+        if d.service.is_control() {
+            return None;
+        }
+        if let Some(sec) = &mut self.sec {
+            if sec.pending.is_some() {
+                sec.stats.bad_agreement_messages += 1;
+                return None;
+            }
+            sec.bytes_under_key += d.payload.len() as u64;
+        }
+        Some(d)
     }
 
     /// Whether key agreement messages must be taken off the ring as they
@@ -544,13 +557,7 @@ impl Node {
     fn pump_keys(&mut self) {
         while self.agreeing() && matches!(self.state, State::Operational) {
             let Some(d) = self.ring.as_mut().and_then(Ring::poll_delivery) else { break };
-            if d.service == Service::KeyAgreement {
-                self.key_message(&d);
-            } else if !d.service.is_control() {
-                if let Some(sec) = self.sec.as_mut().filter(|s| s.pending.is_some()) {
-                    sec.stats.bad_agreement_messages += 1;
-                    continue;
-                }
+            if let Some(d) = self.screen(d) {
                 self.events.push_back(Event::Deliver(d));
             }
         }
@@ -803,6 +810,7 @@ impl Node {
     /// counted.
     pub fn handle_datagram(&mut self, now: Time, bytes: Bytes) {
         self.now = now;
+        let mut seen_key = None;
         let bytes = match &mut self.sec {
             None => bytes,
             Some(sec) => {
@@ -813,16 +821,8 @@ impl Node {
                 match sec.link.open(bytes) {
                     Ok((_, inner, None)) => inner,
                     Ok((_, inner, Some(kid))) => {
-                        if sec.ring_key.is_none_or(|(_, k, _)| k != kid) {
-                            // A member sealed with it: every member holds it.
-                            self.handle_plain(now, inner);
-                            self.adopt(kid);
-                            if self.sec.is_some() {
-                                self.pump_keys();
-                                self.maybe_refresh(now);
-                            }
-                            return;
-                        }
+                        // A member sealed with it: every member holds it.
+                        seen_key = Some(kid).filter(|k| sec.ring_key.is_none_or(|(_, r, _)| r != *k));
                         inner
                     }
                     Err(Reject::UnknownKey) => {
@@ -861,14 +861,16 @@ impl Node {
             }
         };
         self.handle_plain(now, bytes);
+        if let Some(kid) = seen_key {
+            self.adopt(kid);
+        }
         if self.sec.is_some() {
             self.pump_keys();
             self.maybe_refresh(now);
         }
     }
 
-    /// The datagram rejected by the link layer, for alerts: the runtime
-    /// calls this with the raw bytes when it wants a log line.
+    /// Acts on one protocol datagram (what the link layer let through).
     fn handle_plain(&mut self, now: Time, bytes: Bytes) {
         match Datagram::decode(bytes.clone()) {
             Ok(Datagram::Data(p)) => {
