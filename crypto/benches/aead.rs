@@ -76,7 +76,7 @@ fn kdf(c: &mut Criterion) {
     let server_key = Key32::generate(&mut ChaCha20Rng::seed_from_u64(3));
     let mut g = c.benchmark_group("kdf");
     g.bench_function("group_key", |b| {
-        b.iter(|| group_key(black_box(&server_key), black_box(b"chat.room-17"), black_box(42)))
+        b.iter(|| group_key(black_box(&server_key), black_box(b"chat.room-17"), black_box(&[7u8; 18])))
     });
     g.bench_function("link_key", |b| {
         b.iter(|| link_key(black_box(&server_key), black_box(b"ring-0000000001"), black_box(7)))

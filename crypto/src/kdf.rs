@@ -32,6 +32,9 @@ pub const LINK_LABEL: &[u8] = b"ringfence link v1";
 /// Domain-separation label of [`group_key`].
 pub const GROUP_LABEL: &[u8] = b"ringfence group v1";
 
+/// Domain-separation label of [`group_key_id`].
+pub const GROUP_ID_LABEL: &[u8] = b"ringfence group key id v1";
+
 /// Errors of the key-derivation helpers; all are caller misuse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -95,18 +98,38 @@ pub fn link_key(server_key: &Key32, ring_id: &[u8], epoch: u64) -> Key32 {
 /// HMAC-SHA256 under `server_key` of
 ///
 /// ```text
-///   "ringfence group v1" ‖ u64be(len(group)) ‖ group ‖ u64be(view_id)
+///   "ringfence group v1" ‖ u64be(len(group)) ‖ group ‖ u64be(len(view_id)) ‖ view_id
 /// ```
 ///
-/// The length prefix makes the encoding injective: no two `(group, view_id)`
-/// pairs share a message.
-pub fn group_key(server_key: &Key32, group: &[u8], view_id: u64) -> Key32 {
-    let group_len = (group.len() as u64).to_be_bytes();
-    let mut out =
-        hmac_sha256(server_key.expose_secret(), &[GROUP_LABEL, &group_len, group, &view_id.to_be_bytes()]);
+/// `view_id` is the view's encoding (`ringfence_proto` uses 18 bytes: ring
+/// sequence, ring representative, counter). The length prefixes make the
+/// encoding injective: no two `(group, view_id)` pairs share a message.
+pub fn group_key(server_key: &Key32, group: &[u8], view_id: &[u8]) -> Key32 {
+    let mut out = group_mac(server_key, GROUP_LABEL, group, view_id);
     let key = Key32::from_bytes(out);
     out.zeroize();
     key
+}
+
+/// The public 32-bit `Key_id` of [`group_key`]`(server_key, group, view_id)`:
+/// the first four bytes (big-endian) of HMAC-SHA256 under `server_key` of
+///
+/// ```text
+///   "ringfence group key id v1" ‖ u64be(len(group)) ‖ group ‖ u64be(len(view_id)) ‖ view_id
+/// ```
+///
+/// Every daemon holding the server key computes the same id; to anyone else
+/// it is a random number that says nothing about the key (a separate label,
+/// so the id is not a prefix of the key).
+pub fn group_key_id(server_key: &Key32, group: &[u8], view_id: &[u8]) -> u32 {
+    let out = group_mac(server_key, GROUP_ID_LABEL, group, view_id);
+    u32::from_be_bytes([out[0], out[1], out[2], out[3]])
+}
+
+fn group_mac(server_key: &Key32, label: &[u8], group: &[u8], view_id: &[u8]) -> [u8; HMAC_LEN] {
+    let group_len = (group.len() as u64).to_be_bytes();
+    let view_len = (view_id.len() as u64).to_be_bytes();
+    hmac_sha256(server_key.expose_secret(), &[label, &group_len, group, &view_len, view_id])
 }
 
 /// Compares two byte strings in time that depends only on their lengths.
@@ -219,24 +242,32 @@ mod tests {
         assert_eq!(link.expose_secret(), &expected);
         assert_eq!(hex(link.expose_secret()), LINK_KAT);
 
-        let group = group_key(&server_key, b"chat", 42);
-        let msg = [GROUP_LABEL, &4u64.to_be_bytes(), b"chat", &42u64.to_be_bytes()].concat();
+        let group = group_key(&server_key, b"chat", &42u64.to_be_bytes());
+        let msg =
+            [GROUP_LABEL, &4u64.to_be_bytes(), b"chat", &8u64.to_be_bytes(), &42u64.to_be_bytes()].concat();
         assert_eq!(group.expose_secret(), &hmac_sha256(server_key.expose_secret(), &[&msg]));
         assert_eq!(hex(group.expose_secret()), GROUP_KAT);
+        let id = group_key_id(&server_key, b"chat", &42u64.to_be_bytes());
+        let msg = [GROUP_ID_LABEL, &4u64.to_be_bytes(), b"chat", &8u64.to_be_bytes(), &42u64.to_be_bytes()]
+            .concat();
+        assert_eq!(id.to_be_bytes(), hmac_sha256(server_key.expose_secret(), &[&msg])[..4]);
+        assert_eq!(id, GROUP_ID_KAT);
     }
 
     const LINK_KAT: &str = "b2d68025fc3ab8b73d668b34c283aa51bfcee7064e708b0cf814ba59330f7279";
-    const GROUP_KAT: &str = "c92e2a56e11326bf2efe9100fb95e0267b02cb80533b3a1252b6c58b007583c1";
+    const GROUP_ID_KAT: u32 = 0x7e04_a754;
+    const GROUP_KAT: &str = "c5f028ea9a29e69c44e76d5962f564af56f7d1ea41476f91bc739ff8647a1804";
 
     /// Without the length prefix, ("ab", v) and ("a", v') could share a message
     /// when the view bytes are chosen to match; with it they cannot.
     #[test]
     fn group_encoding_is_injective() {
         let k = Key32::from_bytes([5; KEY_LEN]);
-        assert_ne!(group_key(&k, b"ab", 0), group_key(&k, b"a", u64::from(b'b') << 56));
-        assert_ne!(group_key(&k, b"", 1), group_key(&k, b"\0", 1));
-        assert_ne!(group_key(&k, b"g", 1), group_key(&k, b"g", 2));
-        assert_ne!(group_key(&k, b"g", 1), group_key(&Key32::from_bytes([6; KEY_LEN]), b"g", 1));
+        assert_ne!(group_key(&k, b"ab", b""), group_key(&k, b"a", b"b"));
+        assert_ne!(group_key(&k, b"", b"\x01"), group_key(&k, b"\0", b"\x01"));
+        assert_ne!(group_key(&k, b"g", b"\x01"), group_key(&k, b"g", b"\x02"));
+        assert_ne!(group_key(&k, b"g", b"\x01"), group_key(&Key32::from_bytes([6; KEY_LEN]), b"g", b"\x01"));
+        assert_ne!(group_key_id(&k, b"g", b"\x01"), group_key_id(&k, b"g", b"\x02"));
     }
 
     #[test]
@@ -271,7 +302,7 @@ mod tests {
             let server_key = Key32::from_bytes(key);
             let mut seen = HashSet::new();
             for (name, view) in &inputs {
-                let group = group_key(&server_key, name, *view);
+                let group = group_key(&server_key, name, &view.to_be_bytes());
                 let link = link_key(&server_key, name, *view);
                 prop_assert_ne!(&group, &link);
                 prop_assert!(seen.insert(*group.expose_secret()), "group key collision");

@@ -22,6 +22,7 @@
 
 pub mod aead;
 pub mod envelope;
+pub mod group;
 pub mod identity;
 pub mod kdf;
 pub mod tgdh;
