@@ -30,16 +30,22 @@
 //! # Ok::<(), ringfence_client::ClientError>(())
 //! ```
 
+use ringfence_crypto::aead::Nonce;
+pub use ringfence_crypto::group::GroupKey;
 pub use ringfence_proto::wire::Service;
 use ringfence_proto::wire::client::{
     Auth, ByeReason, ClientDecodeError, ClientEncodeError, ClientFrame, DaemonFrame, ErrorCode, Frame,
     FrameDecoder, Hello, Limits, Multicast, RefuseCode, Welcome, encode_multicast,
 };
-pub use ringfence_proto::wire::client::{Membership, Message, ViewCause, ViewId, ViewKind};
+pub use ringfence_proto::wire::client::{
+    GroupMode, KeyLoss, Membership, Message, ViewCause, ViewId, ViewKind,
+};
+use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// Where the daemon listens.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -65,6 +71,21 @@ pub enum Event {
         group: String,
         /// The view being closed.
         view_id: ViewId,
+    },
+    /// A message of a keyed group that could not be opened: by the daemon
+    /// (`optimized-evs`: its key expired or was never known there) or by
+    /// this library (no key, or it does not open). Reported, never dropped.
+    Undecipherable {
+        /// The sender's private name.
+        sender: String,
+        /// The group.
+        group: String,
+        /// The application's message type.
+        msg_type: u16,
+        /// The key id the message named.
+        key_id: u32,
+        /// Why.
+        reason: String,
     },
     /// A request was refused (not a member, denied, too large, ...).
     Error {
@@ -107,6 +128,21 @@ pub enum ClientError {
     /// The daemon closed the connection without a word.
     #[error("the daemon closed the connection")]
     Closed,
+    /// A payload could not be sealed under the group's view key.
+    #[error("sealing under the group key failed")]
+    Crypto,
+}
+
+impl Keys {
+    /// Takes the key (if any) of a regular view of a group this client is in.
+    fn learn(&mut self, me: &str, m: &Membership) {
+        if m.kind != ViewKind::Regular {
+            return;
+        }
+        let index = m.members.iter().position(|x| x == me).unwrap_or(0) as u32;
+        let key = m.key.as_ref().map(|(id, k)| Arc::new(GroupKey::new(*id, k.clone())));
+        self.groups.insert(m.group.clone(), ViewKeyState { mode: m.mode, key, index, sent: 0 });
+    }
 }
 
 enum Stream {
@@ -147,6 +183,24 @@ pub struct Client {
     welcome: Welcome,
     buf: Vec<u8>,
     self_discard: bool,
+    keys: Keys,
+}
+
+/// The view keys this client holds, by group (keyed modes).
+#[derive(Default)]
+struct Keys {
+    groups: HashMap<String, ViewKeyState>,
+    /// Open received payloads (on by default; off to see them sealed).
+    raw: bool,
+}
+
+struct ViewKeyState {
+    mode: GroupMode,
+    key: Option<Arc<GroupKey>>,
+    /// This client's index in the view: the sender id of its nonces.
+    index: u32,
+    /// Messages sealed under `key` so far: the nonce counter.
+    sent: u64,
 }
 
 impl std::fmt::Debug for Client {
@@ -184,6 +238,7 @@ impl Client {
             },
             buf: vec![0u8; 64 * 1024],
             self_discard: false,
+            keys: Keys::default(),
         };
         c.send(&ClientFrame::Hello(Hello::new(name, Auth::PeerCredentials)))?;
         match c.next_frame(true)? {
@@ -235,9 +290,32 @@ impl Client {
         self.send(&ClientFrame::JoinVs { group: group.to_string() })
     }
 
-    /// Leaves a group.
+    /// Joins a group stating its protection mode, which must be the mode
+    /// the daemons' policy gives it (else [`Event::Error`] with
+    /// `ModeMismatch`). `vs` asks for a closed virtual-synchrony group;
+    /// `integrated-vs` is always VS and `optimized-evs` always open. In keyed
+    /// modes each view arrives with its key, and this client seals what it
+    /// sends to the group and opens what it receives, by itself.
+    pub fn join_with(&mut self, group: &str, vs: bool, mode: GroupMode) -> Result<(), ClientError> {
+        self.send(&ClientFrame::JoinMode { group: group.to_string(), vs, mode })
+    }
+
+    /// Leaves a group; its key is dropped (and zeroized) at once.
     pub fn leave(&mut self, group: &str) -> Result<(), ClientError> {
+        self.keys.groups.remove(group);
         self.send(&ClientFrame::Leave { group: group.to_string() })
+    }
+
+    /// The key of the view of `group` this client holds (keyed modes). Its
+    /// `Debug` shows only the key id.
+    pub fn view_key(&self, group: &str) -> Option<&GroupKey> {
+        self.keys.groups.get(group)?.key.as_deref()
+    }
+
+    /// With `true`, payloads of keyed groups are handed over sealed, as the
+    /// daemon delivered them (for tools and tests); off by default.
+    pub fn set_raw_payloads(&mut self, on: bool) {
+        self.keys.raw = on;
     }
 
     /// Multicasts `payload` to one or more groups (a group need not be joined
@@ -262,15 +340,35 @@ impl Client {
         payloads: impl IntoIterator<Item = &'a [u8]>,
     ) -> Result<(), ClientError> {
         self.out.clear();
+        // A keyed group this client holds a key of: seal under it (a
+        // message to a keyed group has that group as its only destination).
+        let mut key = match groups {
+            [g] => self.keys.groups.get_mut(*g).filter(|k| k.mode.keyed() && k.key.is_some()),
+            _ => None,
+        };
+        let sender = self.welcome.private_name.as_bytes();
+        let mut sealed_buf = Vec::new();
         for p in payloads {
+            let (sealed, body) = match key.as_deref_mut() {
+                Some(ViewKeyState { key: Some(k), index, sent, .. }) => {
+                    let nonce = Nonce::new(*index, *sent);
+                    *sent += 1;
+                    sealed_buf.clear();
+                    k.seal_into(&nonce, groups[0].as_bytes(), sender, msg_type, p, &mut sealed_buf)
+                        .map_err(|_| ClientError::Crypto)?;
+                    (true, &sealed_buf[..])
+                }
+                _ => (false, p),
+            };
             encode_multicast(
                 &mut self.out,
                 &self.limits,
                 service,
                 msg_type,
                 self.self_discard,
+                sealed,
                 groups.iter().copied(),
-                p,
+                body,
             )?;
         }
         self.stream.write_all(&self.out)?;
@@ -310,8 +408,20 @@ impl Client {
     fn next_event(&mut self, block: bool) -> Result<Option<Event>, ClientError> {
         Ok(match self.next_frame(block)? {
             None => None,
-            Some(DaemonFrame::Message(m)) => Some(Event::Message(m)),
-            Some(DaemonFrame::Membership(m)) => Some(Event::Membership(m)),
+            Some(DaemonFrame::Message(m)) => Some(self.open(m)),
+            Some(DaemonFrame::Membership(m)) => {
+                self.keys.learn(&self.welcome.private_name, &m);
+                Some(Event::Membership(m))
+            }
+            Some(DaemonFrame::Undecipherable { sender, group, msg_type, key_id, reason }) => {
+                Some(Event::Undecipherable {
+                    sender,
+                    group,
+                    msg_type,
+                    key_id,
+                    reason: reason.name().to_string(),
+                })
+            }
             Some(DaemonFrame::FlushRequest { group, view_id }) => {
                 Some(Event::FlushRequest { group, view_id })
             }
@@ -325,6 +435,38 @@ impl Client {
                 )));
             }
         })
+    }
+
+    /// Opens a sealed message of a keyed group under the view key held.
+    fn open(&self, mut m: Message) -> Event {
+        if !m.sealed || self.keys.raw {
+            return Event::Message(m);
+        }
+        let key_id = ringfence_crypto::group::key_id_of(&m.payload).unwrap_or(0);
+        let held = match &m.groups[..] {
+            [g] => self.keys.groups.get(g).and_then(|k| k.key.as_ref()),
+            _ => None,
+        };
+        let opened = match held {
+            None => Err("this client holds no key of the group".to_string()),
+            Some(k) => k
+                .open(m.groups[0].as_bytes(), m.sender.as_bytes(), m.msg_type, &m.payload)
+                .map_err(|e| e.to_string()),
+        };
+        match opened {
+            Ok(plain) => {
+                m.payload = plain.into();
+                m.sealed = false;
+                Event::Message(m)
+            }
+            Err(reason) => Event::Undecipherable {
+                sender: m.sender,
+                group: m.groups.into_iter().next().unwrap_or_default(),
+                msg_type: m.msg_type,
+                key_id,
+                reason,
+            },
+        }
     }
 
     fn next_frame(&mut self, block: bool) -> Result<Option<DaemonFrame>, ClientError> {

@@ -69,6 +69,9 @@ struct File {
     daemon: DaemonSection,
     #[serde(default)]
     security: SecurityFile,
+    /// `[[group]]`: the client group policy, in order.
+    #[serde(default)]
+    group: Vec<crate::policy_file::GroupRuleFile>,
 }
 
 /// `[security]`: link security and this daemon's identity.
@@ -249,6 +252,9 @@ pub struct DaemonConfig {
     pub ring_core: CorePin,
     /// Link security.
     pub security: Security,
+    /// The client group policy (`[[group]]`): modes, access control, key
+    /// refresh and expiry per group pattern.
+    pub policy: ringfence_proto::security::policy::Policy,
 }
 
 fn line_of(text: &str, span: Range<usize>) -> usize {
@@ -445,6 +451,7 @@ impl DaemonConfig {
             },
         };
         let security = security(&file, &peers, &me, &invalid)?;
+        let policy = crate::policy_file::policy(&file.group, security.mode, &invalid)?;
         Ok(Self {
             me,
             peers,
@@ -456,6 +463,7 @@ impl DaemonConfig {
             backend,
             ring_core,
             security,
+            policy,
         })
     }
 }

@@ -3,11 +3,13 @@
 
 use crate::backend::{self, Backend};
 use crate::config::{CorePin, DaemonConfig, Multicast, Transport};
-use crate::session::{ClientOut, Encoder, RING_QUEUE, SessionConfig, Sessions, ToRing, Waker};
+use crate::session::{ClientOut, Encoder, Principal, RING_QUEUE, SessionConfig, Sessions, ToRing, Waker};
 use crate::state::State;
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, bounded};
-use ringfence_proto::groups::{Cause, ClientEvent, ClientGroups, ClientId, GroupKind, GroupsError, Submit};
+use ringfence_proto::groups::{
+    Cause, ClientEvent, ClientGroups, ClientId, GroupKind, GroupsError, Refusal, Submit,
+};
 use ringfence_proto::ring::{ConfigKind, Dest, Event, SubmitError};
 use ringfence_proto::security::{LinkMode, SecurityConfig};
 use ringfence_proto::wire::client::{
@@ -113,7 +115,12 @@ impl Daemon {
             limits,
             ring_core: ring_core(cfg.ring_core, cfg.me.id.0, cores),
         })?;
-        let groups = ClientGroups::new(cfg.me.id);
+        let groups = ClientGroups::with_policy(
+            cfg.me.id,
+            ringfence_proto::groups::Limits::default(),
+            Arc::new(cfg.policy.clone()),
+            cfg.security.mode == LinkMode::Encrypt,
+        );
         info!(
             daemon = %cfg.me.name,
             id = cfg.me.id.0,
@@ -169,7 +176,15 @@ impl Daemon {
                 self.write_status();
             }
             let now = self.now();
-            let wait = self.node.poll_timeout().map_or(MAX_WAIT, |d| d.saturating_since(now)).min(MAX_WAIT);
+            if self.groups.poll_timeout().is_some_and(|d| d <= now) {
+                self.groups.handle_timeout(now);
+                continue;
+            }
+            let next = match (self.node.poll_timeout(), self.groups.poll_timeout()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let wait = next.map_or(MAX_WAIT, |d| d.saturating_since(now)).min(MAX_WAIT);
             if wait.is_zero() {
                 self.node.handle_timeout(now);
                 continue;
@@ -224,6 +239,13 @@ impl Daemon {
                 "messages_delivered": g.messages_delivered,
                 "views_installed": g.views_installed,
                 "malformed": g.malformed,
+                "denials": g.denials,
+                "keys_derived": g.keys_derived,
+                "evs_fixes": g.evs_fixes,
+                "sealed_for_clients": g.sealed_for_clients,
+                "undecipherable": g.undecipherable,
+                "rekeys": g.rekeys,
+                "list": self.groups.report(),
             },
         });
         let path = self.cfg.state_dir.join("status.json");
@@ -290,7 +312,11 @@ impl Daemon {
     fn request(&mut self, req: ToRing) {
         match req {
             ToRing::Connect { id, hello_name, principal, out } => {
-                match self.groups.connect(ClientId(id), hello_name.as_bytes()) {
+                let who = match &principal {
+                    Principal::Local { uid, .. } => format!("unix:{uid}"),
+                    Principal::Remote(a) => format!("tcp:{a}"),
+                };
+                match self.groups.connect_as(ClientId(id), hello_name.as_bytes(), &who) {
                     Ok(name) => {
                         info!(client = id, name = %name, %principal, "client connected");
                         let welcome = cp::Welcome {
@@ -328,10 +354,20 @@ impl Daemon {
                 let r = match frame {
                     ClientFrame::Join { group } => self.groups.join(c, group.as_bytes(), GroupKind::Open),
                     ClientFrame::JoinVs { group } => self.groups.join(c, group.as_bytes(), GroupKind::Vs),
-                    ClientFrame::Leave { group } => self.groups.leave(c, group.as_bytes()),
-                    ClientFrame::Multicast(m) => {
-                        self.groups.multicast(c, m.service, &m.groups, m.msg_type, m.payload, m.self_discard)
+                    ClientFrame::JoinMode { group, vs, mode } => {
+                        let kind = if vs { GroupKind::Vs } else { GroupKind::Open };
+                        self.groups.join_mode(c, group.as_bytes(), kind, mode)
                     }
+                    ClientFrame::Leave { group } => self.groups.leave(c, group.as_bytes()),
+                    ClientFrame::Multicast(m) => self.groups.multicast(
+                        c,
+                        m.service,
+                        &m.groups,
+                        m.msg_type,
+                        m.payload,
+                        m.self_discard,
+                        m.sealed,
+                    ),
                     ClientFrame::FlushOk { group, .. } => self.groups.flush_ok(c, group.as_bytes()),
                     ClientFrame::Hello(_) | ClientFrame::Bye => Ok(()),
                 };
@@ -339,8 +375,19 @@ impl Daemon {
                     let code = match e {
                         GroupsError::NotMember => ErrorCode::NotMember,
                         GroupsError::AlreadyMember => ErrorCode::AlreadyMember,
+                        GroupsError::Denied => ErrorCode::Denied,
+                        GroupsError::ModeMismatch => ErrorCode::ModeMismatch,
+                        GroupsError::NoServerKey => ErrorCode::NoServerKey,
+                        GroupsError::WrongKey | GroupsError::KeyedMultiDestination => ErrorCode::WrongKey,
+                        GroupsError::InsecureTransport => ErrorCode::InsecureTransport,
                         _ => ErrorCode::Other(0),
                     };
+                    if matches!(
+                        e,
+                        GroupsError::Denied | GroupsError::ModeMismatch | GroupsError::InsecureTransport
+                    ) {
+                        info!(client = id, error = %e, "client request denied");
+                    }
                     if let Some(out) = self.clients.get(&id) {
                         let error = DaemonFrame::Error { code, text: e.to_string() };
                         if let Some(b) = self.encoder.frame(&error) {
@@ -359,8 +406,9 @@ impl Daemon {
     fn deliver_to_client(&mut self, id: ClientId, ev: ClientEvent) {
         let Some(out) = self.clients.get(&id.0) else { return };
         let frame = match ev {
-            ClientEvent::Message { sender, groups, service, msg_type, payload } => {
-                let Some(b) = self.encoder.message(&sender, &groups, service, msg_type, &payload) else {
+            ClientEvent::Message { sender, groups, service, msg_type, sealed, payload } => {
+                let Some(b) = self.encoder.message(&sender, &groups, service, msg_type, sealed, &payload)
+                else {
                     return;
                 };
                 if !out.send(b) {
@@ -368,7 +416,7 @@ impl Daemon {
                 }
                 return;
             }
-            ClientEvent::Membership { group, view_id, members, cause, kind } => {
+            ClientEvent::Membership { group, view_id, members, cause, kind, mode, key } => {
                 DaemonFrame::Membership(cp::Membership {
                     group: String::from_utf8_lossy(&group).into_owned(),
                     view_id: cp::ViewId {
@@ -385,9 +433,21 @@ impl Daemon {
                         Cause::Leave => ViewCause::Leave,
                         Cause::Disconnect => ViewCause::Disconnect,
                         Cause::Network => ViewCause::Network,
+                        Cause::Rekey => ViewCause::Rekey,
                     },
                     members: members.iter().map(ToString::to_string).collect(),
+                    mode,
+                    key: key.map(|k| (k.id(), k.0.secret().clone())),
                 })
+            }
+            ClientEvent::Undecipherable { sender, group, msg_type, key_id, reason } => {
+                DaemonFrame::Undecipherable {
+                    sender: sender.to_string(),
+                    group: String::from_utf8_lossy(&group).into_owned(),
+                    msg_type,
+                    key_id,
+                    reason,
+                }
             }
             ClientEvent::FlushRequest { group, flush } => DaemonFrame::FlushRequest {
                 group: String::from_utf8_lossy(&group).into_owned(),
@@ -398,7 +458,11 @@ impl Daemon {
                 },
             },
             ClientEvent::JoinRefused { group, reason } => DaemonFrame::Error {
-                code: ErrorCode::Denied,
+                code: match reason {
+                    Refusal::ModeMismatch => ErrorCode::ModeMismatch,
+                    Refusal::NoServerKey => ErrorCode::NoServerKey,
+                    _ => ErrorCode::Denied,
+                },
                 text: format!("join {} refused: {reason:?}", String::from_utf8_lossy(&group)),
             },
             ClientEvent::Left { .. } => return,
@@ -520,6 +584,7 @@ fn security_config(cfg: &DaemonConfig, incarnation: u32) -> io::Result<SecurityC
         refresh_bytes: s.refresh_bytes,
         seed,
         incarnation,
+        policy_digest: cfg.policy.digest(),
     })
 }
 

@@ -19,6 +19,7 @@
 mod backend;
 pub mod config;
 mod daemon;
+mod policy_file;
 mod session;
 mod state;
 mod uring;

@@ -22,8 +22,8 @@
 
 use crate::Time;
 use crate::ring::{
-    Config, ConfigError, ConfigKind, Configuration, Delivery, Dest, Event, Outboxes, Pending, Ring, Stats,
-    SubmitError, Transmit,
+    Config, ConfigError, ConfigKind, Configuration, Delivery, Dest, Event, Outboxes, Pending, Ring,
+    ServerKey, Stats, SubmitError, Transmit,
 };
 use crate::security::{Agreement, KeyId, Link, LinkMode, Reject, SecurityConfig, SecurityStats};
 use crate::wire::{
@@ -149,6 +149,8 @@ struct Sec {
     /// datagram of the ring goes sealed with it, and recovered packets of
     /// the ring travel through the next one sealed with it.
     ring_key: Option<(RingId, KeyId, u64)>,
+    /// The last server key given to the owner (`Event::ServerKey`).
+    announced: Option<(RingId, u64)>,
     /// Link keys derived here: id, ring, epoch, and the server key they
     /// come from (newest last, bounded).
     derived: VecDeque<(KeyId, RingId, u64, ringfence_crypto::aead::Key32)>,
@@ -286,6 +288,7 @@ impl Node {
             pending: None,
             checks: BTreeMap::new(),
             ring_key: None,
+            announced: None,
             derived: VecDeque::new(),
             changed_at: now,
             installed_at: now,
@@ -596,6 +599,7 @@ impl Node {
                 said.insert(d.id.origin);
                 if members.iter().all(|m| said.contains(m)) {
                     sec.checks.remove(&kid);
+                    self.announce(kid);
                     self.adopt(kid);
                 }
             }
@@ -611,13 +615,16 @@ impl Node {
             if sec.derived.len() == 8 {
                 sec.derived.pop_front();
             }
-            sec.derived.push_back((kid, ring_id, epoch, server));
+            sec.derived.push_back((kid, ring_id, epoch, server.clone()));
             sec.stats.keys_agreed += 1;
             sec.stats.rekeyed_at_ns = Some(now.as_nanos());
             sec.agreed_at = now;
             sec.bytes_under_key = 0;
             sec.refresh_asked = false;
             if let Some(c) = sec.pending.take() {
+                sec.announced = Some((ring_id, epoch));
+                self.events.push_back(Event::ServerKey(ServerKey { ring_id, epoch, key: server.clone() }));
+                let Some(sec) = self.sec.as_mut() else { return };
                 sec.stats.last_agreement_ns = Some(now.saturating_since(sec.changed_at).as_nanos() as u64);
                 sec.stats.last_run_ns = Some(now.saturating_since(sec.installed_at).as_nanos() as u64);
                 // Client messages wait until datagrams go sealed (`adopt`).
@@ -626,6 +633,24 @@ impl Node {
             // Sealing starts once every member says it holds the key.
             self.push_ctl(Service::KeyAgreement, check);
         }
+    }
+
+    /// Every member said it holds key `kid` (at the same place in the order
+    /// everywhere): a refreshed key of our ring goes to the owner here.
+    fn announce(&mut self, kid: KeyId) {
+        let Some(sec) = self.sec.as_mut() else { return };
+        let Some((_, ring_id, epoch, key)) = sec.derived.iter().find(|(k, _, _, _)| *k == kid) else {
+            return;
+        };
+        let (ring_id, epoch) = (*ring_id, *epoch);
+        if self.ring.as_ref().is_none_or(|r| r.ring_id() != ring_id)
+            || sec.announced.is_some_and(|(r, e)| r == ring_id && e >= epoch)
+        {
+            return;
+        }
+        let key = key.clone();
+        sec.announced = Some((ring_id, epoch));
+        self.events.push_back(Event::ServerKey(ServerKey { ring_id, epoch, key }));
     }
 
     /// Key `kid` is held by every member of its ring (it became stable here,

@@ -23,6 +23,7 @@ struct LastMessage {
     groups: Groups,
     service: Service,
     msg_type: u16,
+    sealed: bool,
     /// Held, so its address cannot be reused by another payload while
     /// remembered.
     payload: Bytes,
@@ -86,10 +87,11 @@ impl Encoder {
         groups: &Groups,
         service: Service,
         msg_type: u16,
+        sealed: bool,
         payload: &Bytes,
     ) -> Option<Bytes> {
         if let Some(last) = &self.last {
-            if last.is(sender, groups, service, msg_type, payload) {
+            if last.sealed == sealed && last.is(sender, groups, service, msg_type, payload) {
                 return Some(last.frame.clone());
             }
         }
@@ -105,7 +107,7 @@ impl Encoder {
         let mut out = Vec::with_capacity(message_len(&self.sender, groups, payload.len()));
         let names = groups.iter().map(String::from_utf8_lossy);
         if let Err(e) =
-            encode_message(&mut out, &self.limits, &self.sender, names, service, msg_type, payload)
+            encode_message(&mut out, &self.limits, &self.sender, names, service, msg_type, sealed, payload)
         {
             warn!(error = %e, "a message for a client could not be encoded; dropped");
             self.last = None;
@@ -117,6 +119,7 @@ impl Encoder {
             groups: groups.clone(),
             service,
             msg_type,
+            sealed,
             payload: payload.clone(),
             frame: frame.clone(),
         });
@@ -128,7 +131,7 @@ impl Encoder {
 /// header, sender, service, type, groups, payload.
 fn message_len(sender: &str, groups: &Groups, payload: usize) -> usize {
     let groups_len: usize = groups.iter().map(|g| 1 + g.len()).sum();
-    FRAME_HEADER_LEN + (1 + sender.len()) + 1 + 2 + (1 + groups_len) + (4 + payload)
+    FRAME_HEADER_LEN + (1 + sender.len()) + 1 + 1 + 2 + (1 + groups_len) + (4 + payload)
 }
 
 #[cfg(test)]
@@ -154,8 +157,9 @@ mod tests {
         let mut e = Encoder::new(Limits::default());
         let groups = Groups::encode(&["a", "b"]).unwrap();
         let payload = Bytes::from_static(b"hello");
-        let b = e.message(&name("x"), &groups, Service::Agreed, 7, &payload).unwrap();
+        let b = e.message(&name("x"), &groups, Service::Agreed, 7, false, &payload).unwrap();
         let want = DaemonFrame::Message(Message {
+            sealed: false,
             sender: name("x").to_string(),
             groups: vec!["a".into(), "b".into()],
             service: Service::Agreed,
@@ -178,12 +182,13 @@ mod tests {
             ["alpha", "b"],
             Service::Fifo,
             1,
+            false,
             &payload,
         )
         .unwrap();
         assert_eq!(message_len("#sender#1", &groups, payload.len()), want.len());
         let mut e = Encoder::new(Limits::default());
-        let b = e.message(&name("sender"), &groups, Service::Fifo, 1, &Bytes::from(payload)).unwrap();
+        let b = e.message(&name("sender"), &groups, Service::Fifo, 1, false, &Bytes::from(payload)).unwrap();
         assert_eq!(&b[..], &want[..]);
     }
 
@@ -192,18 +197,18 @@ mod tests {
         let mut e = Encoder::new(Limits::default());
         let groups = Groups::encode(&["g"]).unwrap();
         let payload = Bytes::from(vec![1u8; 100]);
-        let a = e.message(&name("x"), &groups, Service::Agreed, 0, &payload).unwrap();
-        let b = e.message(&name("x"), &groups, Service::Agreed, 0, &payload.clone()).unwrap();
+        let a = e.message(&name("x"), &groups, Service::Agreed, 0, false, &payload).unwrap();
+        let b = e.message(&name("x"), &groups, Service::Agreed, 0, false, &payload.clone()).unwrap();
         assert_eq!(a.as_ptr(), b.as_ptr(), "a fan-out must not encode again");
         // Equal bytes in another buffer are another message.
         let copy = Bytes::from(payload.to_vec());
-        let c = e.message(&name("x"), &groups, Service::Agreed, 0, &copy).unwrap();
+        let c = e.message(&name("x"), &groups, Service::Agreed, 0, false, &copy).unwrap();
         assert_ne!(a.as_ptr(), c.as_ptr());
         assert_eq!(a, c);
         // Same payload buffer, another sender or type: encoded again.
-        let d = e.message(&name("y"), &groups, Service::Agreed, 0, &copy).unwrap();
+        let d = e.message(&name("y"), &groups, Service::Agreed, 0, false, &copy).unwrap();
         assert_ne!(d, c);
-        let f = e.message(&name("y"), &groups, Service::Agreed, 1, &copy).unwrap();
+        let f = e.message(&name("y"), &groups, Service::Agreed, 1, false, &copy).unwrap();
         assert_ne!(f, d);
     }
 
@@ -212,7 +217,12 @@ mod tests {
         let limits = Limits { max_payload: 4, ..Limits::default() };
         let mut e = Encoder::new(limits);
         let groups = Groups::encode(&["g"]).unwrap();
-        assert!(e.message(&name("x"), &groups, Service::Agreed, 0, &Bytes::from_static(b"12345")).is_none());
-        assert!(e.message(&name("x"), &groups, Service::Agreed, 0, &Bytes::from_static(b"1234")).is_some());
+        assert!(
+            e.message(&name("x"), &groups, Service::Agreed, 0, false, &Bytes::from_static(b"12345"))
+                .is_none()
+        );
+        assert!(
+            e.message(&name("x"), &groups, Service::Agreed, 0, false, &Bytes::from_static(b"1234")).is_some()
+        );
     }
 }

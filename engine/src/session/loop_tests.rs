@@ -154,6 +154,7 @@ fn one_buffer_reaches_every_client_on_every_thread() {
     let h = Harness::new(2, RING_QUEUE);
     let mut clients: Vec<_> = (0..4).map(|i| h.hello(&format!("c{i}"))).collect();
     let msg = DaemonFrame::Message(Message {
+        sealed: false,
         sender: "#c0#1".into(),
         groups: vec!["g".into()],
         service: ringfence_proto::Service::Agreed,
@@ -200,6 +201,7 @@ fn a_slow_reader_gets_bye_slow_consumer_and_the_ring_hears_gone() {
     let (mut slow, id, out) = h.hello("slow");
     let (mut other, _, other_out) = h.hello("other");
     let frame = encode(&DaemonFrame::Message(Message {
+        sealed: false,
         sender: "#x#1".into(),
         groups: vec!["g".into()],
         service: ringfence_proto::Service::Agreed,

@@ -148,7 +148,7 @@ impl World {
         let mut p = no.to_be_bytes().to_vec();
         p.extend_from_slice(&[0xab; 24]);
         let names: Vec<&[u8]> = groups.iter().map(|g| g.as_bytes()).collect();
-        self.groups[who.0].multicast(who.1, service, &names, 7, Bytes::from(p), self_discard)?;
+        self.groups[who.0].multicast(who.1, service, &names, 7, Bytes::from(p), self_discard, false)?;
         self.next_msg += 1;
         if let [g] = groups {
             let g = Bytes::copy_from_slice(g.as_bytes());
@@ -293,11 +293,9 @@ impl World {
         self.log[&who]
             .iter()
             .filter_map(|e| match e {
-                ClientEvent::Membership { group, view_id, members, cause, kind: ConfigKind::Regular }
-                    if group == g.as_bytes() =>
-                {
-                    Some((*view_id, members.to_vec(), *cause))
-                }
+                ClientEvent::Membership {
+                    group, view_id, members, cause, kind: ConfigKind::Regular, ..
+                } if group == g.as_bytes() => Some((*view_id, members.to_vec(), *cause)),
                 _ => None,
             })
             .collect()
@@ -330,7 +328,7 @@ impl World {
             let mut in_view: BTreeMap<Bytes, BTreeSet<u64>> = BTreeMap::new();
             for e in evs {
                 match e {
-                    ClientEvent::Membership { group, view_id, members, cause, kind } => {
+                    ClientEvent::Membership { group, view_id, members, cause, kind, .. } => {
                         if *kind == ConfigKind::Transitional {
                             signalled.insert(group.clone());
                             continue;

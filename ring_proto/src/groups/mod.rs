@@ -38,15 +38,20 @@ mod msg;
 #[cfg(test)]
 mod tests;
 
-pub use msg::{Body, GroupMsg, MSG_MAGIC, MSG_VERSION, StateEntry};
+pub use msg::{Body, GroupMsg, MSG_MAGIC, MSG_VERSION, StateEntry, StateGroup, StateKey};
 
 use crate::Time;
-use crate::ring::{ConfigKind, Configuration, Delivery, Event};
+use crate::ring::{ConfigKind, Configuration, Delivery, Event, ServerKey};
+use crate::security::policy::{Action, Policy};
 use crate::wire::{Groups, NodeId, RingId, Service};
 use bytes::Bytes;
+use ringfence_crypto::aead::Nonce;
+use ringfence_crypto::group::{DAEMON_NONCE_BIT, GroupKey, key_id_of};
+use ringfence_crypto::kdf::{group_key, group_key_id};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// A daemon-local handle for a connected client, chosen by the daemon.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -105,6 +110,18 @@ pub struct ViewId {
     pub counter: u64,
 }
 
+impl ViewId {
+    /// The 18-byte encoding (ring sequence, ring representative, counter;
+    /// big-endian), as in the client protocol; the input of the view's key.
+    pub fn to_bytes(self) -> [u8; 18] {
+        let mut b = [0u8; 18];
+        b[..8].copy_from_slice(&self.ring_id.seq.to_be_bytes());
+        b[8..10].copy_from_slice(&self.ring_id.rep.0.to_be_bytes());
+        b[10..].copy_from_slice(&self.counter.to_be_bytes());
+        b
+    }
+}
+
 impl fmt::Display for ViewId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.ring_id, self.counter)
@@ -132,6 +149,129 @@ pub enum GroupKind {
     Vs = 1,
 }
 
+/// How a group's payloads are protected (ARCHITECTURE.md section 7). Fixed
+/// per group by the policy; a client states it when it joins.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[repr(u8)]
+pub enum GroupMode {
+    /// Nothing beyond the links between daemons.
+    #[default]
+    None = 0,
+    /// Closed VS group: members seal payloads under the view key the
+    /// daemons derive and hand out with each view.
+    IntegratedVs = 1,
+    /// Open EVS group: members seal under the view key; daemons reseal a
+    /// message sealed under an older key of the group before delivering it
+    /// (the EVS fix), and seal non-members' messages.
+    OptimizedEvs = 2,
+    /// No client keys: local clients over the Unix socket, remote clients
+    /// over TLS; daemons carry the data over encrypted links.
+    ThreeStep = 3,
+}
+
+impl GroupMode {
+    /// Every mode.
+    pub const ALL: [Self; 4] = [Self::None, Self::IntegratedVs, Self::OptimizedEvs, Self::ThreeStep];
+
+    /// The mode's name in configs and on the command line.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::IntegratedVs => "integrated-vs",
+            Self::OptimizedEvs => "optimized-evs",
+            Self::ThreeStep => "three-step",
+        }
+    }
+
+    /// Whether members hold view keys.
+    pub const fn keyed(self) -> bool {
+        matches!(self, Self::IntegratedVs | Self::OptimizedEvs)
+    }
+
+    /// The group kind the mode implies, if it implies one.
+    pub const fn kind(self) -> Option<GroupKind> {
+        match self {
+            Self::IntegratedVs => Some(GroupKind::Vs),
+            Self::OptimizedEvs => Some(GroupKind::Open),
+            Self::None | Self::ThreeStep => None,
+        }
+    }
+
+    /// The mode of wire value `b`.
+    pub const fn from_u8(b: u8) -> Option<Self> {
+        match b {
+            0 => Some(Self::None),
+            1 => Some(Self::IntegratedVs),
+            2 => Some(Self::OptimizedEvs),
+            3 => Some(Self::ThreeStep),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for GroupMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for GroupMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL.into_iter().find(|m| m.name() == s).ok_or_else(|| {
+            format!("unknown group mode `{s}` (none, integrated-vs, optimized-evs, three-step)")
+        })
+    }
+}
+
+/// A view key as handed to a member: shared, zeroized when the last holder
+/// drops it, and `Debug` shows only its id.
+#[derive(Clone, Debug)]
+pub struct ViewKey(pub Arc<GroupKey>);
+
+impl ViewKey {
+    /// The public key id.
+    pub fn id(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl PartialEq for ViewKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.id() == other.0.id() && self.0.secret() == other.0.secret()
+    }
+}
+
+impl Eq for ViewKey {}
+
+/// Why a message of an `optimized-evs` group could not be opened by its
+/// receivers' daemon.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum KeyLoss {
+    /// Its key expired: no message used it for the policy's `key_timeout`.
+    TimeOut,
+    /// Its key expired: more than `key_out` newer keys of the group.
+    KeyOut,
+    /// Its key was never known here (sealed in a view this daemon did not
+    /// see, and no daemon of the ring brought it).
+    Unknown,
+    /// It did not open under the key its id names (forged or corrupted).
+    Forged,
+}
+
+impl KeyLoss {
+    /// A short name for logs and clients.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::TimeOut => "key expired by time-out",
+            Self::KeyOut => "key expired by key-out",
+            Self::Unknown => "key unknown to the daemon",
+            Self::Forged => "does not open under its key",
+        }
+    }
+}
+
 /// Why a view changed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Cause {
@@ -143,6 +283,9 @@ pub enum Cause {
     Disconnect,
     /// Daemon membership changed (partition, merge, crash).
     Network,
+    /// The policy refreshed the group's key (time-out or data-out): same
+    /// members, new view id and key.
+    Rekey,
 }
 
 /// Why a join was refused when it was ordered (every daemon refuses it
@@ -154,6 +297,11 @@ pub enum Refusal {
     GroupFull,
     /// The group exists with the other kind.
     KindMismatch,
+    /// The group exists with another protection mode.
+    ModeMismatch,
+    /// The mode needs view keys and the daemons have no server key (link
+    /// security `none`).
+    NoServerKey,
 }
 
 /// What a local client is told.
@@ -170,8 +318,25 @@ pub enum ClientEvent {
         service: Service,
         /// The application's message type.
         msg_type: u16,
+        /// The payload is sealed under a view key of the (one) destination
+        /// group: its key id says which.
+        sealed: bool,
         /// The payload, shared by every local receiver.
         payload: Bytes,
+    },
+    /// A message of an `optimized-evs` group this daemon could not open to
+    /// reseal under the current key: reported, never silently dropped.
+    Undecipherable {
+        /// The sending client.
+        sender: PrivateName,
+        /// The group.
+        group: Bytes,
+        /// The application's message type.
+        msg_type: u16,
+        /// The key id the message named.
+        key_id: u32,
+        /// Why.
+        reason: KeyLoss,
     },
     /// A view (regular), or the transitional signal that precedes a network
     /// view (transitional: `view_id` is the view in force, `members` those
@@ -187,6 +352,11 @@ pub enum ClientEvent {
         cause: Cause,
         /// Regular view or transitional signal.
         kind: ConfigKind,
+        /// The group's protection mode.
+        mode: GroupMode,
+        /// Keyed modes, regular views: the view's key (a transitional signal
+        /// keeps the key of the view in force and carries none).
+        key: Option<ViewKey>,
     },
     /// VS group: the view is about to change; send what must be delivered in
     /// the current view, then call [`ClientGroups::flush_ok`].
@@ -277,6 +447,26 @@ pub enum GroupsError {
     /// `flush_ok` without an outstanding flush request.
     #[error("no flush requested")]
     NoFlush,
+    /// The access-control policy does not allow it.
+    #[error("denied by the access-control policy")]
+    Denied,
+    /// The mode stated at join is not the mode the policy gives the group.
+    #[error("the group's mode differs from the one asked for")]
+    ModeMismatch,
+    /// The group's mode needs view keys and the daemons have no server key.
+    #[error("keyed group modes need link security with a server key")]
+    NoServerKey,
+    /// A message to a keyed group must have that group as its only
+    /// destination.
+    #[error("a message to a keyed group must have it as its only destination")]
+    KeyedMultiDestination,
+    /// `integrated-vs`: the payload is not sealed under the current view's
+    /// key.
+    #[error("the payload is not sealed under the current view key")]
+    WrongKey,
+    /// `three-step`: the client's connection is plain TCP.
+    #[error("three-step groups need a local socket or TLS")]
+    InsecureTransport,
 }
 
 /// A message for the daemon to pass to `Node::submit`.
@@ -304,12 +494,25 @@ pub struct GroupStats {
     pub views_installed: u64,
     /// State exchanges completed.
     pub exchanges: u64,
+    /// Requests refused by the access-control policy (or a mode mismatch).
+    pub denials: u64,
+    /// View keys derived (one HMAC pair each).
+    pub keys_derived: u64,
+    /// `optimized-evs`: messages resealed under the current key (EVS fix).
+    pub evs_fixes: u64,
+    /// `optimized-evs`: non-members' (or unsealed) messages sealed here.
+    pub sealed_for_clients: u64,
+    /// `optimized-evs`: messages reported undecipherable to clients.
+    pub undecipherable: u64,
+    /// Artificial view changes for a new key (policy time-out, data-out).
+    pub rekeys: u64,
 }
 
 /// One local client's membership of one group.
 #[derive(Clone, Debug)]
 struct Membership {
     kind: GroupKind,
+    mode: GroupMode,
     /// The client holds an installed view of the group.
     in_view: bool,
     /// The flush the client was last asked for.
@@ -321,6 +524,8 @@ struct Membership {
 #[derive(Debug)]
 struct Local {
     name: PrivateName,
+    /// Who the client authenticated as (policy principal).
+    principal: String,
     connected: bool,
     /// Groups the client is in, as ordered (the daemon's authoritative
     /// record, sent in `State`).
@@ -333,9 +538,78 @@ struct Local {
 struct View {
     id: ViewId,
     kind: GroupKind,
+    mode: GroupMode,
     members: Arc<[PrivateName]>,
     /// Local clients holding this view.
     local: Vec<ClientId>,
+    /// Keyed modes: the view's key.
+    key: Option<Arc<GroupKey>>,
+    /// Messages this daemon sealed under `key` (nonce counter).
+    sealed: u64,
+    /// `optimized-evs`: older keys of the group, oldest first.
+    old: VecDeque<OldKey>,
+    /// `optimized-evs`: ids of keys that expired, and why (bounded).
+    expired: VecDeque<(u32, KeyLoss)>,
+    installed_at: Time,
+    /// A rekey by time was asked for this view.
+    rekey_asked: bool,
+    /// EVS fixes done for this group (since it was last created here).
+    evs_fixes: u64,
+    /// Messages of this group reported undecipherable.
+    undecipherable: u64,
+}
+
+/// An older key of an `optimized-evs` group.
+#[derive(Debug)]
+struct OldKey {
+    view: ViewId,
+    key: Arc<GroupKey>,
+    /// When a message last used it (or when it stopped being current).
+    last_used: Time,
+}
+
+/// Most expired key ids remembered per group (to name the reason).
+const EXPIRED_KEPT: usize = 32;
+
+/// Drops the old keys of `v` no message used for `timeout`.
+fn expire_old(v: &mut View, now: Time, timeout: Duration) {
+    while let Some(i) = v.old.iter().position(|o| now.saturating_since(o.last_used) > timeout) {
+        if let Some(o) = v.old.remove(i) {
+            remember_expired(v, o.key.id(), KeyLoss::TimeOut);
+        }
+    }
+}
+
+fn remember_expired(v: &mut View, id: u32, why: KeyLoss) {
+    if v.expired.len() == EXPIRED_KEPT {
+        v.expired.pop_front();
+    }
+    v.expired.push_back((id, why));
+}
+
+/// What `ringfence monitor` shows of one group on this daemon.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct GroupReport {
+    /// The group.
+    pub name: String,
+    /// Its mode.
+    pub mode: &'static str,
+    /// The view in force here.
+    pub view: String,
+    /// Members of the view (all daemons).
+    pub members: usize,
+    /// Members connected here.
+    pub local: usize,
+    /// The current key's id (keyed modes).
+    pub key_id: Option<String>,
+    /// The server key epoch the view key was derived from.
+    pub key_epoch: Option<u64>,
+    /// Older keys kept (`optimized-evs`).
+    pub old_keys: usize,
+    /// EVS fixes done here.
+    pub evs_fixes: u64,
+    /// Messages reported undecipherable here.
+    pub undecipherable: u64,
 }
 
 #[derive(Debug)]
@@ -349,6 +623,9 @@ struct Flush {
 #[derive(Debug)]
 struct Group {
     kind: GroupKind,
+    mode: GroupMode,
+    /// Payload bytes delivered in the current view (data-out rekey).
+    bytes: u64,
     /// Members after every ordered change.
     target: BTreeSet<PrivateName>,
     /// Members of the last view installed in this ring (for a VS group
@@ -366,7 +643,11 @@ enum Phase {
     /// A transitional configuration: only local effects are applied.
     Transitional,
     /// A new ring: waiting for every member's state; other messages wait.
-    Exchange { members: Vec<NodeId>, states: BTreeMap<NodeId, Vec<StateEntry>>, held: Vec<Delivery> },
+    Exchange {
+        members: Vec<NodeId>,
+        states: BTreeMap<NodeId, (Vec<StateEntry>, Vec<StateKey>)>,
+        held: Vec<Delivery>,
+    },
 }
 
 /// One daemon's client groups. See the module docs for the calling
@@ -386,6 +667,17 @@ pub struct ClientGroups {
     submits: VecDeque<Submit>,
     out: VecDeque<(ClientId, ClientEvent)>,
     stats: GroupStats,
+    policy: Arc<Policy>,
+    /// Send view keys in state exchanges (links are encrypted).
+    share_keys: bool,
+    /// The server key in force (from `Event::ServerKey`), with the epoch.
+    server: Option<ServerKey>,
+    /// Members of the current ring (its representative asks for rekeys).
+    ring_members: Vec<NodeId>,
+    /// Keys brought by the last state exchange, per group, for the views
+    /// about to be installed.
+    incoming_keys: BTreeMap<Bytes, Vec<(ViewId, Arc<GroupKey>)>>,
+    now: Time,
 }
 
 fn one_group(groups: &Groups) -> Option<Bytes> {
@@ -405,6 +697,13 @@ impl ClientGroups {
 
     /// The groups layer of daemon `daemon` with the given limits.
     pub fn with_limits(daemon: NodeId, limits: Limits) -> Self {
+        Self::with_policy(daemon, limits, Arc::new(Policy::default()), false)
+    }
+
+    /// The groups layer of daemon `daemon` with the given limits and
+    /// client group policy. `share_keys`: the daemons' links are encrypted,
+    /// so state exchanges may carry `optimized-evs` view keys.
+    pub fn with_policy(daemon: NodeId, limits: Limits, policy: Arc<Policy>, share_keys: bool) -> Self {
         Self {
             daemon,
             limits,
@@ -419,7 +718,38 @@ impl ClientGroups {
             submits: VecDeque::new(),
             out: VecDeque::new(),
             stats: GroupStats::default(),
+            policy,
+            share_keys,
+            server: None,
+            ring_members: Vec::new(),
+            incoming_keys: BTreeMap::new(),
+            now: Time::ZERO,
         }
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// Every group with a view on this daemon, for the monitor.
+    pub fn report(&self) -> Vec<GroupReport> {
+        let epoch = self.server.as_ref().map(|k| k.epoch);
+        self.views
+            .iter()
+            .map(|(name, v)| GroupReport {
+                name: String::from_utf8_lossy(name).into_owned(),
+                mode: v.mode.name(),
+                view: v.id.to_string(),
+                members: v.members.len(),
+                local: v.local.len(),
+                key_id: v.key.as_ref().map(|k| format!("{:08x}", k.id())),
+                key_epoch: v.key.as_ref().and(epoch),
+                old_keys: v.old.len(),
+                evs_fixes: v.evs_fixes,
+                undecipherable: v.undecipherable,
+            })
+            .collect()
     }
 
     /// Counters.
@@ -461,9 +791,21 @@ impl ClientGroups {
         self.submits.push_back(Submit { service, groups, payload });
     }
 
-    /// Connects a client under `name`; returns its private name. Local only:
-    /// nothing is ordered until it joins a group.
+    /// Connects a client under `name` with an empty principal (which only
+    /// the policy pattern `*` matches); see [`ClientGroups::connect_as`].
     pub fn connect(&mut self, client: ClientId, name: &[u8]) -> Result<PrivateName, GroupsError> {
+        self.connect_as(client, name, "")
+    }
+
+    /// Connects a client under `name`, authenticated as `principal` (see
+    /// [`crate::security::policy`]); returns its private name. Local only:
+    /// nothing is ordered until it joins a group.
+    pub fn connect_as(
+        &mut self,
+        client: ClientId,
+        name: &[u8],
+        principal: &str,
+    ) -> Result<PrivateName, GroupsError> {
         if !self.valid_name(name) {
             return Err(GroupsError::BadName);
         }
@@ -481,15 +823,55 @@ impl ClientGroups {
         self.names.insert(name, client);
         self.clients.insert(
             client,
-            Local { name: pn.clone(), connected: true, groups: BTreeMap::new(), pending_joins: 0 },
+            Local {
+                name: pn.clone(),
+                principal: principal.to_owned(),
+                connected: true,
+                groups: BTreeMap::new(),
+                pending_joins: 0,
+            },
         );
         Ok(pn)
     }
 
-    /// Asks to join `group` (created by its first join, with that kind).
+    /// Asks to join `group` (created by its first join, with that kind) in
+    /// mode `none`.
     pub fn join(&mut self, client: ClientId, group: &[u8], kind: GroupKind) -> Result<(), GroupsError> {
+        self.join_mode(client, group, kind, GroupMode::None)
+    }
+
+    /// Asks to join `group` with `kind`, stating its protection `mode`: it
+    /// must be the mode the policy gives the group, and the policy must let
+    /// the client join. Keyed modes fix the kind (`integrated-vs` is VS,
+    /// `optimized-evs` open).
+    pub fn join_mode(
+        &mut self,
+        client: ClientId,
+        group: &[u8],
+        kind: GroupKind,
+        mode: GroupMode,
+    ) -> Result<(), GroupsError> {
         if !self.valid_name(group) {
             return Err(GroupsError::BadName);
+        }
+        let kind = mode.kind().unwrap_or(kind);
+        let rule_mode = self.policy.rule(group).mode;
+        let principal = self.client(client)?.principal.clone();
+        let principal = principal.as_str();
+        if rule_mode != mode {
+            self.stats.denials += 1;
+            return Err(GroupsError::ModeMismatch);
+        }
+        if !self.policy.allows(principal, Action::Join, group) {
+            self.stats.denials += 1;
+            return Err(GroupsError::Denied);
+        }
+        if mode == GroupMode::ThreeStep && principal.starts_with("tcp:") {
+            self.stats.denials += 1;
+            return Err(GroupsError::InsecureTransport);
+        }
+        if mode.keyed() && self.server.is_none() {
+            return Err(GroupsError::NoServerKey);
         }
         let cap = self.limits.max_groups_per_client;
         let l = self.client(client)?;
@@ -502,7 +884,7 @@ impl ClientGroups {
         l.pending_joins += 1;
         let sender = l.name.name.clone();
         let groups = Groups::encode(&[group]).map_err(|_| GroupsError::BadName)?;
-        self.push(Service::Agreed, groups, sender, Body::Join { kind });
+        self.push(Service::Agreed, groups, sender, Body::Join { kind, mode });
         Ok(())
     }
 
@@ -520,8 +902,11 @@ impl ClientGroups {
 
     /// Multicasts `payload` to `groups` (group names or private names).
     /// VS groups are closed: the sender must hold a view of each and not be
-    /// flushing. Every service rides the ring in total order; see
-    /// `docs/groups.md`.
+    /// flushing. `sealed`: the client sealed the payload under a view key of
+    /// the (then only) destination group. The policy must let the client
+    /// send to every destination (as a member or as a non-member). Every
+    /// service rides the ring in total order; see `docs/groups.md`.
+    #[allow(clippy::too_many_arguments)]
     pub fn multicast<N: AsRef<[u8]>>(
         &mut self,
         client: ClientId,
@@ -530,6 +915,7 @@ impl ClientGroups {
         msg_type: u16,
         payload: Bytes,
         self_discard: bool,
+        sealed: bool,
     ) -> Result<(), GroupsError> {
         if service.is_control() {
             return Err(GroupsError::BadDestinations);
@@ -540,6 +926,8 @@ impl ClientGroups {
         let max_name = self.limits.max_name;
         let l = self.clients.get(&client).filter(|l| l.connected).ok_or(GroupsError::UnknownClient)?;
         let mut views = Vec::new();
+        let mut keyed = None;
+        let mut denied = None;
         for (i, g) in groups.iter().enumerate() {
             let g = g.as_ref();
             if PrivateName::parse(g).is_some() {
@@ -548,24 +936,129 @@ impl ClientGroups {
             if g.is_empty() || g.len() > max_name || g.contains(&b'#') {
                 return Err(GroupsError::BadName);
             }
-            let vs = match l.groups.get(g) {
+            let member = l.groups.get(g);
+            let action = if member.is_some() { Action::Send } else { Action::SendNonMember };
+            let rule = self.policy.rule(g);
+            if !self.policy.allows(&l.principal, action, g) {
+                denied = Some(GroupsError::Denied);
+            } else if rule.mode == GroupMode::ThreeStep && l.principal.starts_with("tcp:") {
+                denied = Some(GroupsError::InsecureTransport);
+            }
+            if rule.mode.keyed() {
+                keyed = Some((g, rule.mode, member.is_some()));
+            }
+            let vs = match member {
                 Some(m) => m.kind == GroupKind::Vs,
                 None => self.groups.get(g).is_some_and(|x| x.kind == GroupKind::Vs),
             };
             if !vs {
                 continue;
             }
-            let m = l.groups.get(g).filter(|m| m.in_view).ok_or(GroupsError::NotMember)?;
+            let m = member.filter(|m| m.in_view).ok_or(GroupsError::NotMember)?;
             if m.flushed {
                 return Err(GroupsError::Flushing);
             }
             let v = self.views.get(g).ok_or(GroupsError::NotMember)?;
             views.push((i as u8, v.id));
         }
+        if let Some(e) = denied {
+            self.stats.denials += 1;
+            return Err(e);
+        }
         let sender = l.name.name.clone();
+        let sender_pn = l.name.clone();
+        let (mut payload, mut sealed) = (payload, sealed);
+        if let Some((g, mode, _member)) = keyed {
+            if groups.len() != 1 {
+                return Err(GroupsError::KeyedMultiDestination);
+            }
+            let current = self.views.get(g).and_then(|v| v.key.as_ref()).map(|k| k.id());
+            match mode {
+                GroupMode::IntegratedVs => {
+                    if !sealed || key_id_of(&payload).is_none() || key_id_of(&payload) != current {
+                        return Err(GroupsError::WrongKey);
+                    }
+                }
+                _ => {
+                    // optimized-evs: seal what the client did not (a
+                    // non-member has no key), and reseal what it sealed
+                    // under an older key, once here rather than at every
+                    // receiving daemon.
+                    let g = Bytes::copy_from_slice(g);
+                    let fixed = if sealed {
+                        self.evs_fix(&g, &sender_pn, msg_type, &payload).ok().flatten()
+                    } else {
+                        self.seal_for(&g, &sender_pn, msg_type, &payload)
+                    };
+                    if let Some(p) = fixed {
+                        payload = p;
+                        sealed = true;
+                    }
+                }
+            }
+        }
         let groups = Groups::encode(groups).map_err(|_| GroupsError::BadName)?;
-        self.push(service, groups, sender, Body::Data { self_discard, msg_type, views, payload });
+        self.push(service, groups, sender, Body::Data { self_discard, sealed, msg_type, views, payload });
         Ok(())
+    }
+
+    /// Seals `payload` for `group` under the group's current key, as this
+    /// daemon (non-members' messages, unsealed messages of `optimized-evs`).
+    fn seal_for(
+        &mut self,
+        group: &Bytes,
+        sender: &PrivateName,
+        msg_type: u16,
+        payload: &[u8],
+    ) -> Option<Bytes> {
+        let daemon = self.daemon;
+        let v = self.views.get_mut(group)?;
+        let key = v.key.as_ref()?;
+        let nonce = Nonce::new(DAEMON_NONCE_BIT | u32::from(daemon.0), v.sealed);
+        let sealed = key.seal(&nonce, group, sender.to_string().as_bytes(), msg_type, payload).ok()?;
+        v.sealed += 1;
+        self.stats.sealed_for_clients += 1;
+        Some(Bytes::from(sealed))
+    }
+
+    /// The EVS fix: a payload of `group` sealed under a key that is not the
+    /// current one is opened with the old key and resealed under the
+    /// current one. `Ok(None)`: it is under the current key already.
+    fn evs_fix(
+        &mut self,
+        group: &Bytes,
+        sender: &PrivateName,
+        msg_type: u16,
+        payload: &[u8],
+    ) -> Result<Option<Bytes>, (u32, KeyLoss)> {
+        let now = self.now;
+        let daemon = self.daemon;
+        let timeout = self.policy.rule(group).key_timeout;
+        let Some(kid) = key_id_of(payload) else { return Err((0, KeyLoss::Forged)) };
+        let Some(v) = self.views.get_mut(group) else { return Err((kid, KeyLoss::Unknown)) };
+        let Some(current) = v.key.clone() else { return Err((kid, KeyLoss::Unknown)) };
+        if current.id() == kid {
+            return Ok(None);
+        }
+        expire_old(v, now, timeout);
+        let Some(old) = v.old.iter_mut().find(|o| o.key.id() == kid) else {
+            let reason = v.expired.iter().find(|e| e.0 == kid).map_or(KeyLoss::Unknown, |e| e.1);
+            return Err((kid, reason));
+        };
+        let sender_name = sender.to_string();
+        let plain = old
+            .key
+            .open(group, sender_name.as_bytes(), msg_type, payload)
+            .map_err(|_| (kid, KeyLoss::Forged))?;
+        old.last_used = now;
+        let nonce = Nonce::new(DAEMON_NONCE_BIT | u32::from(daemon.0), v.sealed);
+        let resealed = current
+            .seal(&nonce, group, sender_name.as_bytes(), msg_type, &plain)
+            .map_err(|_| (kid, KeyLoss::Forged))?;
+        v.sealed += 1;
+        v.evs_fixes += 1;
+        self.stats.evs_fixes += 1;
+        Ok(Some(Bytes::from(resealed)))
     }
 
     /// VS group: the client has sent what belongs to the current view.
@@ -604,8 +1097,10 @@ impl ClientGroups {
     }
 
     /// Handles one event of this daemon's `Node`, in order.
-    pub fn handle_event(&mut self, _now: Time, ev: &Event) {
+    pub fn handle_event(&mut self, now: Time, ev: &Event) {
+        self.now = self.now.max(now);
         match ev {
+            Event::ServerKey(k) => self.server = Some(k.clone()),
             Event::Configuration(c) => match c.kind {
                 ConfigKind::Transitional => self.on_transitional(c),
                 ConfigKind::Regular => self.on_regular(c),
@@ -624,9 +1119,9 @@ impl ClientGroups {
                     self.stats.undecodable += 1;
                     return;
                 };
-                if let Body::State { ring_id, clients } = msg.body {
+                if let Body::State { ring_id, clients, keys } = msg.body {
                     if Some(ring_id) == self.ring_id && members.contains(&d.id.origin) {
-                        states.entry(d.id.origin).or_insert(clients);
+                        states.entry(d.id.origin).or_insert((clients, keys));
                         if states.len() == members.len() {
                             self.complete_exchange();
                         }
@@ -676,6 +1171,8 @@ impl ClientGroups {
                         members: members.clone(),
                         cause: Cause::Network,
                         kind: ConfigKind::Transitional,
+                        mode: v.mode,
+                        key: None,
                     },
                 ));
             }
@@ -690,6 +1187,7 @@ impl ClientGroups {
             self.apply_local(&d);
         }
         self.ring_id = Some(c.ring_id);
+        self.ring_members = c.members.clone();
         self.flush_seq = 0;
         self.view_seq = 0;
         let clients = self
@@ -697,12 +1195,43 @@ impl ClientGroups {
             .values()
             .map(|l| StateEntry {
                 name: l.name.name.clone(),
-                groups: l.groups.iter().map(|(g, m)| (g.clone(), m.kind, m.in_view)).collect(),
+                groups: l
+                    .groups
+                    .iter()
+                    .map(|(g, m)| StateGroup {
+                        name: g.clone(),
+                        kind: m.kind,
+                        mode: m.mode,
+                        in_view: m.in_view,
+                    })
+                    .collect(),
             })
             .collect();
+        let mut keys = Vec::new();
+        if self.share_keys {
+            for (g, v) in &self.views {
+                if v.mode != GroupMode::OptimizedEvs {
+                    continue;
+                }
+                let current = v.key.iter().map(|k| (v.id, k));
+                for (view, k) in v.old.iter().map(|o| (o.view, &o.key)).chain(current) {
+                    keys.push(StateKey {
+                        group: g.clone(),
+                        view,
+                        key_id: k.id(),
+                        key: *k.secret().expose_secret(),
+                    });
+                }
+            }
+        }
         self.phase =
             Phase::Exchange { members: c.members.clone(), states: BTreeMap::new(), held: Vec::new() };
-        self.push(Service::Agreed, Groups::none(), Bytes::new(), Body::State { ring_id: c.ring_id, clients });
+        self.push(
+            Service::Agreed,
+            Groups::none(),
+            Bytes::new(),
+            Body::State { ring_id: c.ring_id, clients, keys },
+        );
     }
 
     fn complete_exchange(&mut self) {
@@ -712,31 +1241,42 @@ impl ClientGroups {
         };
         self.stats.exchanges += 1;
         let mut groups: BTreeMap<Bytes, Group> = BTreeMap::new();
-        for (daemon, entries) in states {
+        self.incoming_keys.clear();
+        for (daemon, (entries, keys)) in states {
             for e in entries {
                 let m = PrivateName { daemon, name: e.name };
-                for (g, kind, in_view) in e.groups {
-                    let grp = groups.entry(g).or_insert_with(|| Group {
-                        kind,
+                for sg in e.groups {
+                    let grp = groups.entry(sg.name).or_insert_with(|| Group {
+                        kind: sg.kind,
+                        mode: sg.mode,
+                        bytes: 0,
                         target: BTreeSet::new(),
                         view: BTreeSet::new(),
                         flush: None,
                     });
-                    if kind == GroupKind::Vs {
+                    if sg.kind == GroupKind::Vs {
                         grp.kind = GroupKind::Vs;
                     }
+                    // Partitions cannot disagree on a mode (one policy);
+                    // should they, the highest wins everywhere alike.
+                    grp.mode = grp.mode.max(sg.mode);
                     grp.target.insert(m.clone());
-                    if in_view {
+                    if sg.in_view {
                         grp.view.insert(m.clone());
                     }
                 }
             }
+            for k in keys {
+                let key = Arc::new(GroupKey::from_bytes(k.key_id, k.key));
+                self.incoming_keys.entry(k.group).or_default().push((k.view, key));
+            }
         }
-        // Local records follow the merged kind.
+        // Local records follow the merged kind and mode.
         for l in self.clients.values_mut() {
             for (g, m) in &mut l.groups {
                 if let Some(grp) = groups.get(g) {
                     m.kind = grp.kind;
+                    m.mode = grp.mode;
                 }
             }
         }
@@ -755,6 +1295,7 @@ impl ClientGroups {
         // Views of groups that no longer exist here.
         let groups = &self.groups;
         self.views.retain(|g, _| groups.contains_key(g));
+        self.incoming_keys.clear();
         for d in held {
             self.apply(&d);
         }
@@ -784,15 +1325,17 @@ impl ClientGroups {
         }
     }
 
-    /// Installs the group's target membership as a new view.
+    /// Installs the group's target membership as a new view; keyed modes
+    /// derive the view's key from the server key (every daemon alike).
     fn install(&mut self, g: &Bytes, cause: Cause) {
         let Some(ring_id) = self.ring_id else { return };
         let Some(grp) = self.groups.get_mut(g) else { return };
         self.view_seq += 1;
         grp.flush = None;
         grp.view = grp.target.clone();
+        grp.bytes = 0;
         let id = ViewId { ring_id, counter: self.view_seq };
-        let kind = grp.kind;
+        let (kind, mode) = (grp.kind, grp.mode);
         self.stats.views_installed += 1;
         if grp.target.is_empty() {
             self.groups.remove(g);
@@ -800,6 +1343,15 @@ impl ClientGroups {
             return;
         }
         let members: Arc<[PrivateName]> = grp.target.iter().cloned().collect();
+        let key = match (&self.server, mode.keyed()) {
+            (Some(server), true) => {
+                let vb = id.to_bytes();
+                let k = GroupKey::new(group_key_id(&server.key, g, &vb), group_key(&server.key, g, &vb));
+                self.stats.keys_derived += 1;
+                Some(Arc::new(k))
+            }
+            _ => None,
+        };
         let mut local = Vec::new();
         for m in members.iter().filter(|m| m.daemon == self.daemon) {
             let Some(c) = self.local_id(m) else { continue };
@@ -819,10 +1371,57 @@ impl ClientGroups {
                     members: members.clone(),
                     cause,
                     kind: ConfigKind::Regular,
+                    mode,
+                    key: key.clone().map(ViewKey),
                 },
             );
         }
-        self.views.insert(g.clone(), View { id, kind, members, local });
+        let now = self.now;
+        let mut view = View {
+            id,
+            kind,
+            mode,
+            members,
+            local,
+            key,
+            sealed: 0,
+            old: VecDeque::new(),
+            expired: VecDeque::new(),
+            installed_at: now,
+            rekey_asked: false,
+            evs_fixes: 0,
+            undecipherable: 0,
+        };
+        if let Some(prev) = self.views.remove(g) {
+            view.evs_fixes = prev.evs_fixes;
+            view.undecipherable = prev.undecipherable;
+            if mode == GroupMode::OptimizedEvs {
+                view.old = prev.old;
+                view.expired = prev.expired;
+                if let Some(k) = prev.key {
+                    view.old.push_back(OldKey { view: prev.id, key: k, last_used: now });
+                }
+            }
+        }
+        if mode == GroupMode::OptimizedEvs {
+            let rule = self.policy.rule(g);
+            let (timeout, key_out) = (rule.key_timeout, rule.key_out);
+            for (vid, k) in self.incoming_keys.remove(g).unwrap_or_default() {
+                let known = view.key.as_ref().is_some_and(|c| c.id() == k.id())
+                    || view.old.iter().any(|o| o.key.id() == k.id());
+                if !known {
+                    view.old.push_back(OldKey { view: vid, key: k, last_used: now });
+                }
+            }
+            view.old.make_contiguous().sort_by_key(|o| o.view);
+            expire_old(&mut view, now, timeout);
+            while view.old.len() > key_out {
+                if let Some(o) = view.old.pop_front() {
+                    remember_expired(&mut view, o.key.id(), KeyLoss::KeyOut);
+                }
+            }
+        }
+        self.views.insert(g.clone(), view);
     }
 
     /// A membership change of `g` was ordered (its target already changed).
@@ -870,10 +1469,24 @@ impl ClientGroups {
         let Some((sender, body)) = self.decode(d) else { return };
         let local = self.local_id(&sender);
         match body {
-            Body::Data { self_discard, msg_type, views, payload } => {
-                self.deliver(d, &sender, self_discard, msg_type, &views, payload);
+            Body::Data { self_discard, sealed, msg_type, views, payload } => {
+                let len = payload.len() as u64;
+                self.deliver(d, &sender, self_discard, sealed, msg_type, &views, payload);
+                self.count_data_out(&d.groups, len);
             }
-            Body::Join { kind } => {
+            Body::Rekey { view } => {
+                let Some(g) = one_group(&d.groups) else {
+                    self.stats.malformed += 1;
+                    return;
+                };
+                let current = self.views.get(&g).is_some_and(|v| v.id == view);
+                let idle = self.groups.get(&g).is_some_and(|grp| grp.flush.is_none());
+                if current && idle {
+                    self.stats.rekeys += 1;
+                    self.changed(&g, Cause::Rekey);
+                }
+            }
+            Body::Join { kind, mode } => {
                 let Some(g) = one_group(&d.groups) else {
                     self.stats.malformed += 1;
                     return;
@@ -884,20 +1497,30 @@ impl ClientGroups {
                     }
                 }
                 let max = self.limits.max_members;
+                let no_key = mode.keyed() && self.server.is_none();
                 let grp = self.groups.entry(g.clone()).or_insert_with(|| Group {
                     kind,
+                    mode,
+                    bytes: 0,
                     target: BTreeSet::new(),
                     view: BTreeSet::new(),
                     flush: None,
                 });
                 let refusal = if grp.kind != kind {
                     Some(Refusal::KindMismatch)
+                } else if grp.mode != mode {
+                    Some(Refusal::ModeMismatch)
+                } else if no_key {
+                    Some(Refusal::NoServerKey)
                 } else if grp.target.len() >= max {
                     Some(Refusal::GroupFull)
                 } else {
                     None
                 };
                 if let Some(reason) = refusal {
+                    if grp.target.is_empty() {
+                        self.groups.remove(&g);
+                    }
                     if let Some(c) = local {
                         self.emit(c, ClientEvent::JoinRefused { group: g, reason });
                     }
@@ -910,7 +1533,7 @@ impl ClientGroups {
                     if let Some(l) = self.clients.get_mut(&c) {
                         l.groups.insert(
                             g.clone(),
-                            Membership { kind, in_view: false, flush: None, flushed: false },
+                            Membership { kind, mode, in_view: false, flush: None, flushed: false },
                         );
                     }
                 }
@@ -969,15 +1592,16 @@ impl ClientGroups {
         let Some((sender, body)) = self.decode(d) else { return };
         let local = self.local_id(&sender);
         match body {
-            Body::Data { self_discard, msg_type, views, payload } => {
-                self.deliver(d, &sender, self_discard, msg_type, &views, payload);
+            Body::Data { self_discard, sealed, msg_type, views, payload } => {
+                self.deliver(d, &sender, self_discard, sealed, msg_type, &views, payload);
             }
-            Body::Join { kind } => {
+            Body::Join { kind, mode } => {
                 let (Some(c), Some(g)) = (local, one_group(&d.groups)) else { return };
                 if let Some(l) = self.clients.get_mut(&c) {
                     l.pending_joins = l.pending_joins.saturating_sub(1);
                     l.groups.entry(g).or_insert(Membership {
                         kind,
+                        mode,
                         in_view: false,
                         flush: None,
                         flushed: false,
@@ -996,21 +1620,90 @@ impl ClientGroups {
                     self.remove_client(c);
                 }
             }
-            Body::FlushOk { .. } | Body::State { .. } => {}
+            Body::FlushOk { .. } | Body::State { .. } | Body::Rekey { .. } => {}
         }
     }
 
-    /// Hands a data message to every local receiver once.
+    /// Data-out: every daemon counts the payload bytes of each keyed group
+    /// at the same place in the order, so all start the rekey alike.
+    fn count_data_out(&mut self, dests: &Groups, len: u64) {
+        let mut due = Vec::new();
+        for g in dests.iter() {
+            let Some(grp) = self.groups.get_mut(g) else { continue };
+            if !grp.mode.keyed() {
+                continue;
+            }
+            let Some(limit) = self.policy.rule(g).rekey_bytes else { continue };
+            grp.bytes = grp.bytes.saturating_add(len);
+            if grp.bytes >= limit && grp.flush.is_none() {
+                grp.bytes = 0;
+                due.push(Bytes::copy_from_slice(g));
+            }
+        }
+        for g in due {
+            self.stats.rekeys += 1;
+            self.changed(&g, Cause::Rekey);
+        }
+    }
+
+    /// When [`ClientGroups::handle_timeout`] is next due: a view key's
+    /// refresh by time, or an old key's expiry.
+    pub fn poll_timeout(&self) -> Option<Time> {
+        let rep = self.ring_members.first() == Some(&self.daemon) && matches!(self.phase, Phase::Operating);
+        let mut t: Option<Time> = None;
+        for (g, v) in &self.views {
+            let rule = self.policy.rule(g);
+            let mut consider = |x: Time| t = Some(t.map_or(x, |t| t.min(x)));
+            if let Some(iv) = rule.rekey_interval.filter(|_| rep && v.mode.keyed() && !v.rekey_asked) {
+                consider(v.installed_at + iv);
+            }
+            if let Some(o) = v.old.iter().map(|o| o.last_used).min() {
+                consider(o + rule.key_timeout + Duration::from_millis(1));
+            }
+        }
+        t
+    }
+
+    /// Refreshes view keys whose time is up (the ring's representative
+    /// asks, in order, for every daemon) and drops old keys that expired.
+    pub fn handle_timeout(&mut self, now: Time) {
+        self.now = self.now.max(now);
+        let now = self.now;
+        let rep = self.ring_members.first() == Some(&self.daemon) && matches!(self.phase, Phase::Operating);
+        let mut due = Vec::new();
+        for (g, v) in &mut self.views {
+            let rule = self.policy.rule(g);
+            expire_old(v, now, rule.key_timeout);
+            if let Some(iv) = rule.rekey_interval {
+                if rep && v.mode.keyed() && !v.rekey_asked && now >= v.installed_at + iv {
+                    v.rekey_asked = true;
+                    due.push((g.clone(), v.id));
+                }
+            }
+        }
+        for (g, view) in due {
+            if let Ok(groups) = Groups::encode(&[&g[..]]) {
+                self.push(Service::Agreed, groups, Bytes::new(), Body::Rekey { view });
+            }
+        }
+    }
+
+    /// Hands a data message to every local receiver once. A message of an
+    /// `optimized-evs` group sealed under an older key is resealed under
+    /// the current one first (or reported undecipherable).
+    #[allow(clippy::too_many_arguments)]
     fn deliver(
         &mut self,
         d: &Delivery,
         sender: &PrivateName,
         self_discard: bool,
+        sealed: bool,
         msg_type: u16,
         views: &[(u8, ViewId)],
         payload: Bytes,
     ) {
         let mut to: Vec<ClientId> = Vec::new();
+        let mut evs_group = None;
         for (i, g) in d.groups.iter().enumerate() {
             if let Some(p) = PrivateName::parse(g) {
                 if let Some(c) = self.local_id(&p) {
@@ -1026,7 +1719,46 @@ impl ClientGroups {
                     continue;
                 }
             }
+            if v.mode == GroupMode::OptimizedEvs && !v.local.is_empty() && d.groups.iter().nth(1).is_none() {
+                evs_group = Some(Bytes::copy_from_slice(g));
+            }
             to.extend_from_slice(&v.local);
+        }
+        let mut payload = payload;
+        let mut sealed = sealed;
+        if let Some(g) = evs_group {
+            let fixed = if sealed {
+                self.evs_fix(&g, sender, msg_type, &payload)
+            } else {
+                Ok(self.seal_for(&g, sender, msg_type, &payload))
+            };
+            match fixed {
+                Ok(Some(p)) => {
+                    payload = p;
+                    sealed = true;
+                }
+                Ok(None) => {}
+                Err((key_id, reason)) => {
+                    if let Some(v) = self.views.get_mut(&g) {
+                        v.undecipherable += 1;
+                    }
+                    for c in to {
+                        if self_discard && self.clients.get(&c).is_some_and(|l| &l.name == sender) {
+                            continue;
+                        }
+                        self.stats.undecipherable += 1;
+                        let ev = ClientEvent::Undecipherable {
+                            sender: sender.clone(),
+                            group: g.clone(),
+                            msg_type,
+                            key_id,
+                            reason,
+                        };
+                        self.emit(c, ev);
+                    }
+                    return;
+                }
+            }
         }
         to.sort_unstable();
         to.dedup();
@@ -1042,6 +1774,7 @@ impl ClientGroups {
                     groups: d.groups.clone(),
                     service: d.service,
                     msg_type,
+                    sealed,
                     payload: payload.clone(),
                 },
             );

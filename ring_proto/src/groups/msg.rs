@@ -8,8 +8,8 @@
 //!
 //! ```text
 //! 0  u8   magic 0x47 ('G')
-//! 1  u8   version (1)
-//! 2  u8   type: 1 data, 2 join, 3 leave, 4 disconnect, 5 flush-ok, 6 state
+//! 1  u8   version (2)
+//! 2  u8   type: 1 data, 2 join, 3 leave, 4 disconnect, 5 flush-ok, 6 state, 7 rekey
 //! 3  u8   sender name length n (0 for state, 1..=255 otherwise)
 //! 4  n    sender client name (without the '#' and daemon suffix)
 //!    ...  type-specific body
@@ -21,14 +21,14 @@
 //!
 //! [`Groups`]: crate::wire::Groups
 
-use super::{FlushId, GroupKind, ViewId};
+use super::{FlushId, GroupKind, GroupMode, ViewId};
 use crate::wire::{DecodeError, NodeId, Reader, RingId};
 use bytes::Bytes;
 
 /// First byte of every group message.
 pub const MSG_MAGIC: u8 = 0x47;
 /// The group message format version this code speaks.
-pub const MSG_VERSION: u8 = 1;
+pub const MSG_VERSION: u8 = 2;
 
 const T_DATA: u8 = 1;
 const T_JOIN: u8 = 2;
@@ -36,13 +36,18 @@ const T_LEAVE: u8 = 3;
 const T_DISCONNECT: u8 = 4;
 const T_FLUSH_OK: u8 = 5;
 const T_STATE: u8 = 6;
+const T_REKEY: u8 = 7;
 
 /// State flag: the group is a VS group.
 const F_VS: u8 = 1;
 /// State flag: the member holds an installed view of the group.
 const F_IN_VIEW: u8 = 2;
+/// State flags: the group's mode, two bits from this shift.
+const F_MODE_SHIFT: u8 = 2;
 /// Data flag: do not deliver back to the sender.
 const F_SELF_DISCARD: u8 = 1;
+/// Data flag: the payload is sealed under a group view key.
+const F_SEALED: u8 = 2;
 
 /// A decoded group message (the payload of one ring message).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -60,6 +65,9 @@ pub enum Body {
     Data {
         /// Do not deliver back to the sender.
         self_discard: bool,
+        /// The payload is sealed under a view key of the (one) destination
+        /// group (`ringfence_crypto::group`).
+        sealed: bool,
         /// Application message type, passed through.
         msg_type: u16,
         /// For each VS destination: its index in the chunk's group list and
@@ -72,6 +80,8 @@ pub enum Body {
     Join {
         /// Open or VS; must match the group's kind.
         kind: GroupKind,
+        /// Protection mode; must match the group's mode.
+        mode: GroupMode,
     },
     /// The sender leaves the one group named in the chunk's list.
     Leave,
@@ -88,7 +98,53 @@ pub enum Body {
         ring_id: RingId,
         /// The daemon's clients and their groups.
         clients: Vec<StateEntry>,
+        /// Recent view keys of its `optimized-evs` groups, so every daemon
+        /// of the new ring can open messages sealed in views it was not in
+        /// (the EVS fix). Sent only over encrypted links.
+        keys: Vec<StateKey>,
     },
+    /// Asks for a new key for the one group named in the chunk's list (an
+    /// artificial view change, cause `rekey`), if its view is still `view`.
+    Rekey {
+        /// The view whose key is due.
+        view: ViewId,
+    },
+}
+
+/// One group's membership in a [`StateEntry`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StateGroup {
+    /// The group.
+    pub name: Bytes,
+    /// Its kind.
+    pub kind: GroupKind,
+    /// Its mode.
+    pub mode: GroupMode,
+    /// The client holds an installed view of it.
+    pub in_view: bool,
+}
+
+/// A view key carried in a [`Body::State`].
+#[derive(Clone, PartialEq, Eq)]
+pub struct StateKey {
+    /// The group.
+    pub group: Bytes,
+    /// The view the key belongs to.
+    pub view: ViewId,
+    /// Its public id.
+    pub key_id: u32,
+    /// The secret.
+    pub key: [u8; 32],
+}
+
+impl std::fmt::Debug for StateKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateKey")
+            .field("group", &self.group)
+            .field("view", &self.view)
+            .field("key_id", &format_args!("{:08x}", self.key_id))
+            .finish_non_exhaustive()
+    }
 }
 
 /// One client in a daemon's [`Body::State`].
@@ -96,9 +152,8 @@ pub enum Body {
 pub struct StateEntry {
     /// The client's name on its daemon.
     pub name: Bytes,
-    /// Groups the client is a member of: name, kind, and whether the client
-    /// holds an installed view of it.
-    pub groups: Vec<(Bytes, GroupKind, bool)>,
+    /// Groups the client is a member of.
+    pub groups: Vec<StateGroup>,
 }
 
 fn put_name(out: &mut Vec<u8>, name: &[u8]) {
@@ -129,6 +184,21 @@ fn read_name(r: &mut Reader<'_>, buf: &Bytes, allow_empty: bool) -> Result<Bytes
     Ok(buf.slice(start..start + n))
 }
 
+fn put_view(out: &mut Vec<u8>, v: ViewId) {
+    put_ring_id(out, v.ring_id);
+    out.extend_from_slice(&v.counter.to_be_bytes());
+}
+
+fn read_view(r: &mut Reader<'_>) -> Result<ViewId, DecodeError> {
+    let ring_id = read_ring_id(r)?;
+    let counter = r.u64()?;
+    Ok(ViewId { ring_id, counter })
+}
+
+fn read_mode(b: u8) -> Result<GroupMode, DecodeError> {
+    GroupMode::from_u8(b).ok_or(DecodeError::BadValue("group mode"))
+}
+
 fn read_kind(b: u8) -> Result<GroupKind, DecodeError> {
     match b {
         0 => Ok(GroupKind::Open),
@@ -151,29 +221,37 @@ impl GroupMsg {
             Body::Disconnect => T_DISCONNECT,
             Body::FlushOk { .. } => T_FLUSH_OK,
             Body::State { .. } => T_STATE,
+            Body::Rekey { .. } => T_REKEY,
         });
         put_name(&mut out, &self.sender);
         match &self.body {
-            Body::Data { self_discard, msg_type, views, payload } => {
+            Body::Data { self_discard, sealed, msg_type, views, payload } => {
                 out.reserve(4 + views.len() * 19 + payload.len());
-                out.push(if *self_discard { F_SELF_DISCARD } else { 0 });
+                let mut f = if *self_discard { F_SELF_DISCARD } else { 0 };
+                if *sealed {
+                    f |= F_SEALED;
+                }
+                out.push(f);
                 out.extend_from_slice(&msg_type.to_be_bytes());
                 let k = views.len().min(255);
                 out.push(k as u8);
                 for (idx, v) in &views[..k] {
                     out.push(*idx);
-                    put_ring_id(&mut out, v.ring_id);
-                    out.extend_from_slice(&v.counter.to_be_bytes());
+                    put_view(&mut out, *v);
                 }
                 out.extend_from_slice(payload);
             }
-            Body::Join { kind } => out.push(*kind as u8),
+            Body::Join { kind, mode } => {
+                out.push(*kind as u8);
+                out.push(*mode as u8);
+            }
+            Body::Rekey { view } => put_view(&mut out, *view),
             Body::Leave | Body::Disconnect => {}
             Body::FlushOk { flush } => {
                 put_ring_id(&mut out, flush.ring_id);
                 out.extend_from_slice(&flush.seq.to_be_bytes());
             }
-            Body::State { ring_id, clients } => {
+            Body::State { ring_id, clients, keys } => {
                 put_ring_id(&mut out, *ring_id);
                 let c = clients.len().min(usize::from(u16::MAX));
                 out.extend_from_slice(&(c as u16).to_be_bytes());
@@ -181,17 +259,25 @@ impl GroupMsg {
                     put_name(&mut out, &e.name);
                     let g = e.groups.len().min(255);
                     out.push(g as u8);
-                    for (name, kind, in_view) in &e.groups[..g] {
-                        put_name(&mut out, name);
-                        let mut f = 0;
-                        if *kind == GroupKind::Vs {
+                    for sg in &e.groups[..g] {
+                        put_name(&mut out, &sg.name);
+                        let mut f = (sg.mode as u8) << F_MODE_SHIFT;
+                        if sg.kind == GroupKind::Vs {
                             f |= F_VS;
                         }
-                        if *in_view {
+                        if sg.in_view {
                             f |= F_IN_VIEW;
                         }
                         out.push(f);
                     }
+                }
+                let k = keys.len().min(usize::from(u16::MAX));
+                out.extend_from_slice(&(k as u16).to_be_bytes());
+                for key in &keys[..k] {
+                    put_name(&mut out, &key.group);
+                    put_view(&mut out, key.view);
+                    out.extend_from_slice(&key.key_id.to_be_bytes());
+                    out.extend_from_slice(&key.key);
                 }
             }
         }
@@ -217,7 +303,7 @@ impl GroupMsg {
         let body = match t {
             T_DATA => {
                 let flags = r.u8()?;
-                if flags & !F_SELF_DISCARD != 0 {
+                if flags & !(F_SELF_DISCARD | F_SEALED) != 0 {
                     return Err(DecodeError::BadValue("data flags"));
                 }
                 let msg_type = r.u16()?;
@@ -225,17 +311,25 @@ impl GroupMsg {
                 let mut views = Vec::with_capacity(usize::from(k).min(r.remaining() / 19));
                 for _ in 0..k {
                     let idx = r.u8()?;
-                    let ring_id = read_ring_id(&mut r)?;
-                    let counter = r.u64()?;
-                    views.push((idx, ViewId { ring_id, counter }));
+                    views.push((idx, read_view(&mut r)?));
                 }
                 let payload = buf.slice(r.pos()..);
                 return Ok(Self {
                     sender,
-                    body: Body::Data { self_discard: flags & F_SELF_DISCARD != 0, msg_type, views, payload },
+                    body: Body::Data {
+                        self_discard: flags & F_SELF_DISCARD != 0,
+                        sealed: flags & F_SEALED != 0,
+                        msg_type,
+                        views,
+                        payload,
+                    },
                 });
             }
-            T_JOIN => Body::Join { kind: read_kind(r.u8()?)? },
+            T_JOIN => {
+                let kind = read_kind(r.u8()?)?;
+                Body::Join { kind, mode: read_mode(r.u8()?)? }
+            }
+            T_REKEY => Body::Rekey { view: read_view(&mut r)? },
             T_LEAVE => Body::Leave,
             T_DISCONNECT => Body::Disconnect,
             T_FLUSH_OK => {
@@ -254,15 +348,26 @@ impl GroupMsg {
                     for _ in 0..g {
                         let gname = read_name(&mut r, buf, false)?;
                         let f = r.u8()?;
-                        if f & !(F_VS | F_IN_VIEW) != 0 {
+                        if f >> (F_MODE_SHIFT + 2) != 0 {
                             return Err(DecodeError::BadValue("state flags"));
                         }
                         let kind = if f & F_VS != 0 { GroupKind::Vs } else { GroupKind::Open };
-                        groups.push((gname, kind, f & F_IN_VIEW != 0));
+                        let mode = read_mode((f >> F_MODE_SHIFT) & 3)?;
+                        groups.push(StateGroup { name: gname, kind, mode, in_view: f & F_IN_VIEW != 0 });
                     }
                     clients.push(StateEntry { name, groups });
                 }
-                Body::State { ring_id, clients }
+                let k = r.u16()?;
+                let mut keys = Vec::with_capacity(usize::from(k).min(r.remaining() / 55));
+                for _ in 0..k {
+                    let group = read_name(&mut r, buf, false)?;
+                    let view = read_view(&mut r)?;
+                    let key_id = r.u32()?;
+                    let mut key = [0u8; 32];
+                    key.copy_from_slice(r.take(32)?);
+                    keys.push(StateKey { group, view, key_id, key });
+                }
+                Body::State { ring_id, clients, keys }
             }
             _ => return Err(DecodeError::UnknownKind),
         };

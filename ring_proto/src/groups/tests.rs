@@ -16,22 +16,25 @@ fn name() -> impl Strategy<Value = Bytes> {
 }
 
 fn body() -> impl Strategy<Value = Body> {
-    let view = (ring_id(), any::<u64>()).prop_map(|(ring_id, counter)| ViewId { ring_id, counter });
+    let view = || (ring_id(), any::<u64>()).prop_map(|(ring_id, counter)| ViewId { ring_id, counter });
     let kind = prop_oneof![Just(GroupKind::Open), Just(GroupKind::Vs)];
+    let mode = proptest::sample::select(GroupMode::ALL.to_vec());
     prop_oneof![
         (
-            any::<bool>(),
+            any::<(bool, bool)>(),
             any::<u16>(),
-            proptest::collection::vec((any::<u8>(), view), 0..4),
+            proptest::collection::vec((any::<u8>(), view()), 0..4),
             proptest::collection::vec(any::<u8>(), 0..64)
         )
-            .prop_map(|(self_discard, msg_type, views, p)| Body::Data {
+            .prop_map(|((self_discard, sealed), msg_type, views, p)| Body::Data {
                 self_discard,
+                sealed,
                 msg_type,
                 views,
                 payload: Bytes::from(p)
             }),
-        kind.clone().prop_map(|kind| Body::Join { kind }),
+        (kind.clone(), mode.clone()).prop_map(|(kind, mode)| Body::Join { kind, mode }),
+        view().prop_map(|view| Body::Rekey { view }),
         Just(Body::Leave),
         Just(Body::Disconnect),
         (ring_id(), any::<u64>())
@@ -39,12 +42,25 @@ fn body() -> impl Strategy<Value = Body> {
         (
             ring_id(),
             proptest::collection::vec(
-                (name(), proptest::collection::vec((name(), kind, any::<bool>()), 0..4))
+                (
+                    name(),
+                    proptest::collection::vec(
+                        (name(), kind, mode, any::<bool>()).prop_map(|(name, kind, mode, in_view)| {
+                            StateGroup { name, kind, mode, in_view }
+                        }),
+                        0..4
+                    )
+                )
                     .prop_map(|(name, groups)| StateEntry { name, groups }),
                 0..4
+            ),
+            proptest::collection::vec(
+                (name(), view(), any::<u32>(), any::<[u8; 32]>())
+                    .prop_map(|(group, view, key_id, key)| StateKey { group, view, key_id, key }),
+                0..3
             )
         )
-            .prop_map(|(ring_id, clients)| Body::State { ring_id, clients }),
+            .prop_map(|(ring_id, clients, keys)| Body::State { ring_id, clients, keys }),
     ]
 }
 
@@ -114,10 +130,12 @@ fn local_requests_are_checked() {
     assert_eq!(g.flush_ok(ClientId(1), b"g"), Err(GroupsError::NotMember));
     let none: [&[u8]; 0] = [];
     assert_eq!(
-        g.multicast(ClientId(1), Service::Agreed, &none, 0, Bytes::new(), false),
+        g.multicast(ClientId(1), Service::Agreed, &none, 0, Bytes::new(), false, false),
         Err(GroupsError::BadDestinations)
     );
-    assert!(g.multicast(ClientId(1), Service::Fifo, &[&b"g"[..], b"#b#2"], 0, Bytes::new(), false).is_ok());
+    assert!(
+        g.multicast(ClientId(1), Service::Fifo, &[&b"g"[..], b"#b#2"], 0, Bytes::new(), false, false).is_ok()
+    );
     assert!(g.disconnect(ClientId(1)).is_ok());
     assert_eq!(g.disconnect(ClientId(1)), Err(GroupsError::UnknownClient));
     assert_eq!(

@@ -91,6 +91,24 @@ pub enum Event {
     Deliver(Delivery),
     /// A configuration change, in the same order.
     Configuration(Configuration),
+    /// The servers' key in force from here on in the delivery order (nodes
+    /// with link security only, `Node::with_security`). A ring's first key
+    /// comes just before the ring's regular configuration; a refreshed key
+    /// comes at the delivery of the last member's key check. Every member
+    /// of the ring sees it at the same place in the order, so state derived
+    /// from it in order (client group keys) is the same everywhere.
+    ServerKey(ServerKey),
+}
+
+/// A server key and where it belongs (see [`Event::ServerKey`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerKey {
+    /// The ring whose members agreed it.
+    pub ring_id: RingId,
+    /// Its epoch (ring sequence << 16 | refreshes in the ring).
+    pub epoch: u64,
+    /// The secret (zeroized on drop; `Debug` shows no bytes).
+    pub key: ringfence_crypto::aead::Key32,
 }
 
 /// Why `submit` refused a message.

@@ -33,6 +33,7 @@ pub fn security(mode: LinkMode, n: u16, me: u16) -> SecurityConfig {
         refresh_bytes: None,
         seed: [me as u8; 32],
         incarnation: 1,
+        policy_digest: crate::security::policy::Policy::default().digest(),
     }
 }
 

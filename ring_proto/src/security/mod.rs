@@ -25,6 +25,7 @@
 
 pub mod lab;
 pub mod link;
+pub mod policy;
 
 use crate::Time;
 use crate::wire::{NodeId, RingId};
@@ -101,6 +102,10 @@ pub struct SecurityConfig {
     pub seed: [u8; 32],
     /// This life of the daemon (see [`link`]).
     pub incarnation: u32,
+    /// Digest of the client group policy ([`policy::Policy::digest`]):
+    /// daemons with different policies refuse each other like daemons with
+    /// different modes.
+    pub policy_digest: [u8; 32],
 }
 
 impl std::fmt::Debug for SecurityConfig {
@@ -116,8 +121,8 @@ impl std::fmt::Debug for SecurityConfig {
 }
 
 impl SecurityConfig {
-    /// The digest daemons compare before they talk: the mode and every
-    /// daemon's public key. Two daemons configured differently refuse each
+    /// The digest daemons compare before they talk: the mode, every
+    /// daemon's public key and the client group policy. Two daemons configured differently refuse each
     /// other's datagrams (and say so), never fall back to a weaker mode.
     pub fn digest(&self) -> [u8; 8] {
         let mut parts: Vec<Vec<u8>> = vec![self.mode.name().as_bytes().to_vec()];
@@ -126,6 +131,7 @@ impl SecurityConfig {
             p.extend_from_slice(key.as_bytes());
             parts.push(p);
         }
+        parts.push(self.policy_digest.to_vec());
         let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
         let mac = ringfence_crypto::kdf::hmac_sha256(b"ringfence security settings v1", &refs);
         let mut d = [0u8; 8];

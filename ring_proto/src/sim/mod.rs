@@ -341,6 +341,7 @@ fn make_node(
         refresh_bytes: Some(2 << 20),
         seed,
         incarnation,
+        policy_digest: crate::security::policy::Policy::default().digest(),
     };
     Node::with_security(cfg.ring.clone(), id, now, inc, sec)
 }
@@ -396,6 +397,8 @@ pub struct Sim<'t> {
     violations: Vec<Violation>,
     /// Server keys seen: (ring, epoch) -> the first holder and its link key id.
     keys: BTreeMap<(RingId, u64), (NodeId, KeyId)>,
+    /// Server keys handed to the owners (`Event::ServerKey`): first announcer and key.
+    announced: BTreeMap<(RingId, u64), (NodeId, ringfence_crypto::aead::Key32)>,
     datagrams: u64,
     wire_bytes: u64,
     payload_bytes: u64,
@@ -475,6 +478,7 @@ impl<'t> Sim<'t> {
             sent: HashMap::new(),
             violations: Vec::new(),
             keys: BTreeMap::new(),
+            announced: BTreeMap::new(),
             datagrams: 0,
             wire_bytes: 0,
             payload_bytes: 0,
@@ -817,6 +821,20 @@ impl<'t> Sim<'t> {
                         ring_id: c.ring_id,
                         members: c.members,
                     });
+                }
+                Event::ServerKey(k) => {
+                    // The key handed to the owner is the one every member agreed.
+                    let (ring, epoch) = (k.ring_id, k.epoch);
+                    match self.announced.get(&(ring, epoch)) {
+                        Some((first, key)) if *key != k.key => {
+                            let a = *first;
+                            self.violations.push(Violation::KeyMismatch { ring, epoch, a, b: me });
+                        }
+                        Some(_) => {}
+                        None => {
+                            self.announced.insert((ring, epoch), (me, k.key));
+                        }
+                    }
                 }
             }
         }

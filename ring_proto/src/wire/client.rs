@@ -57,16 +57,18 @@
 //! ```
 
 use super::{DecodeError, Reader, Service};
+pub use crate::groups::GroupMode;
 use bytes::{Bytes, BytesMut};
+use ringfence_crypto::aead::Key32;
 use std::fmt;
 use std::marker::PhantomData;
 
 /// The four bytes every `Hello` body starts with: `RFCP`.
 pub const CLIENT_MAGIC: [u8; 4] = *b"RFCP";
 /// The newest client protocol version this code speaks.
-pub const CLIENT_VERSION: u8 = 1;
+pub const CLIENT_VERSION: u8 = 2;
 /// The oldest client protocol version this code speaks.
-pub const MIN_CLIENT_VERSION: u8 = 1;
+pub const MIN_CLIENT_VERSION: u8 = 2;
 
 /// Bytes before a frame's body: length (4) and frame type (1).
 pub const FRAME_HEADER_LEN: usize = 5;
@@ -95,6 +97,8 @@ pub const TYPE_FLUSH_OK: u8 = 0x05;
 pub const TYPE_CLIENT_BYE: u8 = 0x06;
 /// Frame type of [`ClientFrame::JoinVs`].
 pub const TYPE_JOIN_VS: u8 = 0x07;
+/// `JoinMode` frame type (version 2).
+pub const TYPE_JOIN_MODE: u8 = 0x08;
 /// Frame type of [`DaemonFrame::Welcome`].
 pub const TYPE_WELCOME: u8 = 0x81;
 /// Frame type of [`DaemonFrame::Refused`].
@@ -109,6 +113,8 @@ pub const TYPE_FLUSH_REQUEST: u8 = 0x85;
 pub const TYPE_ERROR: u8 = 0x86;
 /// Frame type of [`DaemonFrame::Bye`].
 pub const TYPE_DAEMON_BYE: u8 = 0x87;
+/// `Undecipherable` frame type (version 2).
+pub const TYPE_UNDECIPHERABLE: u8 = 0x88;
 
 const AUTH_PEER_CREDENTIALS: u8 = 0;
 const AUTH_TOKEN: u8 = 1;
@@ -327,6 +333,9 @@ pub struct Multicast {
     pub msg_type: u16,
     /// Do not deliver the message back to the sending client.
     pub self_discard: bool,
+    /// The payload is sealed under the view key of the (one) destination
+    /// group (`ringfence_crypto::group`).
+    pub sealed: bool,
     /// Destination groups, 1..=[`Limits::max_groups`].
     pub groups: Vec<String>,
     /// The message; at most [`Limits::max_payload`] bytes.
@@ -344,6 +353,8 @@ pub struct Message {
     pub service: Service,
     /// Application-defined message type.
     pub msg_type: u16,
+    /// The payload is sealed under a view key of the (one) group.
+    pub sealed: bool,
     /// The message; a slice of the received buffer when decoded.
     pub payload: Bytes,
 }
@@ -371,6 +382,8 @@ pub enum ViewCause {
     Disconnect = 2,
     /// The daemons' ring changed (partition or merge).
     Network = 3,
+    /// The policy refreshed the group's key (same members, new view).
+    Rekey = 4,
 }
 
 /// Whether a view is a regular or a transitional configuration (EVS).
@@ -395,7 +408,15 @@ pub struct Membership {
     pub cause: ViewCause,
     /// Private names of the members, at most [`Limits::max_members`].
     pub members: Vec<String>,
+    /// The group's protection mode.
+    pub mode: GroupMode,
+    /// Keyed modes, regular views: the view key's id and the key (only
+    /// members get it; `Debug` shows no key bytes).
+    pub key: Option<(u32, Key32)>,
 }
+
+/// Why a message of an `optimized-evs` group could not be opened.
+pub use crate::groups::KeyLoss;
 
 macro_rules! code_enum {
     ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $var:ident = $val:literal,)* }) => {
@@ -447,6 +468,25 @@ code_enum! {
     }
 }
 
+fn key_loss_code(k: KeyLoss) -> u8 {
+    match k {
+        KeyLoss::TimeOut => 1,
+        KeyLoss::KeyOut => 2,
+        KeyLoss::Unknown => 3,
+        KeyLoss::Forged => 4,
+    }
+}
+
+fn key_loss_of(b: u8) -> Option<KeyLoss> {
+    match b {
+        1 => Some(KeyLoss::TimeOut),
+        2 => Some(KeyLoss::KeyOut),
+        3 => Some(KeyLoss::Unknown),
+        4 => Some(KeyLoss::Forged),
+        _ => None,
+    }
+}
+
 code_enum! {
     /// Why the daemon rejected a request; the session continues.
     ErrorCode {
@@ -462,6 +502,15 @@ code_enum! {
         Backlogged = 5,
         /// A `FlushOk` names a view that is not being flushed.
         StaleView = 6,
+        /// The join states another mode than the policy gives the group.
+        ModeMismatch = 7,
+        /// Keyed groups: the payload is not sealed under the current view
+        /// key, or a keyed group is not the message's only destination.
+        WrongKey = 8,
+        /// Keyed modes need link security with a server key.
+        NoServerKey = 9,
+        /// Three-step groups need a local socket or TLS.
+        InsecureTransport = 10,
     }
 }
 
@@ -496,6 +545,15 @@ pub enum ClientFrame {
     JoinVs {
         /// The group.
         group: String,
+    },
+    /// Join a group stating its kind and protection mode (version 2).
+    JoinMode {
+        /// The group.
+        group: String,
+        /// Open (`false`) or closed virtual synchrony (`true`).
+        vs: bool,
+        /// The mode the client expects the policy to give the group.
+        mode: GroupMode,
     },
     /// Leave a group.
     Leave {
@@ -537,6 +595,20 @@ pub enum DaemonFrame {
         group: String,
         /// The view ending.
         view_id: ViewId,
+    },
+    /// An `optimized-evs` message the daemon could not open to reseal under
+    /// the current key (version 2).
+    Undecipherable {
+        /// The sender's private name.
+        sender: String,
+        /// The group.
+        group: String,
+        /// The application's message type.
+        msg_type: u16,
+        /// The key id the message named.
+        key_id: u32,
+        /// Why.
+        reason: KeyLoss,
     },
     /// A request failed; the session continues.
     Error {
@@ -813,12 +885,14 @@ pub fn encode_message<G: AsRef<str>>(
     groups: impl IntoIterator<Item = G>,
     service: Service,
     msg_type: u16,
+    sealed: bool,
     payload: &[u8],
 ) -> Result<(), ClientEncodeError> {
-    out.reserve(FRAME_HEADER_LEN + 1 + sender.len() + 4 + payload.len() + 64);
+    out.reserve(FRAME_HEADER_LEN + 1 + sender.len() + 5 + payload.len() + 64);
     put_frame(out, limits, TYPE_MESSAGE, |out| {
         put_ascii_name(out, "sender", sender, MAX_PRIVATE_NAME, true)?;
         put_service(out, service)?;
+        out.push(u8::from(sealed));
         out.extend_from_slice(&msg_type.to_be_bytes());
         put_groups(out, limits, groups)?;
         put_payload(out, limits, payload)
@@ -834,13 +908,14 @@ pub fn encode_multicast<G: AsRef<str>>(
     service: Service,
     msg_type: u16,
     self_discard: bool,
+    sealed: bool,
     groups: impl IntoIterator<Item = G>,
     payload: &[u8],
 ) -> Result<(), ClientEncodeError> {
     out.reserve(FRAME_HEADER_LEN + 4 + 4 + payload.len() + 64);
     put_frame(out, limits, TYPE_MULTICAST, |out| {
         put_service(out, service)?;
-        out.push(u8::from(self_discard));
+        out.push(u8::from(self_discard) | (u8::from(sealed) << 1));
         out.extend_from_slice(&msg_type.to_be_bytes());
         put_groups(out, limits, groups)?;
         put_payload(out, limits, payload)
@@ -886,18 +961,28 @@ impl Frame for ClientFrame {
             }
             TYPE_JOIN => Self::Join { group: read_group(&mut r)? },
             TYPE_JOIN_VS => Self::JoinVs { group: read_group(&mut r)? },
+            TYPE_JOIN_MODE => {
+                let group = read_group(&mut r)?;
+                let vs = match r.u8()? {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(ClientDecodeError::BadValue("kind")),
+                };
+                let mode = GroupMode::from_u8(r.u8()?).ok_or(ClientDecodeError::BadValue("mode"))?;
+                Self::JoinMode { group, vs, mode }
+            }
             TYPE_LEAVE => Self::Leave { group: read_group(&mut r)? },
             TYPE_MULTICAST => {
                 let service = read_service(&mut r)?;
-                let self_discard = match r.u8()? {
-                    0 => false,
-                    1 => true,
-                    _ => return Err(ClientDecodeError::BadValue("flags")),
-                };
+                let flags = r.u8()?;
+                if flags > 3 {
+                    return Err(ClientDecodeError::BadValue("flags"));
+                }
+                let (self_discard, sealed) = (flags & 1 != 0, flags & 2 != 0);
                 let msg_type = r.u16()?;
                 let groups = read_groups(&mut r, limits)?;
                 let payload = read_payload(&mut r, &body, limits)?;
-                Self::Multicast(Multicast { service, msg_type, self_discard, groups, payload })
+                Self::Multicast(Multicast { service, msg_type, self_discard, sealed, groups, payload })
             }
             TYPE_FLUSH_OK => Self::FlushOk { group: read_group(&mut r)?, view_id: read_view_id(&mut r)? },
             TYPE_CLIENT_BYE => Self::Bye,
@@ -924,9 +1009,22 @@ impl Frame for ClientFrame {
                 put_frame(out, limits, TYPE_JOIN_VS, |out| put_group(out, "group", group))
             }
             Self::Leave { group } => put_frame(out, limits, TYPE_LEAVE, |out| put_group(out, "group", group)),
-            Self::Multicast(m) => {
-                encode_multicast(out, limits, m.service, m.msg_type, m.self_discard, &m.groups, &m.payload)
-            }
+            Self::JoinMode { group, vs, mode } => put_frame(out, limits, TYPE_JOIN_MODE, |out| {
+                put_group(out, "group", group)?;
+                out.push(u8::from(*vs));
+                out.push(*mode as u8);
+                Ok(())
+            }),
+            Self::Multicast(m) => encode_multicast(
+                out,
+                limits,
+                m.service,
+                m.msg_type,
+                m.self_discard,
+                m.sealed,
+                &m.groups,
+                &m.payload,
+            ),
             Self::FlushOk { group, view_id } => put_frame(out, limits, TYPE_FLUSH_OK, |out| {
                 put_group(out, "group", group)?;
                 put_view_id(out, *view_id);
@@ -964,10 +1062,15 @@ impl Frame for DaemonFrame {
             TYPE_MESSAGE => {
                 let sender = read_ascii_name(&mut r, "sender", MAX_PRIVATE_NAME, true)?;
                 let service = read_service(&mut r)?;
+                let sealed = match r.u8()? {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(ClientDecodeError::BadValue("flags")),
+                };
                 let msg_type = r.u16()?;
                 let groups = read_groups(&mut r, limits)?;
                 let payload = read_payload(&mut r, &body, limits)?;
-                Self::Message(Message { sender, groups, service, msg_type, payload })
+                Self::Message(Message { sender, groups, service, msg_type, sealed, payload })
             }
             TYPE_MEMBERSHIP => {
                 let group = read_group(&mut r)?;
@@ -982,6 +1085,7 @@ impl Frame for DaemonFrame {
                     1 => ViewCause::Leave,
                     2 => ViewCause::Disconnect,
                     3 => ViewCause::Network,
+                    4 => ViewCause::Rekey,
                     _ => return Err(ClientDecodeError::BadValue("cause")),
                 };
                 let count = r.u16()? as usize;
@@ -997,12 +1101,30 @@ impl Frame for DaemonFrame {
                 for _ in 0..count {
                     members.push(read_ascii_name(&mut r, "member", MAX_PRIVATE_NAME, true)?);
                 }
-                Self::Membership(Membership { group, view_id, kind, cause, members })
+                let mode = GroupMode::from_u8(r.u8()?).ok_or(ClientDecodeError::BadValue("mode"))?;
+                let key = match r.u8()? {
+                    0 => None,
+                    1 => {
+                        let id = r.u32()?;
+                        let bytes: [u8; 32] =
+                            r.take(32)?.try_into().map_err(|_| ClientDecodeError::Truncated)?;
+                        Some((id, Key32::from_bytes(bytes)))
+                    }
+                    _ => return Err(ClientDecodeError::BadValue("key")),
+                };
+                Self::Membership(Membership { group, view_id, kind, cause, members, mode, key })
             }
             TYPE_FLUSH_REQUEST => {
                 Self::FlushRequest { group: read_group(&mut r)?, view_id: read_view_id(&mut r)? }
             }
             TYPE_ERROR => Self::Error { code: ErrorCode::from_code(r.u16()?), text: read_text(&mut r)? },
+            TYPE_UNDECIPHERABLE => Self::Undecipherable {
+                sender: read_ascii_name(&mut r, "sender", MAX_PRIVATE_NAME, true)?,
+                group: read_group(&mut r)?,
+                msg_type: r.u16()?,
+                key_id: r.u32()?,
+                reason: key_loss_of(r.u8()?).ok_or(ClientDecodeError::BadValue("reason"))?,
+            },
             TYPE_DAEMON_BYE => Self::Bye { reason: ByeReason::from_code(r.u16()?), text: read_text(&mut r)? },
             t => return Err(ClientDecodeError::UnknownFrameType(t)),
         };
@@ -1029,7 +1151,17 @@ impl Frame for DaemonFrame {
                 put_text(out, text)
             }),
             Self::Message(m) => {
-                encode_message(out, limits, &m.sender, &m.groups, m.service, m.msg_type, &m.payload)
+                encode_message(out, limits, &m.sender, &m.groups, m.service, m.msg_type, m.sealed, &m.payload)
+            }
+            Self::Undecipherable { sender, group, msg_type, key_id, reason } => {
+                put_frame(out, limits, TYPE_UNDECIPHERABLE, |out| {
+                    put_ascii_name(out, "sender", sender, MAX_PRIVATE_NAME, true)?;
+                    put_group(out, "group", group)?;
+                    out.extend_from_slice(&msg_type.to_be_bytes());
+                    out.extend_from_slice(&key_id.to_be_bytes());
+                    out.push(key_loss_code(*reason));
+                    Ok(())
+                })
             }
             Self::Membership(m) => put_frame(out, limits, TYPE_MEMBERSHIP, |out| {
                 put_group(out, "group", &m.group)?;
@@ -1040,6 +1172,15 @@ impl Frame for DaemonFrame {
                 out.extend_from_slice(&(m.members.len() as u16).to_be_bytes());
                 for name in &m.members {
                     put_ascii_name(out, "member", name, MAX_PRIVATE_NAME, true)?;
+                }
+                out.push(m.mode as u8);
+                match &m.key {
+                    None => out.push(0),
+                    Some((id, key)) => {
+                        out.push(1);
+                        out.extend_from_slice(&id.to_be_bytes());
+                        out.extend_from_slice(key.expose_secret());
+                    }
                 }
                 Ok(())
             }),

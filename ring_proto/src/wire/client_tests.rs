@@ -61,9 +61,11 @@ fn client_frame() -> impl Strategy<Value = ClientFrame> {
         group().prop_map(|group| ClientFrame::Join { group }),
         group().prop_map(|group| ClientFrame::JoinVs { group }),
         group().prop_map(|group| ClientFrame::Leave { group }),
-        (service(), any::<u16>(), any::<bool>(), groups(), payload()).prop_map(
-            |(service, msg_type, self_discard, groups, payload)| {
-                ClientFrame::Multicast(Multicast { service, msg_type, self_discard, groups, payload })
+        (group(), any::<bool>(), proptest::sample::select(GroupMode::ALL.to_vec()))
+            .prop_map(|(group, vs, mode)| ClientFrame::JoinMode { group, vs, mode }),
+        (service(), any::<u16>(), any::<(bool, bool)>(), groups(), payload()).prop_map(
+            |(service, msg_type, (self_discard, sealed), groups, payload)| {
+                ClientFrame::Multicast(Multicast { service, msg_type, self_discard, sealed, groups, payload })
             }
         ),
         (group(), view_id()).prop_map(|(group, view_id)| ClientFrame::FlushOk { group, view_id }),
@@ -87,17 +89,50 @@ fn daemon_frame() -> impl Strategy<Value = DaemonFrame> {
         ),
         (any::<u16>(), text())
             .prop_map(|(c, text)| DaemonFrame::Refused { code: RefuseCode::from_code(c), text }),
-        (private_name(), groups(), service(), any::<u16>(), payload()).prop_map(
-            |(sender, groups, service, msg_type, payload)| {
-                DaemonFrame::Message(Message { sender, groups, service, msg_type, payload })
+        (private_name(), groups(), service(), any::<u16>(), any::<bool>(), payload()).prop_map(
+            |(sender, groups, service, msg_type, sealed, payload)| {
+                DaemonFrame::Message(Message { sender, groups, service, msg_type, sealed, payload })
             }
         ),
-        (group(), view_id(), any::<bool>(), 0u8..4, proptest::collection::vec(private_name(), 0..20))
-            .prop_map(|(group, view_id, transitional, cause, members)| {
+        (
+            group(),
+            view_id(),
+            any::<bool>(),
+            0u8..5,
+            proptest::collection::vec(private_name(), 0..20),
+            proptest::sample::select(GroupMode::ALL.to_vec()),
+            proptest::option::of((any::<u32>(), any::<[u8; 32]>()))
+        )
+            .prop_map(|(group, view_id, transitional, cause, members, mode, key)| {
                 let kind = if transitional { ViewKind::Transitional } else { ViewKind::Regular };
-                let cause = [ViewCause::Join, ViewCause::Leave, ViewCause::Disconnect, ViewCause::Network]
-                    [cause as usize];
-                DaemonFrame::Membership(Membership { group, view_id, kind, cause, members })
+                let cause = [
+                    ViewCause::Join,
+                    ViewCause::Leave,
+                    ViewCause::Disconnect,
+                    ViewCause::Network,
+                    ViewCause::Rekey,
+                ][cause as usize];
+                let key = key.map(|(id, k)| (id, ringfence_crypto::aead::Key32::from_bytes(k)));
+                DaemonFrame::Membership(Membership { group, view_id, kind, cause, members, mode, key })
+            }),
+        (
+            private_name(),
+            group(),
+            any::<u16>(),
+            any::<u32>(),
+            proptest::sample::select(vec![
+                KeyLoss::TimeOut,
+                KeyLoss::KeyOut,
+                KeyLoss::Unknown,
+                KeyLoss::Forged
+            ])
+        )
+            .prop_map(|(sender, group, msg_type, key_id, reason)| DaemonFrame::Undecipherable {
+                sender,
+                group,
+                msg_type,
+                key_id,
+                reason
             }),
         (group(), view_id()).prop_map(|(group, view_id)| DaemonFrame::FlushRequest { group, view_id }),
         (any::<u16>(), text())
@@ -319,7 +354,7 @@ fn hello_known_answer() {
         0x00, 0x00, 0x00, 0x10,     // length: 16 bytes follow
         0x01,                       // frame type: Hello
         b'R', b'F', b'C', b'P',     // magic
-        0x01, 0x01,                 // min_version, max_version
+        0x02, 0x02,                 // min_version, max_version
         0x05, b'a', b'l', b'i', b'c', b'e', // client_name
         0x00, 0x00, 0x00,           // auth: kind 0 (peer credentials), length 0
     ];
@@ -327,8 +362,8 @@ fn hello_known_answer() {
     assert_eq!(
         decode_frame::<ClientFrame>(Bytes::from(out), &LIMITS),
         Ok(ClientFrame::Hello(Hello {
-            min_version: 1,
-            max_version: 1,
+            min_version: 2,
+            max_version: 2,
             client_name: "alice".into(),
             auth: Auth::PeerCredentials
         }))
@@ -342,16 +377,18 @@ fn message_known_answer() {
         groups: vec!["chat".into()],
         service: Service::Agreed,
         msg_type: 0x0102,
+        sealed: false,
         payload: Bytes::from_static(b"hi"),
     };
     let mut out = Vec::new();
     DaemonFrame::Message(m.clone()).encode(&mut out, &LIMITS).unwrap();
     #[rustfmt::skip]
     let expected: &[u8] = &[
-        0x00, 0x00, 0x00, 0x1a,     // length: 26 bytes follow
+        0x00, 0x00, 0x00, 0x1b,     // length: 27 bytes follow
         0x83,                       // frame type: Message
         0x09, b'#', b'a', b'l', b'i', b'c', b'e', b'#', b'd', b'1', // sender
         0x04,                       // service: agreed
+        0x00,                       // flags: not sealed
         0x01, 0x02,                 // msg_type
         0x01,                       // group count
         0x04, b'c', b'h', b'a', b't', // group
@@ -361,7 +398,8 @@ fn message_known_answer() {
     assert_eq!(out, expected);
     // The borrowed-parts encoder writes the same bytes.
     let mut direct = Vec::new();
-    encode_message(&mut direct, &LIMITS, "#alice#d1", ["chat"], Service::Agreed, 0x0102, b"hi").unwrap();
+    encode_message(&mut direct, &LIMITS, "#alice#d1", ["chat"], Service::Agreed, 0x0102, false, b"hi")
+        .unwrap();
     assert_eq!(direct, expected);
     // The decoded payload is a slice of the received buffer, not a copy.
     let buf = Bytes::from(out);
@@ -380,6 +418,7 @@ fn multicast(groups: Vec<String>, payload: Bytes) -> ClientFrame {
         service: Service::Safe,
         msg_type: 0,
         self_discard: true,
+        sealed: false,
         groups,
         payload,
     })
@@ -421,6 +460,7 @@ fn encoder_limits_name_the_field_and_leave_the_buffer() {
                 service: Service::Recovered,
                 msg_type: 0,
                 self_discard: false,
+                sealed: false,
                 groups: vec!["a".into()],
                 payload: Bytes::new(),
             }),
@@ -437,6 +477,8 @@ fn encoder_limits_name_the_field_and_leave_the_buffer() {
         kind: ViewKind::Regular,
         cause: ViewCause::Join,
         members: vec!["#a#d".into(), "#b#d".into()],
+        mode: GroupMode::None,
+        key: None,
     });
     assert_eq!(
         members.encode(&mut out, &limits),
@@ -475,6 +517,8 @@ fn decoder_limits_name_the_field() {
         kind: ViewKind::Transitional,
         cause: ViewCause::Network,
         members: vec!["#a#d".into(), "#b#d".into()],
+        mode: GroupMode::None,
+        key: None,
     })
     .encode(&mut out, &LIMITS)
     .unwrap();
@@ -529,7 +573,7 @@ fn bad_values_are_named() {
         Err(ClientDecodeError::BadValue("service"))
     );
     assert_eq!(
-        c(frame(TYPE_MULTICAST, b"\x04\x02\x00\x00\x01\x01a\x00\x00\x00\x00")),
+        c(frame(TYPE_MULTICAST, b"\x04\x04\x00\x00\x01\x01a\x00\x00\x00\x00")),
         Err(ClientDecodeError::BadValue("flags"))
     );
     assert_eq!(
@@ -559,9 +603,10 @@ fn unknown_codes_are_kept() {
 
 #[test]
 fn version_negotiation_picks_the_newest_common_version() {
-    assert_eq!(negotiate_version(1, 1), Some(1));
+    assert_eq!(negotiate_version(1, 1), None, "version 1 is retired");
+    assert_eq!(negotiate_version(1, 2), Some(2));
     assert_eq!(negotiate_version(1, 9), Some(CLIENT_VERSION));
-    assert_eq!(negotiate_version(2, 9), None);
+    assert_eq!(negotiate_version(3, 9), None);
     assert_eq!(negotiate_version(0, 0), None);
 }
 
@@ -578,7 +623,7 @@ fn a_batch_decodes_from_one_buffer() {
     // payloads of the decoded frames all point into the one received buffer.
     let mut out = Vec::new();
     for i in 0..100u16 {
-        encode_message(&mut out, &LIMITS, "#a#d", ["g"], Service::Fifo, i, &i.to_be_bytes()).unwrap();
+        encode_message(&mut out, &LIMITS, "#a#d", ["g"], Service::Fifo, i, false, &i.to_be_bytes()).unwrap();
     }
     let (frames, err) = run::<DaemonFrame>(&out, &[]);
     assert_eq!(err, None);
