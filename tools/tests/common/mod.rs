@@ -4,9 +4,12 @@
 
 #![allow(dead_code, unreachable_pub)] // each test file uses a part; `pub` within the test crate
 
+pub mod capture;
+
+use capture::{Capture, UdpTap};
 use ringfence_client::{Address, Client, Event};
 use std::io::{BufRead, BufReader};
-use std::net::{TcpListener, UdpSocket};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -72,7 +75,8 @@ pub fn backends() -> Vec<&'static str> {
 /// Daemons started by a test; all are killed and reaped when dropped.
 pub struct Cluster {
     pub dir: PathBuf,
-    pub config: PathBuf,
+    /// Daemon `i`'s config file (one file for all, unless tapped).
+    pub configs: Vec<PathBuf>,
     pub tcp_ports: Vec<u16>,
     pub children: Vec<Option<Child>>,
 }
@@ -87,42 +91,83 @@ impl Cluster {
     /// As `start`, over `transport` (`unicast` or `multicast`: an IP
     /// multicast group of this test's own on loopback, TTL 0).
     pub fn start_on(tag: &str, n: usize, backend: &str, transport: &str) -> Self {
+        Self::start_with(tag, n, backend, transport, "encrypt", None)
+    }
+
+    /// As `start` (unicast) with `link_security` as given, every
+    /// daemon-to-daemon datagram going through a [`UdpTap`] recording into
+    /// a new [`Capture`]: daemon `i` binds `tap.daemon(i)` and its own
+    /// config file names every other daemon `j` by `tap.relay(j)`. The
+    /// config files differ in nothing else.
+    pub fn start_tapped(tag: &str, n: usize, backend: &str, link_security: &str) -> (Self, UdpTap) {
+        let tap = UdpTap::start(n, Capture::new());
+        let c = Self::start_with(tag, n, backend, "unicast", link_security, Some(&tap));
+        (c, tap)
+    }
+
+    fn start_with(
+        tag: &str,
+        n: usize,
+        backend: &str,
+        transport: &str,
+        link_security: &str,
+        tap: Option<&UdpTap>,
+    ) -> Self {
         let dir = std::env::temp_dir()
             .join(format!("ringfence-{tag}-{}-{backend}-{transport}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let udp: Vec<UdpSocket> = (0..n).map(|_| UdpSocket::bind("127.0.0.1:0").unwrap()).collect();
+        let addresses = match tap {
+            Some(t) => (0..n).map(|i| t.daemon(i)).collect(),
+            None => free_udp(n),
+        };
         let tcp: Vec<TcpListener> = (0..n).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
         let group_port = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let ports: Vec<u16> = udp.iter().map(|s| s.local_addr().unwrap().port()).collect();
         let tcp_ports: Vec<u16> = tcp.iter().map(|s| s.local_addr().unwrap().port()).collect();
         let group_port = group_port.local_addr().unwrap().port();
-        drop((udp, tcp));
-        let mut text =
+        drop(tcp);
+        let mut head =
             format!("[daemon]\nbackend = \"{backend}\"\n\n[cluster]\ntransport = \"{transport}\"\n");
         if transport == "multicast" {
             let pid = std::process::id();
-            text += &format!(
+            head += &format!(
                 "multicast_group = \"239.255.{}.{}:{group_port}\"\nmulticast_interface = \"127.0.0.1\"\nmulticast_ttl = 0\n",
                 pid % 251,
                 1 + (pid / 251) % 253
             );
         }
-        // Link security on (the default, `encrypt`): an identity per daemon.
+        // An identity per daemon (used unless `link_security` is `none`).
         let keys = dir.join("keys");
         std::fs::create_dir_all(&keys).unwrap();
-        for (i, p) in ports.iter().enumerate() {
-            let key = keypair(&keys, &format!("d{i}"));
-            text += &format!(
-                "\n[[cluster.daemon]]\nid = {i}\nname = \"d{i}\"\naddress = \"127.0.0.1:{p}\"\nclient_tcp = \"127.0.0.1:{}\"\npublic_key = \"{key}\"\n",
-                tcp_ports[i]
-            );
-        }
-        text += &format!("\n[security]\nidentity = \"{}/{{name}}.key\"\n", keys.display());
-        text += &format!("\n[paths]\nstate_dir = \"{}/{{name}}\"\n", dir.display());
-        let config = dir.join("cluster.toml");
-        std::fs::write(&config, text).unwrap();
-        let mut c = Self { dir, config, tcp_ports, children: (0..n).map(|_| None).collect() };
+        let public: Vec<String> = (0..n).map(|i| keypair(&keys, &format!("d{i}"))).collect();
+        let tail = format!(
+            "\n[security]\nlink_security = \"{link_security}\"\nidentity = \"{}/{{name}}.key\"\n\n[paths]\nstate_dir = \"{}/{{name}}\"\n",
+            keys.display(),
+            dir.display()
+        );
+        // Daemon `me`'s config file: with a tap, the others at their relays.
+        let write = |me: Option<usize>, file: &str| {
+            let mut text = head.clone();
+            for (i, key) in public.iter().enumerate() {
+                let address = match (tap, me) {
+                    (Some(t), Some(me)) if me != i => t.relay(i),
+                    _ => addresses[i],
+                };
+                text += &format!(
+                    "\n[[cluster.daemon]]\nid = {i}\nname = \"d{i}\"\naddress = \"{address}\"\nclient_tcp = \"127.0.0.1:{}\"\npublic_key = \"{key}\"\n",
+                    tcp_ports[i]
+                );
+            }
+            text += &tail;
+            let path = dir.join(file);
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        let configs = match tap {
+            Some(_) => (0..n).map(|i| write(Some(i), &format!("d{i}.toml"))).collect(),
+            None => vec![write(None, "cluster.toml"); n],
+        };
+        let mut c = Self { dir, configs, tcp_ports, children: (0..n).map(|_| None).collect() };
         for i in 0..n {
             c.spawn(i, Stdio::null());
         }
@@ -132,7 +177,7 @@ impl Cluster {
     /// Starts (or restarts) daemon `i` with its standard error going to `stderr`.
     pub fn spawn(&mut self, i: usize, stderr: Stdio) -> &mut Child {
         let child = Command::new(env!("CARGO_BIN_EXE_ringfence"))
-            .args(["daemon", "--config", self.config.to_str().unwrap(), "--name", &format!("d{i}")])
+            .args(["daemon", "--config", self.configs[i].to_str().unwrap(), "--name", &format!("d{i}")])
             .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()
@@ -148,6 +193,11 @@ impl Cluster {
         }
     }
 
+    /// Daemon `i`'s TCP client address.
+    pub fn tcp(&self, i: usize) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.tcp_ports[i]))
+    }
+
     /// Daemon `i`'s Unix client socket.
     pub fn socket(&self, i: usize) -> PathBuf {
         self.dir.join(format!("d{i}")).join("client.sock")
@@ -161,6 +211,12 @@ impl Drop for Cluster {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// `n` loopback UDP addresses, free a moment ago.
+fn free_udp(n: usize) -> Vec<SocketAddr> {
+    let socks: Vec<UdpSocket> = (0..n).map(|_| UdpSocket::bind("127.0.0.1:0").unwrap()).collect();
+    socks.iter().map(|s| s.local_addr().unwrap()).collect()
 }
 
 /// Connects to a daemon's Unix socket, retrying for up to 10 s while it
