@@ -300,9 +300,11 @@ impl Client {
         self.send(&ClientFrame::JoinMode { group: group.to_string(), vs, mode })
     }
 
-    /// Leaves a group; its key is dropped (and zeroized) at once.
+    /// Leaves a group. The last view's key is kept (messages of that view
+    /// may still arrive until the leave is ordered) and dropped, zeroized,
+    /// when the client joins the group again or disconnects; it never opens
+    /// a later view's messages.
     pub fn leave(&mut self, group: &str) -> Result<(), ClientError> {
-        self.keys.groups.remove(group);
         self.send(&ClientFrame::Leave { group: group.to_string() })
     }
 

@@ -5,6 +5,7 @@
 
 use super::*;
 use crate::ring::{Config, Dest};
+use crate::security::LinkMode;
 use crate::{Incarnation, Node};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -37,6 +38,24 @@ pub(super) struct World {
     /// Groups joined as VS (the virtual synchrony check applies to them).
     vs_groups: BTreeSet<Bytes>,
     pub(super) violations: Vec<String>,
+    /// With link security and keyed groups: what the clients hold.
+    pub(super) secure: Option<Secure>,
+}
+
+/// The clients' side of keyed groups in a secure world, and the key checks.
+#[derive(Default)]
+pub(super) struct Secure {
+    /// Each client's private name.
+    names: BTreeMap<Who, PrivateName>,
+    /// The view key each client holds per group: key, its index in the
+    /// view (nonce sender id), messages sealed.
+    held: BTreeMap<(Who, Bytes), (Arc<GroupKey>, u32, u64)>,
+    /// Every view key handed out: id and secret, by (group, view).
+    view_keys: BTreeMap<(Bytes, ViewId), (u32, [u8; 32])>,
+    /// Undecipherable reports by reason.
+    pub(super) lost: BTreeMap<&'static str, u64>,
+    /// Sealed messages opened by their receivers.
+    pub(super) opened: u64,
 }
 
 fn ids(n: usize) -> Vec<NodeId> {
@@ -68,11 +87,40 @@ impl World {
         Self::build(nodes, seed)
     }
 
+    /// `n` daemons with encrypted links and the servers' key agreement,
+    /// starting alone, under the client group `policy`; they form a ring
+    /// and agree a key within a second or two.
+    pub(super) fn secure(n: usize, seed: u64, policy: Policy) -> Self {
+        let policy = Arc::new(policy);
+        let nodes = ids(n)
+            .into_iter()
+            .map(|id| {
+                let mut sec = crate::security::lab::security(LinkMode::Encrypt, n as u16, id.0);
+                sec.policy_digest = policy.digest();
+                sec.seed[1] = seed as u8;
+                Node::with_security(Config::default(), id, Time::ZERO, Incarnation::default(), sec)
+                    .expect("valid config")
+            })
+            .collect();
+        let groups = (0..n)
+            .map(|i| ClientGroups::with_policy(NodeId(i as u16), Limits::default(), policy.clone(), true))
+            .collect();
+        let mut w = Self::build_with(nodes, groups, seed);
+        w.secure = Some(Secure::default());
+        w
+    }
+
     fn build(nodes: Vec<Node>, seed: u64) -> Self {
+        let n = nodes.len();
+        let groups = (0..n).map(|i| ClientGroups::new(NodeId(i as u16))).collect();
+        Self::build_with(nodes, groups, seed)
+    }
+
+    fn build_with(nodes: Vec<Node>, groups: Vec<ClientGroups>, seed: u64) -> Self {
         let n = nodes.len();
         let mut w = Self {
             now: Time::ZERO,
-            groups: (0..n).map(|i| ClientGroups::new(NodeId(i as u16))).collect(),
+            groups,
             nodes,
             backlog: vec![VecDeque::new(); n],
             net: BinaryHeap::new(),
@@ -87,6 +135,7 @@ impl World {
             next_msg: 1,
             vs_groups: BTreeSet::new(),
             violations: Vec::new(),
+            secure: None,
         };
         for i in 0..n {
             w.drain(i);
@@ -110,9 +159,33 @@ impl World {
     }
 
     pub(super) fn connect(&mut self, d: usize, c: u64, name: &str) -> Who {
-        self.groups[d].connect(ClientId(c), name.as_bytes()).expect("connect");
+        self.connect_as(d, c, name, "")
+    }
+
+    pub(super) fn connect_as(&mut self, d: usize, c: u64, name: &str, principal: &str) -> Who {
+        let pn = self.groups[d].connect_as(ClientId(c), name.as_bytes(), principal).expect("connect");
         self.log.entry((d, ClientId(c))).or_default();
+        if let Some(s) = &mut self.secure {
+            s.names.insert((d, ClientId(c)), pn);
+        }
         (d, ClientId(c))
+    }
+
+    /// Joins stating a mode (secure worlds).
+    pub(super) fn join_mode(
+        &mut self,
+        who: Who,
+        g: &str,
+        kind: GroupKind,
+        mode: GroupMode,
+    ) -> Result<(), GroupsError> {
+        let kind = mode.kind().unwrap_or(kind);
+        if kind == GroupKind::Vs {
+            self.vs_groups.insert(Bytes::copy_from_slice(g.as_bytes()));
+        }
+        let r = self.groups[who.0].join_mode(who.1, g.as_bytes(), kind, mode);
+        self.drain(who.0);
+        r
     }
 
     pub(super) fn join(&mut self, who: Who, g: &str, kind: GroupKind) -> Result<(), GroupsError> {
@@ -125,6 +198,8 @@ impl World {
     }
 
     pub(super) fn leave(&mut self, who: Who, g: &str) -> Result<(), GroupsError> {
+        // The key stays until the leave takes effect (`Left`): messages of
+        // the view may still arrive.
         let r = self.groups[who.0].leave(who.1, g.as_bytes());
         self.drain(who.0);
         r
@@ -148,7 +223,17 @@ impl World {
         let mut p = no.to_be_bytes().to_vec();
         p.extend_from_slice(&[0xab; 24]);
         let names: Vec<&[u8]> = groups.iter().map(|g| g.as_bytes()).collect();
-        self.groups[who.0].multicast(who.1, service, &names, 7, Bytes::from(p), self_discard, false)?;
+        let (mut p, mut sealed) = (p, false);
+        if let (Some(s), [g]) = (&mut self.secure, groups) {
+            let me = s.names.get(&who).map(ToString::to_string).unwrap_or_default();
+            if let Some((k, index, sent)) = s.held.get_mut(&(who, Bytes::copy_from_slice(g.as_bytes()))) {
+                let nonce = Nonce::new(*index, *sent);
+                *sent += 1;
+                p = k.seal(&nonce, g.as_bytes(), me.as_bytes(), 7, &p).expect("seal");
+                sealed = true;
+            }
+        }
+        self.groups[who.0].multicast(who.1, service, &names, 7, Bytes::from(p), self_discard, sealed)?;
         self.next_msg += 1;
         if let [g] = groups {
             let g = Bytes::copy_from_slice(g.as_bytes());
@@ -208,7 +293,76 @@ impl World {
         }
     }
 
-    fn record(&mut self, who: Who, ev: ClientEvent) {
+    /// A secure world's client: checks and takes view keys, opens sealed
+    /// messages (the logged event carries the plaintext).
+    fn keys(&mut self, who: Who, ev: &mut ClientEvent) {
+        let Some(s) = &mut self.secure else { return };
+        match ev {
+            ClientEvent::Membership {
+                group, view_id, members, kind: ConfigKind::Regular, mode, key, ..
+            } => {
+                let Some(key) = key else {
+                    if mode.keyed() {
+                        self.violations
+                            .push(format!("{who:?}: keyed view {view_id} of {group:?} without a key"));
+                    }
+                    return;
+                };
+                let Some(me) = s.names.get(&who) else { return };
+                let Some(index) = members.iter().position(|m| m == me) else {
+                    self.violations.push(format!("{who:?} got the key of view {view_id} it is not in"));
+                    return;
+                };
+                let k = (key.id(), *key.0.secret().expose_secret());
+                match s.view_keys.get(&(group.clone(), *view_id)) {
+                    Some(prev) if *prev != k => {
+                        self.violations.push(format!("view {view_id} of {group:?}: two keys"));
+                    }
+                    Some(_) => {}
+                    None => {
+                        if s.view_keys.values().any(|x| x.1 == k.1) {
+                            self.violations
+                                .push(format!("view {view_id} of {group:?} reuses another view's key"));
+                        }
+                        s.view_keys.insert((group.clone(), *view_id), k);
+                    }
+                }
+                s.held.insert((who, group.clone()), (key.0.clone(), index as u32, 0));
+            }
+            ClientEvent::Left { group } => {
+                s.held.remove(&(who, group.clone()));
+            }
+            ClientEvent::Message { sender, groups, msg_type, sealed: true, payload, .. } => {
+                let g = groups.iter().next().map(Bytes::copy_from_slice).unwrap_or_default();
+                let opened = s
+                    .held
+                    .get(&(who, g.clone()))
+                    .map(|(k, _, _)| k.open(&g, sender.to_string().as_bytes(), *msg_type, payload));
+                match opened {
+                    Some(Ok(p)) => {
+                        *payload = Bytes::from(p);
+                        s.opened += 1;
+                    }
+                    other => {
+                        let id = ringfence_crypto::group::key_id_of(payload);
+                        self.violations.push(format!(
+                            "{who:?} cannot open a message of {g:?} sealed under {id:x?}: {other:?}"
+                        ));
+                    }
+                }
+            }
+            ClientEvent::Undecipherable { reason, .. } => {
+                *s.lost.entry(reason.name()).or_default() += 1;
+                if *reason == KeyLoss::Forged {
+                    self.violations.push(format!("{who:?}: a message did not open at its daemon"));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn record(&mut self, who: Who, mut ev: ClientEvent) {
+        self.keys(who, &mut ev);
         match &ev {
             ClientEvent::Membership { group, view_id, kind: ConfigKind::Regular, .. } => {
                 self.cur_view.insert((who, group.clone()), *view_id);
@@ -250,6 +404,9 @@ impl World {
             for n in &self.nodes {
                 consider(n.poll_timeout());
             }
+            for g in &self.groups {
+                consider(g.poll_timeout());
+            }
             consider(self.actions.keys().next().map(|k| k.0));
             if self.backlog.iter().any(|b| !b.is_empty()) {
                 consider(Some(self.now + Duration::from_millis(1)));
@@ -268,6 +425,10 @@ impl World {
             for i in 0..self.nodes.len() {
                 if self.nodes[i].poll_timeout().is_some_and(|t| t <= now) {
                     self.nodes[i].handle_timeout(now);
+                    self.drain(i);
+                }
+                if self.groups[i].poll_timeout().is_some_and(|t| t <= now) {
+                    self.groups[i].handle_timeout(now);
                     self.drain(i);
                 }
             }

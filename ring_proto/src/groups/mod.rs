@@ -34,6 +34,8 @@
 
 #[cfg(test)]
 mod harness;
+#[cfg(test)]
+mod key_tests;
 mod msg;
 #[cfg(test)]
 mod tests;

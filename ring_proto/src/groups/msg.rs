@@ -296,7 +296,7 @@ impl GroupMsg {
             return Err(DecodeError::UnsupportedVersion(v));
         }
         let t = r.u8()?;
-        let sender = read_name(&mut r, buf, t == T_STATE)?;
+        let sender = read_name(&mut r, buf, t == T_STATE || t == T_REKEY)?;
         if t == T_STATE && !sender.is_empty() {
             return Err(DecodeError::BadValue("state sender"));
         }

@@ -39,6 +39,7 @@
 //!     service: Service::Agreed,
 //!     msg_type: 7,
 //!     self_discard: false,
+//!     sealed: false,
 //!     groups: vec!["chat".into()],
 //!     payload: Bytes::from_static(b"hello"),
 //! };

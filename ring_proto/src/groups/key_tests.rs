@@ -1,0 +1,333 @@
+//! Client group security in the deterministic multi-daemon harness:
+//! daemons with encrypted links and the servers' key agreement, view keys,
+//! the EVS fix, key expiry, rekeys and access control.
+
+use super::harness::{Who, World};
+use super::*;
+use crate::security::policy::Rule;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::time::Duration;
+
+const MS: Duration = Duration::from_millis(1);
+
+fn rule(pattern: &str, mode: GroupMode) -> Rule {
+    Rule { pattern: pattern.into(), mode, ..Rule::default() }
+}
+
+/// `ivs*` integrated-vs, `evs*` optimized-evs, `ts*` three-step, the rest none.
+fn policy(key_out: usize, key_timeout: Duration) -> Policy {
+    Policy::new(vec![
+        rule("ivs*", GroupMode::IntegratedVs),
+        Rule { key_out, key_timeout, ..rule("evs*", GroupMode::OptimizedEvs) },
+        rule("ts*", GroupMode::ThreeStep),
+    ])
+}
+
+fn world(n: usize, seed: u64, policy: Policy) -> World {
+    let mut w = World::secure(n, seed, policy);
+    w.run(Duration::from_secs(2));
+    assert!(w.nodes.iter().all(|x| x.ring().is_some_and(|r| r.1.len() == n)), "no ring");
+    assert!(w.nodes.iter().all(|x| x.server_key().is_some()), "no server key");
+    w
+}
+
+fn keys_of(w: &World, who: Who, g: &str) -> Vec<(ViewId, Cause, u32)> {
+    w.log[&who]
+        .iter()
+        .filter_map(|e| match e {
+            ClientEvent::Membership {
+                group,
+                view_id,
+                cause,
+                kind: ConfigKind::Regular,
+                key: Some(k),
+                ..
+            } if group == g.as_bytes() => Some((*view_id, *cause, k.id())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn received(w: &World, who: Who) -> usize {
+    w.log[&who].iter().filter(|e| matches!(e, ClientEvent::Message { .. })).count()
+}
+
+/// Integrated VS: every view of the group comes with one key, the same at
+/// every member and different for every view; members seal and open; a
+/// client that left never gets the next view's key, which its last key
+/// does not open.
+#[test]
+fn integrated_vs_keys_follow_the_views() {
+    let mut w = world(3, 1, policy(4, Duration::from_secs(60)));
+    let a = w.connect(0, 1, "a");
+    let b = w.connect(1, 1, "b");
+    let c = w.connect(2, 1, "c");
+    for x in [a, b, c] {
+        w.join_mode(x, "ivs.room", GroupKind::Vs, GroupMode::IntegratedVs).unwrap();
+        w.run(20 * MS);
+    }
+    let views = keys_of(&w, a, "ivs.room");
+    assert_eq!(views.len(), 3, "{views:?}");
+    assert_eq!(keys_of(&w, c, "ivs.room").last(), views.last());
+    let ids: BTreeSet<u32> = views.iter().map(|v| v.2).collect();
+    assert_eq!(ids.len(), 3, "a new key per view");
+    for x in [a, b, c] {
+        w.send(x, &["ivs.room"], Service::Agreed, false).unwrap();
+    }
+    w.run(20 * MS);
+    assert!([a, b, c].iter().all(|x| received(&w, *x) == 3));
+    let held_by_c = w.groups[2].views.get(&b"ivs.room"[..]).and_then(|v| v.key.clone()).unwrap();
+    w.leave(c, "ivs.room").unwrap();
+    w.run(30 * MS);
+    let next = keys_of(&w, a, "ivs.room").last().copied().unwrap();
+    assert_eq!(next.1, Cause::Leave);
+    assert!(keys_of(&w, c, "ivs.room").iter().all(|v| v.0 < next.0), "the leaver got no later key");
+    // The next view's messages do not open under the leaver's last key.
+    let current = w.groups[0].views.get(&b"ivs.room"[..]).and_then(|v| v.key.clone()).unwrap();
+    let sealed = current.seal(&Nonce::new(0, 99), b"ivs.room", b"#a#0", 7, b"after").unwrap();
+    assert!(held_by_c.open(b"ivs.room", b"#a#0", 7, &sealed).is_err());
+    assert!(current.open(b"ivs.room", b"#a#0", 7, &sealed).is_ok());
+    // Unsealed or stale-keyed payloads are refused at the sender's daemon.
+    let g: [&[u8]; 1] = [b"ivs.room"];
+    assert_eq!(
+        w.groups[0].multicast(a.1, Service::Agreed, &g, 7, Bytes::from_static(b"plain"), false, false),
+        Err(GroupsError::WrongKey)
+    );
+    let stale = held_by_c.seal(&Nonce::new(0, 1), b"ivs.room", b"#a#0", 7, b"x").unwrap();
+    assert_eq!(
+        w.groups[0].multicast(a.1, Service::Agreed, &g, 7, Bytes::from(stale), false, true),
+        Err(GroupsError::WrongKey)
+    );
+    assert_eq!(w.check(), Vec::<String>::new());
+}
+
+/// The policy decides who may join and send, and the mode; refusals are
+/// immediate errors, counted, and nothing reaches the group.
+#[test]
+fn access_control_and_modes_are_enforced() {
+    let p = Policy::new(vec![
+        Rule {
+            join: vec!["unix:1000".into(), "cert:ops-*".into()],
+            send: vec!["unix:1000".into()],
+            send_nonmember: vec![],
+            ..rule("evs.ops", GroupMode::OptimizedEvs)
+        },
+        rule("ivs*", GroupMode::IntegratedVs),
+        rule("ts*", GroupMode::ThreeStep),
+    ]);
+    let mut w = world(2, 2, p);
+    let ok = w.connect_as(0, 1, "ok", "unix:1000");
+    let ops = w.connect_as(1, 1, "ops", "cert:ops-eu");
+    let bad = w.connect_as(1, 2, "bad", "unix:2000");
+    let plain = w.connect_as(0, 2, "plain", "tcp:10.0.0.1:999");
+    w.join_mode(ok, "evs.ops", GroupKind::Open, GroupMode::OptimizedEvs).unwrap();
+    w.join_mode(ops, "evs.ops", GroupKind::Open, GroupMode::OptimizedEvs).unwrap();
+    assert_eq!(
+        w.join_mode(bad, "evs.ops", GroupKind::Open, GroupMode::OptimizedEvs),
+        Err(GroupsError::Denied)
+    );
+    assert_eq!(w.join_mode(bad, "evs.ops", GroupKind::Open, GroupMode::None), Err(GroupsError::ModeMismatch));
+    assert_eq!(
+        w.join_mode(bad, "ivs.x", GroupKind::Vs, GroupMode::OptimizedEvs),
+        Err(GroupsError::ModeMismatch)
+    );
+    assert_eq!(
+        w.join_mode(plain, "ts.x", GroupKind::Open, GroupMode::ThreeStep),
+        Err(GroupsError::InsecureTransport)
+    );
+    w.run(30 * MS);
+    // A member not allowed to send, and a non-member.
+    assert_eq!(w.send(ops, &["evs.ops"], Service::Agreed, false), Err(GroupsError::Denied));
+    assert_eq!(w.send(bad, &["evs.ops"], Service::Agreed, false), Err(GroupsError::Denied));
+    let m = w.send(ok, &["evs.ops"], Service::Agreed, false).unwrap();
+    w.run(20 * MS);
+    assert_eq!(w.messages(ops), vec![m], "only the allowed message reached the group");
+    assert_eq!(w.groups[1].stats().denials, 5);
+    assert_eq!(w.groups[0].stats().denials, 1);
+    assert_eq!(w.check(), Vec::<String>::new());
+}
+
+/// Optimized EVS: a message sealed under the key of an older view is
+/// resealed under the current key before delivery (the EVS fix), a
+/// non-member's message is sealed by its daemon, and receivers open all.
+#[test]
+fn evs_fix_reseals_messages_of_older_views() {
+    let mut w = world(3, 3, policy(8, Duration::from_secs(60)));
+    let a = w.connect(0, 1, "a");
+    let b = w.connect(1, 1, "b");
+    let outsider = w.connect(2, 1, "o");
+    w.join_mode(a, "evs.g", GroupKind::Open, GroupMode::OptimizedEvs).unwrap();
+    w.join_mode(b, "evs.g", GroupKind::Open, GroupMode::OptimizedEvs).unwrap();
+    w.run(20 * MS);
+    let old = w.groups[0].views.get(&b"evs.g"[..]).and_then(|v| v.key.clone()).unwrap();
+    // Two more views, then a message sealed under the old key, as a
+    // client that has not yet seen them would send it.
+    for (i, d) in [(2u64, 2usize), (3, 2)] {
+        let x = w.connect(d, i, &format!("x{i}"));
+        w.join_mode(x, "evs.g", GroupKind::Open, GroupMode::OptimizedEvs).unwrap();
+        w.run(20 * MS);
+    }
+    let stale = old.seal(&Nonce::new(0, 1000), b"evs.g", b"#a#0", 7, &[0u8; 8]).unwrap();
+    let g: [&[u8]; 1] = [b"evs.g"];
+    w.groups[0].multicast(a.1, Service::Agreed, &g, 7, Bytes::from(stale), false, true).unwrap();
+    w.send(outsider, &["evs.g"], Service::Agreed, false).unwrap();
+    w.run(20 * MS);
+    assert_eq!(w.groups[0].stats().evs_fixes, 1, "resealed once, at the sender's daemon");
+    assert_eq!(w.groups[2].stats().sealed_for_clients, 1, "the non-member's daemon sealed");
+    let members = [a, b];
+    for x in members {
+        assert_eq!(received(&w, x), 2, "{x:?}");
+    }
+    assert_eq!(w.check(), Vec::<String>::new());
+    assert!(w.secure.as_ref().unwrap().lost.is_empty());
+}
+
+/// Old keys expire by key-out (more than `key_out` newer keys) and by
+/// time-out (unused for `key_timeout`); a message under an expired key is
+/// reported to every receiver with the reason, not dropped.
+#[test]
+fn old_keys_expire_by_key_out_and_time_out() {
+    let mut w = world(2, 4, policy(1, Duration::from_secs(1)));
+    let a = w.connect(0, 1, "a");
+    let b = w.connect(1, 1, "b");
+    w.join_mode(a, "evs.g", GroupKind::Open, GroupMode::OptimizedEvs).unwrap();
+    w.join_mode(b, "evs.g", GroupKind::Open, GroupMode::OptimizedEvs).unwrap();
+    w.run(20 * MS);
+    let k1 = w.groups[1].views.get(&b"evs.g"[..]).and_then(|v| v.key.clone()).unwrap();
+    let c = w.connect(1, 2, "c");
+    w.join_mode(c, "evs.g", GroupKind::Open, GroupMode::OptimizedEvs).unwrap();
+    w.run(20 * MS);
+    let k2 = w.groups[1].views.get(&b"evs.g"[..]).and_then(|v| v.key.clone()).unwrap();
+    let d = w.connect(1, 3, "d");
+    w.join_mode(d, "evs.g", GroupKind::Open, GroupMode::OptimizedEvs).unwrap();
+    w.run(20 * MS);
+    // k1 is two keys back: gone by key-out (key_out = 1); k2 is still kept.
+    let g: [&[u8]; 1] = [b"evs.g"];
+    for k in [&k1, &k2] {
+        let p = k.seal(&Nonce::new(0, 500), b"evs.g", b"#a#0", 7, &[0u8; 8]).unwrap();
+        w.groups[0].multicast(a.1, Service::Agreed, &g, 7, Bytes::from(p), false, true).unwrap();
+        w.run(20 * MS);
+    }
+    let lost = |w: &World, x: Who, why: KeyLoss| {
+        w.log[&x]
+            .iter()
+            .filter(|e| matches!(e, ClientEvent::Undecipherable { reason, .. } if *reason == why))
+            .count()
+    };
+    for x in [b, c, d] {
+        assert_eq!(lost(&w, x, KeyLoss::KeyOut), 1, "{x:?}");
+        assert_eq!(received(&w, x), 1, "{x:?}: the k2 message was resealed");
+    }
+    // Two idle seconds: k2 times out.
+    w.run(Duration::from_secs(2));
+    let p = k2.seal(&Nonce::new(0, 501), b"evs.g", b"#a#0", 7, &[0u8; 8]).unwrap();
+    w.groups[0].multicast(a.1, Service::Agreed, &g, 7, Bytes::from(p), false, true).unwrap();
+    w.run(20 * MS);
+    for x in [b, c, d] {
+        assert_eq!(lost(&w, x, KeyLoss::TimeOut), 1, "{x:?}");
+    }
+    assert!(w.groups[1].stats().undecipherable >= 6);
+    assert_eq!(w.check(), Vec::<String>::new());
+}
+
+/// The policy's data-out and time-out refresh a keyed group's key with an
+/// artificial view change (cause `rekey`): same members, new view and key.
+#[test]
+fn keys_are_refreshed_by_data_out_and_time_out() {
+    let p = Policy::new(vec![
+        Rule { rekey_bytes: Some(200), ..rule("ivs*", GroupMode::IntegratedVs) },
+        Rule { rekey_interval: Some(Duration::from_secs(1)), ..rule("evs*", GroupMode::OptimizedEvs) },
+    ]);
+    let mut w = world(3, 5, p);
+    let a = w.connect(0, 1, "a");
+    let b = w.connect(2, 1, "b");
+    for x in [a, b] {
+        w.join_mode(x, "ivs.g", GroupKind::Vs, GroupMode::IntegratedVs).unwrap();
+        w.join_mode(x, "evs.g", GroupKind::Open, GroupMode::OptimizedEvs).unwrap();
+        w.run(20 * MS);
+    }
+    // 32-byte payloads (+32 sealing): the fourth message crosses 200 bytes.
+    for _ in 0..4 {
+        w.send(a, &["ivs.g"], Service::Agreed, false).unwrap();
+        w.run(10 * MS);
+    }
+    w.run(30 * MS);
+    let ivs = keys_of(&w, b, "ivs.g");
+    assert_eq!(ivs.last().map(|v| v.1), Some(Cause::Rekey), "{ivs:?}");
+    assert_eq!(received(&w, b), 4);
+    w.run(Duration::from_millis(1500));
+    let evs = keys_of(&w, a, "evs.g");
+    assert_eq!(evs.last().map(|v| v.1), Some(Cause::Rekey), "{evs:?}");
+    assert_eq!(keys_of(&w, b, "evs.g").last(), evs.last());
+    assert!(w.groups.iter().all(|g| g.stats().rekeys >= 2));
+    assert_eq!(w.check(), Vec::<String>::new());
+}
+
+/// Many seeds: random joins, leaves, disconnects and sealed sends to keyed
+/// groups, with a partition and a merge. Every member of a view holds the
+/// same key, no client gets the key of a view it is not in, and every
+/// message of an `optimized-evs` group opens at every receiver (keys kept
+/// long enough: nothing may be reported undecipherable).
+#[test]
+fn random_secure_runs_with_partitions() {
+    let mut fixes = 0;
+    let mut opened = 0;
+    for seed in 0..12 {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let n = 3 + (seed % 2) as usize;
+        let mut w = world(n, seed, policy(64, Duration::from_secs(600)));
+        let mut clients = Vec::new();
+        for d in 0..n {
+            for c in 0..3 {
+                clients.push(w.connect(d, c, &format!("c{d}{c}")));
+            }
+        }
+        let groups = [
+            ("evs.a", GroupMode::OptimizedEvs),
+            ("evs.b", GroupMode::OptimizedEvs),
+            ("ivs.v", GroupMode::IntegratedVs),
+        ];
+        let part_at = rng.random_range(100..300);
+        let heal_at = part_at + rng.random_range(200..500);
+        let mut labels: Vec<u8> = (0..n).map(|_| rng.random_range(0..2)).collect();
+        labels[0] = 0;
+        labels[rng.random_range(1..n)] = 1;
+        let mut next_id = 100;
+        for step in 0..800u32 {
+            if step == part_at {
+                w.partition(&labels);
+            }
+            if step == heal_at {
+                w.heal();
+            }
+            let who = clients[rng.random_range(0..clients.len())];
+            let (g, mode) = groups[rng.random_range(0..groups.len())];
+            let _ = match rng.random_range(0..100) {
+                0..15 => w.join_mode(who, g, GroupKind::Open, mode),
+                15..20 => w.leave(who, g),
+                20..22 => {
+                    let r = w.disconnect(who);
+                    if r.is_ok() {
+                        let i = clients.iter().position(|x| *x == who).unwrap();
+                        next_id += 1;
+                        clients[i] = w.connect(who.0, next_id, &format!("n{next_id}"));
+                    }
+                    r
+                }
+                _ => w.send(who, &[g], Service::Agreed, false).map(|_| ()),
+            };
+            w.run(MS);
+        }
+        w.heal();
+        w.run(Duration::from_secs(3));
+        let v = w.check();
+        assert!(v.is_empty(), "seed {seed}: {v:#?}");
+        let s = w.secure.as_ref().unwrap();
+        assert!(s.lost.is_empty(), "seed {seed}: undecipherable {:?}", s.lost);
+        fixes += w.groups.iter().map(|g| g.stats().evs_fixes).sum::<u64>();
+        opened += s.opened;
+    }
+    assert!(opened > 1000, "sealed messages opened: {opened}");
+    assert!(fixes > 0, "the workload exercises the EVS fix");
+}
