@@ -872,7 +872,9 @@ impl ClientGroups {
             self.stats.denials += 1;
             return Err(GroupsError::InsecureTransport);
         }
-        if mode.keyed() && self.server.is_none() {
+        // Keys come with encrypted links (the ordered join is refused
+        // should a ring have no server key after all).
+        if mode.keyed() && !self.share_keys && self.server.is_none() {
             return Err(GroupsError::NoServerKey);
         }
         let cap = self.limits.max_groups_per_client;
@@ -1409,8 +1411,11 @@ impl ClientGroups {
             let rule = self.policy.rule(g);
             let (timeout, key_out) = (rule.key_timeout, rule.key_out);
             for (vid, k) in self.incoming_keys.remove(g).unwrap_or_default() {
+                // A key this daemon let expire stays expired: expiry is
+                // what the policy configured, whatever other daemons kept.
                 let known = view.key.as_ref().is_some_and(|c| c.id() == k.id())
-                    || view.old.iter().any(|o| o.key.id() == k.id());
+                    || view.old.iter().any(|o| o.key.id() == k.id())
+                    || view.expired.iter().any(|e| e.0 == k.id());
                 if !known {
                     view.old.push_back(OldKey { view: vid, key: k, last_used: now });
                 }

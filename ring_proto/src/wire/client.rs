@@ -879,6 +879,8 @@ fn put_payload(out: &mut Vec<u8>, limits: &Limits, payload: &[u8]) -> Result<(),
 /// Appends a `Message` frame built from borrowed parts, with no allocation
 /// besides growing `out`: the daemon's fan-out path. The bytes are the same
 /// as those of [`DaemonFrame::Message`].
+// One argument per frame field: the borrowed-parts encoder of the hot path.
+#[allow(clippy::too_many_arguments)]
 pub fn encode_message<G: AsRef<str>>(
     out: &mut Vec<u8>,
     limits: &Limits,
@@ -903,6 +905,8 @@ pub fn encode_message<G: AsRef<str>>(
 /// Appends a `Multicast` frame built from borrowed parts, with no allocation
 /// besides growing `out`: the client library's send path. The bytes are the
 /// same as those of [`ClientFrame::Multicast`].
+// One argument per frame field: the borrowed-parts encoder of the hot path.
+#[allow(clippy::too_many_arguments)]
 pub fn encode_multicast<G: AsRef<str>>(
     out: &mut Vec<u8>,
     limits: &Limits,

@@ -91,7 +91,26 @@ impl Cluster {
     /// As `start`, over `transport` (`unicast` or `multicast`: an IP
     /// multicast group of this test's own on loopback, TTL 0).
     pub fn start_on(tag: &str, n: usize, backend: &str, transport: &str) -> Self {
-        Self::start_with(tag, n, backend, transport, "encrypt", None)
+        Self::start_with(tag, n, backend, transport, "encrypt", None, "")
+    }
+
+    /// As `start` (unicast, encrypted links) with `extra` appended to the
+    /// config (e.g. `[[group]]` policy tables).
+    pub fn start_extra(tag: &str, n: usize, backend: &str, extra: &str) -> Self {
+        Self::start_with(tag, n, backend, "unicast", "encrypt", None, extra)
+    }
+
+    /// As `start_tapped`, with `extra` appended to every config.
+    pub fn start_tapped_extra(
+        tag: &str,
+        n: usize,
+        backend: &str,
+        link_security: &str,
+        extra: &str,
+    ) -> (Self, UdpTap) {
+        let tap = UdpTap::start(n, Capture::new());
+        let c = Self::start_with(tag, n, backend, "unicast", link_security, Some(&tap), extra);
+        (c, tap)
     }
 
     /// As `start` (unicast) with `link_security` as given, every
@@ -101,7 +120,7 @@ impl Cluster {
     /// config files differ in nothing else.
     pub fn start_tapped(tag: &str, n: usize, backend: &str, link_security: &str) -> (Self, UdpTap) {
         let tap = UdpTap::start(n, Capture::new());
-        let c = Self::start_with(tag, n, backend, "unicast", link_security, Some(&tap));
+        let c = Self::start_with(tag, n, backend, "unicast", link_security, Some(&tap), "");
         (c, tap)
     }
 
@@ -112,6 +131,7 @@ impl Cluster {
         transport: &str,
         link_security: &str,
         tap: Option<&UdpTap>,
+        extra: &str,
     ) -> Self {
         let dir = std::env::temp_dir()
             .join(format!("ringfence-{tag}-{}-{backend}-{transport}", std::process::id()));
@@ -159,6 +179,7 @@ impl Cluster {
                 );
             }
             text += &tail;
+            text += extra;
             let path = dir.join(file);
             std::fs::write(&path, text).unwrap();
             path
@@ -196,6 +217,19 @@ impl Cluster {
     /// Daemon `i`'s TCP client address.
     pub fn tcp(&self, i: usize) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.tcp_ports[i]))
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`, ...) to daemon `i`.
+    pub fn signal(&self, i: usize, signal: &str) {
+        let pid = self.children[i].as_ref().expect("daemon running").id();
+        let ok = Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status().unwrap();
+        assert!(ok.success(), "kill -{signal} {pid}");
+    }
+
+    /// Daemon `i`'s `status.json` (rewritten every 500 ms), if readable.
+    pub fn status(&self, i: usize) -> Option<serde_json::Value> {
+        let text = std::fs::read_to_string(self.dir.join(format!("d{i}")).join("status.json")).ok()?;
+        serde_json::from_str(&text).ok()
     }
 
     /// Daemon `i`'s Unix client socket.

@@ -1,0 +1,327 @@
+//! Real daemons on loopback with client group security (the integrated
+//! architecture of Amir, Kim, Nita-Rotaru, Schultz, Stanton and Tsudik,
+//! "Secure group communication using robust contributory key agreement" /
+//! "Scaling secure group communication systems: beyond peer-to-peer",
+//! sections 4.3.2 and 4.3.3): the daemons derive each view's key
+//! `K_g,i = HMAC(K_s, g || view id)` and hand it to the view's members.
+//!
+//! - `integrated-vs`: clients seal every payload under the view key; an
+//!   independent capture of every daemon-to-daemon datagram and every
+//!   client-to-daemon TCP byte holds no payload plaintext; a client that
+//!   left keeps no key that opens the next view's messages.
+//! - `optimized-evs` across a real partition and merge (`kill -STOP` /
+//!   `kill -CONT` of a daemon): a message sealed in the view before the
+//!   partition and delivered after the merge opens at every receiver,
+//!   resealed by their daemons (the EVS fix, counted in `status.json`);
+//!   where the policy's key-out or time-out expired the old key first, the
+//!   receivers are told the message is undecipherable, with the sender and
+//!   the reason.
+//! - Access control: a client the policy does not allow to join or send
+//!   gets an error and the group never sees its message.
+
+use ringfence_client::{Address, Client, Event, GroupMode, Message, Service};
+use std::time::{Duration, Instant};
+
+mod common;
+
+use common::capture::TcpTap;
+use common::{Cluster, backends, connect, connect_to};
+
+const MARKER: &[u8] = b"RFGROUP-PLAINTEXT-MARKER";
+
+/// Waits (at most `limit`) for `f` to give a value.
+fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A client and every event it got, answering flush requests at once.
+struct Member {
+    c: Client,
+    events: Vec<Event>,
+}
+
+impl Member {
+    fn new(c: Client) -> Self {
+        Self { c, events: Vec::new() }
+    }
+
+    /// Takes what has arrived.
+    fn pump(&mut self) {
+        while let Some(e) = self.c.poll().unwrap() {
+            if let Event::FlushRequest { group, view_id } = &e {
+                self.c.flush_ok(group, *view_id).unwrap();
+            }
+            self.events.push(e);
+        }
+    }
+
+    /// Waits (at most 20 s) until an event matches.
+    fn wait(&mut self, what: &str, mut f: impl FnMut(&Event) -> bool) {
+        let mut seen = 0;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            self.pump();
+            if self.events[seen..].iter().any(&mut f) {
+                return;
+            }
+            seen = self.events.len();
+            assert!(Instant::now() < deadline, "timed out waiting for {what}; events: {:#?}", self.events);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Waits for a regular view of `group` with `n` members.
+    fn wait_view(&mut self, group: &str, n: usize) {
+        self.wait(&format!("a view of {group} with {n} members"), |e| {
+            matches!(e, Event::Membership(m) if m.group == group && m.members.len() == n
+                && m.kind == ringfence_client::ViewKind::Regular)
+        });
+    }
+
+    fn messages(&self, group: &str) -> Vec<&Message> {
+        self.events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Message(m) if m.groups.iter().any(|g| g == group) => Some(m),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// Waits until every member holds a regular view of `group` with `n`
+/// members, pumping all of them (a VS view change waits for every member's
+/// flush answer).
+fn wait_views(m: &mut [Member], group: &str, n: usize) {
+    let has = |x: &Member| {
+        x.events.iter().rev().find_map(|e| match e {
+            Event::Membership(v) if v.group == group && v.kind == ringfence_client::ViewKind::Regular => {
+                Some(v.members.len())
+            }
+            _ => None,
+        }) == Some(n)
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        m.iter_mut().for_each(Member::pump);
+        if m.iter().all(has) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for views of {group} with {n} members");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+const IVS_POLICY: &str = r#"
+[[group]]
+pattern = "ivs.*"
+mode = "integrated-vs"
+"#;
+
+#[test]
+fn integrated_vs_seals_every_byte_and_a_leaver_cannot_read_on() {
+    for backend in backends() {
+        let (cluster, tap) = Cluster::start_tapped_extra("ivs", 3, backend, "encrypt", IVS_POLICY);
+        let capture = tap.capture().clone();
+        // Every client talks TCP through a recording proxy.
+        let proxies: Vec<TcpTap> = (0..3).map(|i| TcpTap::start(cluster.tcp(i), capture.clone())).collect();
+        let mut m: Vec<Member> = (0..3)
+            .map(|i| Member::new(connect_to(&Address::Tcp(proxies[i].address()), &format!("m{i}"))))
+            .collect();
+        for x in &mut m {
+            x.c.join_with("ivs.room", true, GroupMode::IntegratedVs).unwrap();
+        }
+        wait_views(&mut m, "ivs.room", 3);
+        for (i, x) in m.iter_mut().enumerate() {
+            let mut p = MARKER.to_vec();
+            p.extend_from_slice(format!("-{i}").as_bytes());
+            x.c.multicast(Service::Agreed, &["ivs.room"], 1, &p).unwrap();
+        }
+        for x in &mut m {
+            wait_for("three messages", Duration::from_secs(20), || {
+                x.pump();
+                (x.messages("ivs.room").len() == 3).then_some(())
+            });
+            for msg in x.messages("ivs.room") {
+                assert!(msg.payload.starts_with(MARKER), "opened plaintext: {:?}", msg.payload);
+            }
+        }
+        assert!(capture.datagrams() > 0 && capture.tcp_bytes() > 0, "the capture saw the traffic");
+        assert!(!capture.contains(MARKER), "payload plaintext on the wire ({backend})");
+
+        // m2 leaves; m1 takes the next view's messages sealed, as delivered.
+        let left_key = m[2].c.view_key("ivs.room").map(|k| k.id()).unwrap();
+        m[2].c.leave("ivs.room").unwrap();
+        wait_views(&mut m[..2], "ivs.room", 2);
+        m[1].c.set_raw_payloads(true);
+        m[0].c.multicast(Service::Agreed, &["ivs.room"], 1, b"after the leave").unwrap();
+        wait_for("the sealed message", Duration::from_secs(20), || {
+            m[1].pump();
+            m[1].messages("ivs.room").iter().any(|x| x.sealed).then_some(())
+        });
+        let sealed = m[1].messages("ivs.room").into_iter().find(|x| x.sealed).unwrap().clone();
+        let sender = m[0].c.private_name().to_string();
+        let held = m[1].c.view_key("ivs.room").unwrap();
+        assert_ne!(held.id(), left_key, "a new view, a new key");
+        assert_eq!(
+            held.open(b"ivs.room", sender.as_bytes(), 1, &sealed.payload).unwrap(),
+            b"after the leave"
+        );
+        let old = m[2].c.view_key("ivs.room").expect("the leaver's last key");
+        assert_eq!(old.id(), left_key);
+        assert!(old.open(b"ivs.room", sender.as_bytes(), 1, &sealed.payload).is_err());
+        std::thread::sleep(Duration::from_millis(200));
+        m[2].pump();
+        assert!(
+            m[2].messages("ivs.room").iter().all(|x| x.payload.starts_with(MARKER)),
+            "nothing after the leave"
+        );
+        drop(proxies);
+        drop(cluster);
+    }
+}
+
+const EVS_POLICY: &str = r#"
+[[group]]
+pattern = "evs.keep"
+mode = "optimized-evs"
+key_out = 8
+key_timeout_s = 600
+
+[[group]]
+pattern = "evs.ko"
+mode = "optimized-evs"
+key_out = 1
+key_timeout_s = 600
+
+[[group]]
+pattern = "evs.to"
+mode = "optimized-evs"
+key_out = 8
+key_timeout_s = 2
+"#;
+
+fn counter(cluster: &Cluster, i: usize, key: &str) -> u64 {
+    cluster.status(i).and_then(|s| s["groups"][key].as_u64()).unwrap_or(0)
+}
+
+#[test]
+fn optimized_evs_across_a_partition_and_merge() {
+    let backend = backends()[0];
+    let cluster = Cluster::start_extra("evs", 3, backend, EVS_POLICY);
+    let mut m: Vec<Member> =
+        (0..3).map(|i| Member::new(connect(&cluster.socket(i), &format!("m{i}")))).collect();
+    let groups = ["evs.keep", "evs.ko", "evs.to"];
+    for x in &mut m {
+        for g in groups {
+            x.c.join_with(g, false, GroupMode::OptimizedEvs).unwrap();
+        }
+    }
+    for x in &mut m {
+        for g in groups {
+            x.wait_view(g, 3);
+        }
+    }
+    // Partition: daemon 2 stops; its client keeps sending under the keys of
+    // the view it holds (the writes wait in the socket).
+    cluster.signal(2, "STOP");
+    let t0 = Instant::now();
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        m[0].wait_view("evs.keep", 2);
+        for g in groups {
+            let mut p = b"from m2 in the old view: ".to_vec();
+            p.extend_from_slice(g.as_bytes());
+            m[2].c.multicast(Service::Agreed, &[g], 9, &p).unwrap();
+        }
+        // Two more views of evs.ko on this side: its old key goes by key-out.
+        let mut x = Member::new(connect(&cluster.socket(0), "extra"));
+        x.c.join_with("evs.ko", false, GroupMode::OptimizedEvs).unwrap();
+        m[0].wait_view("evs.ko", 3);
+        x.c.leave("evs.ko").unwrap();
+        m[0].wait_view("evs.ko", 2);
+        // And evs.to's old key stays unused past its 2 s time-out.
+        std::thread::sleep(
+            Duration::from_millis(3000).saturating_sub(t0.elapsed()) + Duration::from_millis(500),
+        );
+    }));
+    cluster.signal(2, "CONT");
+    if let Err(e) = r {
+        std::panic::resume_unwind(e);
+    }
+    for x in m.iter_mut().take(2) {
+        x.wait_view("evs.keep", 3);
+    }
+    let sender = m[2].c.private_name().to_string();
+    for x in m.iter_mut().take(2) {
+        wait_for("m2's evs.keep message, opened", Duration::from_secs(20), || {
+            x.pump();
+            x.messages("evs.keep").iter().any(|y| y.sender == sender).then_some(())
+        });
+        let got = x.messages("evs.keep").into_iter().find(|y| y.sender == sender).unwrap().clone();
+        assert_eq!(&got.payload[..], b"from m2 in the old view: evs.keep");
+        for (g, why) in [("evs.ko", "key-out"), ("evs.to", "time-out")] {
+            x.wait(&format!("m2's {g} message reported undecipherable by {why}"), |e| {
+                matches!(e, Event::Undecipherable { sender: s, group, reason, .. }
+                    if *s == sender && group == g && reason.contains(why))
+            });
+            assert!(x.messages(g).iter().all(|y| y.sender != sender), "{g}: never delivered as a message");
+        }
+    }
+    // The receivers' daemons resealed m2's message (the EVS fix).
+    for i in 0..2 {
+        wait_for("the EVS fix counted", Duration::from_secs(5), || {
+            (counter(&cluster, i, "evs_fixes") >= 1).then_some(())
+        });
+        assert!(counter(&cluster, i, "undecipherable") >= 2);
+    }
+}
+
+const ACL_POLICY: &str = r#"
+[[group]]
+pattern = "ops"
+mode = "optimized-evs"
+join = ["unix:*"]
+send = ["unix:*"]
+send_nonmember = []
+
+[[group]]
+pattern = "private.*"
+join = ["unix:4294967294"]
+"#;
+
+#[test]
+fn access_control_refuses_and_the_group_never_sees_it() {
+    let backend = backends()[0];
+    let cluster = Cluster::start_extra("acl", 2, backend, ACL_POLICY);
+    let mut a = Member::new(connect(&cluster.socket(0), "a"));
+    let mut b = Member::new(connect(&cluster.socket(1), "b"));
+    a.c.join_with("ops", false, GroupMode::OptimizedEvs).unwrap();
+    b.c.join_with("ops", false, GroupMode::OptimizedEvs).unwrap();
+    a.wait_view("ops", 2);
+    // A TCP client (principal tcp:...) may neither join nor send to ops.
+    let mut t = Member::new(connect_to(&Address::Tcp(cluster.tcp(1)), "t"));
+    t.c.join_with("ops", false, GroupMode::OptimizedEvs).unwrap();
+    t.wait("a denial of the join", |e| matches!(e, Event::Error { text, .. } if text.contains("denied")));
+    t.c.multicast(Service::Agreed, &["ops"], 0, b"intruder").unwrap();
+    t.wait("a denial of the send", |e| matches!(e, Event::Error { text, .. } if text.contains("denied")));
+    // A join stating the wrong mode, and a group nobody here may join.
+    a.c.join_with("ops2", false, GroupMode::IntegratedVs).unwrap();
+    a.wait("a mode mismatch", |e| matches!(e, Event::Error { text, .. } if text.contains("mode")));
+    a.c.join_with("private.x", false, GroupMode::None).unwrap();
+    a.wait("a denial of private.x", |e| matches!(e, Event::Error { text, .. } if text.contains("denied")));
+    a.c.multicast(Service::Agreed, &["ops"], 0, b"member").unwrap();
+    b.wait("the member's message", |e| matches!(e, Event::Message(m) if &m.payload[..] == b"member"));
+    std::thread::sleep(Duration::from_millis(300));
+    b.pump();
+    assert!(b.messages("ops").iter().all(|m| &m.payload[..] != b"intruder"), "the group never saw it");
+    wait_for("denials counted", Duration::from_secs(5), || {
+        (counter(&cluster, 1, "denials") == 2 && counter(&cluster, 0, "denials") == 2).then_some(())
+    });
+}
