@@ -301,7 +301,14 @@ impl Client {
             buf: vec![0u8; 64 * 1024],
             self_discard: false,
         };
-        c.send(&ClientFrame::Hello(Hello::new(name, auth)))?;
+        if let Err(e) = c.send(&ClientFrame::Hello(Hello::new(name, auth))) {
+            // A daemon that rejected our certificate after the handshake
+            // may have closed already: its alert says why.
+            return Err(match c.next_frame(true) {
+                Err(t @ ClientError::Tls(_)) => t,
+                _ => e,
+            });
+        }
         match c.next_frame(true)? {
             Some(DaemonFrame::Welcome(w)) => c.welcome = w,
             Some(DaemonFrame::Refused { code, text }) => return Err(ClientError::Refused { code, text }),

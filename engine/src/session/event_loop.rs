@@ -446,12 +446,13 @@ impl SessionThread {
             let Some(l) = &self.listeners else { return };
             let accepted = if tcp {
                 let Some(t) = &l.tcp else { return };
-                t.accept().and_then(|(s, _)| {
+                t.accept().map(|(s, _)| {
                     let _ = s.set_nodelay(true);
+                    // TLS or not is told by the first byte, so a plain
+                    // client gets a clear refusal rather than a TLS alert.
                     match &self.gate.clients.tls {
-                        None => Ok(Stream::Tcp(s)),
-                        Some(tls) if self.gate.clients.require_tls => Stream::tls(s, Arc::clone(tls)),
-                        Some(tls) => Ok(Stream::sniff(s, Arc::clone(tls))),
+                        None => Stream::Tcp(s),
+                        Some(tls) => Stream::sniff(s, Arc::clone(tls)),
                     }
                 })
             } else {

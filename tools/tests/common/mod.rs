@@ -4,7 +4,7 @@
 
 #![allow(dead_code, unreachable_pub)] // each test file uses a part; `pub` within the test crate
 
-use ringfence_client::{Address, Client, Event};
+use ringfence_client::{Address, Client, ConnectOptions, Event};
 use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -87,6 +87,12 @@ impl Cluster {
     /// As `start`, over `transport` (`unicast` or `multicast`: an IP
     /// multicast group of this test's own on loopback, TTL 0).
     pub fn start_on(tag: &str, n: usize, backend: &str, transport: &str) -> Self {
+        Self::start_with(tag, n, backend, transport, "")
+    }
+
+    /// As `start_on`, with `extra` TOML appended to the config (e.g. a
+    /// `[clients]` section).
+    pub fn start_with(tag: &str, n: usize, backend: &str, transport: &str, extra: &str) -> Self {
         let dir = std::env::temp_dir()
             .join(format!("ringfence-{tag}-{}-{backend}-{transport}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -120,6 +126,7 @@ impl Cluster {
         }
         text += &format!("\n[security]\nidentity = \"{}/{{name}}.key\"\n", keys.display());
         text += &format!("\n[paths]\nstate_dir = \"{}/{{name}}\"\n", dir.display());
+        text += extra;
         let config = dir.join("cluster.toml");
         std::fs::write(&config, text).unwrap();
         let mut c = Self { dir, config, tcp_ports, children: (0..n).map(|_| None).collect() };
@@ -171,9 +178,14 @@ pub fn connect(socket: &Path, name: &str) -> Client {
 
 /// Connects to any address, retrying for up to 10 s.
 pub fn connect_to(addr: &Address, name: &str) -> Client {
+    connect_with(addr, name, &ConnectOptions::default())
+}
+
+/// Connects with options (TLS, token), retrying for up to 10 s.
+pub fn connect_with(addr: &Address, name: &str, opts: &ConnectOptions) -> Client {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        match Client::connect(addr, name) {
+        match Client::connect_with(addr, name, opts) {
             Ok(c) => return c,
             Err(e) => {
                 assert!(Instant::now() < deadline, "cannot connect to {addr:?}: {e}");
@@ -200,4 +212,11 @@ pub fn receive_until(c: &mut Client, mut stop: impl FnMut(&Event) -> bool) -> Ve
             None => std::thread::sleep(Duration::from_millis(1)),
         }
     }
+}
+
+/// A `[[clients.token]]` entry for `token`, named `name`.
+pub fn token_entry(name: &str, token: &str) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    format!("\n[[clients.token]]\nname = \"{name}\"\nsha256 = \"{hex}\"\n")
 }
