@@ -896,6 +896,63 @@ link_security = "none"
     }
 
     #[test]
+    fn client_auth_errors_name_file_line_and_key() {
+        let parse = |extra: &str| {
+            let text = format!("{GOOD}\n[clients]\n{extra}");
+            DaemonConfig::parse(Path::new("/nowhere/x.toml"), &text, "a").map(|c| c.clients)
+        };
+        let err = |extra: &str| parse(extra).unwrap_err().to_string();
+        // Lines: GOOD ends on line 20, then a blank line and `[clients]`.
+        let e = err("tls_cert = \"d.crt\"\n");
+        assert!(e.starts_with("/nowhere/x.toml:22: key `clients.tls_key`") && e.contains("missing"), "{e}");
+        let e = err("tls_key = \"d.key\"\n");
+        assert!(e.starts_with("/nowhere/x.toml:22: key `clients.tls_cert`"), "{e}");
+        // Paths are relative to the config file's directory.
+        let e = err("tls_cert = \"d.crt\"\ntls_key = \"d.key\"\n");
+        assert!(
+            e.starts_with("/nowhere/x.toml:22: key `clients.tls_cert`") && e.contains("/nowhere/d.crt"),
+            "{e}"
+        );
+        let e = err("client_ca = \"ca.crt\"\n");
+        assert!(
+            e.starts_with("/nowhere/x.toml:22: key `clients.client_ca`") && e.contains("tls_cert"),
+            "{e}"
+        );
+        let e = err("require_tls = true\n");
+        assert!(e.starts_with("/nowhere/x.toml:22: key `clients.require_tls`"), "{e}");
+        let e = err("[[clients.token]]\nname = \"bob\"\nsha256 = \"abc\"\n");
+        assert!(
+            e.starts_with("/nowhere/x.toml:24: key `clients.token.sha256`") && e.contains("64 hex"),
+            "{e}"
+        );
+        let hex = "0f".repeat(32);
+        let two = format!("[[clients.token]]\nname = \"bob\"\nsha256 = \"{hex}\"\n").repeat(2);
+        let e = err(&two);
+        assert!(e.starts_with("/nowhere/x.toml:26: key `clients.token.name`") && e.contains("twice"), "{e}");
+        let e = err("[[clients.token]]\nname = \"b b\"\nsha256 = \"{hex}\"\n");
+        assert!(e.contains("key `clients.token.name`"), "{e}");
+        let e = err("tls = true\n");
+        assert!(e.starts_with("/nowhere/x.toml:22:") && e.contains("tls"), "{e}");
+
+        // A file that is not PEM.
+        let dir = std::env::temp_dir().join(format!("rf-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("junk.crt"), "not a certificate").unwrap();
+        let text = format!("{GOOD}\n[clients]\ntls_cert = \"junk.crt\"\ntls_key = \"junk.crt\"\n");
+        let e = DaemonConfig::parse(&dir.join("x.toml"), &text, "a").unwrap_err().to_string();
+        assert!(e.contains(":22: key `clients.tls_cert`") && e.contains("no PEM certificate"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+
+        // Tokens alone: plain TCP allowed, TLS not required.
+        let c = parse(&format!("[[clients.token]]\nname = \"bob\"\nsha256 = \"{hex}\"\n")).unwrap();
+        assert_eq!((c.require_tls, c.tokens.len(), c.open_tcp()), (false, 1, false));
+        assert_eq!(c.tokens[0].sha256, [0x0f; 32]);
+        assert!(!format!("{:?}", c.tokens[0]).contains("0f"), "Debug hides the hash");
+        // No section: TCP is open (trusted networks).
+        assert!(DaemonConfig::parse(Path::new("x.toml"), GOOD, "a").unwrap().clients.open_tcp());
+    }
+
+    #[test]
     fn the_example_configs_say_what_they_mean() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
         let local = DaemonConfig::load(&dir.join("local3.toml"), "d1").unwrap();
