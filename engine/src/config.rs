@@ -513,7 +513,7 @@ impl DaemonConfig {
         };
         let security = security(&file, &peers, &me, &invalid)?;
         let base = path.parent().unwrap_or_else(|| Path::new("."));
-        let clients = clients(&file.clients, base, &invalid)?;
+        let clients = clients(&file.clients, base, &me.name, &invalid)?;
         Ok(Self {
             me,
             peers,
@@ -535,11 +535,12 @@ impl DaemonConfig {
 fn clients(
     f: &ClientsFile,
     base: &Path,
+    name: &str,
     invalid: &dyn Fn(Range<usize>, &str, String) -> ConfigError,
 ) -> Result<Clients, ConfigError> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let file = |s: &Spanned<String>| base.join(s.get_ref());
+    let file = |s: &Spanned<String>| base.join(s.get_ref().replace("{name}", name));
     let certs = |s: &Spanned<String>, key: &str| -> Result<Vec<CertificateDer<'static>>, ConfigError> {
         let path = file(s);
         let certs =
@@ -960,5 +961,9 @@ link_security = "none"
         // The LAN example needs real keys first, and says where.
         let e = DaemonConfig::load(&dir.join("lan3.toml"), "alpha").unwrap_err().to_string();
         assert!(e.contains("lan3.toml:") && e.contains("cluster.daemon.public_key"), "{e}");
+        // The TLS example needs its certificates first (`{name}` expands,
+        // relative to the file's directory).
+        let e = DaemonConfig::load(&dir.join("tls3.toml"), "d1").unwrap_err().to_string();
+        assert!(e.contains("key `clients.tls_cert`") && e.contains("examples/certs/d1.crt"), "{e}");
     }
 }
