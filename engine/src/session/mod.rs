@@ -8,6 +8,12 @@
 //! Session thread 0 also owns the listeners and hands accepted connections to
 //! the session threads round-robin.
 //!
+//! TCP connections may run TLS (rustls `ServerConnection`, driven by the same
+//! event loop: `read_tls`, `process_new_packets`, plaintext into the frame
+//! decoder; frames copied into rustls and written with `write_tls`). Unix
+//! sockets keep the zero-copy `writev` path. Who a client is, and which
+//! `Hello.auth` kinds each transport accepts, is `auth`.
+//!
 //! ```text
 //!           session thread k of N (one mio event loop, many connections)
 //!  client ─frames─► read ─► FrameDecoder ─► Hello check ─► ToRing ──┐ bounded, shared by the
