@@ -11,6 +11,11 @@
 //!  receive() / poll() ◄──Message / Membership frames◄── daemon
 //! ```
 //!
+//! Over TCP, [`Client::connect_with`] runs TLS (rustls, `ring` provider)
+//! and authenticates with a client certificate or a pre-shared token
+//! ([`ConnectOptions`]); over the Unix socket the daemon reads the peer's
+//! credentials from the kernel.
+//!
 //! The wire format is `ringfence_proto::wire::client` (documented in
 //! `docs/client-protocol.md`). This crate does blocking I/O on one stream and
 //! allocates nothing per received message beyond the decoded frame.
@@ -40,6 +45,9 @@ use ringfence_proto::wire::client::{
 pub use ringfence_proto::wire::client::{
     GroupMode, KeyLoss, Membership, Message, ViewCause, ViewId, ViewKind,
 };
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::{ClientConnection, StreamOwned};
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -54,6 +62,84 @@ pub enum Address {
     Unix(PathBuf),
     /// A TCP address (remote clients).
     Tcp(SocketAddr),
+}
+
+/// How to connect: TLS and credentials for TCP. The default (no TLS, no
+/// token) suits the Unix socket only.
+#[derive(Clone, Default)]
+pub struct ConnectOptions {
+    /// Run TLS over TCP (ignored for a Unix socket).
+    pub tls: Option<TlsOptions>,
+    /// A pre-shared token to authenticate with (sent inside TLS if `tls` is
+    /// set; in the clear over plain TCP, which the daemon accepts only with
+    /// `require_tls = false`). Never printed by `Debug`.
+    pub token: Option<String>,
+}
+
+impl std::fmt::Debug for ConnectOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let token = self.token.as_ref().map(|t| format!("<{} bytes>", t.len()));
+        f.debug_struct("ConnectOptions").field("tls", &self.tls).field("token", &token).finish()
+    }
+}
+
+/// TLS settings of a TCP connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsOptions {
+    /// PEM CA certificate(s) the daemon's certificate must chain to.
+    pub ca_cert: PathBuf,
+    /// A PEM client certificate (chain) and its private key, to
+    /// authenticate with (`Hello.auth = Tls`).
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+    /// The name the daemon's certificate must carry (a DNS name or an IP
+    /// address in its subject alternative names).
+    pub server_name: String,
+}
+
+impl TlsOptions {
+    /// TLS to a daemon whose certificate chains to `ca_cert` and names
+    /// `server_name`; no client certificate.
+    pub fn new(ca_cert: impl Into<PathBuf>, server_name: impl Into<String>) -> Self {
+        Self { ca_cert: ca_cert.into(), client_cert: None, server_name: server_name.into() }
+    }
+
+    /// Adds a client certificate and its key.
+    pub fn with_client_cert(mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        self.client_cert = Some((cert.into(), key.into()));
+        self
+    }
+
+    /// The rustls client configuration (ring provider): the CA, and the
+    /// client certificate if any.
+    fn config(&self) -> Result<rustls::ClientConfig, ClientError> {
+        let setup = |what: &str, e: &dyn std::fmt::Display| ClientError::TlsSetup(format!("{what}: {e}"));
+        let mut roots = rustls::RootCertStore::empty();
+        let cas = CertificateDer::pem_file_iter(&self.ca_cert)
+            .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+            .map_err(|e| setup(&format!("CA certificate {}", self.ca_cert.display()), &e))?;
+        if cas.is_empty() {
+            return Err(ClientError::TlsSetup(format!("no PEM certificate in {}", self.ca_cert.display())));
+        }
+        for ca in cas {
+            roots.add(ca).map_err(|e| setup(&format!("CA certificate {}", self.ca_cert.display()), &e))?;
+        }
+        let builder =
+            rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .map_err(|e| setup("TLS setup", &e))?
+                .with_root_certificates(roots);
+        Ok(match &self.client_cert {
+            None => builder.with_no_client_auth(),
+            Some((cert, key)) => {
+                let chain = CertificateDer::pem_file_iter(cert)
+                    .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+                    .map_err(|e| setup(&format!("client certificate {}", cert.display()), &e))?;
+                let key = PrivateKeyDer::from_pem_file(key)
+                    .map_err(|e| setup(&format!("client key {}", key.display()), &e))?;
+                builder.with_client_auth_cert(chain, key).map_err(|e| setup("client certificate", &e))?
+            }
+        })
+    }
 }
 
 /// What the daemon tells the client.
@@ -102,7 +188,18 @@ pub enum Event {
 pub enum ClientError {
     /// The connection failed or broke.
     #[error("connection: {0}")]
-    Io(#[from] io::Error),
+    Io(io::Error),
+    /// The TLS handshake failed (the daemon's certificate is not trusted,
+    /// or the daemon rejected ours), or a TLS record was bad.
+    #[error("TLS handshake with the daemon failed: {0}")]
+    Tls(rustls::Error),
+    /// The TLS options cannot be used (unreadable CA, certificate or key).
+    #[error("TLS setup: {0}")]
+    TlsSetup(String),
+    /// The options cannot be used on this address (e.g. plain TCP with no
+    /// credential).
+    #[error("cannot connect this way: {0}")]
+    Options(String),
     /// The daemon refused the connection.
     #[error("refused by the daemon ({code:?}): {text}")]
     Refused {
@@ -145,9 +242,21 @@ impl Keys {
     }
 }
 
+/// An I/O error, or the TLS error inside it (rustls reports those as
+/// `InvalidData` I/O errors).
+impl From<io::Error> for ClientError {
+    fn from(e: io::Error) -> Self {
+        match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+            Some(t) => Self::Tls(t.clone()),
+            None => Self::Io(e),
+        }
+    }
+}
+
 enum Stream {
     Unix(UnixStream),
     Tcp(TcpStream),
+    Tls(Box<StreamOwned<ClientConnection, TcpStream>>),
 }
 
 impl Stream {
@@ -155,6 +264,7 @@ impl Stream {
         match self {
             Self::Unix(s) => s.read(buf),
             Self::Tcp(s) => s.read(buf),
+            Self::Tls(s) => s.read(buf),
         }
     }
 
@@ -162,6 +272,7 @@ impl Stream {
         match self {
             Self::Unix(s) => s.write_all(buf),
             Self::Tcp(s) => s.write_all(buf),
+            Self::Tls(s) => s.write_all(buf).and_then(|()| s.flush()),
         }
     }
 
@@ -169,6 +280,7 @@ impl Stream {
         match self {
             Self::Unix(s) => s.set_nonblocking(on),
             Self::Tcp(s) => s.set_nonblocking(on),
+            Self::Tls(s) => s.sock.set_nonblocking(on),
         }
     }
 }
@@ -211,17 +323,20 @@ impl std::fmt::Debug for Client {
 
 impl Client {
     /// Connects and introduces this client as `name` (1 to 32 printable
-    /// ASCII bytes). Local clients are authenticated by their Unix peer
-    /// credentials.
+    /// ASCII bytes) with the default options: local clients are
+    /// authenticated by their Unix peer credentials. For TCP, see
+    /// [`Client::connect_with`].
     pub fn connect(addr: &Address, name: &str) -> Result<Self, ClientError> {
-        let stream = match addr {
-            Address::Unix(p) => Stream::Unix(UnixStream::connect(p)?),
-            Address::Tcp(a) => {
-                let s = TcpStream::connect(a)?;
-                s.set_nodelay(true)?;
-                Stream::Tcp(s)
-            }
-        };
+        Self::connect_with(addr, name, &ConnectOptions::default())
+    }
+
+    /// Connects with `opts`: TLS over TCP if asked, and authentication by
+    /// token (if given), else by client certificate (TLS), else by Unix
+    /// peer credentials. Plain TCP needs a token. A refusal is
+    /// [`ClientError::Refused`] with the daemon's text; a failed TLS
+    /// handshake is [`ClientError::Tls`].
+    pub fn connect_with(addr: &Address, name: &str, opts: &ConnectOptions) -> Result<Self, ClientError> {
+        let (stream, auth) = open(addr, opts)?;
         let limits = Limits::default();
         let mut c = Self {
             stream,
@@ -240,7 +355,14 @@ impl Client {
             self_discard: false,
             keys: Keys::default(),
         };
-        c.send(&ClientFrame::Hello(Hello::new(name, Auth::PeerCredentials)))?;
+        if let Err(e) = c.send(&ClientFrame::Hello(Hello::new(name, auth))) {
+            // A daemon that rejected our certificate after the handshake
+            // may have closed already: its alert says why.
+            return Err(match c.next_frame(true) {
+                Err(t @ ClientError::Tls(_)) => t,
+                _ => e,
+            });
+        }
         match c.next_frame(true)? {
             Some(DaemonFrame::Welcome(w)) => c.welcome = w,
             Some(DaemonFrame::Refused { code, text }) => return Err(ClientError::Refused { code, text }),
@@ -250,6 +372,11 @@ impl Client {
             _ => return Err(ClientError::Closed),
         }
         Ok(c)
+    }
+
+    /// Whether the connection runs TLS.
+    pub fn is_tls(&self) -> bool {
+        matches!(self.stream, Stream::Tls(_))
     }
 
     /// The name the daemon gave this client; messages to it reach only this
@@ -490,6 +617,40 @@ impl Client {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e.into()),
             }
+        }
+    }
+}
+
+/// Opens the stream `opts` asks for (the TLS handshake included) and picks
+/// the authentication `Hello` carries.
+fn open(addr: &Address, opts: &ConnectOptions) -> Result<(Stream, Auth), ClientError> {
+    let token = opts.token.as_ref().map(|t| Auth::Token(bytes::Bytes::from(t.clone().into_bytes())));
+    match addr {
+        Address::Unix(p) => {
+            Ok((Stream::Unix(UnixStream::connect(p)?), token.unwrap_or(Auth::PeerCredentials)))
+        }
+        Address::Tcp(a) => {
+            let s = TcpStream::connect(a)?;
+            s.set_nodelay(true)?;
+            let Some(tls) = &opts.tls else {
+                let auth = token.ok_or_else(|| {
+                    ClientError::Options(
+                        "a TCP connection needs TLS (a client certificate) or a token".into(),
+                    )
+                })?;
+                return Ok((Stream::Tcp(s), auth));
+            };
+            // Without a client certificate, `Tls` makes the daemon refuse
+            // with a clear text.
+            let auth = token.unwrap_or(Auth::Tls);
+            let name = ServerName::try_from(tls.server_name.clone())
+                .map_err(|e| ClientError::TlsSetup(format!("server name `{}`: {e}", tls.server_name)))?;
+            let conn = ClientConnection::new(Arc::new(tls.config()?), name).map_err(ClientError::Tls)?;
+            let mut stream = StreamOwned::new(conn, s);
+            while stream.conn.is_handshaking() {
+                stream.conn.complete_io(&mut stream.sock)?;
+            }
+            Ok((Stream::Tls(Box::new(stream)), auth))
         }
     }
 }

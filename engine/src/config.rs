@@ -10,6 +10,7 @@ use serde::Deserialize;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 use toml::Spanned;
 
@@ -72,6 +73,28 @@ struct File {
     /// `[[group]]`: the client group policy, in order.
     #[serde(default)]
     group: Vec<crate::policy_file::GroupRuleFile>,
+    #[serde(default)]
+    clients: ClientsFile,
+}
+
+/// `[clients]`: how TCP clients authenticate.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClientsFile {
+    tls_cert: Option<Spanned<String>>,
+    tls_key: Option<Spanned<String>>,
+    client_ca: Option<Spanned<String>>,
+    require_tls: Option<Spanned<bool>>,
+    #[serde(default)]
+    token: Vec<TokenFile>,
+}
+
+/// `[[clients.token]]`: one pre-shared token, by its SHA-256.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenFile {
+    name: Spanned<String>,
+    sha256: Spanned<String>,
 }
 
 /// `[security]`: link security and this daemon's identity.
@@ -243,8 +266,9 @@ pub struct DaemonConfig {
     /// The Unix socket local clients connect to (default
     /// `<state_dir>/client.sock`).
     pub client_socket: PathBuf,
-    /// A TCP address remote clients connect to (none by default). Until TLS
-    /// lands, use it only on trusted networks.
+    /// A TCP address remote clients connect to (none by default). How they
+    /// authenticate is [`Clients`]; without a `[clients]` section they are
+    /// not authenticated at all (trusted networks only).
     pub client_tcp: Option<SocketAddr>,
     /// The ring thread's socket I/O backend (`[daemon] backend`).
     pub backend: BackendChoice,
@@ -255,6 +279,49 @@ pub struct DaemonConfig {
     /// The client group policy (`[[group]]`): modes, access control, key
     /// refresh and expiry per group pattern.
     pub policy: ringfence_proto::security::policy::Policy,
+    /// Client authentication over TCP (`[clients]`).
+    pub clients: Clients,
+}
+
+/// How TCP clients authenticate (`[clients]`). Unix-socket clients are
+/// always identified by their peer credentials.
+#[derive(Clone, Debug, Default)]
+pub struct Clients {
+    /// The TLS server side of the TCP listener (`tls_cert`, `tls_key` and,
+    /// if set, `client_ca` to verify client certificates), loaded and
+    /// checked at startup; `None`: plain TCP only.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Whether a client certificate can be verified (`client_ca` is set).
+    pub verifies_certs: bool,
+    /// Plain (non-TLS) TCP connections are refused (`require_tls`, default
+    /// true when `tls_cert` is set).
+    pub require_tls: bool,
+    /// The pre-shared tokens (`[[clients.token]]`).
+    pub tokens: Vec<ClientToken>,
+}
+
+impl Clients {
+    /// Whether TCP clients need no authentication at all: no TLS, no token
+    /// configured (a trusted network; the daemon warns at startup).
+    pub fn open_tcp(&self) -> bool {
+        self.tls.is_none() && self.tokens.is_empty() && !self.require_tls
+    }
+}
+
+/// One pre-shared client token: a name and the SHA-256 of the token. The
+/// token itself is never stored or logged.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClientToken {
+    /// The client's name in policies (`token:<name>`).
+    pub name: String,
+    /// SHA-256 of the token.
+    pub sha256: [u8; 32],
+}
+
+impl std::fmt::Debug for ClientToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientToken").field("name", &self.name).finish_non_exhaustive()
+    }
 }
 
 fn line_of(text: &str, span: Range<usize>) -> usize {
@@ -452,6 +519,8 @@ impl DaemonConfig {
         };
         let security = security(&file, &peers, &me, &invalid)?;
         let policy = crate::policy_file::policy(&file.group, security.mode, &invalid)?;
+        let base = path.parent().unwrap_or_else(|| Path::new("."));
+        let clients = clients(&file.clients, base, &me.name, &invalid)?;
         Ok(Self {
             me,
             peers,
@@ -464,8 +533,149 @@ impl DaemonConfig {
             ring_core,
             security,
             policy,
+            clients,
         })
     }
+}
+
+/// `[clients]`: certificates and keys are read and checked here, so a bad
+/// file stops the daemon at startup with the key that names it.
+fn clients(
+    f: &ClientsFile,
+    base: &Path,
+    name: &str,
+    invalid: &dyn Fn(Range<usize>, &str, String) -> ConfigError,
+) -> Result<Clients, ConfigError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let file = |s: &Spanned<String>| base.join(s.get_ref().replace("{name}", name));
+    let certs = |s: &Spanned<String>, key: &str| -> Result<Vec<CertificateDer<'static>>, ConfigError> {
+        let path = file(s);
+        let certs =
+            CertificateDer::pem_file_iter(&path).and_then(Iterator::collect::<Result<Vec<_>, _>>).map_err(
+                |e| invalid(s.span(), key, format!("cannot read certificates from {}: {e}", path.display())),
+            )?;
+        if certs.is_empty() {
+            return Err(invalid(s.span(), key, format!("no PEM certificate in {}", path.display())));
+        }
+        Ok(certs)
+    };
+    let mut tokens: Vec<ClientToken> = Vec::new();
+    for t in &f.token {
+        let name = t.name.get_ref();
+        if name.is_empty() || name.len() > 32 || !name.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
+            return Err(invalid(
+                t.name.span(),
+                "clients.token.name",
+                format!("`{name}` must be 1 to 32 printable ASCII bytes"),
+            ));
+        }
+        if tokens.iter().any(|x| &x.name == name) {
+            return Err(invalid(t.name.span(), "clients.token.name", format!("`{name}` appears twice")));
+        }
+        let sha256 = parse_sha256(t.sha256.get_ref()).ok_or_else(|| {
+            invalid(
+                t.sha256.span(),
+                "clients.token.sha256",
+                "must be 64 hex digits, the SHA-256 of the token (e.g. `printf %s TOKEN | sha256sum`)".into(),
+            )
+        })?;
+        tokens.push(ClientToken { name: name.clone(), sha256 });
+    }
+    let tls = match (&f.tls_cert, &f.tls_key) {
+        (None, None) => None,
+        (Some(c), None) => {
+            return Err(invalid(
+                c.span(),
+                "clients.tls_key",
+                "missing: `tls_cert` needs its private key".into(),
+            ));
+        }
+        (None, Some(k)) => {
+            return Err(invalid(
+                k.span(),
+                "clients.tls_cert",
+                "missing: `tls_key` needs its certificate".into(),
+            ));
+        }
+        (Some(c), Some(k)) => {
+            let chain = certs(c, "clients.tls_cert")?;
+            let key_path = file(k);
+            let key = PrivateKeyDer::from_pem_file(&key_path).map_err(|e| {
+                invalid(
+                    k.span(),
+                    "clients.tls_key",
+                    format!("cannot read a private key from {}: {e}", key_path.display()),
+                )
+            })?;
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
+                .with_safe_default_protocol_versions()
+                .map_err(|e| invalid(c.span(), "clients.tls_cert", format!("TLS setup: {e}")))?;
+            let builder = match &f.client_ca {
+                None => builder.with_no_client_auth(),
+                Some(ca) => {
+                    let mut roots = rustls::RootCertStore::empty();
+                    for cert in certs(ca, "clients.client_ca")? {
+                        roots.add(cert).map_err(|e| {
+                            invalid(
+                                ca.span(),
+                                "clients.client_ca",
+                                format!("not a usable CA certificate: {e}"),
+                            )
+                        })?;
+                    }
+                    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                        Arc::new(roots),
+                        provider,
+                    )
+                    .allow_unauthenticated()
+                    .build()
+                    .map_err(|e| invalid(ca.span(), "clients.client_ca", format!("{e}")))?;
+                    builder.with_client_cert_verifier(verifier)
+                }
+            };
+            let config = builder.with_single_cert(chain, key).map_err(|e| {
+                invalid(k.span(), "clients.tls_key", format!("does not fit `tls_cert`, or unusable: {e}"))
+            })?;
+            Some(Arc::new(config))
+        }
+    };
+    if tls.is_none() {
+        if let Some(ca) = &f.client_ca {
+            return Err(invalid(
+                ca.span(),
+                "clients.client_ca",
+                "set, but `tls_cert` is not: no TLS to verify in".into(),
+            ));
+        }
+    }
+    let require_tls = match &f.require_tls {
+        None => tls.is_some(),
+        Some(r) if *r.get_ref() && tls.is_none() => {
+            return Err(invalid(
+                r.span(),
+                "clients.require_tls",
+                "true, but `tls_cert` and `tls_key` are not set".into(),
+            ));
+        }
+        Some(r) => *r.get_ref(),
+    };
+    Ok(Clients { verifies_certs: tls.is_some() && f.client_ca.is_some(), tls, require_tls, tokens })
+}
+
+/// 64 hex digits as 32 bytes.
+fn parse_sha256(hex: &str) -> Option<[u8; 32]> {
+    let hex = hex.as_bytes();
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (o, pair) in out.iter_mut().zip(hex.chunks(2)) {
+        let digit = |c: u8| char::from(c).to_digit(16);
+        *o = u8::try_from(digit(pair[0])? * 16 + digit(pair[1])?).ok()?;
+    }
+    Some(out)
 }
 
 fn security(
@@ -695,6 +905,63 @@ link_security = "none"
     }
 
     #[test]
+    fn client_auth_errors_name_file_line_and_key() {
+        let parse = |extra: &str| {
+            let text = format!("{GOOD}\n[clients]\n{extra}");
+            DaemonConfig::parse(Path::new("/nowhere/x.toml"), &text, "a").map(|c| c.clients)
+        };
+        let err = |extra: &str| parse(extra).unwrap_err().to_string();
+        // Lines: GOOD ends on line 20, then a blank line and `[clients]`.
+        let e = err("tls_cert = \"d.crt\"\n");
+        assert!(e.starts_with("/nowhere/x.toml:22: key `clients.tls_key`") && e.contains("missing"), "{e}");
+        let e = err("tls_key = \"d.key\"\n");
+        assert!(e.starts_with("/nowhere/x.toml:22: key `clients.tls_cert`"), "{e}");
+        // Paths are relative to the config file's directory.
+        let e = err("tls_cert = \"d.crt\"\ntls_key = \"d.key\"\n");
+        assert!(
+            e.starts_with("/nowhere/x.toml:22: key `clients.tls_cert`") && e.contains("/nowhere/d.crt"),
+            "{e}"
+        );
+        let e = err("client_ca = \"ca.crt\"\n");
+        assert!(
+            e.starts_with("/nowhere/x.toml:22: key `clients.client_ca`") && e.contains("tls_cert"),
+            "{e}"
+        );
+        let e = err("require_tls = true\n");
+        assert!(e.starts_with("/nowhere/x.toml:22: key `clients.require_tls`"), "{e}");
+        let e = err("[[clients.token]]\nname = \"bob\"\nsha256 = \"abc\"\n");
+        assert!(
+            e.starts_with("/nowhere/x.toml:24: key `clients.token.sha256`") && e.contains("64 hex"),
+            "{e}"
+        );
+        let hex = "0f".repeat(32);
+        let two = format!("[[clients.token]]\nname = \"bob\"\nsha256 = \"{hex}\"\n").repeat(2);
+        let e = err(&two);
+        assert!(e.starts_with("/nowhere/x.toml:26: key `clients.token.name`") && e.contains("twice"), "{e}");
+        let e = err("[[clients.token]]\nname = \"b b\"\nsha256 = \"{hex}\"\n");
+        assert!(e.contains("key `clients.token.name`"), "{e}");
+        let e = err("tls = true\n");
+        assert!(e.starts_with("/nowhere/x.toml:22:") && e.contains("tls"), "{e}");
+
+        // A file that is not PEM.
+        let dir = std::env::temp_dir().join(format!("rf-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("junk.crt"), "not a certificate").unwrap();
+        let text = format!("{GOOD}\n[clients]\ntls_cert = \"junk.crt\"\ntls_key = \"junk.crt\"\n");
+        let e = DaemonConfig::parse(&dir.join("x.toml"), &text, "a").unwrap_err().to_string();
+        assert!(e.contains(":22: key `clients.tls_cert`") && e.contains("no PEM certificate"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+
+        // Tokens alone: plain TCP allowed, TLS not required.
+        let c = parse(&format!("[[clients.token]]\nname = \"bob\"\nsha256 = \"{hex}\"\n")).unwrap();
+        assert_eq!((c.require_tls, c.tokens.len(), c.open_tcp()), (false, 1, false));
+        assert_eq!(c.tokens[0].sha256, [0x0f; 32]);
+        assert!(!format!("{:?}", c.tokens[0]).contains("0f"), "Debug hides the hash");
+        // No section: TCP is open (trusted networks).
+        assert!(DaemonConfig::parse(Path::new("x.toml"), GOOD, "a").unwrap().clients.open_tcp());
+    }
+
+    #[test]
     fn the_example_configs_say_what_they_mean() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
         let local = DaemonConfig::load(&dir.join("local3.toml"), "d1").unwrap();
@@ -702,5 +969,9 @@ link_security = "none"
         // The LAN example needs real keys first, and says where.
         let e = DaemonConfig::load(&dir.join("lan3.toml"), "alpha").unwrap_err().to_string();
         assert!(e.contains("lan3.toml:") && e.contains("cluster.daemon.public_key"), "{e}");
+        // The TLS example needs its certificates first (`{name}` expands,
+        // relative to the file's directory).
+        let e = DaemonConfig::load(&dir.join("tls3.toml"), "d1").unwrap_err().to_string();
+        assert!(e.contains("key `clients.tls_cert`") && e.contains("examples/certs/d1.crt"), "{e}");
     }
 }

@@ -3,7 +3,7 @@
 
 use crate::backend::{self, Backend};
 use crate::config::{CorePin, DaemonConfig, Multicast, Transport};
-use crate::session::{ClientOut, Encoder, Principal, RING_QUEUE, SessionConfig, Sessions, ToRing, Waker};
+use crate::session::{ClientOut, Encoder, RING_QUEUE, SessionConfig, Sessions, ToRing, Waker};
 use crate::state::State;
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, bounded};
@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
@@ -69,6 +69,9 @@ pub struct Daemon {
     status_at: Instant,
     /// The multicast group `Dest::All` goes to (multicast transport).
     group: Option<SocketAddr>,
+    /// Failed client authentications and TLS handshakes (session threads
+    /// count them).
+    auth_failures: Arc<AtomicU64>,
 }
 
 impl Daemon {
@@ -107,9 +110,27 @@ impl Daemon {
         let waker = Waker::new(local)?;
         let waker_addr = waker.address()?;
         let cores = core_affinity::get_core_ids().map_or(0, |c| c.len());
+        let auth_failures = Arc::new(AtomicU64::new(0));
+        if let Some(tcp) = cfg.client_tcp {
+            let c = &cfg.clients;
+            if c.open_tcp() {
+                warn!(address = %tcp, "TCP clients are not authenticated (no [clients] section): trusted networks only");
+            } else {
+                info!(
+                    address = %tcp,
+                    tls = c.tls.is_some(),
+                    client_certificates = c.verifies_certs,
+                    require_tls = c.require_tls,
+                    tokens = c.tokens.len(),
+                    "TCP client authentication"
+                );
+            }
+        }
         let sessions = Sessions::start(SessionConfig {
             unix: &cfg.client_socket,
             tcp: cfg.client_tcp,
+            clients: Arc::new(cfg.clients.clone()),
+            auth_failures: Arc::clone(&auth_failures),
             to_ring,
             waker: &waker,
             limits,
@@ -149,6 +170,7 @@ impl Daemon {
             held: None,
             limits,
             status_at: Instant::now(),
+            auth_failures,
         })
     }
 
@@ -232,6 +254,7 @@ impl Daemon {
             "phase": format!("{:?}", self.node.phase()),
             "ring": ring,
             "clients": self.clients.len(),
+            "auth_failures": self.auth_failures.load(Ordering::Relaxed),
             "protocol": self.node.stats(),
             "security": self.node.security_stats(),
             "runtime": self.stats,
@@ -312,13 +335,13 @@ impl Daemon {
     fn request(&mut self, req: ToRing) {
         match req {
             ToRing::Connect { id, hello_name, principal, out } => {
-                let who = match &principal {
-                    Principal::Local { uid, .. } => format!("unix:{uid}"),
-                    Principal::Remote(a) => format!("tcp:{a}"),
-                };
+                let who = principal.policy_name();
                 match self.groups.connect_as(ClientId(id), hello_name.as_bytes(), &who) {
                     Ok(name) => {
-                        info!(client = id, name = %name, %principal, "client connected");
+                        // The groups layer will take the principal for its
+                        // access policy; for now it is logged.
+                        let policy = principal.policy_name();
+                        info!(client = id, name = %name, %principal, policy = %policy, "client connected");
                         let welcome = cp::Welcome {
                             version: CLIENT_VERSION,
                             daemon_id: self.cfg.me.id.0,

@@ -24,6 +24,8 @@ mod session;
 mod state;
 mod uring;
 
-pub use config::{BackendChoice, ConfigError, CorePin, DaemonConfig, Multicast, Peer, Transport};
+pub use config::{
+    BackendChoice, ClientToken, Clients, ConfigError, CorePin, DaemonConfig, Multicast, Peer, Transport,
+};
 pub use daemon::{Daemon, DaemonStats};
 pub use uring::available as io_uring_available;

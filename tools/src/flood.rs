@@ -21,9 +21,10 @@
 //! by `--timeout`: past it, flood reports what was delivered and fails.
 
 use crate::cluster::{LocalCluster, Spec};
+use crate::connect_opts::ConnectOpts;
 use clap::{Args, ValueEnum};
 use hdrhistogram::Histogram;
-use ringfence_client::{Address, Client, ClientError, Event, Service};
+use ringfence_client::{Address, Client, ClientError, ConnectOptions, Event, Service};
 use ringfence_engine::DaemonConfig;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -137,6 +138,10 @@ pub(crate) struct FloodArgs {
     /// and fail.
     #[arg(long, value_name = "SECS", default_value_t = 120)]
     timeout: u64,
+    /// With TLS or a token, flood connects to each daemon's `client_tcp`
+    /// (needs --config).
+    #[command(flatten)]
+    connect: ConnectOpts,
 }
 
 /// Starts the daemons flood was asked to spawn.
@@ -155,8 +160,9 @@ fn spawn(n: usize, args: &FloodArgs) -> Result<LocalCluster, String> {
     LocalCluster::start("flood", &spec)
 }
 
-/// The client sockets of every daemon of a configured cluster.
-fn configured_sockets(path: &Path) -> Result<Vec<PathBuf>, String> {
+/// The client addresses of every daemon of a configured cluster: Unix
+/// sockets, or with `tcp` the `client_tcp` addresses.
+fn configured_sockets(path: &Path, tcp: bool) -> Result<Vec<Address>, String> {
     // Any daemon's name selects the file's view of the whole cluster; read
     // the names from the file first.
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -172,7 +178,14 @@ fn configured_sockets(path: &Path) -> Result<Vec<PathBuf>, String> {
     first
         .peers
         .iter()
-        .map(|p| DaemonConfig::load(path, &p.name).map(|c| c.client_socket).map_err(|e| e.to_string()))
+        .map(|p| {
+            let c = DaemonConfig::load(path, &p.name).map_err(|e| e.to_string())?;
+            match (tcp, c.client_tcp) {
+                (false, _) => Ok(Address::Unix(c.client_socket)),
+                (true, Some(a)) => Ok(Address::Tcp(a)),
+                (true, None) => Err(format!("daemon {} has no client_tcp", p.name)),
+            }
+        })
         .collect()
 }
 
@@ -183,20 +196,21 @@ fn ns_since(base: Instant) -> u64 {
 
 /// Connects, retrying while the daemon is starting.
 fn connect(
-    socket: &Path,
+    addr: &Address,
+    opts: &ConnectOptions,
     name: &str,
     deadline: Instant,
     spawned: &mut Option<LocalCluster>,
 ) -> Result<Client, String> {
     loop {
-        match Client::connect(&Address::Unix(socket.to_path_buf()), name) {
+        match Client::connect_with(addr, name, opts) {
             Ok(c) => return Ok(c),
             Err(e) => {
                 if let Some(s) = spawned.as_mut() {
                     s.check_alive()?;
                 }
                 if Instant::now() >= deadline {
-                    return Err(format!("cannot connect to {}: {e}", socket.display()));
+                    return Err(format!("cannot connect to {addr:?}: {e}"));
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
@@ -507,10 +521,12 @@ pub(crate) fn main(args: &FloodArgs) -> ExitCode {
 fn run(args: &FloodArgs, spawned: &mut Option<LocalCluster>) -> Report {
     let deadline = Instant::now() + Duration::from_secs(args.timeout);
     let mut report = Report { expected: 0, ..Report::default() };
+    let opts = args.connect.options();
     let sockets = match &args.config {
-        Some(path) => configured_sockets(path),
+        Some(path) => configured_sockets(path, args.connect.remote()),
+        None if args.connect.remote() => Err("TLS and token options need --config".into()),
         None => spawn(args.spawn.unwrap_or(3), args).map(|c| {
-            let socks = c.sockets();
+            let socks = c.sockets().into_iter().map(Address::Unix).collect();
             *spawned = Some(c);
             socks
         }),
@@ -532,7 +548,7 @@ fn run(args: &FloodArgs, spawned: &mut Option<LocalCluster>) -> Report {
     // Receivers first, one per daemon; then wait until they see one ring.
     let mut receivers = Vec::with_capacity(k);
     for (i, s) in sockets.iter().enumerate() {
-        match connect(s, &format!("flood-r{i}"), deadline, spawned) {
+        match connect(s, &opts, &format!("flood-r{i}"), deadline, spawned) {
             Ok(c) => receivers.push(c),
             Err(e) => {
                 report.errors.push(e);
@@ -546,7 +562,7 @@ fn run(args: &FloodArgs, spawned: &mut Option<LocalCluster>) -> Report {
     }
     let mut senders = Vec::with_capacity(m);
     for i in 0..m {
-        match connect(&sockets[i % k], &format!("flood-s{i}"), deadline, spawned) {
+        match connect(&sockets[i % k], &opts, &format!("flood-s{i}"), deadline, spawned) {
             Ok(c) => senders.push(c),
             Err(e) => {
                 report.errors.push(e);

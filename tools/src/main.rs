@@ -4,6 +4,7 @@
 //! `sim` (the deterministic simulator).
 
 mod cluster;
+mod connect_opts;
 mod daemon;
 mod demo;
 mod flood;
@@ -36,7 +37,8 @@ enum Command {
     Monitor(monitor::MonitorArgs),
     /// Measure throughput and latency with N messages of size S.
     Flood(flood::FloodArgs),
-    /// Make a daemon identity (Ed25519 key pair) for link security.
+    /// Make a daemon identity (Ed25519, link security), or a CA and
+    /// certificates for TLS clients.
     Keygen(keygen::KeygenArgs),
 }
 

@@ -4,6 +4,7 @@
 //! `j GROUP` join, `l GROUP` leave, `s GROUP TEXT` send (agreed),
 //! `S GROUP TEXT` send safe, `q` quit. Everything that arrives is printed.
 
+use crate::connect_opts::ConnectOpts;
 use clap::Args;
 use ringfence_client::{Address, Client, Event, Service};
 use std::io::BufRead;
@@ -16,15 +17,21 @@ use std::time::Duration;
 #[derive(Args, Debug)]
 pub(crate) struct UserArgs {
     /// The daemon's client socket.
+    #[arg(long, required_unless_present = "tcp", conflicts_with = "tcp")]
+    socket: Option<PathBuf>,
+    /// The daemon's TCP client address (`client_tcp`), with TLS or a token.
     #[arg(long)]
-    socket: PathBuf,
+    tcp: Option<std::net::SocketAddr>,
+    #[command(flatten)]
+    connect: ConnectOpts,
     /// This client's name.
     #[arg(long, default_value = "user")]
     name: String,
 }
 
 pub(crate) fn main(args: &UserArgs) -> ExitCode {
-    let mut c = match Client::connect(&Address::Unix(args.socket.clone()), &args.name) {
+    let addr = args.tcp.map_or_else(|| Address::Unix(args.socket.clone().unwrap_or_default()), Address::Tcp);
+    let mut c = match Client::connect_with(&addr, &args.name, &args.connect.options()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("user: {e}");

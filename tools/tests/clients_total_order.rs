@@ -4,11 +4,11 @@
 //! disconnects leaves the others a view with cause `disconnect`. Both socket
 //! backends, unicast and IP multicast transports.
 
-use ringfence_client::{Address, Client, Event, Service, ViewCause};
+use ringfence_client::{Address, Client, ConnectOptions, Event, Service, ViewCause};
 
 mod common;
 
-use common::{Cluster, backends, connect, connect_to, receive_until};
+use common::{Cluster, backends, connect, connect_with, receive_until, token_entry};
 
 /// One test body, both socket backends, one after the other.
 #[test]
@@ -28,11 +28,15 @@ fn three_senders_one_total_order_over_ip_multicast() {
 }
 
 fn total_order_on(backend: &str, transport: &str) {
-    let cluster = Cluster::start_on("order", 3, backend, transport);
-    // Clients 0 and 1 over the Unix socket, client 2 over TCP.
+    // TCP clients need a credential: a token (plain TCP is allowed without
+    // `tls_cert`; `tls_auth.rs` tests TLS).
+    let clients_section = format!("\n[clients]\n{}", token_entry("c2", "order-token"));
+    let cluster = Cluster::start_with("order", 3, backend, transport, &clients_section);
+    // Clients 0 and 1 over the Unix socket, client 2 over TCP with a token.
     let mut clients: Vec<Client> = (0..2).map(|i| connect(&cluster.socket(i), &format!("c{i}"))).collect();
     let tcp = format!("127.0.0.1:{}", cluster.tcp_ports[2]).parse().unwrap();
-    clients.push(connect_to(&Address::Tcp(tcp), "c2"));
+    let token = ConnectOptions { tls: None, token: Some("order-token".into()) };
+    clients.push(connect_with(&Address::Tcp(tcp), "c2", &token));
     for c in &mut clients {
         c.join("g").unwrap();
     }

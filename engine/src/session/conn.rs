@@ -2,6 +2,7 @@
 //! stream, the decoder of what the client sends, and the bounded queue of
 //! encoded frames waiting to be written to it.
 
+use super::auth::{Link, cert_name};
 use super::{CLIENT_QUEUE, CLIENT_QUEUE_BYTES, Principal, SessionSlot, WRITE_TIMEOUT};
 use bytes::Bytes;
 use mio::event::Source;
@@ -10,6 +11,7 @@ use ringfence_proto::wire::client::{ClientFrame, FrameDecoder, Limits};
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Read, Write};
 use std::net::Shutdown;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Most frames handed to one `writev` (Linux's `IOV_MAX` is 1024).
@@ -17,80 +19,153 @@ const WRITEV_FRAMES: usize = 256;
 /// An empty queue with room for more frames than this gives its memory back.
 const SHRINK_ABOVE: usize = 4096;
 
-/// A client's stream: a Unix socket (local) or TCP (remote).
+/// A client's stream: a Unix socket (local), plain TCP, or TLS over TCP
+/// (remote). A TCP connection to a daemon that speaks both starts as
+/// [`Stream::Sniff`] until its first byte says which.
 #[derive(Debug)]
 pub(super) enum Stream {
     /// A local client.
     Unix(mio::net::UnixStream),
-    /// A remote client.
+    /// A remote client over plain TCP.
     Tcp(mio::net::TcpStream),
+    /// A remote client over TLS.
+    Tls(Box<TlsStream>),
+    /// A TCP connection whose first byte is not yet read: a TLS record
+    /// (0x16, a handshake) makes it [`Stream::Tls`], anything else
+    /// [`Stream::Tcp`]. Never seen outside [`Conn::read`].
+    Sniff(Box<Sniff>),
 }
 
+/// A TLS server connection over a nonblocking TCP stream.
+#[derive(Debug)]
+pub(super) struct TlsStream {
+    tcp: mio::net::TcpStream,
+    tls: rustls::ServerConnection,
+}
+
+/// A TCP stream that may become TLS.
+#[derive(Debug)]
+pub(super) struct Sniff {
+    /// Always `Some` outside [`Conn::read`] (taken to change the variant).
+    tcp: Option<mio::net::TcpStream>,
+    config: Arc<rustls::ServerConfig>,
+}
+
+/// The first byte of a TLS record carrying a handshake message.
+const TLS_HANDSHAKE: u8 = 0x16;
+
 impl Stream {
-    /// Whether the client is local (Unix socket).
-    pub(super) fn is_unix(&self) -> bool {
-        matches!(self, Self::Unix(_))
+    /// A TLS server stream over `tcp`.
+    pub(super) fn tls(tcp: mio::net::TcpStream, config: Arc<rustls::ServerConfig>) -> io::Result<Self> {
+        let tls = rustls::ServerConnection::new(config).map_err(io::Error::other)?;
+        Ok(Self::Tls(Box::new(TlsStream { tcp, tls })))
     }
 
-    /// Who is at the other end: the peer's credentials from the kernel
-    /// (`SO_PEERCRED`) for a Unix socket, the remote address for TCP.
-    pub(super) fn principal(&self) -> io::Result<Principal> {
+    /// A TCP stream that becomes TLS if the client starts a handshake.
+    pub(super) fn sniff(tcp: mio::net::TcpStream, config: Arc<rustls::ServerConfig>) -> Self {
+        Self::Sniff(Box::new(Sniff { tcp: Some(tcp), config }))
+    }
+
+    fn tcp(&self) -> Option<&mio::net::TcpStream> {
+        match self {
+            Self::Unix(_) => None,
+            Self::Tcp(s) => Some(s),
+            Self::Tls(t) => Some(&t.tcp),
+            Self::Sniff(s) => s.tcp.as_ref(),
+        }
+    }
+
+    /// What the transport says about the client: the kernel's peer
+    /// credentials (`SO_PEERCRED`) for a Unix socket, the remote address
+    /// for TCP, and for TLS the name of the verified client certificate.
+    pub(super) fn link(&self) -> io::Result<Link> {
         match self {
             Self::Unix(s) => {
                 let c = nix::sys::socket::getsockopt(s, nix::sys::socket::sockopt::PeerCredentials)
                     .map_err(io::Error::from)?;
-                Ok(Principal::Local { uid: c.uid(), gid: c.gid(), pid: c.pid() })
+                Ok(Link::Unix(Principal::Local { uid: c.uid(), gid: c.gid(), pid: c.pid() }))
             }
-            Self::Tcp(s) => s.peer_addr().map(Principal::Remote),
+            Self::Tls(t) => {
+                let addr = t.tcp.peer_addr()?;
+                let cert = t.tls.peer_certificates().and_then(|c| c.first()).and_then(cert_name);
+                Ok(Link::Tls { addr, cert })
+            }
+            Self::Tcp(_) | Self::Sniff(_) => {
+                let tcp = self.tcp().ok_or_else(|| io::Error::from(io::ErrorKind::NotConnected))?;
+                tcp.peer_addr().map(Link::Plain)
+            }
         }
     }
 
-    /// Shuts down one or both directions (errors ignored: the peer may be gone).
-    fn shutdown(&self, how: Shutdown) {
+    /// The peer's address, for logs.
+    pub(super) fn peer(&self) -> String {
+        match self.tcp() {
+            Some(t) => t.peer_addr().map_or_else(|_| "tcp ?".into(), |a| a.to_string()),
+            None => "unix socket".into(),
+        }
+    }
+
+    /// TLS has bytes to send (handshake, alerts, encrypted frames).
+    pub(super) fn wants_write(&self) -> bool {
+        matches!(self, Self::Tls(t) if t.tls.wants_write())
+    }
+
+    /// Shuts down one or both directions (errors ignored: the peer may be
+    /// gone). A TLS stream says `close_notify` first, best effort.
+    fn shutdown(&mut self, how: Shutdown) {
         let _ = match self {
             Self::Unix(s) => s.shutdown(how),
-            Self::Tcp(s) => s.shutdown(how),
+            Self::Tls(t) => {
+                t.tls.send_close_notify();
+                let _ = t.tls.write_tls(&mut t.tcp);
+                t.tcp.shutdown(how)
+            }
+            Self::Tcp(_) | Self::Sniff(_) => self.tcp().map_or(Ok(()), |t| t.shutdown(how)),
         };
     }
 
-    /// One nonblocking read.
+    /// One nonblocking read of a plain stream.
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Self::Unix(s) => s.read(buf),
             Self::Tcp(s) => s.read(buf),
+            Self::Tls(_) | Self::Sniff(_) => Err(io::ErrorKind::Unsupported.into()),
         }
     }
 
-    /// One nonblocking `writev`.
+    /// One nonblocking `writev` on a plain stream.
     fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         match self {
             Self::Unix(s) => s.write_vectored(bufs),
             Self::Tcp(s) => s.write_vectored(bufs),
+            // Nothing is written before the first byte is read.
+            Self::Sniff(_) => Err(io::ErrorKind::WouldBlock.into()),
+            Self::Tls(_) => Err(io::ErrorKind::Unsupported.into()),
         }
+    }
+
+    fn source(&mut self) -> io::Result<&mut dyn Source> {
+        Ok(match self {
+            Self::Unix(s) => s,
+            Self::Tcp(s) => s,
+            Self::Tls(t) => &mut t.tcp,
+            Self::Sniff(s) => s.tcp.as_mut().ok_or_else(|| io::Error::from(io::ErrorKind::NotConnected))?,
+        })
     }
 }
 
 /// Registers whichever stream it is.
 impl Source for Stream {
     fn register(&mut self, registry: &Registry, token: Token, interests: Interest) -> io::Result<()> {
-        match self {
-            Self::Unix(s) => s.register(registry, token, interests),
-            Self::Tcp(s) => s.register(registry, token, interests),
-        }
+        self.source()?.register(registry, token, interests)
     }
 
     fn reregister(&mut self, registry: &Registry, token: Token, interests: Interest) -> io::Result<()> {
-        match self {
-            Self::Unix(s) => s.reregister(registry, token, interests),
-            Self::Tcp(s) => s.reregister(registry, token, interests),
-        }
+        self.source()?.reregister(registry, token, interests)
     }
 
     fn deregister(&mut self, registry: &Registry) -> io::Result<()> {
-        match self {
-            Self::Unix(s) => s.deregister(registry),
-            Self::Tcp(s) => s.deregister(registry),
-        }
+        self.source()?.deregister(registry)
     }
 }
 
@@ -115,6 +190,9 @@ pub(super) enum Got {
     Drained,
     /// The client closed its end.
     Eof,
+    /// The TLS layer failed (bad handshake, bad record): its alert is
+    /// queued; write it, then close.
+    TlsFailed(String),
 }
 
 /// Why a frame could not be queued.
@@ -183,6 +261,14 @@ impl Conn {
 
     /// Reads once into `buf` and pushes what came into the decoder.
     pub(super) fn read(&mut self, buf: &mut [u8]) -> io::Result<Got> {
+        if let Stream::Sniff(_) = self.stream {
+            if let Some(got) = self.sniff()? {
+                return Ok(got);
+            }
+        }
+        if let Stream::Tls(t) = &mut self.stream {
+            return read_tls(t, &mut self.decoder, buf);
+        }
         loop {
             return match self.stream.read(buf) {
                 Ok(0) => Ok(Got::Eof),
@@ -197,6 +283,27 @@ impl Conn {
                 Err(e) => Err(e),
             };
         }
+    }
+
+    /// Peeks at a sniffed stream's first byte and makes it TLS or plain
+    /// TCP. `Some` when there is nothing to read yet.
+    fn sniff(&mut self) -> io::Result<Option<Got>> {
+        let Stream::Sniff(s) = &mut self.stream else { return Ok(None) };
+        let Some(tcp) = &s.tcp else { return Err(io::ErrorKind::NotConnected.into()) };
+        let mut first = [0u8; 1];
+        let tls = loop {
+            match tcp.peek(&mut first) {
+                Ok(0) => return Ok(Some(Got::Eof)),
+                Ok(_) => break first[0] == TLS_HANDSHAKE,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Some(Got::Drained)),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        };
+        let tcp = s.tcp.take().ok_or_else(|| io::Error::from(io::ErrorKind::NotConnected))?;
+        // The same socket (and its poller registration) in another variant.
+        self.stream = if tls { Stream::tls(tcp, Arc::clone(&s.config))? } else { Stream::Tcp(tcp) };
+        Ok(None)
     }
 
     /// Queues an encoded frame; [`Overflow`] if the client already has
@@ -233,6 +340,9 @@ impl Conn {
     /// would block or the queue is empty. An error means the connection is
     /// gone.
     pub(super) fn flush(&mut self, now: Instant) -> io::Result<()> {
+        if let Stream::Tls(_) = self.stream {
+            return self.flush_tls(now);
+        }
         while !self.out.is_empty() {
             let mut iov = [IoSlice::new(&[]); WRITEV_FRAMES];
             let mut n = 0;
@@ -261,12 +371,61 @@ impl Conn {
                 Err(e) => return Err(e),
             }
         }
+        self.written_all();
+        Ok(())
+    }
+
+    /// Everything queued is written.
+    fn written_all(&mut self) {
         self.progress_at = None;
         // A client that once fell far behind does not keep its peak queue.
         if self.out.capacity() > SHRINK_ABOVE {
             self.out = VecDeque::new();
         }
+    }
+
+    /// Writes what is queued through TLS: frames are copied into rustls
+    /// (as far as its buffer takes them), encrypted, and written until the
+    /// socket would block.
+    fn flush_tls(&mut self, now: Instant) -> io::Result<()> {
+        let Stream::Tls(t) = &mut self.stream else { return Ok(()) };
+        loop {
+            while let Some(f) = self.out.front() {
+                let n = t.tls.writer().write(&f[self.written..])?;
+                if n == 0 {
+                    break;
+                }
+                self.queued -= n;
+                self.written += n;
+                if self.written == f.len() {
+                    self.written = 0;
+                    self.out.pop_front();
+                }
+            }
+            if !t.tls.wants_write() {
+                break;
+            }
+            match t.tls.write_tls(&mut t.tcp) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(_) => self.progress_at = Some(now),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.written_all();
         Ok(())
+    }
+
+    /// Nothing is left to write: no frame queued, no TLS bytes pending.
+    pub(super) fn drained(&self) -> bool {
+        self.queued == 0 && !self.stream.wants_write()
+    }
+
+    /// The stream has bytes to write that no frame accounts for (a TLS
+    /// handshake message or alert).
+    pub(super) fn wants_write(&self) -> bool {
+        self.stream.wants_write()
     }
 
     /// Frames wait and the client has accepted no byte for
@@ -277,8 +436,60 @@ impl Conn {
 
     /// Ends the connection: no more writes; the socket closes when the
     /// connection is dropped.
-    pub(super) fn shut(&self) {
+    pub(super) fn shut(&mut self) {
         self.stream.shutdown(Shutdown::Both);
+    }
+}
+
+/// Reads TLS records (at most about `buf.len()` bytes of them), decrypts
+/// them and pushes the plaintext into the decoder.
+fn read_tls(t: &mut TlsStream, decoder: &mut FrameDecoder<ClientFrame>, buf: &mut [u8]) -> io::Result<Got> {
+    let mut total = 0;
+    let mut got = loop {
+        match t.tls.read_tls(&mut t.tcp) {
+            Ok(0) => break Got::Eof,
+            Ok(n) => total += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Got::Drained,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+        // Decrypting each read keeps rustls's buffer from filling up.
+        if let Err(e) = t.tls.process_new_packets() {
+            return Ok(Got::TlsFailed(e.to_string()));
+        }
+        if drain_plaintext(t, decoder, buf)? {
+            break Got::Eof;
+        }
+        if total >= buf.len() {
+            break Got::More;
+        }
+    };
+    if got == Got::Eof {
+        // What came with the end (a last record) still counts.
+        if let Err(e) = t.tls.process_new_packets() {
+            return Ok(Got::TlsFailed(e.to_string()));
+        }
+        drain_plaintext(t, decoder, buf)?;
+        got = Got::Eof;
+    }
+    Ok(got)
+}
+
+/// Moves decrypted bytes into the decoder; true if the peer closed the
+/// TLS session (`close_notify`, or the socket's end).
+fn drain_plaintext(
+    t: &mut TlsStream,
+    decoder: &mut FrameDecoder<ClientFrame>,
+    buf: &mut [u8],
+) -> io::Result<bool> {
+    loop {
+        match t.tls.reader().read(buf) {
+            Ok(0) => return Ok(true),
+            Ok(n) => decoder.push(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(true),
+            Err(e) => return Err(e),
+        }
     }
 }
 

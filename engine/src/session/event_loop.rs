@@ -20,8 +20,10 @@
 //! an id is never used twice (a stale frame for a slot's earlier connection
 //! is dropped).
 
+use super::auth::authenticate;
 use super::conn::{Conn, Got, Phase, Stream};
-use super::{ClientOut, HELLO_TIMEOUT, Outbox, SessionSlot, ToRing, ToSession, Waker, check_hello};
+use super::{ClientOut, HELLO_TIMEOUT, Outbox, SessionSlot, ToRing, ToSession, Waker, check_version};
+use crate::config::Clients;
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use mio::{Events, Interest, Poll, Token};
@@ -31,7 +33,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tracing::{debug, error, info, warn};
 
@@ -127,6 +129,10 @@ pub(super) struct Setup {
     pub(super) waker: Waker,
     /// Frame limits.
     pub(super) limits: Limits,
+    /// How TCP clients authenticate.
+    pub(super) clients: Arc<Clients>,
+    /// Failed authentications, over all threads.
+    pub(super) auth_failures: Arc<AtomicU64>,
     /// Connections open, over all threads.
     pub(super) sessions: Arc<AtomicUsize>,
     /// Set when the daemon stops.
@@ -197,6 +203,21 @@ struct Canned {
     slow: Bytes,
     /// `Bye { ClientBye }`, the answer to a client's `Bye`.
     goodbye: Bytes,
+}
+
+/// What authentication needs: the configuration and the failure counter.
+#[derive(Debug)]
+struct Gate {
+    clients: Arc<Clients>,
+    failures: Arc<AtomicU64>,
+}
+
+impl Gate {
+    /// Counts and logs one failure (never with a token's bytes).
+    fn failed(&self, client: u64, peer: &str, why: &str) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        warn!(client, peer, "client authentication failed: {why}");
+    }
 }
 
 /// Encodes a frame the session sends on its own (rare: no reuse needed).
@@ -278,6 +299,7 @@ pub(super) struct SessionThread {
     listeners: Option<Listeners>,
     ring: RingLink,
     limits: Limits,
+    gate: Gate,
     sessions: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
     conns: Conns,
@@ -295,7 +317,20 @@ pub(super) struct SessionThread {
 impl SessionThread {
     /// A session thread; its listeners (thread 0) are registered here.
     pub(super) fn new(s: Setup) -> io::Result<Self> {
-        let Setup { index, poll, inbox, siblings, mut listeners, to_ring, waker, limits, sessions, stop } = s;
+        let Setup {
+            index,
+            poll,
+            inbox,
+            siblings,
+            mut listeners,
+            to_ring,
+            waker,
+            limits,
+            clients,
+            auth_failures,
+            sessions,
+            stop,
+        } = s;
         if let Some(l) = &mut listeners {
             poll.registry().register(&mut l.unix, UNIX_LISTENER, Interest::READABLE)?;
             if let Some(t) = &mut l.tcp {
@@ -325,6 +360,7 @@ impl SessionThread {
             listeners,
             ring: RingLink { tx: to_ring, backlog: VecDeque::new(), waker, wake: false },
             limits,
+            gate: Gate { clients, failures: auth_failures },
             sessions,
             stop,
             conns: Conns::default(),
@@ -412,7 +448,12 @@ impl SessionThread {
                 let Some(t) = &l.tcp else { return };
                 t.accept().map(|(s, _)| {
                     let _ = s.set_nodelay(true);
-                    Stream::Tcp(s)
+                    // TLS or not is told by the first byte, so a plain
+                    // client gets a clear refusal rather than a TLS alert.
+                    match &self.gate.clients.tls {
+                        None => Stream::Tcp(s),
+                        Some(tls) => Stream::sniff(s, Arc::clone(tls)),
+                    }
                 })
             } else {
                 l.unix.accept().map(|(s, _)| Stream::Unix(s))
@@ -518,7 +559,7 @@ impl SessionThread {
             let Some(conn) = self.conns.get(slot) else { continue };
             conn.in_dirty = false;
             match conn.flush(self.now) {
-                Ok(()) if conn.phase == Phase::Closing && conn.queued() == 0 => self.close_now(slot),
+                Ok(()) if conn.phase == Phase::Closing && conn.drained() => self.close_now(slot),
                 Ok(()) => {}
                 Err(e) => {
                     debug!(client = conn.id, error = %e, "write failed; closing");
@@ -541,8 +582,17 @@ impl SessionThread {
             }
             let Some(slot) = self.conns.ready.pop_front() else { return };
             let Some(conn) = self.conns.slots.get_mut(slot).and_then(Option::as_mut) else { continue };
-            let outcome = serve(conn, &mut self.ring, &mut self.buf, &self.canned, &self.siblings, self.now);
-            let closing = conn.phase == Phase::Closing;
+            let outcome = serve(
+                conn,
+                &mut self.ring,
+                &mut self.buf,
+                &self.canned,
+                &self.siblings,
+                &self.gate,
+                self.now,
+            );
+            // A TLS handshake message or alert to send.
+            let closing = conn.phase == Phase::Closing || conn.wants_write();
             match outcome {
                 Served::Again => self.conns.ready.push_back(slot),
                 Served::Done => conn.in_ready = false,
@@ -605,6 +655,7 @@ fn serve(
     buf: &mut [u8],
     canned: &Canned,
     siblings: &Siblings,
+    gate: &Gate,
     now: Instant,
 ) -> Served {
     for round in 0..2 {
@@ -616,7 +667,7 @@ fn serve(
                 return Served::Again;
             }
             match conn.decoder.next_frame() {
-                Ok(Some(frame)) => handle_frame(conn, frame, ring, canned, siblings, now),
+                Ok(Some(frame)) => handle_frame(conn, frame, ring, canned, siblings, gate, now),
                 Ok(None) => break,
                 Err(e) => {
                     debug!(client = conn.id, error = %e, "bad frame; closing");
@@ -640,6 +691,14 @@ fn serve(
                 end(conn, ring, None, now);
                 return Served::Done;
             }
+            Ok(Got::TlsFailed(why)) => {
+                conn.readable = false;
+                let peer = conn.stream().peer();
+                gate.failed(conn.id, &peer, &format!("TLS: {why}"));
+                // The alert rustls queued is written, then the connection closes.
+                end(conn, ring, None, now);
+                return Served::Done;
+            }
             Err(e) => {
                 debug!(client = conn.id, error = %e, "read failed; closing");
                 return Served::Failed;
@@ -657,6 +716,7 @@ fn handle_frame(
     ring: &mut RingLink,
     canned: &Canned,
     siblings: &Siblings,
+    gate: &Gate,
     now: Instant,
 ) {
     let refuse = |conn: &mut Conn, ring: &mut RingLink, code, text| {
@@ -668,16 +728,24 @@ fn handle_frame(
         (Phase::Closing, _) => {}
         (Phase::Hello, ClientFrame::Bye) => end(conn, ring, None, now),
         (Phase::Hello, ClientFrame::Hello(h)) => {
-            if let Some((code, text)) = check_hello(&h, conn.stream().is_unix()) {
+            if let Some((code, text)) = check_version(&h) {
                 info!(client = conn.id, ?code, "client refused: {text}");
                 return refuse(conn, ring, code, text);
             }
-            // Unix peer credentials come from the kernel, not the client.
-            let principal = match conn.stream().principal() {
-                Ok(p) => p,
+            // Unix peer credentials and certificates come from the kernel
+            // and the TLS handshake, not from the client's say-so.
+            let link = match conn.stream().link() {
+                Ok(l) => l,
                 Err(e) => {
                     let text = format!("cannot read the peer's credentials: {e}");
                     return refuse(conn, ring, RefuseCode::AuthFailed, text);
+                }
+            };
+            let principal = match authenticate(&h.auth, &link, &gate.clients) {
+                Ok(p) => p,
+                Err((code, text)) => {
+                    gate.failed(conn.id, &link.to_string(), &text);
+                    return refuse(conn, ring, code, text);
                 }
             };
             conn.phase = Phase::Open;

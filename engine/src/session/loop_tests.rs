@@ -5,7 +5,7 @@
 use super::*;
 use crossbeam_channel::RecvTimeoutError;
 use ringfence_proto::wire::client::{
-    ByeReason, ClientFrame, DaemonFrame, Frame, FrameDecoder, Limits, Message, RefuseCode, Welcome,
+    Auth, ByeReason, ClientFrame, DaemonFrame, Frame, FrameDecoder, Limits, Message, RefuseCode, Welcome,
 };
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -39,6 +39,8 @@ impl Harness {
         let cfg = SessionConfig {
             unix: &path,
             tcp: None,
+            clients: Arc::new(Clients::default()),
+            auth_failures: Arc::new(AtomicU64::new(0)),
             to_ring,
             waker: &waker,
             limits: Limits::default(),

@@ -8,6 +8,12 @@
 //! Session thread 0 also owns the listeners and hands accepted connections to
 //! the session threads round-robin.
 //!
+//! TCP connections may run TLS (rustls `ServerConnection`, driven by the same
+//! event loop: `read_tls`, `process_new_packets`, plaintext into the frame
+//! decoder; frames copied into rustls and written with `write_tls`). Unix
+//! sockets keep the zero-copy `writev` path. Who a client is, and which
+//! `Hello.auth` kinds each transport accepts, is `auth`.
+//!
 //! ```text
 //!           session thread k of N (one mio event loop, many connections)
 //!  client ─frames─► read ─► FrameDecoder ─► Hello check ─► ToRing ──┐ bounded, shared by the
@@ -40,24 +46,26 @@
 //! ring, so the ring's blocking send on a full inbox (rare: the inbox is
 //! large) always ends promptly, and the two cannot deadlock.
 
+mod auth;
 mod conn;
 mod encode;
 mod event_loop;
 
 pub(crate) use encode::Encoder;
 
+use crate::config::Clients;
 use bytes::Bytes;
 use conn::Stream;
 use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
 use event_loop::{SessionThread, Siblings};
 use ringfence_proto::wire::client::{
-    Auth, CLIENT_VERSION, ClientFrame, Hello, Limits, RefuseCode, negotiate_version,
+    CLIENT_VERSION, ClientFrame, Hello, Limits, RefuseCode, negotiate_version,
 };
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 use tracing::{info, warn};
 
@@ -81,7 +89,8 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// threads; more are closed at once.
 const MAX_SESSIONS: usize = 4096;
 
-/// Who is at the other end of a client connection, as the kernel says.
+/// Who is at the other end of a client connection, once authenticated
+/// (see `auth`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Principal {
     /// A local process, by its Unix peer credentials (`SO_PEERCRED`).
@@ -93,8 +102,32 @@ pub(crate) enum Principal {
         /// Process id.
         pid: i32,
     },
-    /// A remote address (no authentication yet: TLS and tokens are to come).
+    /// A remote client over plain TCP, not authenticated: only when the
+    /// daemon configures no client authentication at all.
     Remote(SocketAddr),
+    /// A TLS client with a client certificate verified against `client_ca`.
+    Cert {
+        /// The certificate's subject common name (else its first DNS name).
+        cn: String,
+    },
+    /// A client that presented a configured token.
+    Token {
+        /// The token's name in `[[clients.token]]`.
+        name: String,
+    },
+}
+
+impl Principal {
+    /// The name access policies use: `unix:<uid>`, `cert:<cn>`,
+    /// `token:<name>`, or `tcp:<addr>` (unauthenticated plain TCP).
+    pub(crate) fn policy_name(&self) -> String {
+        match self {
+            Self::Local { uid, .. } => format!("unix:{uid}"),
+            Self::Remote(a) => format!("tcp:{a}"),
+            Self::Cert { cn } => format!("cert:{cn}"),
+            Self::Token { name } => format!("token:{name}"),
+        }
+    }
 }
 
 impl std::fmt::Display for Principal {
@@ -102,6 +135,8 @@ impl std::fmt::Display for Principal {
         match self {
             Self::Local { uid, gid, pid } => write!(f, "uid={uid} gid={gid} pid={pid}"),
             Self::Remote(a) => write!(f, "tcp {a}"),
+            Self::Cert { cn } => write!(f, "certificate {cn}"),
+            Self::Token { name } => write!(f, "token {name}"),
         }
     }
 }
@@ -116,7 +151,7 @@ pub(crate) enum ToRing {
         id: u64,
         /// The name the client asked for.
         hello_name: String,
-        /// Who the kernel says the client is.
+        /// Who the client is, authenticated.
         principal: Principal,
         /// Where its frames go.
         out: ClientOut,
@@ -225,6 +260,10 @@ pub(crate) struct SessionConfig<'a> {
     pub(crate) unix: &'a Path,
     /// The TCP address for remote clients, if any.
     pub(crate) tcp: Option<SocketAddr>,
+    /// How TCP clients authenticate.
+    pub(crate) clients: Arc<Clients>,
+    /// Failed authentications and TLS handshakes, for the status file.
+    pub(crate) auth_failures: Arc<AtomicU64>,
     /// Where requests go.
     pub(crate) to_ring: Sender<ToRing>,
     /// Wakes the ring thread (each session thread has a clone).
@@ -290,6 +329,8 @@ impl Sessions {
                 to_ring: cfg.to_ring.clone(),
                 waker: cfg.waker.try_clone()?,
                 limits: cfg.limits,
+                clients: Arc::clone(&cfg.clients),
+                auth_failures: Arc::clone(&cfg.auth_failures),
                 sessions: Arc::clone(&sessions),
                 stop: Arc::clone(&this.stop),
             })?;
@@ -399,11 +440,9 @@ impl Waker {
     }
 }
 
-/// Checks a Hello: a version both sides speak, and an authentication this
-/// listener accepts (Unix peer credentials on the Unix socket; on TCP, until
-/// TLS and tokens land, only the same marker, which proves nothing: TCP is for
-/// trusted networks). Returns why it is refused, if it is.
-fn check_hello(h: &Hello, unix: bool) -> Option<(RefuseCode, String)> {
+/// Checks a Hello's version range against ours (authentication is
+/// `auth::authenticate`). Returns why it is refused, if it is.
+fn check_version(h: &Hello) -> Option<(RefuseCode, String)> {
     if negotiate_version(h.min_version, h.max_version).is_none() {
         let text = format!(
             "versions {}..={} not spoken; this daemon speaks {}",
@@ -411,19 +450,13 @@ fn check_hello(h: &Hello, unix: bool) -> Option<(RefuseCode, String)> {
         );
         return Some((RefuseCode::VersionMismatch, text));
     }
-    match (&h.auth, unix) {
-        (Auth::PeerCredentials, _) => None,
-        (Auth::Token(_), _) => {
-            Some((RefuseCode::AuthUnsupported, "token authentication is not available yet".into()))
-        }
-        (Auth::Tls, _) => Some((RefuseCode::AuthUnsupported, "TLS is not available yet".into())),
-        _ => Some((RefuseCode::AuthUnsupported, "unknown authentication kind".into())),
-    }
+    None
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ringfence_proto::wire::client::Auth;
 
     #[test]
     fn one_core_runs_one_unpinned_session_thread() {
@@ -451,19 +484,12 @@ mod tests {
     }
 
     #[test]
-    fn hello_checks_version_and_auth() {
-        assert!(check_hello(&Hello::new("a", Auth::PeerCredentials), true).is_none());
-        assert!(check_hello(&Hello::new("a", Auth::PeerCredentials), false).is_none());
-        let code = |h: &Hello| check_hello(h, true).map(|(c, _)| c);
-        assert_eq!(code(&Hello::new("a", Auth::Tls)), Some(RefuseCode::AuthUnsupported));
-        assert_eq!(
-            code(&Hello::new("a", Auth::Token(Bytes::from_static(&[1])))),
-            Some(RefuseCode::AuthUnsupported)
-        );
+    fn hello_checks_the_version() {
+        assert!(check_version(&Hello::new("a", Auth::PeerCredentials)).is_none());
         let mut old = Hello::new("a", Auth::PeerCredentials);
         old.min_version = CLIENT_VERSION + 1;
         old.max_version = CLIENT_VERSION + 1;
-        assert_eq!(code(&old), Some(RefuseCode::VersionMismatch));
+        assert_eq!(check_version(&old).map(|(c, _)| c), Some(RefuseCode::VersionMismatch));
     }
 }
 

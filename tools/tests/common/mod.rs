@@ -7,7 +7,7 @@
 pub mod capture;
 
 use capture::{Capture, UdpTap};
-use ringfence_client::{Address, Client, Event};
+use ringfence_client::{Address, Client, ConnectOptions, Event};
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -91,13 +91,13 @@ impl Cluster {
     /// As `start`, over `transport` (`unicast` or `multicast`: an IP
     /// multicast group of this test's own on loopback, TTL 0).
     pub fn start_on(tag: &str, n: usize, backend: &str, transport: &str) -> Self {
-        Self::start_with(tag, n, backend, transport, "encrypt", None, "")
+        Self::start_full(tag, n, backend, transport, "encrypt", None, "")
     }
 
     /// As `start` (unicast, encrypted links) with `extra` appended to the
     /// config (e.g. `[[group]]` policy tables).
     pub fn start_extra(tag: &str, n: usize, backend: &str, extra: &str) -> Self {
-        Self::start_with(tag, n, backend, "unicast", "encrypt", None, extra)
+        Self::start_full(tag, n, backend, "unicast", "encrypt", None, extra)
     }
 
     /// As `start_tapped`, with `extra` appended to every config.
@@ -109,7 +109,7 @@ impl Cluster {
         extra: &str,
     ) -> (Self, UdpTap) {
         let tap = UdpTap::start(n, Capture::new());
-        let c = Self::start_with(tag, n, backend, "unicast", link_security, Some(&tap), extra);
+        let c = Self::start_full(tag, n, backend, "unicast", link_security, Some(&tap), extra);
         (c, tap)
     }
 
@@ -120,11 +120,17 @@ impl Cluster {
     /// config files differ in nothing else.
     pub fn start_tapped(tag: &str, n: usize, backend: &str, link_security: &str) -> (Self, UdpTap) {
         let tap = UdpTap::start(n, Capture::new());
-        let c = Self::start_with(tag, n, backend, "unicast", link_security, Some(&tap), "");
+        let c = Self::start_full(tag, n, backend, "unicast", link_security, Some(&tap), "");
         (c, tap)
     }
 
-    fn start_with(
+    /// As `start_on`, with `extra` TOML appended to the config (e.g. a
+    /// `[clients]` section).
+    pub fn start_with(tag: &str, n: usize, backend: &str, transport: &str, extra: &str) -> Self {
+        Self::start_full(tag, n, backend, transport, "encrypt", None, extra)
+    }
+
+    fn start_full(
         tag: &str,
         n: usize,
         backend: &str,
@@ -261,9 +267,14 @@ pub fn connect(socket: &Path, name: &str) -> Client {
 
 /// Connects to any address, retrying for up to 10 s.
 pub fn connect_to(addr: &Address, name: &str) -> Client {
+    connect_with(addr, name, &ConnectOptions::default())
+}
+
+/// Connects with options (TLS, token), retrying for up to 10 s.
+pub fn connect_with(addr: &Address, name: &str, opts: &ConnectOptions) -> Client {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        match Client::connect(addr, name) {
+        match Client::connect_with(addr, name, opts) {
             Ok(c) => return c,
             Err(e) => {
                 assert!(Instant::now() < deadline, "cannot connect to {addr:?}: {e}");
@@ -290,4 +301,11 @@ pub fn receive_until(c: &mut Client, mut stop: impl FnMut(&Event) -> bool) -> Ve
             None => std::thread::sleep(Duration::from_millis(1)),
         }
     }
+}
+
+/// A `[[clients.token]]` entry for `token`, named `name`.
+pub fn token_entry(name: &str, token: &str) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    format!("\n[[clients.token]]\nname = \"{name}\"\nsha256 = \"{hex}\"\n")
 }
