@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 mod common;
 
 use common::capture::{Capture, TcpTap};
-use common::{Cluster, backends, connect, connect_to, receive_until};
+use common::{Cluster, backends, connect, connect_token, receive_until, token_config};
 
 /// The plaintext no datagram of an encrypted ring may contain.
 const MARKER: &[u8] = b"RFCAPTURE-PLAINTEXT-MARKER";
@@ -91,9 +91,9 @@ fn the_tap_sees_plaintext_on_unprotected_links() {
 }
 
 fn plaintext_on(backend: &str) {
-    let (cluster, tap) = Cluster::start_tapped("cap-none", 3, backend, "none");
+    let (cluster, tap) = Cluster::start_tapped_extra("cap-none", 3, backend, "none", &token_config());
     let proxy = TcpTap::start(cluster.tcp(0), Capture::new());
-    let mut sender = connect_to(&Address::Tcp(proxy.address()), "sender");
+    let mut sender = connect_token(&Address::Tcp(proxy.address()), "sender");
     let mut receiver = connect(&cluster.socket(2), "receiver");
     join_both(&mut sender, &mut receiver);
     send_marker(&mut sender, &mut receiver);

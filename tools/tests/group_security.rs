@@ -16,16 +16,24 @@
 //!   where the policy's key-out or time-out expired the old key first, the
 //!   receivers are told the message is undecipherable, with the sender and
 //!   the reason.
+//! - `three-step`: remote clients over TLS (a client certificate from the
+//!   cluster CA, or a pre-shared token) exchange messages through the
+//!   daemons' encrypted links; no plaintext crosses TCP or UDP; a client
+//!   without a valid certificate or token, or on plain TCP, is refused with
+//!   a clear error.
 //! - Access control: a client the policy does not allow to join or send
 //!   gets an error and the group never sees its message.
 
-use ringfence_client::{Address, Client, Event, GroupMode, Message, Service};
+use ringfence_client::{
+    Address, Client, ClientError, ConnectOptions, Event, GroupMode, Message, Service, TlsOptions,
+};
+use ringfence_proto::wire::client::RefuseCode;
 use std::time::{Duration, Instant};
 
 mod common;
 
 use common::capture::TcpTap;
-use common::{Cluster, backends, connect, connect_to};
+use common::{Cluster, backends, connect, connect_token, connect_with, keygen, token_config, token_entry};
 
 const MARKER: &[u8] = b"RFGROUP-PLAINTEXT-MARKER";
 
@@ -128,12 +136,13 @@ mode = "integrated-vs"
 #[test]
 fn integrated_vs_seals_every_byte_and_a_leaver_cannot_read_on() {
     for backend in backends() {
-        let (cluster, tap) = Cluster::start_tapped_extra("ivs", 3, backend, "encrypt", IVS_POLICY);
+        let extra = format!("{IVS_POLICY}{}", token_config());
+        let (cluster, tap) = Cluster::start_tapped_extra("ivs", 3, backend, "encrypt", &extra);
         let capture = tap.capture().clone();
         // Every client talks TCP through a recording proxy.
         let proxies: Vec<TcpTap> = (0..3).map(|i| TcpTap::start(cluster.tcp(i), capture.clone())).collect();
         let mut m: Vec<Member> = (0..3)
-            .map(|i| Member::new(connect_to(&Address::Tcp(proxies[i].address()), &format!("m{i}"))))
+            .map(|i| Member::new(connect_token(&Address::Tcp(proxies[i].address()), &format!("m{i}"))))
             .collect();
         for x in &mut m {
             x.c.join_with("ivs.room", true, GroupMode::IntegratedVs).unwrap();
@@ -299,14 +308,14 @@ join = ["unix:4294967294"]
 #[test]
 fn access_control_refuses_and_the_group_never_sees_it() {
     let backend = backends()[0];
-    let cluster = Cluster::start_extra("acl", 2, backend, ACL_POLICY);
+    let cluster = Cluster::start_extra("acl", 2, backend, &format!("{ACL_POLICY}{}", token_config()));
     let mut a = Member::new(connect(&cluster.socket(0), "a"));
     let mut b = Member::new(connect(&cluster.socket(1), "b"));
     a.c.join_with("ops", false, GroupMode::OptimizedEvs).unwrap();
     b.c.join_with("ops", false, GroupMode::OptimizedEvs).unwrap();
     a.wait_view("ops", 2);
-    // A TCP client (principal tcp:...) may neither join nor send to ops.
-    let mut t = Member::new(connect_to(&Address::Tcp(cluster.tcp(1)), "t"));
+    // A TCP client (principal token:tester) may neither join nor send to ops.
+    let mut t = Member::new(connect_token(&Address::Tcp(cluster.tcp(1)), "t"));
     t.c.join_with("ops", false, GroupMode::OptimizedEvs).unwrap();
     t.wait("a denial of the join", |e| matches!(e, Event::Error { text, .. } if text.contains("denied")));
     t.c.multicast(Service::Agreed, &["ops"], 0, b"intruder").unwrap();
@@ -324,4 +333,92 @@ fn access_control_refuses_and_the_group_never_sees_it() {
     wait_for("denials counted", Duration::from_secs(5), || {
         (counter(&cluster, 1, "denials") == 2 && counter(&cluster, 0, "denials") == 2).then_some(())
     });
+}
+
+const TS_POLICY: &str = r#"
+[[group]]
+pattern = "ts.*"
+mode = "three-step"
+"#;
+
+#[test]
+fn three_step_with_remote_tls_clients() {
+    let keys = std::env::temp_dir().join(format!("ringfence-ts-keys-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&keys);
+    let (ca, certs) = (keys.join("ca"), keys.join("certs"));
+    let s = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    keygen(&["ca", "--dir", &s(&ca)]);
+    let cert = |name: &str| {
+        keygen(&[
+            "cert",
+            name,
+            "--ca-dir",
+            &s(&ca),
+            "--dir",
+            &s(&certs),
+            "--san",
+            "127.0.0.1",
+            "--san",
+            "localhost",
+        ])
+    };
+    cert("daemons");
+    cert("alice");
+    let extra = format!(
+        "{TS_POLICY}\n[clients]\ntls_cert = \"{}\"\ntls_key = \"{}\"\nclient_ca = \"{}\"\n{}",
+        s(&certs.join("daemons.crt")),
+        s(&certs.join("daemons.key")),
+        s(&ca.join("ca.crt")),
+        token_entry("bob", "bob-token-7f3a")
+    );
+    let (cluster, tap) = Cluster::start_tapped_extra("ts", 2, backends()[0], "encrypt", &extra);
+    let capture = tap.capture().clone();
+    let proxies: Vec<TcpTap> = (0..2).map(|i| TcpTap::start(cluster.tcp(i), capture.clone())).collect();
+    let tls = |cert: Option<&str>| TlsOptions {
+        ca_cert: ca.join("ca.crt"),
+        client_cert: cert.map(|c| (certs.join(format!("{c}.crt")), certs.join(format!("{c}.key")))),
+        server_name: "localhost".into(),
+    };
+    let alice_opts = ConnectOptions { tls: Some(tls(Some("alice"))), token: None };
+    let bob_opts = ConnectOptions { tls: Some(tls(None)), token: Some("bob-token-7f3a".into()) };
+    let mut m = vec![
+        Member::new(connect_with(&Address::Tcp(proxies[0].address()), "alice", &alice_opts)),
+        Member::new(connect_with(&Address::Tcp(proxies[1].address()), "bob", &bob_opts)),
+    ];
+    for x in &mut m {
+        x.c.join_with("ts.room", false, GroupMode::ThreeStep).unwrap();
+    }
+    wait_views(&mut m, "ts.room", 2);
+    for x in &mut m {
+        x.c.multicast(Service::Agreed, &["ts.room"], 3, MARKER).unwrap();
+    }
+    for x in &mut m {
+        wait_for("both messages", Duration::from_secs(20), || {
+            x.pump();
+            (x.messages("ts.room").iter().filter(|y| &y.payload[..] == MARKER).count() == 2).then_some(())
+        });
+    }
+    assert!(capture.datagrams() > 0 && capture.tcp_bytes() > 1000, "the capture saw the traffic");
+    assert!(!capture.contains(MARKER), "payload plaintext crossed TCP or UDP");
+    assert!(!capture.contains(b"ts.room"), "the group name crossed TCP in the clear");
+
+    // Refused, each with a clear error.
+    let tcp = Address::Tcp(cluster.tcp(0));
+    let refused = |opts: &ConnectOptions| match Client::connect_with(&tcp, "eve", opts) {
+        Err(ClientError::Refused { code, text }) => (code, text),
+        Err(e) => (RefuseCode::Other(0), e.to_string()),
+        Ok(_) => panic!("eve was let in"),
+    };
+    let (code, text) = refused(&ConnectOptions { tls: Some(tls(None)), token: None });
+    assert_eq!((code, text.as_str()), (RefuseCode::AuthFailed, "no valid client certificate"));
+    let (code, text) = refused(&ConnectOptions { tls: Some(tls(None)), token: Some("guess".into()) });
+    assert_eq!(code, RefuseCode::AuthFailed, "{text}");
+    assert!(text.contains("token"), "{text}");
+    let (_, text) = refused(&ConnectOptions { tls: None, token: Some("bob-token-7f3a".into()) });
+    assert!(text.contains("requires TLS"), "plain TCP: {text}");
+    wait_for("auth failures counted", Duration::from_secs(5), || {
+        (cluster.status(0).and_then(|s| s["auth_failures"].as_u64()) == Some(3)).then_some(())
+    });
+    drop(proxies);
+    let _ = std::fs::remove_dir_all(&keys);
 }

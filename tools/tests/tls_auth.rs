@@ -17,26 +17,19 @@ use ringfence_proto::wire::client::RefuseCode;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{Cluster, connect, connect_with, receive_until, token_entry};
+use common::{Cluster, connect, connect_with, keygen, receive_until, token_entry};
 
 /// A payload no TLS record may show in the clear.
 const MARKER: &str = "PLAINTEXT-MARKER-5e1f0c";
 /// The answer's marker.
 const REPLY: &str = "REPLY-MARKER-a93d77";
 const TOKEN: &str = "bob-secret-token-0042";
-
-/// Runs `ringfence keygen ...`.
-fn keygen(args: &[&str]) {
-    let out = Command::new(env!("CARGO_BIN_EXE_ringfence")).arg("keygen").args(args).output().unwrap();
-    assert!(out.status.success(), "keygen {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
 
 /// A TCP proxy on 127.0.0.1:0 to `target` that records every byte, both
 /// ways. Its threads end when the connections close or `stop` is set.

@@ -304,6 +304,26 @@ pub fn receive_until(c: &mut Client, mut stop: impl FnMut(&Event) -> bool) -> Ve
 }
 
 /// A `[[clients.token]]` entry for `token`, named `name`.
+/// The pre-shared token of plain-TCP test clients (principal `token:tester`;
+/// configs get it from [`token_config`]).
+pub const TEST_TOKEN: &str = "ringfence-test-token-31f6";
+
+/// The `[[clients.token]]` table for [`TEST_TOKEN`].
+pub fn token_config() -> String {
+    token_entry("tester", TEST_TOKEN)
+}
+
+/// Connects over plain TCP with [`TEST_TOKEN`], retrying for up to 10 s.
+pub fn connect_token(addr: &Address, name: &str) -> Client {
+    connect_with(addr, name, &ConnectOptions { tls: None, token: Some(TEST_TOKEN.into()) })
+}
+
+/// Runs `ringfence keygen ...`.
+pub fn keygen(args: &[&str]) {
+    let out = Command::new(env!("CARGO_BIN_EXE_ringfence")).arg("keygen").args(args).output().unwrap();
+    assert!(out.status.success(), "keygen {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
 pub fn token_entry(name: &str, token: &str) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
     let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
