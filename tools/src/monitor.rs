@@ -69,6 +69,7 @@ pub(crate) fn main(args: &MonitorArgs) -> ExitCode {
             );
         }
         let mut security = Vec::new();
+        let mut groups = Vec::new();
         for (name, dir) in &dirs {
             let path = dir.join("status.json");
             let Some(v) =
@@ -103,6 +104,7 @@ pub(crate) fn main(args: &MonitorArgs) -> ExitCode {
                 num(&v, &["protocol", "bad_datagrams"]),
             );
             security.push(security_row(name, &v));
+            groups.extend(group_rows(name, &v));
         }
         if !args.json && !security.is_empty() {
             println!(
@@ -121,6 +123,25 @@ pub(crate) fn main(args: &MonitorArgs) -> ExitCode {
                 "mismatch"
             );
             for row in &security {
+                println!("{row}");
+            }
+        }
+        if !args.json && !groups.is_empty() {
+            println!(
+                "\n{:<10} {:<20} {:<14} {:<16} {:>7} {:>6} {:>9} {:>16} {:>4} {:>8} {:>7}",
+                "daemon",
+                "group",
+                "mode",
+                "view",
+                "members",
+                "local",
+                "key id",
+                "key epoch",
+                "old",
+                "evs-fix",
+                "undeci"
+            );
+            for row in &groups {
                 println!("{row}");
             }
         }
@@ -164,4 +185,39 @@ fn security_row(name: &str, v: &Value) -> String {
         num(s, &["replays"]),
         num(s, &["settings_mismatch"]),
     )
+}
+
+/// The client group lines of one daemon: a summary (policy denials, client
+/// authentication failures, view keys derived, EVS fixes, messages reported
+/// undecipherable, rekeys), then one line per group with its mode, view,
+/// key id and the server key epoch it came from, old keys kept and counts.
+fn group_rows(name: &str, v: &Value) -> Vec<String> {
+    let g = &v["groups"];
+    let mut rows = vec![format!(
+        "{name:<10} {:<20} denials {} auth-failures {} keys {} evs-fixes {} undecipherable {} rekeys {}",
+        "(all groups)",
+        num(g, &["denials"]),
+        num(v, &["auth_failures"]),
+        num(g, &["keys_derived"]),
+        num(g, &["evs_fixes"]),
+        num(g, &["undecipherable"]),
+        num(g, &["rekeys"]),
+    )];
+    for x in g.get("list").and_then(Value::as_array).into_iter().flatten() {
+        let text = |k: &str| x.get(k).and_then(Value::as_str).unwrap_or("-").to_string();
+        rows.push(format!(
+            "{name:<10} {:<20} {:<14} {:<16} {:>7} {:>6} {:>9} {:>16} {:>4} {:>8} {:>7}",
+            text("name"),
+            text("mode"),
+            text("view"),
+            num(x, &["members"]),
+            num(x, &["local"]),
+            text("key_id"),
+            x.get("key_epoch").and_then(Value::as_u64).map_or("-".to_string(), |e| format!("{e:#x}")),
+            num(x, &["old_keys"]),
+            num(x, &["evs_fixes"]),
+            num(x, &["undecipherable"]),
+        ));
+    }
+    rows
 }

@@ -1,12 +1,15 @@
 //! `ringfence user`: an interactive client, like Spread's spuser.
 //!
 //! Commands on standard input, one per line:
-//! `j GROUP` join, `l GROUP` leave, `s GROUP TEXT` send (agreed),
-//! `S GROUP TEXT` send safe, `q` quit. Everything that arrives is printed.
+//! `j GROUP` join (with `--mode`, and `--vs` for a closed VS group),
+//! `l GROUP` leave, `s GROUP TEXT` send (agreed), `S GROUP TEXT` send safe,
+//! `q` quit. Everything that arrives is printed; flush requests of VS groups
+//! are answered at once. In keyed modes the client library seals and opens
+//! payloads by itself; views show the mode and the key id.
 
 use crate::connect_opts::ConnectOpts;
 use clap::Args;
-use ringfence_client::{Address, Client, Event, Service};
+use ringfence_client::{Address, Client, Event, GroupMode, Service};
 use std::io::BufRead;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -27,6 +30,14 @@ pub(crate) struct UserArgs {
     /// This client's name.
     #[arg(long, default_value = "user")]
     name: String,
+    /// The protection mode stated when joining (`none`, `integrated-vs`,
+    /// `optimized-evs`, `three-step`): must be the mode the daemons' policy
+    /// gives the group.
+    #[arg(long, default_value = "none")]
+    mode: GroupMode,
+    /// Join closed virtual-synchrony groups (implied by `integrated-vs`).
+    #[arg(long)]
+    vs: bool,
 }
 
 pub(crate) fn main(args: &UserArgs) -> ExitCode {
@@ -50,7 +61,15 @@ pub(crate) fn main(args: &UserArgs) -> ExitCode {
     loop {
         loop {
             match c.poll() {
-                Ok(Some(ev)) => print_event(&ev),
+                Ok(Some(ev)) => {
+                    print_event(&ev);
+                    if let Event::FlushRequest { group, view_id } = &ev {
+                        if let Err(e) = c.flush_ok(group, *view_id) {
+                            eprintln!("user: {e}");
+                            return ExitCode::from(1);
+                        }
+                    }
+                }
                 Ok(None) => break,
                 Err(e) => {
                     eprintln!("user: {e}");
@@ -65,7 +84,7 @@ pub(crate) fn main(args: &UserArgs) -> ExitCode {
         };
         let mut words = line.trim().splitn(3, ' ');
         let r = match (words.next(), words.next(), words.next()) {
-            (Some("j"), Some(g), None) => c.join(g),
+            (Some("j"), Some(g), None) => c.join_with(g, args.vs, args.mode),
             (Some("l"), Some(g), None) => c.leave(g),
             (Some("s"), Some(g), Some(text)) => c.multicast(Service::Agreed, &[g], 0, text.as_bytes()),
             (Some("S"), Some(g), Some(text)) => c.multicast(Service::Safe, &[g], 0, text.as_bytes()),
@@ -97,7 +116,14 @@ fn print_event(ev: &Event) {
             );
         }
         Event::Membership(v) => {
-            println!("view of {} {:?} ({:?}, {:?}): {:?}", v.group, v.view_id, v.kind, v.cause, v.members);
+            let key = v.key.as_ref().map_or(String::new(), |(id, _)| format!(", key {id:08x}"));
+            println!(
+                "view of {} {:?} ({:?}, {:?}, {}{key}): {:?}",
+                v.group, v.view_id, v.kind, v.cause, v.mode, v.members
+            );
+        }
+        Event::Undecipherable { sender, group, key_id, reason, .. } => {
+            println!("undecipherable message from {sender} to {group} (key {key_id:08x}): {reason}");
         }
         Event::FlushRequest { group, .. } => println!("flush requested for {group}"),
         Event::Error { code, text } => println!("error {code:?}: {text}"),

@@ -290,6 +290,17 @@ fn optimized_evs_across_a_partition_and_merge() {
         });
         assert!(counter(&cluster, i, "undecipherable") >= 2);
     }
+    // `ringfence monitor` shows each group's mode, key and EVS fixes.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringfence"))
+        .args(["monitor", "--config", cluster.configs[0].to_str().unwrap(), "--once"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().find(|l| l.starts_with("d0") && l.contains("evs.keep")).unwrap_or_default();
+    assert!(line.contains("optimized-evs"), "monitor: {text}");
+    let fixes: u64 = line.split_whitespace().nth(9).and_then(|x| x.parse().ok()).unwrap_or(0);
+    assert!(fixes >= 1, "evs-fix column of {line:?}");
+    assert!(text.contains("evs-fixes"), "monitor: {text}");
 }
 
 const ACL_POLICY: &str = r#"
