@@ -573,6 +573,29 @@ struct OldKey {
 /// Most expired key ids remembered per group (to name the reason).
 const EXPIRED_KEPT: usize = 32;
 
+/// Most deleted `optimized-evs` groups whose keys are kept (`bury`).
+const GRAVEYARD_KEPT: usize = 1024;
+
+impl View {
+    fn empty(id: ViewId, kind: GroupKind, mode: GroupMode) -> Self {
+        Self {
+            id,
+            kind,
+            mode,
+            members: Arc::from(Vec::new()),
+            local: Vec::new(),
+            key: None,
+            sealed: 0,
+            old: VecDeque::new(),
+            expired: VecDeque::new(),
+            installed_at: Time::ZERO,
+            rekey_asked: false,
+            evs_fixes: 0,
+            undecipherable: 0,
+        }
+    }
+}
+
 /// Drops the old keys of `v` no message used for `timeout`.
 fn expire_old(v: &mut View, now: Time, timeout: Duration) {
     while let Some(i) = v.old.iter().position(|o| now.saturating_since(o.last_used) > timeout) {
@@ -636,6 +659,9 @@ struct Group {
     flush: Option<Flush>,
 }
 
+/// One daemon's state in an exchange: clients, shared keys, expired keys.
+type StateOf = (Vec<StateEntry>, Vec<StateKey>, Vec<(Bytes, u32, KeyLoss)>);
+
 #[derive(Debug)]
 enum Phase {
     /// No ring yet.
@@ -645,11 +671,7 @@ enum Phase {
     /// A transitional configuration: only local effects are applied.
     Transitional,
     /// A new ring: waiting for every member's state; other messages wait.
-    Exchange {
-        members: Vec<NodeId>,
-        states: BTreeMap<NodeId, (Vec<StateEntry>, Vec<StateKey>)>,
-        held: Vec<Delivery>,
-    },
+    Exchange { members: Vec<NodeId>, states: BTreeMap<NodeId, StateOf>, held: Vec<Delivery> },
 }
 
 /// One daemon's client groups. See the module docs for the calling
@@ -679,6 +701,11 @@ pub struct ClientGroups {
     /// Keys brought by the last state exchange, per group, for the views
     /// about to be installed.
     incoming_keys: BTreeMap<Bytes, Vec<(ViewId, Arc<GroupKey>)>>,
+    /// Keys that expired at some daemon of the last state exchange.
+    incoming_expired: BTreeMap<Bytes, Vec<(u32, KeyLoss)>>,
+    /// `optimized-evs` groups that ceased to exist here: when, their keys
+    /// and expired key ids (see `bury`).
+    graveyard: BTreeMap<Bytes, (Time, VecDeque<OldKey>, VecDeque<(u32, KeyLoss)>)>,
     now: Time,
 }
 
@@ -725,6 +752,8 @@ impl ClientGroups {
             server: None,
             ring_members: Vec::new(),
             incoming_keys: BTreeMap::new(),
+            incoming_expired: BTreeMap::new(),
+            graveyard: BTreeMap::new(),
             now: Time::ZERO,
         }
     }
@@ -1123,9 +1152,9 @@ impl ClientGroups {
                     self.stats.undecodable += 1;
                     return;
                 };
-                if let Body::State { ring_id, clients, keys } = msg.body {
+                if let Body::State { ring_id, clients, keys, expired } = msg.body {
                     if Some(ring_id) == self.ring_id && members.contains(&d.id.origin) {
-                        states.entry(d.id.origin).or_insert((clients, keys));
+                        states.entry(d.id.origin).or_insert((clients, keys, expired));
                         if states.len() == members.len() {
                             self.complete_exchange();
                         }
@@ -1212,12 +1241,16 @@ impl ClientGroups {
             })
             .collect();
         let mut keys = Vec::new();
+        let mut expired = Vec::new();
         if self.share_keys {
             for (g, v) in &self.views {
                 if v.mode != GroupMode::OptimizedEvs {
                     continue;
                 }
                 let current = v.key.iter().map(|k| (v.id, k));
+                for &(id, why) in &v.expired {
+                    expired.push((g.clone(), id, why));
+                }
                 for (view, k) in v.old.iter().map(|o| (o.view, &o.key)).chain(current) {
                     keys.push(StateKey {
                         group: g.clone(),
@@ -1234,7 +1267,7 @@ impl ClientGroups {
             Service::Agreed,
             Groups::none(),
             Bytes::new(),
-            Body::State { ring_id: c.ring_id, clients, keys },
+            Body::State { ring_id: c.ring_id, clients, keys, expired },
         );
     }
 
@@ -1246,7 +1279,8 @@ impl ClientGroups {
         self.stats.exchanges += 1;
         let mut groups: BTreeMap<Bytes, Group> = BTreeMap::new();
         self.incoming_keys.clear();
-        for (daemon, (entries, keys)) in states {
+        self.incoming_expired.clear();
+        for (daemon, (entries, keys, expired)) in states {
             for e in entries {
                 let m = PrivateName { daemon, name: e.name };
                 for sg in e.groups {
@@ -1274,6 +1308,9 @@ impl ClientGroups {
                 let key = Arc::new(GroupKey::from_bytes(k.key_id, k.key));
                 self.incoming_keys.entry(k.group).or_default().push((k.view, key));
             }
+            for (g, id, why) in expired {
+                self.incoming_expired.entry(g).or_default().push((id, why));
+            }
         }
         // Local records follow the merged kind and mode.
         for l in self.clients.values_mut() {
@@ -1297,9 +1334,12 @@ impl ClientGroups {
             }
         }
         // Views of groups that no longer exist here.
-        let groups = &self.groups;
-        self.views.retain(|g, _| groups.contains_key(g));
+        let gone: Vec<Bytes> = self.views.keys().filter(|g| !self.groups.contains_key(*g)).cloned().collect();
+        for g in gone {
+            self.bury(&g);
+        }
         self.incoming_keys.clear();
+        self.incoming_expired.clear();
         for d in held {
             self.apply(&d);
         }
@@ -1343,7 +1383,7 @@ impl ClientGroups {
         self.stats.views_installed += 1;
         if grp.target.is_empty() {
             self.groups.remove(g);
-            self.views.remove(g);
+            self.bury(g);
             return;
         }
         let members: Arc<[PrivateName]> = grp.target.iter().cloned().collect();
@@ -1396,7 +1436,15 @@ impl ClientGroups {
             evs_fixes: 0,
             undecipherable: 0,
         };
-        if let Some(prev) = self.views.remove(g) {
+        let prev = self.views.remove(g).or_else(|| {
+            // A group created again: the keys of its earlier life.
+            self.graveyard.remove(g).map(|(_, old, expired)| View {
+                old,
+                expired,
+                ..View::empty(id, kind, mode)
+            })
+        });
+        if let Some(prev) = prev {
             view.evs_fixes = prev.evs_fixes;
             view.undecipherable = prev.undecipherable;
             if mode == GroupMode::OptimizedEvs {
@@ -1410,6 +1458,12 @@ impl ClientGroups {
         if mode == GroupMode::OptimizedEvs {
             let rule = self.policy.rule(g);
             let (timeout, key_out) = (rule.key_timeout, rule.key_out);
+            for (id, why) in self.incoming_expired.remove(g).unwrap_or_default() {
+                let live = view.key.as_ref().is_some_and(|c| c.id() == id);
+                if !live && !view.expired.iter().any(|e| e.0 == id) {
+                    remember_expired(&mut view, id, why);
+                }
+            }
             for (vid, k) in self.incoming_keys.remove(g).unwrap_or_default() {
                 // A key this daemon let expire stays expired: expiry is
                 // what the policy configured, whatever other daemons kept.
@@ -1429,6 +1483,26 @@ impl ClientGroups {
             }
         }
         self.views.insert(g.clone(), view);
+    }
+
+    /// `g` no longer exists here: an `optimized-evs` group's keys are kept
+    /// a while (its key time-out, bounded in count) in case it is created
+    /// again and a message sealed in its earlier life arrives.
+    fn bury(&mut self, g: &Bytes) {
+        let Some(v) = self.views.remove(g) else { return };
+        if v.mode != GroupMode::OptimizedEvs {
+            return;
+        }
+        let mut old = v.old;
+        if let Some(k) = v.key {
+            old.push_back(OldKey { view: v.id, key: k, last_used: self.now });
+        }
+        if self.graveyard.len() >= GRAVEYARD_KEPT {
+            if let Some(oldest) = self.graveyard.iter().min_by_key(|(_, x)| x.0).map(|(k, _)| k.clone()) {
+                self.graveyard.remove(&oldest);
+            }
+        }
+        self.graveyard.insert(g.clone(), (self.now, old, v.expired));
     }
 
     /// A membership change of `g` was ordered (its target already changed).
@@ -1668,6 +1742,12 @@ impl ClientGroups {
                 consider(o + rule.key_timeout + Duration::from_millis(1));
             }
         }
+        for (g, (_, old, _)) in &self.graveyard {
+            if let Some(o) = old.iter().map(|o| o.last_used).min() {
+                let x = o + self.policy.rule(g).key_timeout + Duration::from_millis(1);
+                t = Some(t.map_or(x, |t| t.min(x)));
+            }
+        }
         t
     }
 
@@ -1677,6 +1757,12 @@ impl ClientGroups {
         self.now = self.now.max(now);
         let now = self.now;
         let rep = self.ring_members.first() == Some(&self.daemon) && matches!(self.phase, Phase::Operating);
+        let policy = &self.policy;
+        self.graveyard.retain(|g, (_, old, _)| {
+            let timeout = policy.rule(g).key_timeout;
+            old.retain(|o| now.saturating_since(o.last_used) <= timeout);
+            !old.is_empty()
+        });
         let mut due = Vec::new();
         for (g, v) in &mut self.views {
             let rule = self.policy.rule(g);

@@ -21,7 +21,7 @@
 //!
 //! [`Groups`]: crate::wire::Groups
 
-use super::{FlushId, GroupKind, GroupMode, ViewId};
+use super::{FlushId, GroupKind, GroupMode, KeyLoss, ViewId};
 use crate::wire::{DecodeError, NodeId, Reader, RingId};
 use bytes::Bytes;
 
@@ -102,6 +102,9 @@ pub enum Body {
         /// of the new ring can open messages sealed in views it was not in
         /// (the EVS fix). Sent only over encrypted links.
         keys: Vec<StateKey>,
+        /// Keys of its `optimized-evs` groups that expired here, and why,
+        /// so every daemon of the new ring reports their messages alike.
+        expired: Vec<(Bytes, u32, KeyLoss)>,
     },
     /// Asks for a new key for the one group named in the chunk's list (an
     /// artificial view change, cause `rekey`), if its view is still `view`.
@@ -251,7 +254,7 @@ impl GroupMsg {
                 put_ring_id(&mut out, flush.ring_id);
                 out.extend_from_slice(&flush.seq.to_be_bytes());
             }
-            Body::State { ring_id, clients, keys } => {
+            Body::State { ring_id, clients, keys, expired } => {
                 put_ring_id(&mut out, *ring_id);
                 let c = clients.len().min(usize::from(u16::MAX));
                 out.extend_from_slice(&(c as u16).to_be_bytes());
@@ -278,6 +281,13 @@ impl GroupMsg {
                     put_view(&mut out, key.view);
                     out.extend_from_slice(&key.key_id.to_be_bytes());
                     out.extend_from_slice(&key.key);
+                }
+                let x = expired.len().min(usize::from(u16::MAX));
+                out.extend_from_slice(&(x as u16).to_be_bytes());
+                for (group, id, why) in &expired[..x] {
+                    put_name(&mut out, group);
+                    out.extend_from_slice(&id.to_be_bytes());
+                    out.push(if *why == KeyLoss::TimeOut { 1 } else { 2 });
                 }
             }
         }
@@ -367,7 +377,19 @@ impl GroupMsg {
                     key.copy_from_slice(r.take(32)?);
                     keys.push(StateKey { group, view, key_id, key });
                 }
-                Body::State { ring_id, clients, keys }
+                let x = r.u16()?;
+                let mut expired = Vec::with_capacity(usize::from(x).min(r.remaining() / 7));
+                for _ in 0..x {
+                    let group = read_name(&mut r, buf, false)?;
+                    let id = r.u32()?;
+                    let why = match r.u8()? {
+                        1 => KeyLoss::TimeOut,
+                        2 => KeyLoss::KeyOut,
+                        _ => return Err(DecodeError::BadValue("expiry reason")),
+                    };
+                    expired.push((group, id, why));
+                }
+                Body::State { ring_id, clients, keys, expired }
             }
             _ => return Err(DecodeError::UnknownKind),
         };

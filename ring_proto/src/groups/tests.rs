@@ -60,7 +60,10 @@ fn body() -> impl Strategy<Value = Body> {
                 0..3
             )
         )
-            .prop_map(|(ring_id, clients, keys)| Body::State { ring_id, clients, keys }),
+            .prop_map(|(ring_id, clients, keys)| {
+                let expired = keys.iter().map(|k| (k.group.clone(), k.key_id, KeyLoss::KeyOut)).collect();
+                Body::State { ring_id, clients, keys, expired }
+            }),
     ]
 }
 
