@@ -573,6 +573,9 @@ struct OldKey {
 /// Most expired key ids remembered per group (to name the reason).
 const EXPIRED_KEPT: usize = 32;
 
+/// A deleted `optimized-evs` group's keys: when, old keys, expired ids.
+type Buried = (Time, VecDeque<OldKey>, VecDeque<(u32, KeyLoss)>);
+
 /// Most deleted `optimized-evs` groups whose keys are kept (`bury`).
 const GRAVEYARD_KEPT: usize = 1024;
 
@@ -705,7 +708,7 @@ pub struct ClientGroups {
     incoming_expired: BTreeMap<Bytes, Vec<(u32, KeyLoss)>>,
     /// `optimized-evs` groups that ceased to exist here: when, their keys
     /// and expired key ids (see `bury`).
-    graveyard: BTreeMap<Bytes, (Time, VecDeque<OldKey>, VecDeque<(u32, KeyLoss)>)>,
+    graveyard: BTreeMap<Bytes, Buried>,
     now: Time,
 }
 
