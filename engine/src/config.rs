@@ -962,6 +962,48 @@ link_security = "none"
     }
 
     #[test]
+    fn the_group_policy_is_read_and_checked() {
+        use ringfence_proto::groups::GroupMode;
+        use ringfence_proto::security::policy::Action;
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        let mut text = std::fs::read_to_string(dir.join("secure-groups.toml")).unwrap();
+        for i in 0..3u8 {
+            let key =
+                ringfence_crypto::identity::SecretIdentity::from_bytes(&[i + 1; 32]).public().to_string();
+            text = text.replace(&format!("REPLACE-with-the-output-of-ringfence-keygen-daemon-d{i}"), &key);
+        }
+        let c = DaemonConfig::parse(Path::new("secure-groups.toml"), &text, "d1").unwrap();
+        let p = &c.policy;
+        assert_eq!(p.rules().len(), 3);
+        assert_eq!(p.rule(b"trading.eu").mode, GroupMode::IntegratedVs);
+        assert_eq!(p.rule(b"trading.eu").rekey_interval, Some(Duration::from_secs(3600)));
+        assert_eq!(p.rule(b"telemetry.cpu").key_out, 4);
+        assert_eq!(p.rule(b"ops.x").mode, GroupMode::ThreeStep);
+        assert_eq!(p.rule(b"other").mode, GroupMode::None);
+        assert!(p.allows("cert:desk-7", Action::Join, b"trading.eu"));
+        assert!(!p.allows("token:bob", Action::Join, b"trading.eu"));
+        assert!(p.allows("unix:0", Action::SendNonMember, b"telemetry.cpu"));
+
+        // Errors name the file, line and key.
+        let err = |extra: &str| {
+            let text = format!("{GOOD}{extra}");
+            DaemonConfig::parse(Path::new("/p.toml"), &text, "a").unwrap_err().to_string()
+        };
+        let e = err("\n[[group]]\npattern = \"a*b\"\n");
+        assert!(e.contains("key `group.pattern`") && e.contains("a*b"), "{e}");
+        let e = err("\n[[group]]\npattern = \"a\"\nmode = \"secret\"\n");
+        assert!(e.contains("key `group.mode`") && e.contains("unknown group mode"), "{e}");
+        let e = err("\n[[group]]\npattern = \"a\"\nmode = \"integrated-vs\"\n");
+        assert!(e.starts_with("/p.toml:23: key `group.mode`") && e.contains("encrypt"), "{e}");
+        let e = err("\n[[group]]\npattern = \"a\"\nkey_out = 0\n");
+        assert!(e.contains("key `group.key_out`"), "{e}");
+        let e = err("\n[[group]]\npattern = \"a\"\njoin = [\"x*y\"]\n");
+        assert!(e.contains("key `group.join`"), "{e}");
+        let e = err("\n[[group]]\npattern = \"a\"\ncolour = 1\n");
+        assert!(e.contains("colour"), "{e}");
+    }
+
+    #[test]
     fn the_example_configs_say_what_they_mean() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
         let local = DaemonConfig::load(&dir.join("local3.toml"), "d1").unwrap();
