@@ -517,7 +517,7 @@ impl World {
                                 let key = (group.clone(), *p, *view_id);
                                 match sync.get(&key) {
                                     Some((other, m)) if *m != msgs => v.push(format!(
-                                        "vs: {who:?} and {other:?} delivered different messages in {p} of {group:?}"
+                                        "vs: {who:?} and {other:?} delivered different messages in {p} of {group:?}: {:?} vs {:?} (next {view_id})", msgs.symmetric_difference(m).collect::<Vec<_>>(), (msgs.len(), m.len())
                                     )),
                                     Some(_) => {}
                                     None => {

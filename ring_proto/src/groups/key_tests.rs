@@ -373,3 +373,17 @@ fn many_secure_seeds() {
     let (opened, fixes, lost) = random_secure_runs(n..2 * n, 1, Duration::from_millis(50));
     println!("tight expiry: {n} seeds, opened {opened}, evs fixes {fixes}, undecipherable {lost:?}");
 }
+
+/// Regression (found by `many_secure_seeds`, seed 492): a partition splits
+/// two members of a VS group that hold the same view; one delivers a
+/// message in that view (agreed, in the regular configuration) that the
+/// other never receives; the flush of the partition's ring does not finish
+/// before the merge, so both go from that view straight to the merged view
+/// having delivered different messages in it. EVS allows the difference
+/// (they did not move together); VS needs each side to end the view with a
+/// view of its own first. Not fixed yet (docs/status.md).
+#[test]
+#[ignore = "known VS gap under a partition during a flush: docs/status.md"]
+fn seed_492_vs_members_split_by_a_partition_go_straight_to_the_merged_view() {
+    random_secure_runs(492..493, 64, Duration::from_secs(600));
+}
