@@ -28,7 +28,7 @@
 //!   no network. Timed per group and multiplied by N. The paper's layered
 //!   figure also includes each agreement's network rounds; this does not.
 //!
-//! `cargo run --profile bench -p ringfence-bench --example rekey [-- REPEATS]`
+//! `cargo run --profile bench -p ringfence-bench --example rekey [-- REPEATS [N,N,...]]`
 //!
 //! Prints markdown tables (medians and maxima over REPEATS runs, default 7).
 
@@ -332,7 +332,10 @@ fn ms(d: Duration) -> String {
 
 fn main() {
     let repeats: usize = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(7);
-    let ns = [1usize, 10, 100, 1000, 10_000];
+    let ns: Vec<usize> = match std::env::args().nth(2) {
+        Some(list) => list.split(',').filter_map(|x| x.parse().ok()).collect(),
+        None => vec![1, 10, 100, 1000, 10_000],
+    };
     let mut rng = ChaCha8Rng::seed_from_u64(7);
 
     // Layered: one group's merge, timed many times.
