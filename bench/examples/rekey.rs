@@ -182,6 +182,8 @@ impl Daemon0 {
             self.groups.handle_event(now, &Event::Deliver(d));
         }
         let states: Vec<Bytes> = (1..self.daemons).map(|d| self.remote_state(d, false)).collect();
+        let largest = states.iter().map(Bytes::len).max().unwrap_or(0);
+        eprintln!("({} daemons, {} groups: a remote State message is {largest} bytes)", self.daemons, self.n);
         let (keyed, _) = self.change(states);
         assert_eq!(keyed, self.local.len(), "first views");
     }
@@ -252,6 +254,15 @@ impl Daemon0 {
         self.groups.handle_event(now, &self.server_key());
         self.groups.handle_event(now, &self.config(ConfigKind::Regular));
         let own = self.groups.poll_submit().expect("own state");
+        if self.ring_seq == 2 {
+            eprintln!(
+                "({} daemons, {} groups, {}: daemon 0's State message is {} bytes)",
+                self.daemons,
+                self.n,
+                self.mode.name(),
+                own.payload.len()
+            );
+        }
         let seq = self.next_seq();
         self.groups.handle_event(now, &Event::Deliver(delivery(0, seq, ring_id, own.groups, own.payload)));
         for (d, payload) in remote.into_iter().enumerate() {
