@@ -9,12 +9,12 @@
 # Prints one markdown row per size and configuration: the msgs/s of every
 # round, their median, the ratio of that median to the median of `none`
 # local at the same size, and median daemon and client CPU per message.
-# Usage: bench/scripts/flood_modes.sh  (ROUNDS=3 SIZES="100 1000 5000 10000")
+# Usage: bench/scripts/flood_modes.sh  (ROUNDS=5 SIZES="100 1000 5000 10000")
 # Every run is bounded (--timeout) and stops the daemons it starts.
 set -u
 BIN=${BIN:-target/release/ringfence}
 [ -x "$BIN" ] || cargo build --release -p ringfence-tools >&2
-ROUNDS=${ROUNDS:-3}
+ROUNDS=${ROUNDS:-5}
 SIZES=${SIZES:-100 1000 5000 10000}
 LABELS=("none local" "integrated-vs local" "optimized-evs local" "three-step local"
   "three-step remote TLS" "none remote TLS")
@@ -22,7 +22,7 @@ ARGS=("--mode none" "--mode integrated-vs" "--mode optimized-evs" "--mode three-
   "--mode three-step --remote-tls" "--mode none --remote-tls")
 count() { # messages for a payload size: a few seconds of load each
   case $1 in
-    100) echo 150000 ;; 1000) echo 50000 ;; 5000) echo 15000 ;; *) echo 8000 ;;
+    100) echo 300000 ;; 1000) echo 100000 ;; 5000) echo 30000 ;; *) echo 15000 ;;
   esac
 }
 field() { grep -o "\"$1\":[0-9.eE+-]*" <<<"$2" | head -1 | cut -d: -f2; }
