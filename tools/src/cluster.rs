@@ -1,9 +1,11 @@
 //! A cluster of `ringfence daemon` child processes on 127.0.0.1, for
 //! `ringfence demo` and `ringfence flood`: a generated config with free
 //! ports, one log file per daemon, and every child killed and reaped on drop.
+//! Optionally the config carries `[[group]]` policy rules, and each daemon a
+//! TLS listener for TCP clients with a fresh CA and certificates.
 
 use std::fmt::Write as _;
-use std::net::UdpSocket;
+use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
@@ -23,6 +25,27 @@ pub(crate) struct Spec {
     /// `[security] link_security` (`encrypt`, `authenticate` or `none`);
     /// the secure modes get a fresh identity per daemon.
     pub(crate) link_security: String,
+    /// Extra `[[group]]` tables (TOML, verbatim) of the client group policy.
+    pub(crate) groups: String,
+    /// Give every daemon a `client_tcp` listener with TLS and client
+    /// certificates required (`[clients]`): a fresh CA in `<dir>/tls`, a
+    /// server certificate per daemon (`d<i>`, for `localhost` and
+    /// `127.0.0.1`) and a client certificate `client` (principal
+    /// `cert:client`).
+    pub(crate) client_tls: bool,
+}
+
+/// The files a TLS client of a [`Spec::client_tls`] cluster uses.
+#[derive(Clone, Debug)]
+pub(crate) struct ClientTls {
+    /// The CA certificate the daemons' certificates chain to.
+    pub(crate) ca_cert: PathBuf,
+    /// The client certificate and its key.
+    pub(crate) cert: PathBuf,
+    /// The client certificate's private key.
+    pub(crate) key: PathBuf,
+    /// The name the daemons' certificates carry.
+    pub(crate) server_name: String,
 }
 
 impl Spec {
@@ -35,6 +58,8 @@ impl Spec {
             ring_core: "auto".into(),
             ring: Vec::new(),
             link_security: "encrypt".into(),
+            groups: String::new(),
+            client_tls: false,
         }
     }
 }
@@ -44,6 +69,10 @@ pub(crate) struct LocalCluster {
     pub(crate) dir: PathBuf,
     pub(crate) config: PathBuf,
     children: Vec<Option<Child>>,
+    /// Each daemon's `client_tcp` address (with [`Spec::client_tls`]).
+    pub(crate) tcp: Vec<SocketAddr>,
+    /// What a TLS client needs (with [`Spec::client_tls`]).
+    pub(crate) client_tls: Option<ClientTls>,
     /// Keep the directory (and the daemons' logs) when dropped.
     pub(crate) keep_dir: bool,
 }
@@ -60,6 +89,36 @@ fn free_ports(n: usize) -> Result<Vec<u16>, String> {
         .map(|s| s.local_addr().map(|a| a.port()))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("no free UDP port: {e}"))
+}
+
+/// `n` free TCP ports on 127.0.0.1 (free when asked).
+fn free_tcp_ports(n: usize) -> Result<Vec<u16>, String> {
+    let socks = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("no free TCP port: {e}"))?;
+    socks
+        .iter()
+        .map(|s| s.local_addr().map(|a| a.port()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("no free TCP port: {e}"))
+}
+
+/// A fresh CA, a server certificate per daemon and one client certificate
+/// in `dir` (the same code as `ringfence keygen ca` and `keygen cert`).
+fn client_certs(dir: &std::path::Path, n: usize) -> Result<ClientTls, String> {
+    crate::keygen::make_ca(dir)?;
+    let san = ["localhost".to_string(), "127.0.0.1".to_string()];
+    for i in 0..n {
+        crate::keygen::make_cert(&format!("d{i}"), dir, dir, &san)?;
+    }
+    crate::keygen::make_cert("client", dir, dir, &[])?;
+    Ok(ClientTls {
+        ca_cert: dir.join("ca.crt"),
+        cert: dir.join("client.crt"),
+        key: dir.join("client.key"),
+        server_name: "localhost".into(),
+    })
 }
 
 /// Makes daemon `name`'s identity in `dir`; returns its public key (hex).
@@ -109,11 +168,21 @@ impl LocalCluster {
         if secure {
             std::fs::create_dir_all(&keys).map_err(|e| format!("{}: {e}", keys.display()))?;
         }
+        let tcp: Vec<SocketAddr> = if spec.client_tls {
+            free_tcp_ports(n)?.into_iter().map(|p| SocketAddr::from(([127, 0, 0, 1], p))).collect()
+        } else {
+            Vec::new()
+        };
+        let tls_dir = dir.join("tls");
+        let client_tls = if spec.client_tls { Some(client_certs(&tls_dir, n)?) } else { None };
         for (i, p) in ports[..n].iter().enumerate() {
             let _ = write!(
                 text,
                 "\n[[cluster.daemon]]\nid = {i}\nname = \"d{i}\"\naddress = \"127.0.0.1:{p}\"\n"
             );
+            if let Some(a) = tcp.get(i) {
+                let _ = writeln!(text, "client_tcp = \"{a}\"");
+            }
             if secure {
                 let key = identity(&keys, &format!("d{i}"))?;
                 let _ = writeln!(text, "public_key = \"{key}\"");
@@ -123,14 +192,23 @@ impl LocalCluster {
         if secure {
             let _ = writeln!(text, "identity = \"{}/{{name}}.key\"", keys.display());
         }
+        if client_tls.is_some() {
+            let t = tls_dir.display();
+            let _ = write!(
+                text,
+                "\n[clients]\ntls_cert = \"{t}/{{name}}.crt\"\ntls_key = \"{t}/{{name}}.key\"\nclient_ca = \"{t}/ca.crt\"\nrequire_tls = true\n"
+            );
+        }
         text += "\n[ring]\n";
         for line in &spec.ring {
             let _ = writeln!(text, "{line}");
         }
         let _ = write!(text, "\n[paths]\nstate_dir = \"{}/{{name}}\"\n", dir.display());
+        text += &spec.groups;
         let config = dir.join("cluster.toml");
         std::fs::write(&config, text).map_err(|e| format!("{}: {e}", config.display()))?;
-        let mut me = Self { dir, config, children: (0..n).map(|_| None).collect(), keep_dir: false };
+        let mut me =
+            Self { dir, config, children: (0..n).map(|_| None).collect(), tcp, client_tls, keep_dir: false };
         for i in 0..n {
             me.spawn(i)?;
         }
@@ -181,16 +259,11 @@ impl LocalCluster {
     /// CPU time (user and system) the running daemons have used so far, in
     /// seconds, from `/proc` (Linux; in USER_HZ = 100 ticks).
     pub(crate) fn cpu_seconds(&self) -> Option<f64> {
-        let mut ticks = 0u64;
+        let mut s = 0.0;
         for c in self.children.iter().flatten() {
-            let stat = std::fs::read_to_string(format!("/proc/{}/stat", c.id())).ok()?;
-            // Fields after the parenthesised command name: state is field 3,
-            // utime and stime are fields 14 and 15.
-            let rest = stat.rsplit_once(')')?.1;
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            ticks += f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+            s += process_cpu_seconds(&c.id().to_string())?;
         }
-        Some(ticks as f64 / 100.0)
+        Some(s)
     }
 
     /// Fails (and keeps the logs) if a daemon has exited.
@@ -203,6 +276,18 @@ impl LocalCluster {
         }
         Ok(())
     }
+}
+
+/// CPU time (user and system) of process `pid` (`self`: this one) so far,
+/// in seconds, from `/proc/<pid>/stat` (Linux; in USER_HZ = 100 ticks).
+pub(crate) fn process_cpu_seconds(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name: state is field 3, utime
+    // and stime are fields 14 and 15.
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
 }
 
 impl Drop for LocalCluster {

@@ -19,13 +19,29 @@
 //! Throughput counts payload bytes once per message (not per receiver), from
 //! the first send to the last delivery at any receiver. Everything is bounded
 //! by `--timeout`: past it, flood reports what was delivered and fails.
+//!
+//! `--mode` is the group's protection mode (`docs/security.md`): a spawned
+//! cluster's config gets a `[[group]]` rule giving the group that mode, and
+//! every client joins stating it. In the keyed modes (`integrated-vs`,
+//! `optimized-evs`) the senders join too (a closed VS group takes messages
+//! from members only, and only members hold the view key to seal with; they
+//! discard their own messages), the client library seals every payload and
+//! opens it at each receiver, so the header above is checked after opening.
+//! Every client answers flush requests (`integrated-vs`), and a message that
+//! cannot be opened is counted and fails the run. `--remote-tls` gives the
+//! spawned daemons TLS listeners with a fresh CA and certificates, and every
+//! client connects over TCP+TLS with a client certificate instead of the Unix
+//! socket.
 
-use crate::cluster::{LocalCluster, Spec};
+use crate::cluster::{LocalCluster, Spec, process_cpu_seconds};
 use crate::connect_opts::ConnectOpts;
 use clap::{Args, ValueEnum};
 use hdrhistogram::Histogram;
-use ringfence_client::{Address, Client, ClientError, ConnectOptions, Event, Service};
+use ringfence_client::{
+    Address, Client, ClientError, ConnectOptions, Event, GroupMode, Service, TlsOptions, ViewKind,
+};
 use ringfence_engine::DaemonConfig;
+use ringfence_proto::wire::client::ErrorCode;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -76,6 +92,30 @@ impl ServiceArg {
     /// The service promises one total order at every receiver.
     fn total(self) -> bool {
         matches!(self, Self::Agreed | Self::Safe)
+    }
+}
+
+/// Group protection mode, as named on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum ModeArg {
+    /// Nothing beyond the links between daemons.
+    None,
+    /// Closed VS group; members seal under the view key.
+    IntegratedVs,
+    /// Open EVS group; members seal under the view key, daemons reseal.
+    OptimizedEvs,
+    /// No client keys; remote clients over TLS.
+    ThreeStep,
+}
+
+impl ModeArg {
+    fn mode(self) -> GroupMode {
+        match self {
+            Self::None => GroupMode::None,
+            Self::IntegratedVs => GroupMode::IntegratedVs,
+            Self::OptimizedEvs => GroupMode::OptimizedEvs,
+            Self::ThreeStep => GroupMode::ThreeStep,
+        }
     }
 }
 
@@ -134,6 +174,16 @@ pub(crate) struct FloodArgs {
     /// `authenticate` or `none`).
     #[arg(long, conflicts_with = "config", default_value = "encrypt", value_parser = ["encrypt", "authenticate", "none"])]
     link_security: String,
+    /// The group's protection mode. Spawned daemons get a `[[group]]` rule
+    /// giving the group this mode; with --config, the cluster's policy must
+    /// give it this mode.
+    #[arg(long, value_enum, default_value_t = ModeArg::None)]
+    mode: ModeArg,
+    /// Spawned daemons: TLS listeners for TCP clients (a fresh CA, server
+    /// and client certificates, `require_tls`); every flood client connects
+    /// over TCP+TLS with a client certificate instead of the Unix socket.
+    #[arg(long, conflicts_with_all = ["config", "tls_ca", "token"])]
+    remote_tls: bool,
     /// Give up after this many seconds (setup included), report the shortfall
     /// and fail.
     #[arg(long, value_name = "SECS", default_value_t = 120)]
@@ -151,6 +201,10 @@ fn spawn(n: usize, args: &FloodArgs) -> Result<LocalCluster, String> {
     spec.transport.clone_from(&args.transport);
     spec.ring_core.clone_from(&args.ring_core);
     spec.link_security.clone_from(&args.link_security);
+    if args.mode != ModeArg::None {
+        spec.groups = format!("\n[[group]]\npattern = \"{}\"\nmode = \"{}\"\n", args.group, args.mode.mode());
+    }
+    spec.client_tls = args.remote_tls;
     if args.no_accelerated {
         spec.ring.push("accelerated = false".into());
     }
@@ -224,6 +278,10 @@ struct SenderDone {
     _client: Client,
     sent: u64,
     first_ns: u64,
+    /// Messages of the group it could not open (keyed modes: the senders
+    /// are members and receive the other senders' messages).
+    undecipherable: u64,
+    first_undecipherable: Option<String>,
 }
 
 /// What a receiver saw.
@@ -236,6 +294,11 @@ struct ReceiverDone {
     bad_payloads: u64,
     order_hash: u64,
     views: u64,
+    /// Messages the library (or the daemon) could not open.
+    undecipherable: u64,
+    first_undecipherable: Option<String>,
+    /// Flush requests answered during the run (a view change).
+    flushes: u64,
 }
 
 enum Done {
@@ -258,11 +321,38 @@ fn write_header(buf: &mut [u8], ts: u64, sender: u32, seq: u32) {
     buf[12..16].copy_from_slice(&seq.to_le_bytes());
 }
 
-/// Reads what the daemon said to a sender (it joins no group, so only errors).
-fn drain_sender(c: &mut Client) -> Result<(), String> {
+/// Messages that could not be opened, and the first one's description.
+#[derive(Default)]
+struct Undecipherable {
+    count: u64,
+    first: Option<String>,
+}
+
+impl Undecipherable {
+    fn record(&mut self, sender: &str, key_id: u32, reason: &str) {
+        self.count += 1;
+        if self.first.is_none() {
+            self.first = Some(format!("from {sender} under key {key_id}: {reason}"));
+        }
+    }
+}
+
+/// Reads what the daemon said to a sender: errors, and in keyed modes (the
+/// senders are members) views, flush requests and the other senders'
+/// messages, which it skips; undecipherable ones are counted.
+fn drain_sender(c: &mut Client, undecipherable: &mut Undecipherable) -> Result<(), String> {
     while let Some(ev) = c.poll().map_err(|e| e.to_string())? {
-        if let Event::Error { code, text } = ev {
-            return Err(format!("daemon refused a multicast ({code:?}): {text}"));
+        match ev {
+            Event::Error { code, text } => {
+                return Err(format!("daemon refused a multicast ({code:?}): {text}"));
+            }
+            Event::FlushRequest { group, view_id } => {
+                c.flush_ok(&group, view_id).map_err(|e| e.to_string())?
+            }
+            Event::Undecipherable { sender, key_id, reason, .. } => {
+                undecipherable.record(&sender, key_id, &reason);
+            }
+            _ => {}
         }
     }
     Ok(())
@@ -279,6 +369,7 @@ fn run_sender(
     let groups = [plan.group.as_str()];
     let mut sent: u64 = 0;
     let mut first_ns = None;
+    let mut undecipherable = Undecipherable::default();
     let err = |e: ClientError| format!("sender {idx}: {e}");
     if let Some(interval) = plan.interval_ns {
         let mut buf = vec![0u8; plan.size];
@@ -302,7 +393,7 @@ fn run_sender(
             c.multicast(plan.service, &groups, 0, &buf).map_err(err)?;
             sent += 1;
             if sent % 1024 == 0 {
-                drain_sender(&mut c)?;
+                drain_sender(&mut c, &mut undecipherable)?;
             }
         }
     } else {
@@ -322,12 +413,18 @@ fn run_sender(
             sent += n as u64;
             batches += 1;
             if batches % 16 == 0 {
-                drain_sender(&mut c)?;
+                drain_sender(&mut c, &mut undecipherable)?;
             }
         }
     }
-    drain_sender(&mut c)?;
-    Ok(SenderDone { _client: c, sent, first_ns: first_ns.unwrap_or(0) })
+    drain_sender(&mut c, &mut undecipherable)?;
+    Ok(SenderDone {
+        _client: c,
+        sent,
+        first_ns: first_ns.unwrap_or(0),
+        undecipherable: undecipherable.count,
+        first_undecipherable: undecipherable.first,
+    })
 }
 
 struct RecvPlan {
@@ -357,8 +454,14 @@ fn run_receiver(
         bad_payloads: 0,
         order_hash: 0xcbf2_9ce4_8422_2325,
         views: 0,
+        undecipherable: 0,
+        first_undecipherable: None,
+        flushes: 0,
     };
-    while done.delivered < plan.expected && !stop.load(Ordering::Relaxed) {
+    let mut undecipherable = Undecipherable::default();
+    // A message that cannot be opened is not delivered, but it is one of the
+    // expected ones: count it so the receiver ends (and the run fails).
+    while done.delivered + undecipherable.count < plan.expected && !stop.load(Ordering::Relaxed) {
         match c.receive().map_err(|e| e.to_string())? {
             Event::Message(m) => {
                 let now = ns_since(base);
@@ -392,47 +495,75 @@ fn run_receiver(
                 next[sender] = seq + 1;
             }
             Event::Membership(v) if v.group == plan.group => done.views += 1,
+            Event::FlushRequest { group, view_id } => {
+                done.flushes += 1;
+                c.flush_ok(&group, view_id).map_err(|e| e.to_string())?;
+            }
+            Event::Undecipherable { sender, key_id, reason, .. } => {
+                undecipherable.record(&sender, key_id, &reason);
+            }
             Event::Error { code, text } => return Err(format!("daemon error ({code:?}): {text}")),
             _ => {}
         }
     }
+    done.undecipherable = undecipherable.count;
+    done.first_undecipherable = undecipherable.first;
     done.hist = hist;
     Ok(done)
 }
 
-/// Joins every receiver to the group and waits until each sees a view with
-/// all of them (the daemons have formed one ring).
-fn wait_for_ring(
-    receivers: &mut [Client],
+/// Whether a daemon error says a `flush_ok` answered no outstanding request.
+fn stale_flush_ok(code: ErrorCode, text: &str) -> bool {
+    code == ErrorCode::StaleView || text == "no flush requested"
+}
+
+/// Joins `clients[first..]` to the group in `mode` and waits until every
+/// client sees a regular view with all of `clients` (so the daemons have
+/// formed one ring) and, in keyed modes, holds its key; flush requests
+/// (`integrated-vs`) are answered meanwhile.
+fn wait_for_view(
+    clients: &mut [Client],
+    first: usize,
     group: &str,
+    mode: GroupMode,
     deadline: Instant,
     spawned: &mut Option<LocalCluster>,
 ) -> Result<(), String> {
-    for c in receivers.iter_mut() {
-        c.join(group).map_err(|e| e.to_string())?;
+    let vs = mode == GroupMode::IntegratedVs;
+    for c in clients[first..].iter_mut() {
+        c.join_with(group, vs, mode).map_err(|e| e.to_string())?;
     }
-    let want = receivers.len();
+    let want = clients.len();
     let mut ready = vec![false; want];
     let mut last = vec![0usize; want];
     let mut tick = 0u32;
     while !ready.iter().all(|&r| r) {
         let mut idle = true;
-        for (i, c) in receivers.iter_mut().enumerate() {
-            while let Some(ev) = c.poll().map_err(|e| format!("receiver {i}: {e}"))? {
+        for (i, c) in clients.iter_mut().enumerate() {
+            while let Some(ev) = c.poll().map_err(|e| format!("client {i}: {e}"))? {
                 idle = false;
                 match ev {
                     Event::Membership(v) if v.group == group => {
                         last[i] = v.members.len();
-                        ready[i] = v.members.len() == want;
+                        ready[i] = v.kind == ViewKind::Regular
+                            && v.members.len() == want
+                            && (v.key.is_some() || !mode.keyed());
                     }
-                    Event::Error { code, text } => return Err(format!("receiver {i}: {code:?}: {text}")),
+                    Event::FlushRequest { group, view_id } => {
+                        c.flush_ok(&group, view_id).map_err(|e| format!("client {i}: {e}"))?;
+                    }
+                    // Joins in quick succession restart a flush: the daemon
+                    // asks again, and one of our answers finds no request
+                    // outstanding (it says so with code 0, not `StaleView`).
+                    Event::Error { code, text } if stale_flush_ok(code, &text) => {}
+                    Event::Error { code, text } => return Err(format!("client {i}: {code:?}: {text}")),
                     _ => {}
                 }
             }
         }
         if Instant::now() >= deadline {
             return Err(format!(
-                "the daemons formed no ring in time: the receivers see views of {last:?} members, want {want}"
+                "no view of all {want} clients (keyed: with its key) in time: they see views of {last:?} members"
             ));
         }
         if idle {
@@ -462,8 +593,16 @@ struct Report {
     max_us: Option<f64>,
     /// CPU time of all spawned daemons per message sent, during the load.
     daemon_cpu_us_per_msg: Option<f64>,
+    /// CPU time of this process (every sender and receiver: framing,
+    /// seal and open, TLS) per message sent, during the load.
+    client_cpu_us_per_msg: Option<f64>,
     fifo_violations: u64,
     bad_payloads: u64,
+    /// Messages no receiver or sender could open (keyed modes).
+    undecipherable: u64,
+    first_undecipherable: Option<String>,
+    /// Flush requests the receivers answered during the run.
+    flushes: u64,
     total_order: Option<bool>,
     first_violation: Option<String>,
     errors: Vec<String>,
@@ -472,7 +611,10 @@ struct Report {
 
 impl Report {
     fn order_ok(&self) -> bool {
-        self.fifo_violations == 0 && self.bad_payloads == 0 && self.total_order != Some(false)
+        self.fifo_violations == 0
+            && self.bad_payloads == 0
+            && self.undecipherable == 0
+            && self.total_order != Some(false)
     }
 
     fn ok(&self) -> bool {
@@ -501,6 +643,10 @@ pub(crate) fn main(args: &FloodArgs) -> ExitCode {
         eprintln!("flood: --senders, --messages, --rate and --spawn must be at least 1");
         return ExitCode::from(2);
     }
+    if args.mode != ModeArg::None && args.config.is_none() && args.link_security != "encrypt" {
+        eprintln!("flood: --mode {} needs --link-security encrypt", args.mode.mode());
+        return ExitCode::from(2);
+    }
     if args.messages / args.senders as u64 >= u64::from(u32::MAX) {
         eprintln!("flood: at most {} messages per sender", u32::MAX - 1);
         return ExitCode::from(2);
@@ -521,12 +667,20 @@ pub(crate) fn main(args: &FloodArgs) -> ExitCode {
 fn run(args: &FloodArgs, spawned: &mut Option<LocalCluster>) -> Report {
     let deadline = Instant::now() + Duration::from_secs(args.timeout);
     let mut report = Report { expected: 0, ..Report::default() };
-    let opts = args.connect.options();
+    let mut opts = args.connect.options();
     let sockets = match &args.config {
         Some(path) => configured_sockets(path, args.connect.remote()),
         None if args.connect.remote() => Err("TLS and token options need --config".into()),
         None => spawn(args.spawn.unwrap_or(3), args).map(|c| {
-            let socks = c.sockets().into_iter().map(Address::Unix).collect();
+            let socks = match &c.client_tls {
+                Some(t) => {
+                    opts.tls = Some(
+                        TlsOptions::new(&t.ca_cert, t.server_name.as_str()).with_client_cert(&t.cert, &t.key),
+                    );
+                    c.tcp.iter().copied().map(Address::Tcp).collect()
+                }
+                None => c.sockets().into_iter().map(Address::Unix).collect(),
+            };
             *spawned = Some(c);
             socks
         }),
@@ -556,22 +710,35 @@ fn run(args: &FloodArgs, spawned: &mut Option<LocalCluster>) -> Report {
             }
         }
     }
-    if let Err(e) = wait_for_ring(&mut receivers, &args.group, deadline, spawned) {
+    let mode = args.mode.mode();
+    if let Err(e) = wait_for_view(&mut receivers, 0, &args.group, mode, deadline, spawned) {
         report.errors.push(e);
         return report;
     }
-    let mut senders = Vec::with_capacity(m);
     for i in 0..m {
         match connect(&sockets[i % k], &opts, &format!("flood-s{i}"), deadline, spawned) {
-            Ok(c) => senders.push(c),
+            Ok(c) => receivers.push(c),
             Err(e) => {
                 report.errors.push(e);
                 return report;
             }
         }
     }
+    // Keyed modes: the senders join (as members they hold the view key),
+    // and every client waits for the view with all of them and its key.
+    if mode.keyed() {
+        for c in &mut receivers[k..] {
+            c.set_self_discard(true);
+        }
+        if let Err(e) = wait_for_view(&mut receivers, k, &args.group, mode, deadline, spawned) {
+            report.errors.push(e);
+            return report;
+        }
+    }
+    let senders = receivers.split_off(k);
 
     let cpu_before = spawned.as_ref().and_then(LocalCluster::cpu_seconds);
+    let client_cpu_before = process_cpu_seconds("self");
     let base = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
     let progress: Arc<Vec<AtomicU64>> = Arc::new((0..k).map(|_| AtomicU64::new(0)).collect());
@@ -630,8 +797,15 @@ fn run(args: &FloodArgs, spawned: &mut Option<LocalCluster>) -> Report {
     }
     stop.store(true, Ordering::Relaxed);
     let cpu_after = spawned.as_ref().and_then(LocalCluster::cpu_seconds);
+    let client_cpu_after = process_cpu_seconds("self");
 
     report.sent = sent_done.iter().flatten().map(|s| s.sent).sum();
+    for s in sent_done.iter().flatten() {
+        report.undecipherable += s.undecipherable;
+        if report.first_undecipherable.is_none() {
+            report.first_undecipherable.clone_from(&s.first_undecipherable);
+        }
+    }
     report.delivered = progress.iter().map(|p| p.load(Ordering::Relaxed)).sum();
     let first = sent_done.iter().flatten().map(|s| s.first_ns).min().unwrap_or(0);
     let last = recv_done.iter().flatten().map(|r| r.last_ns).max().unwrap_or(0);
@@ -642,6 +816,11 @@ fn run(args: &FloodArgs, spawned: &mut Option<LocalCluster>) -> Report {
         let _ = hist.add(&r.hist);
         report.fifo_violations += r.fifo_violations;
         report.bad_payloads += r.bad_payloads;
+        report.undecipherable += r.undecipherable;
+        report.flushes += r.flushes;
+        if report.first_undecipherable.is_none() {
+            report.first_undecipherable.clone_from(&r.first_undecipherable);
+        }
         if report.first_violation.is_none() {
             report.first_violation.clone_from(&r.first_violation);
         }
@@ -649,11 +828,14 @@ fn run(args: &FloodArgs, spawned: &mut Option<LocalCluster>) -> Report {
             report.errors.push(format!("the group's membership changed {} time(s) during the run", r.views));
         }
     }
-    if let (Some(a), Some(b)) = (cpu_before, cpu_after) {
-        if report.sent > 0 {
-            report.daemon_cpu_us_per_msg = Some(((b - a) * 1e6 / report.sent as f64 * 10.0).round() / 10.0);
+    let per_msg = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) if report.sent > 0 => {
+            Some(((b - a) * 1e6 / report.sent as f64 * 10.0).round() / 10.0)
         }
-    }
+        _ => None,
+    };
+    report.daemon_cpu_us_per_msg = per_msg(cpu_before, cpu_after);
+    report.client_cpu_us_per_msg = per_msg(client_cpu_before, client_cpu_after);
     report.p50_us = us(&hist, 0.5);
     report.p99_us = us(&hist, 0.99);
     report.p999_us = us(&hist, 0.999);
@@ -693,12 +875,18 @@ fn print_report(args: &FloodArgs, r: &Report) {
             "accelerated": spawned.then_some(!args.no_accelerated),
             "packing": spawned.then_some(!args.no_packing),
             "backend": spawned.then_some(args.backend.as_str()),
+            "mode": args.mode.mode().name(),
+            "remote_tls": args.remote_tls || args.connect.remote(),
             "rate": args.rate,
             "elapsed_s": r.elapsed_s,
             "daemon_cpu_us_per_msg": r.daemon_cpu_us_per_msg,
+            "client_cpu_us_per_msg": r.client_cpu_us_per_msg,
             "order_ok": r.order_ok(),
             "fifo_violations": r.fifo_violations,
             "bad_payloads": r.bad_payloads,
+            "undecipherable": r.undecipherable,
+            "first_undecipherable": r.first_undecipherable,
+            "flushes": r.flushes,
             "total_order_ok": r.total_order,
             "first_violation": r.first_violation,
             "timed_out": r.timed_out,
@@ -722,13 +910,15 @@ fn print_report(args: &FloodArgs, r: &Report) {
     };
     let pacing =
         args.rate.map_or_else(|| "as fast as possible".to_string(), |r| format!("paced at {r} msgs/s"));
+    let clients = if args.remote_tls || args.connect.remote() { "TCP+TLS clients" } else { "local clients" };
     let _ = writeln!(
         out,
-        "flood: {} x {} B {} to group {:?}, {} sender(s), {} receiver(s), {}, {}",
+        "flood: {} x {} B {} to group {:?} (mode {}, {clients}), {} sender(s), {} receiver(s), {}, {}",
         args.messages,
         args.size,
         args.service.service().name(),
         args.group,
+        args.mode.mode(),
         args.senders,
         r.daemons,
         setup,
@@ -761,6 +951,9 @@ fn print_report(args: &FloodArgs, r: &Report) {
         let _ =
             writeln!(out, "  daemon CPU  {c:.1} us per message (user + system, all {} daemons)", r.daemons);
     }
+    if let Some(c) = r.client_cpu_us_per_msg {
+        let _ = writeln!(out, "  client CPU  {c:.1} us per message (user + system, every flood client)");
+    }
     let fifo = if !args.service.fifo() {
         "per-sender order not promised by this service".to_string()
     } else if r.fifo_violations == 0 {
@@ -779,6 +972,14 @@ fn print_report(args: &FloodArgs, r: &Report) {
     let _ = writeln!(out, "  order       {fifo}{total}");
     if r.bad_payloads > 0 {
         let _ = writeln!(out, "  payloads    {} malformed", r.bad_payloads);
+    }
+    if r.undecipherable > 0 {
+        let first = r.first_undecipherable.as_deref().unwrap_or("?");
+        let _ =
+            writeln!(out, "  keys        {} message(s) UNDECIPHERABLE (first: {first})", r.undecipherable);
+    }
+    if r.flushes > 0 {
+        let _ = writeln!(out, "  flushes     {} during the run", r.flushes);
     }
     if let Some(v) = &r.first_violation {
         let _ = writeln!(out, "  first violation: {v}");

@@ -131,7 +131,9 @@ fn ca_params() -> Result<CertificateParams, String> {
     Ok(p)
 }
 
-fn make_ca(dir: &Path) -> Result<Vec<PathBuf>, String> {
+/// Writes a new CA (`ca.crt`, `ca.key`) into `dir`; also used by `flood
+/// --remote-tls` for its spawned cluster.
+pub(crate) fn make_ca(dir: &Path) -> Result<Vec<PathBuf>, String> {
     let key = KeyPair::generate().map_err(|e| format!("key generation: {e}"))?;
     let mut params = ca_params()?;
     validity(&mut params, 20);
@@ -143,7 +145,14 @@ fn make_ca(dir: &Path) -> Result<Vec<PathBuf>, String> {
     Ok(vec![crt, secret])
 }
 
-fn make_cert(name: &str, ca_dir: &Path, dir: &Path, san: &[String]) -> Result<Vec<PathBuf>, String> {
+/// Writes `NAME.crt` and `NAME.key` into `dir`, signed by the CA in
+/// `ca_dir`, with subject alternative names `san`.
+pub(crate) fn make_cert(
+    name: &str,
+    ca_dir: &Path,
+    dir: &Path,
+    san: &[String],
+) -> Result<Vec<PathBuf>, String> {
     if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
         return Err(format!("`{name}` cannot name a file"));
     }
