@@ -403,6 +403,7 @@ impl Daemon {
                         GroupsError::NoServerKey => ErrorCode::NoServerKey,
                         GroupsError::WrongKey | GroupsError::KeyedMultiDestination => ErrorCode::WrongKey,
                         GroupsError::InsecureTransport => ErrorCode::InsecureTransport,
+                        GroupsError::NoFlush => ErrorCode::StaleView,
                         _ => ErrorCode::Other(0),
                     };
                     if matches!(
