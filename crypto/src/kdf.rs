@@ -14,6 +14,7 @@
 //! tests pin their outputs.
 
 use hkdf::Hkdf;
+use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 use zeroize::Zeroize;
 
@@ -51,17 +52,12 @@ pub enum KdfError {
 /// Passing the message in parts avoids building it in a buffer; the result
 /// is the same as for the concatenated message.
 pub fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> [u8; HMAC_LEN] {
-    // `ring`'s SHA-256 uses the CPU's SHA extensions where there are some:
-    // several times faster than a portable implementation, and every view
-    // change of every client group pays two of these.
-    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key);
-    let mut ctx = ring::hmac::Context::with_key(&key);
+    // HMAC takes keys of any length; `new_from_slice` cannot fail for it.
+    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("HMAC accepts keys of any length");
     for part in parts {
-        ctx.update(part);
+        mac.update(part);
     }
-    let mut out = [0u8; HMAC_LEN];
-    out.copy_from_slice(ctx.sign().as_ref());
-    out
+    mac.finalize().into_bytes().into()
 }
 
 /// HKDF-SHA256 (RFC 5869): extract with `salt` (empty means no salt, which
