@@ -236,7 +236,7 @@ impl Keys {
         if m.kind != ViewKind::Regular {
             return;
         }
-        let index = m.members.iter().position(|x| x == me).unwrap_or(0) as u32;
+        let index = m.members.iter().position(|x| x == me).and_then(|i| u32::try_from(i).ok());
         let key = m.key.as_ref().map(|(id, k)| Arc::new(GroupKey::new(*id, k.clone())));
         self.groups.insert(m.group.clone(), ViewKeyState { mode: m.mode, key, index, sent: 0 });
     }
@@ -309,8 +309,9 @@ struct Keys {
 struct ViewKeyState {
     mode: GroupMode,
     key: Option<Arc<GroupKey>>,
-    /// This client's index in the view: the sender id of its nonces.
-    index: u32,
+    /// This client's index in the view: the sender id of its nonces;
+    /// `None` (no sealing) once it left, or if it is not in the list.
+    index: Option<u32>,
     /// Messages sealed under `key` so far: the nonce counter.
     sent: u64,
 }
@@ -432,6 +433,9 @@ impl Client {
     /// when the client joins the group again or disconnects; it never opens
     /// a later view's messages.
     pub fn leave(&mut self, group: &str) -> Result<(), ClientError> {
+        if let Some(k) = self.keys.groups.get_mut(group) {
+            k.index = None; // opens what is still on its way, seals nothing more
+        }
         self.send(&ClientFrame::Leave { group: group.to_string() })
     }
 
@@ -479,7 +483,7 @@ impl Client {
         let mut sealed_buf = Vec::new();
         for p in payloads {
             let (sealed, body) = match key.as_deref_mut() {
-                Some(ViewKeyState { key: Some(k), index, sent, .. }) => {
+                Some(ViewKeyState { key: Some(k), index: Some(index), sent, .. }) => {
                     let nonce = Nonce::new(*index, *sent);
                     *sent += 1;
                     sealed_buf.clear();
@@ -568,8 +572,27 @@ impl Client {
 
     /// Opens a sealed message of a keyed group under the view key held.
     fn open(&self, mut m: Message) -> Event {
-        if !m.sealed || self.keys.raw {
+        if self.keys.raw {
             return Event::Message(m);
+        }
+        if !m.sealed {
+            // Every message of a keyed group comes sealed; one that does not
+            // was not made by the daemons' rules: never hand it over as if
+            // it had been protected.
+            let keyed = match &m.groups[..] {
+                [g] => self.keys.groups.get(g).is_some_and(|k| k.mode.keyed()),
+                _ => false,
+            };
+            if !keyed {
+                return Event::Message(m);
+            }
+            return Event::Undecipherable {
+                sender: m.sender,
+                group: m.groups.into_iter().next().unwrap_or_default(),
+                msg_type: m.msg_type,
+                key_id: 0,
+                reason: "not sealed, in a keyed group".into(),
+            };
         }
         let key_id = ringfence_crypto::group::key_id_of(&m.payload).unwrap_or(0);
         let held = match &m.groups[..] {

@@ -336,7 +336,12 @@ impl Daemon {
         match req {
             ToRing::Connect { id, hello_name, principal, out } => {
                 let who = principal.policy_name();
-                match self.groups.connect_as(ClientId(id), hello_name.as_bytes(), &who) {
+                match self.groups.connect_secure(
+                    ClientId(id),
+                    hello_name.as_bytes(),
+                    &who,
+                    principal.secure(),
+                ) {
                     Ok(name) => {
                         // The groups layer will take the principal for its
                         // access policy; for now it is logged.

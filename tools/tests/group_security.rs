@@ -127,6 +127,66 @@ fn wait_views(m: &mut [Member], group: &str, n: usize) {
     }
 }
 
+/// A CA, a server certificate for every daemon (127.0.0.1, localhost) and
+/// client certificates for `clients`, made by `ringfence keygen`; the
+/// `[clients]` section for them (with a token `bob`); and client options for
+/// a certificate (`Some(name)`) or none.
+struct Pki {
+    dir: std::path::PathBuf,
+    clients_section: String,
+}
+
+impl Pki {
+    fn new(tag: &str, clients: &[&str]) -> Self {
+        let dir = std::env::temp_dir().join(format!("ringfence-{tag}-keys-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let s = |p: &std::path::Path| p.to_str().unwrap().to_string();
+        let (ca, certs) = (dir.join("ca"), dir.join("certs"));
+        keygen(&["ca", "--dir", &s(&ca)]);
+        for name in std::iter::once(&"daemons").chain(clients) {
+            keygen(&[
+                "cert",
+                name,
+                "--ca-dir",
+                &s(&ca),
+                "--dir",
+                &s(&certs),
+                "--san",
+                "127.0.0.1",
+                "--san",
+                "localhost",
+            ]);
+        }
+        let clients_section = format!(
+            "\n[clients]\ntls_cert = \"{}\"\ntls_key = \"{}\"\nclient_ca = \"{}\"\n{}",
+            s(&certs.join("daemons.crt")),
+            s(&certs.join("daemons.key")),
+            s(&ca.join("ca.crt")),
+            token_entry("bob", "bob-token-7f3a")
+        );
+        Self { dir, clients_section }
+    }
+
+    fn tls(&self, cert: Option<&str>) -> TlsOptions {
+        let certs = self.dir.join("certs");
+        TlsOptions {
+            ca_cert: self.dir.join("ca").join("ca.crt"),
+            client_cert: cert.map(|c| (certs.join(format!("{c}.crt")), certs.join(format!("{c}.key")))),
+            server_name: "localhost".into(),
+        }
+    }
+
+    fn cert(&self, name: &str) -> ConnectOptions {
+        ConnectOptions { tls: Some(self.tls(Some(name))), token: None }
+    }
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 const IVS_POLICY: &str = r#"
 [[group]]
 pattern = "ivs.*"
@@ -136,13 +196,19 @@ mode = "integrated-vs"
 #[test]
 fn integrated_vs_seals_every_byte_and_a_leaver_cannot_read_on() {
     for backend in backends() {
-        let extra = format!("{IVS_POLICY}{}", token_config());
+        let names = ["m0", "m1", "m2"];
+        let pki = Pki::new("ivs", &names);
+        // TLS, and plain TCP allowed for the token client refused below.
+        let clients = pki.clients_section.replacen("[clients]\n", "[clients]\nrequire_tls = false\n", 1);
+        let extra = format!("{IVS_POLICY}{clients}{}", token_config());
         let (cluster, tap) = Cluster::start_tapped_extra("ivs", 3, backend, "encrypt", &extra);
         let capture = tap.capture().clone();
-        // Every client talks TCP through a recording proxy.
+        // Every client talks TLS through a recording proxy.
         let proxies: Vec<TcpTap> = (0..3).map(|i| TcpTap::start(cluster.tcp(i), capture.clone())).collect();
         let mut m: Vec<Member> = (0..3)
-            .map(|i| Member::new(connect_token(&Address::Tcp(proxies[i].address()), &format!("m{i}"))))
+            .map(|i| {
+                Member::new(connect_with(&Address::Tcp(proxies[i].address()), names[i], &pki.cert(names[i])))
+            })
             .collect();
         for x in &mut m {
             x.c.join_with("ivs.room", true, GroupMode::IntegratedVs).unwrap();
@@ -164,6 +230,15 @@ fn integrated_vs_seals_every_byte_and_a_leaver_cannot_read_on() {
         }
         assert!(capture.datagrams() > 0 && capture.tcp_bytes() > 0, "the capture saw the traffic");
         assert!(!capture.contains(MARKER), "payload plaintext on the wire ({backend})");
+        let key = m[0].c.view_key("ivs.room").unwrap().secret().expose_secret().to_vec();
+        assert!(!capture.contains(&key), "the view key crossed a wire in clear ({backend})");
+        // A client on plain TCP (a token, no TLS) gets no key: refused.
+        let mut plain = Member::new(connect_token(&Address::Tcp(cluster.tcp(0)), "plain"));
+        plain.c.join_with("ivs.room", true, GroupMode::IntegratedVs).unwrap();
+        plain.wait(
+            "a refusal",
+            |e| matches!(e, Event::Error { text, .. } if text.contains("local socket or TLS")),
+        );
 
         // m2 leaves; m1 takes the next view's messages sealed, as delivered.
         let left_key = m[2].c.view_key("ivs.room").map(|k| k.id()).unwrap();
@@ -354,43 +429,13 @@ mode = "three-step"
 
 #[test]
 fn three_step_with_remote_tls_clients() {
-    let keys = std::env::temp_dir().join(format!("ringfence-ts-keys-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&keys);
-    let (ca, certs) = (keys.join("ca"), keys.join("certs"));
-    let s = |p: &std::path::Path| p.to_str().unwrap().to_string();
-    keygen(&["ca", "--dir", &s(&ca)]);
-    let cert = |name: &str| {
-        keygen(&[
-            "cert",
-            name,
-            "--ca-dir",
-            &s(&ca),
-            "--dir",
-            &s(&certs),
-            "--san",
-            "127.0.0.1",
-            "--san",
-            "localhost",
-        ])
-    };
-    cert("daemons");
-    cert("alice");
-    let extra = format!(
-        "{TS_POLICY}\n[clients]\ntls_cert = \"{}\"\ntls_key = \"{}\"\nclient_ca = \"{}\"\n{}",
-        s(&certs.join("daemons.crt")),
-        s(&certs.join("daemons.key")),
-        s(&ca.join("ca.crt")),
-        token_entry("bob", "bob-token-7f3a")
-    );
+    let pki = Pki::new("ts", &["alice"]);
+    let extra = format!("{TS_POLICY}{}", pki.clients_section);
     let (cluster, tap) = Cluster::start_tapped_extra("ts", 2, backends()[0], "encrypt", &extra);
     let capture = tap.capture().clone();
     let proxies: Vec<TcpTap> = (0..2).map(|i| TcpTap::start(cluster.tcp(i), capture.clone())).collect();
-    let tls = |cert: Option<&str>| TlsOptions {
-        ca_cert: ca.join("ca.crt"),
-        client_cert: cert.map(|c| (certs.join(format!("{c}.crt")), certs.join(format!("{c}.key")))),
-        server_name: "localhost".into(),
-    };
-    let alice_opts = ConnectOptions { tls: Some(tls(Some("alice"))), token: None };
+    let tls = |cert: Option<&str>| pki.tls(cert);
+    let alice_opts = pki.cert("alice");
     let bob_opts = ConnectOptions { tls: Some(tls(None)), token: Some("bob-token-7f3a".into()) };
     let mut m = vec![
         Member::new(connect_with(&Address::Tcp(proxies[0].address()), "alice", &alice_opts)),
@@ -431,5 +476,4 @@ fn three_step_with_remote_tls_clients() {
         (cluster.status(0).and_then(|s| s["auth_failures"].as_u64()) == Some(3)).then_some(())
     });
     drop(proxies);
-    let _ = std::fs::remove_dir_all(&keys);
 }

@@ -68,7 +68,7 @@ pub(crate) fn authenticate(auth: &Auth, link: &Link, clients: &Clients) -> Resul
         (Auth::Tls, _) => unsupported("certificate authentication needs a TLS connection"),
         (Auth::Token(_), Link::Unix(_)) => unsupported("on the Unix socket, use peer credentials"),
         (Auth::Token(token), _) => match find_token(token, clients) {
-            Some(name) => Ok(Principal::Token { name }),
+            Some(name) => Ok(Principal::Token { name, tls: matches!(link, Link::Tls { .. }) }),
             None => Err((RefuseCode::AuthFailed, "unknown token".into())),
         },
         _ => unsupported("unknown authentication kind"),
@@ -210,13 +210,13 @@ mod tests {
         let bad = Auth::Token(Bytes::from_static(b"s3creT"));
         let tls = Link::Tls { addr: addr(), cert: None };
         for c in [clients(false), clients(true)] {
-            assert_eq!(authenticate(&good, &tls, &c), Ok(Principal::Token { name: "bob".into() }));
+            assert_eq!(authenticate(&good, &tls, &c), Ok(Principal::Token { name: "bob".into(), tls: true }));
             assert_eq!(authenticate(&bad, &tls, &c), Err((RefuseCode::AuthFailed, "unknown token".into())));
         }
         // Over plain TCP only when TLS is not required.
         assert_eq!(
             authenticate(&good, &Link::Plain(addr()), &clients(false)),
-            Ok(Principal::Token { name: "bob".into() })
+            Ok(Principal::Token { name: "bob".into(), tls: false })
         );
         let r = authenticate(&good, &Link::Plain(addr()), &clients(true));
         assert_eq!(r, Err((RefuseCode::AuthUnsupported, "this daemon requires TLS for TCP clients".into())));
@@ -234,7 +234,9 @@ mod tests {
     fn policy_names() {
         assert_eq!(Principal::Local { uid: 7, gid: 0, pid: 1 }.policy_name(), "unix:7");
         assert_eq!(Principal::Cert { cn: "a".into() }.policy_name(), "cert:a");
-        assert_eq!(Principal::Token { name: "b".into() }.policy_name(), "token:b");
+        assert_eq!(Principal::Token { name: "b".into(), tls: false }.policy_name(), "token:b");
+        assert!(!Principal::Token { name: "b".into(), tls: false }.secure());
+        assert!(Principal::Token { name: "b".into(), tls: true }.secure());
     }
 
     #[test]

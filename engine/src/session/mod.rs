@@ -114,6 +114,8 @@ pub(crate) enum Principal {
     Token {
         /// The token's name in `[[clients.token]]`.
         name: String,
+        /// It came over TLS (else plain TCP, where `require_tls` is off).
+        tls: bool,
     },
 }
 
@@ -125,7 +127,17 @@ impl Principal {
             Self::Local { uid, .. } => format!("unix:{uid}"),
             Self::Remote(a) => format!("tcp:{a}"),
             Self::Cert { cn } => format!("cert:{cn}"),
-            Self::Token { name } => format!("token:{name}"),
+            Self::Token { name, .. } => format!("token:{name}"),
+        }
+    }
+
+    /// Whether nothing but the two ends can read the connection: the Unix
+    /// socket or TLS. Group keys and three-step data go only to such clients.
+    pub(crate) fn secure(&self) -> bool {
+        match self {
+            Self::Local { .. } | Self::Cert { .. } => true,
+            Self::Token { tls, .. } => *tls,
+            Self::Remote(_) => false,
         }
     }
 }
@@ -136,7 +148,8 @@ impl std::fmt::Display for Principal {
             Self::Local { uid, gid, pid } => write!(f, "uid={uid} gid={gid} pid={pid}"),
             Self::Remote(a) => write!(f, "tcp {a}"),
             Self::Cert { cn } => write!(f, "certificate {cn}"),
-            Self::Token { name } => write!(f, "token {name}"),
+            Self::Token { name, tls: true } => write!(f, "token {name} (TLS)"),
+            Self::Token { name, tls: false } => write!(f, "token {name} (plain TCP)"),
         }
     }
 }

@@ -56,6 +56,9 @@ pub(super) struct Secure {
     pub(super) lost: BTreeMap<&'static str, u64>,
     /// Sealed messages opened by their receivers.
     pub(super) opened: u64,
+    /// Every (key id and nonce) seen on a delivered message, and the
+    /// message: one nonce under one key must never seal two messages.
+    nonces: BTreeMap<[u8; 16], u64>,
 }
 
 fn ids(n: usize) -> Vec<NodeId> {
@@ -246,6 +249,15 @@ impl World {
         Ok(no)
     }
 
+    /// Orders a group message from daemon `d` as its groups layer would
+    /// have submitted it, bypassing that layer's checks (a message sent
+    /// before a change and ordered after it).
+    pub(super) fn inject(&mut self, d: usize, group: &str, msg: GroupMsg) {
+        let groups = Groups::encode(&[group.as_bytes()]).expect("group");
+        self.nodes[d].submit(self.now, Service::Agreed, groups, msg.encode()).expect("submit");
+        self.drain(d);
+    }
+
     fn transmit(&mut self, from: usize, dest: Dest, bytes: Bytes) {
         let n = self.nodes.len();
         let targets: Vec<usize> = match dest {
@@ -338,8 +350,15 @@ impl World {
                     .held
                     .get(&(who, g.clone()))
                     .map(|(k, _, _)| k.open(&g, sender.to_string().as_bytes(), *msg_type, payload));
+                let header: Option<[u8; 16]> = payload.get(..16).and_then(|h| h.try_into().ok());
                 match opened {
                     Some(Ok(p)) => {
+                        let no = p.get(..8).map(|b| u64::from_be_bytes(b.try_into().unwrap_or_default()));
+                        if let (Some(h), Some(no)) = (header, no) {
+                            if *s.nonces.entry(h).or_insert(no) != no {
+                                self.violations.push(format!("nonce reused under key {:02x?}", &h[..4]));
+                            }
+                        }
                         *payload = Bytes::from(p);
                         s.opened += 1;
                     }

@@ -184,8 +184,10 @@ fn evs_fix_reseals_messages_of_older_views() {
 }
 
 /// Old keys expire by key-out (more than `key_out` newer keys) and by
-/// time-out (unused for `key_timeout`); a message under an expired key is
-/// reported to every receiver with the reason, not dropped.
+/// time-out (unused for `key_timeout`). The sender's daemon refuses a
+/// message under a key it let expire (`WrongKey`: it would open nowhere);
+/// one already on its way when its key expired is reported to every
+/// receiver with the reason, not dropped.
 #[test]
 fn old_keys_expire_by_key_out_and_time_out() {
     let mut w = world(2, 4, policy(1, Duration::from_secs(1)));
@@ -204,11 +206,22 @@ fn old_keys_expire_by_key_out_and_time_out() {
     w.run(20 * MS);
     // k1 is two keys back: gone by key-out (key_out = 1); k2 is still kept.
     let g: [&[u8]; 1] = [b"evs.g"];
-    for k in [&k1, &k2] {
-        let p = k.seal(&Nonce::new(0, 500), b"evs.g", b"#a#0", 7, &[0u8; 8]).unwrap();
-        w.groups[0].multicast(a.1, Service::Agreed, &g, 7, Bytes::from(p), false, true).unwrap();
-        w.run(20 * MS);
-    }
+    let sealed = |k: &GroupKey, n: u64| {
+        Bytes::from(k.seal(&Nonce::new(0, n), b"evs.g", b"#a#0", 7, &[0u8; 8]).unwrap())
+    };
+    assert_eq!(
+        w.groups[0].multicast(a.1, Service::Agreed, &g, 7, sealed(&k1, 500), false, true),
+        Err(GroupsError::WrongKey)
+    );
+    w.groups[0].multicast(a.1, Service::Agreed, &g, 7, sealed(&k2, 501), false, true).unwrap();
+    w.run(20 * MS);
+    // A k1 message that was on its way when k1 expired.
+    let data = |payload| GroupMsg {
+        sender: Bytes::from_static(b"a"),
+        body: Body::Data { self_discard: false, sealed: true, msg_type: 7, views: Vec::new(), payload },
+    };
+    w.inject(0, "evs.g", data(sealed(&k1, 502)));
+    w.run(20 * MS);
     let lost = |w: &World, x: Who, why: KeyLoss| {
         w.log[&x]
             .iter()
@@ -221,13 +234,16 @@ fn old_keys_expire_by_key_out_and_time_out() {
     }
     // Two idle seconds: k2 times out.
     w.run(Duration::from_secs(2));
-    let p = k2.seal(&Nonce::new(0, 501), b"evs.g", b"#a#0", 7, &[0u8; 8]).unwrap();
-    w.groups[0].multicast(a.1, Service::Agreed, &g, 7, Bytes::from(p), false, true).unwrap();
+    assert_eq!(
+        w.groups[0].multicast(a.1, Service::Agreed, &g, 7, sealed(&k2, 503), false, true),
+        Err(GroupsError::WrongKey)
+    );
+    w.inject(0, "evs.g", data(sealed(&k2, 504)));
     w.run(20 * MS);
     for x in [b, c, d] {
         assert_eq!(lost(&w, x, KeyLoss::TimeOut), 1, "{x:?}");
     }
-    assert!(w.groups[1].stats().undecipherable >= 6);
+    assert_eq!(w.groups[1].stats().undecipherable, 6);
     assert_eq!(w.check(), Vec::<String>::new());
 }
 

@@ -458,16 +458,16 @@ pub enum GroupsError {
     /// The group's mode needs view keys and the daemons have no server key.
     #[error("keyed group modes need link security with a server key")]
     NoServerKey,
-    /// A message to a keyed group must have that group as its only
-    /// destination.
-    #[error("a message to a keyed group must have it as its only destination")]
+    /// A message to a keyed or three-step group must have that group as
+    /// its only destination.
+    #[error("a message to a keyed or three-step group must have it as its only destination")]
     KeyedMultiDestination,
     /// `integrated-vs`: the payload is not sealed under the current view's
     /// key.
     #[error("the payload is not sealed under the current view key")]
     WrongKey,
-    /// `three-step`: the client's connection is plain TCP.
-    #[error("three-step groups need a local socket or TLS")]
+    /// Keyed and three-step groups: the client's connection is plain TCP.
+    #[error("keyed and three-step groups need a local socket or TLS")]
     InsecureTransport,
 }
 
@@ -528,6 +528,8 @@ struct Local {
     name: PrivateName,
     /// Who the client authenticated as (policy principal).
     principal: String,
+    /// Its connection is private (Unix socket or TLS).
+    secure: bool,
     connected: bool,
     /// Groups the client is in, as ordered (the daemon's authoritative
     /// record, sent in `State`).
@@ -546,6 +548,8 @@ struct View {
     local: Vec<ClientId>,
     /// Keyed modes: the view's key.
     key: Option<Arc<GroupKey>>,
+    /// The epoch of the server key it was derived from.
+    key_epoch: Option<u64>,
     /// Messages this daemon sealed under `key` (nonce counter).
     sealed: u64,
     /// `optimized-evs`: older keys of the group, oldest first.
@@ -573,6 +577,12 @@ struct OldKey {
 /// Most expired key ids remembered per group (to name the reason).
 const EXPIRED_KEPT: usize = 32;
 
+/// Most keys (about 80 bytes each) and expired ids one daemon's state
+/// message carries: it must fit the ring's largest message. Keys beyond it
+/// (the oldest of groups met last) are not shared; their messages are
+/// reported undecipherable on daemons that never held them.
+const STATE_KEYS_MAX: usize = 4096;
+
 /// A deleted `optimized-evs` group's keys: when, old keys, expired ids.
 type Buried = (Time, VecDeque<OldKey>, VecDeque<(u32, KeyLoss)>);
 
@@ -588,6 +598,7 @@ impl View {
             members: Arc::from(Vec::new()),
             local: Vec::new(),
             key: None,
+            key_epoch: None,
             sealed: 0,
             old: VecDeque::new(),
             expired: VecDeque::new(),
@@ -768,7 +779,6 @@ impl ClientGroups {
 
     /// Every group with a view on this daemon, for the monitor.
     pub fn report(&self) -> Vec<GroupReport> {
-        let epoch = self.server.as_ref().map(|k| k.epoch);
         self.views
             .iter()
             .map(|(name, v)| GroupReport {
@@ -778,7 +788,7 @@ impl ClientGroups {
                 members: v.members.len(),
                 local: v.local.len(),
                 key_id: v.key.as_ref().map(|k| format!("{:08x}", k.id())),
-                key_epoch: v.key.as_ref().and(epoch),
+                key_epoch: v.key_epoch,
                 old_keys: v.old.len(),
                 evs_fixes: v.evs_fixes,
                 undecipherable: v.undecipherable,
@@ -840,6 +850,20 @@ impl ClientGroups {
         name: &[u8],
         principal: &str,
     ) -> Result<PrivateName, GroupsError> {
+        self.connect_secure(client, name, principal, !principal.starts_with("tcp:"))
+    }
+
+    /// As [`ClientGroups::connect_as`], saying whether the connection is
+    /// private to the client and this daemon (the Unix socket, TLS): only
+    /// such clients may join or send to keyed and three-step groups (their
+    /// keys and data would otherwise cross a network in clear).
+    pub fn connect_secure(
+        &mut self,
+        client: ClientId,
+        name: &[u8],
+        principal: &str,
+        secure: bool,
+    ) -> Result<PrivateName, GroupsError> {
         if !self.valid_name(name) {
             return Err(GroupsError::BadName);
         }
@@ -860,6 +884,7 @@ impl ClientGroups {
             Local {
                 name: pn.clone(),
                 principal: principal.to_owned(),
+                secure,
                 connected: true,
                 groups: BTreeMap::new(),
                 pending_joins: 0,
@@ -890,7 +915,8 @@ impl ClientGroups {
         }
         let kind = mode.kind().unwrap_or(kind);
         let rule_mode = self.policy.rule(group).mode;
-        let principal = self.client(client)?.principal.clone();
+        let l = self.client(client)?;
+        let (principal, secure) = (l.principal.clone(), l.secure);
         let principal = principal.as_str();
         if rule_mode != mode {
             self.stats.denials += 1;
@@ -900,7 +926,7 @@ impl ClientGroups {
             self.stats.denials += 1;
             return Err(GroupsError::Denied);
         }
-        if mode == GroupMode::ThreeStep && principal.starts_with("tcp:") {
+        if (mode == GroupMode::ThreeStep || mode.keyed()) && !secure {
             self.stats.denials += 1;
             return Err(GroupsError::InsecureTransport);
         }
@@ -977,8 +1003,12 @@ impl ClientGroups {
             let rule = self.policy.rule(g);
             if !self.policy.allows(&l.principal, action, g) {
                 denied = Some(GroupsError::Denied);
-            } else if rule.mode == GroupMode::ThreeStep && l.principal.starts_with("tcp:") {
+            } else if (rule.mode == GroupMode::ThreeStep || rule.mode.keyed()) && !l.secure {
                 denied = Some(GroupsError::InsecureTransport);
+            } else if rule.mode == GroupMode::ThreeStep && groups.len() > 1 {
+                // Nor may a three-step message also go to groups whose
+                // members may be on plain TCP.
+                denied = Some(GroupsError::KeyedMultiDestination);
             }
             if rule.mode.keyed() {
                 keyed = Some((g, rule.mode, member.is_some()));
@@ -1022,7 +1052,10 @@ impl ClientGroups {
                     // receiving daemon.
                     let g = Bytes::copy_from_slice(g);
                     let fixed = if sealed {
-                        self.evs_fix(&g, &sender_pn, msg_type, &payload).ok().flatten()
+                        // A key this daemon cannot open any more (expired)
+                        // would be undecipherable everywhere: tell the
+                        // sender instead of ordering it.
+                        self.evs_fix(&g, &sender_pn, msg_type, &payload).map_err(|_| GroupsError::WrongKey)?
                     } else {
                         self.seal_for(&g, &sender_pn, msg_type, &payload)
                     };
@@ -1251,10 +1284,14 @@ impl ClientGroups {
                     continue;
                 }
                 let current = v.key.iter().map(|k| (v.id, k));
-                for &(id, why) in &v.expired {
+                for &(id, why) in v.expired.iter().take(STATE_KEYS_MAX.saturating_sub(expired.len())) {
                     expired.push((g.clone(), id, why));
                 }
-                for (view, k) in v.old.iter().map(|o| (o.view, &o.key)).chain(current) {
+                // Newest first, within the state message's key budget.
+                for (view, k) in current.chain(v.old.iter().rev().map(|o| (o.view, &o.key))) {
+                    if keys.len() >= STATE_KEYS_MAX {
+                        break;
+                    }
                     keys.push(StateKey {
                         group: g.clone(),
                         view,
@@ -1430,6 +1467,7 @@ impl ClientGroups {
             mode,
             members,
             local,
+            key_epoch: key.as_ref().and(self.server.as_ref()).map(|s| s.epoch),
             key,
             sealed: 0,
             old: VecDeque::new(),
@@ -1465,6 +1503,7 @@ impl ClientGroups {
                 let live = view.key.as_ref().is_some_and(|c| c.id() == id);
                 if !live && !view.expired.iter().any(|e| e.0 == id) {
                     remember_expired(&mut view, id, why);
+                    view.old.retain(|o| o.key.id() != id);
                 }
             }
             for (vid, k) in self.incoming_keys.remove(g).unwrap_or_default() {
