@@ -139,7 +139,14 @@ impl Daemon0 {
                 })
             })
             .collect();
-        let body = Body::State { ring_id: self.ring_id(), clients, keys: Vec::new(), expired: Vec::new() };
+        let body = Body::State {
+            ring_id: self.ring_id(),
+            part: 0,
+            parts: 1,
+            clients,
+            keys: Vec::new(),
+            expired: Vec::new(),
+        };
         GroupMsg { sender: Bytes::new(), body }.encode()
     }
 

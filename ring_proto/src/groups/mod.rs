@@ -397,6 +397,10 @@ pub struct Limits {
     pub max_clients: usize,
     /// Most destination groups of one message (default 64).
     pub max_destinations: usize,
+    /// A daemon's state in an exchange is split into ring messages of about
+    /// this many bytes (default 256 KiB; the ring's largest message is
+    /// 1 MiB by default).
+    pub max_state_part: usize,
 }
 
 impl Default for Limits {
@@ -407,6 +411,7 @@ impl Default for Limits {
             max_members: 1024,
             max_clients: 4096,
             max_destinations: 64,
+            max_state_part: 256 * 1024,
         }
     }
 }
@@ -610,6 +615,58 @@ impl View {
     }
 }
 
+/// Splits a daemon's state into parts of about `budget` encoded bytes each
+/// (at least one part; an entry larger than the budget gets a part alone).
+fn state_parts(
+    ring_id: RingId,
+    clients: Vec<StateEntry>,
+    keys: Vec<StateKey>,
+    expired: Vec<(Bytes, u32, KeyLoss)>,
+    budget: usize,
+) -> Vec<Body> {
+    type Part = (Vec<StateEntry>, Vec<StateKey>, Vec<(Bytes, u32, KeyLoss)>, usize);
+    let empty = || -> Part { (Vec::new(), Vec::new(), Vec::new(), 0) };
+    let mut parts: Vec<Part> = vec![empty()];
+    // The part the next entry of `size` bytes goes to.
+    let room = |parts: &mut Vec<Part>, size: usize| -> usize {
+        let used = parts.last().map_or(0, |p| p.3);
+        if used > 0 && used + size > budget {
+            parts.push(empty());
+        }
+        let i = parts.len() - 1;
+        parts[i].3 += size;
+        i
+    };
+    for c in clients {
+        let size = 2 + c.name.len() + c.groups.iter().map(|g| 2 + g.name.len()).sum::<usize>();
+        let i = room(&mut parts, size);
+        parts[i].0.push(c);
+    }
+    for k in keys {
+        let i = room(&mut parts, 56 + k.group.len());
+        parts[i].1.push(k);
+    }
+    for x in expired {
+        let i = room(&mut parts, 6 + x.0.len());
+        parts[i].2.push(x);
+    }
+    // Part numbers are u16: 65535 parts of the default 256 KiB is 16 GiB.
+    parts.truncate(usize::from(u16::MAX));
+    let n = parts.len() as u16;
+    parts
+        .into_iter()
+        .enumerate()
+        .map(|(i, (clients, keys, expired, _))| Body::State {
+            ring_id,
+            part: i as u16,
+            parts: n,
+            clients,
+            keys,
+            expired,
+        })
+        .collect()
+}
+
 /// Drops the old keys of `v` no message used for `timeout`.
 fn expire_old(v: &mut View, now: Time, timeout: Duration) {
     while let Some(i) = v.old.iter().position(|o| now.saturating_since(o.last_used) > timeout) {
@@ -676,6 +733,14 @@ struct Group {
 /// One daemon's state in an exchange: clients, shared keys, expired keys.
 type StateOf = (Vec<StateEntry>, Vec<StateKey>, Vec<(Bytes, u32, KeyLoss)>);
 
+/// A daemon's state as its parts arrive.
+#[derive(Debug)]
+struct PartialState {
+    parts: u16,
+    got: BTreeSet<u16>,
+    state: StateOf,
+}
+
 #[derive(Debug)]
 enum Phase {
     /// No ring yet.
@@ -685,7 +750,7 @@ enum Phase {
     /// A transitional configuration: only local effects are applied.
     Transitional,
     /// A new ring: waiting for every member's state; other messages wait.
-    Exchange { members: Vec<NodeId>, states: BTreeMap<NodeId, StateOf>, held: Vec<Delivery> },
+    Exchange { members: Vec<NodeId>, states: BTreeMap<NodeId, PartialState>, held: Vec<Delivery> },
 }
 
 /// One daemon's client groups. See the module docs for the calling
@@ -1188,10 +1253,20 @@ impl ClientGroups {
                     self.stats.undecodable += 1;
                     return;
                 };
-                if let Body::State { ring_id, clients, keys, expired } = msg.body {
+                if let Body::State { ring_id, part, parts, clients, keys, expired } = msg.body {
                     if Some(ring_id) == self.ring_id && members.contains(&d.id.origin) {
-                        states.entry(d.id.origin).or_insert((clients, keys, expired));
-                        if states.len() == members.len() {
+                        let st = states.entry(d.id.origin).or_insert_with(|| PartialState {
+                            parts,
+                            got: BTreeSet::new(),
+                            state: (Vec::new(), Vec::new(), Vec::new()),
+                        });
+                        if st.parts == parts && st.got.insert(part) {
+                            st.state.0.extend(clients);
+                            st.state.1.extend(keys);
+                            st.state.2.extend(expired);
+                        }
+                        let done = |s: &PartialState| s.got.len() == usize::from(s.parts);
+                        if states.len() == members.len() && states.values().all(done) {
                             self.complete_exchange();
                         }
                     }
@@ -1303,12 +1378,9 @@ impl ClientGroups {
         }
         self.phase =
             Phase::Exchange { members: c.members.clone(), states: BTreeMap::new(), held: Vec::new() };
-        self.push(
-            Service::Agreed,
-            Groups::none(),
-            Bytes::new(),
-            Body::State { ring_id: c.ring_id, clients, keys, expired },
-        );
+        for body in state_parts(c.ring_id, clients, keys, expired, self.limits.max_state_part) {
+            self.push(Service::Agreed, Groups::none(), Bytes::new(), body);
+        }
     }
 
     fn complete_exchange(&mut self) {
@@ -1320,7 +1392,7 @@ impl ClientGroups {
         let mut groups: BTreeMap<Bytes, Group> = BTreeMap::new();
         self.incoming_keys.clear();
         self.incoming_expired.clear();
-        for (daemon, (entries, keys, expired)) in states {
+        for (daemon, PartialState { state: (entries, keys, expired), .. }) in states {
             for e in entries {
                 let m = PrivateName { daemon, name: e.name };
                 for sg in e.groups {

@@ -96,6 +96,11 @@ pub enum Body {
     State {
         /// The ring this state is for; states of other rings are ignored.
         ring_id: RingId,
+        /// This part's number (0..parts): a large state is split so every
+        /// part fits a ring message.
+        part: u16,
+        /// How many parts the daemon's state has (at least 1).
+        parts: u16,
         /// The daemon's clients and their groups.
         clients: Vec<StateEntry>,
         /// Recent view keys of its `optimized-evs` groups, so every daemon
@@ -254,8 +259,10 @@ impl GroupMsg {
                 put_ring_id(&mut out, flush.ring_id);
                 out.extend_from_slice(&flush.seq.to_be_bytes());
             }
-            Body::State { ring_id, clients, keys, expired } => {
+            Body::State { ring_id, part, parts, clients, keys, expired } => {
                 put_ring_id(&mut out, *ring_id);
+                out.extend_from_slice(&part.to_be_bytes());
+                out.extend_from_slice(&parts.to_be_bytes());
                 let c = clients.len().min(usize::from(u16::MAX));
                 out.extend_from_slice(&(c as u16).to_be_bytes());
                 for e in &clients[..c] {
@@ -349,6 +356,11 @@ impl GroupMsg {
             }
             T_STATE => {
                 let ring_id = read_ring_id(&mut r)?;
+                let part = r.u16()?;
+                let parts = r.u16()?;
+                if part >= parts {
+                    return Err(DecodeError::BadValue("state part"));
+                }
                 let c = r.u16()?;
                 let mut clients = Vec::with_capacity(usize::from(c).min(r.remaining() / 2));
                 for _ in 0..c {
@@ -389,7 +401,7 @@ impl GroupMsg {
                     };
                     expired.push((group, id, why));
                 }
-                Body::State { ring_id, clients, keys, expired }
+                Body::State { ring_id, part, parts, clients, keys, expired }
             }
             _ => return Err(DecodeError::UnknownKind),
         };

@@ -62,7 +62,7 @@ fn body() -> impl Strategy<Value = Body> {
         )
             .prop_map(|(ring_id, clients, keys)| {
                 let expired = keys.iter().map(|k| (k.group.clone(), k.key_id, KeyLoss::KeyOut)).collect();
-                Body::State { ring_id, clients, keys, expired }
+                Body::State { ring_id, part: 0, parts: 1, clients, keys, expired }
             }),
     ]
 }
@@ -402,4 +402,71 @@ fn random_runs_with_partitions() {
     }
     eprintln!("random runs: {totals:?}");
     assert!(totals.iter().all(|&t| t > 20), "the workload exercised every path: {totals:?}");
+}
+
+/// A daemon's state larger than a part is split over several ring messages;
+/// the exchange waits for every part of every member and merges as one.
+#[test]
+fn large_states_go_in_parts() {
+    let mut w = World::starting(3, 11);
+    for g in &mut w.groups {
+        g.limits.max_state_part = 48;
+    }
+    w.run(Duration::from_secs(2));
+    let mut clients = Vec::new();
+    for d in 0..3 {
+        for c in 0..4 {
+            let who = w.connect(d, c, &format!("c{d}{c}"));
+            for g in ["alpha", "beta", "gamma"] {
+                w.join(who, g, GroupKind::Open).unwrap();
+            }
+            clients.push(who);
+        }
+    }
+    w.run(50 * MS);
+    let exchanges = w.groups[0].stats().exchanges;
+    w.partition(&[0, 0, 1]);
+    w.run(Duration::from_secs(2));
+    w.heal();
+    w.run(Duration::from_secs(3));
+    assert!(w.groups[0].stats().exchanges >= exchanges + 2, "the partition and the merge exchanged state");
+    for who in &clients {
+        let last = w.views_of(*who, "beta").last().cloned().unwrap();
+        assert_eq!((last.1.len(), last.2), (12, Cause::Network), "{who:?}");
+    }
+    let m = w.send(clients[0], &["gamma"], Service::Agreed, false).unwrap();
+    w.run(20 * MS);
+    assert!(clients.iter().all(|c| w.messages(*c).contains(&m)));
+    assert_eq!(w.check(), Vec::<String>::new());
+}
+
+#[test]
+fn state_parts_cover_the_state_within_the_budget() {
+    let ring_id = RingId { seq: 3, rep: NodeId(1) };
+    let entry = |i: u8| StateEntry {
+        name: Bytes::from(vec![b'a' + i; 5]),
+        groups: vec![StateGroup {
+            name: Bytes::from_static(b"group"),
+            kind: GroupKind::Open,
+            mode: GroupMode::None,
+            in_view: true,
+        }],
+    };
+    let clients: Vec<StateEntry> = (0..6).map(entry).collect();
+    let expired = vec![(Bytes::from_static(b"g"), 7, KeyLoss::KeyOut)];
+    let parts = super::state_parts(ring_id, clients.clone(), Vec::new(), expired.clone(), 40);
+    assert!(parts.len() >= 3, "{}", parts.len());
+    let (mut got_c, mut got_x) = (Vec::new(), Vec::new());
+    for (i, p) in parts.iter().enumerate() {
+        let Body::State { ring_id: r, part, parts: n, clients, expired, .. } = p else {
+            panic!("not a state")
+        };
+        assert_eq!((*r, usize::from(*part), usize::from(*n)), (ring_id, i, parts.len()));
+        assert!(GroupMsg { sender: Bytes::new(), body: p.clone() }.encode().len() < 40 + 40);
+        got_c.extend(clients.iter().cloned());
+        got_x.extend(expired.iter().cloned());
+    }
+    assert_eq!((got_c, got_x), (clients, expired));
+    let one = super::state_parts(ring_id, Vec::new(), Vec::new(), Vec::new(), 40);
+    assert!(matches!(&one[..], [Body::State { part: 0, parts: 1, .. }]));
 }
