@@ -25,6 +25,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
+/// How often the ring thread asks the groups layer for its next deadline.
+const GROUPS_CHECK: Duration = Duration::from_millis(10);
+
 /// Socket buffer sizes asked of the kernel.
 const SOCKET_BUFFER: usize = 4 << 20;
 /// Longest sleep in one wait, so a stop request is seen promptly.
@@ -67,6 +70,9 @@ pub struct Daemon {
     held: Option<Submit>,
     limits: Limits,
     status_at: Instant,
+    /// The groups layer's next deadline, as last asked (`GROUPS_CHECK`).
+    groups_due: Option<Time>,
+    groups_checked: Instant,
     /// The multicast group `Dest::All` goes to (multicast transport).
     group: Option<SocketAddr>,
     /// Failed client authentications and TLS handshakes (session threads
@@ -170,6 +176,8 @@ impl Daemon {
             held: None,
             limits,
             status_at: Instant::now(),
+            groups_due: None,
+            groups_checked: Instant::now(),
             auth_failures,
         })
     }
@@ -198,11 +206,19 @@ impl Daemon {
                 self.write_status();
             }
             let now = self.now();
-            if self.groups.poll_timeout().is_some_and(|d| d <= now) {
+            // The groups' deadlines (key refresh by time, old key expiry)
+            // are seconds apart: asked for every 10 ms, not per batch (the
+            // question walks every group).
+            if self.groups_checked.elapsed() >= GROUPS_CHECK {
+                self.groups_checked = Instant::now();
+                self.groups_due = self.groups.poll_timeout();
+            }
+            if self.groups_due.is_some_and(|d| d <= now) {
                 self.groups.handle_timeout(now);
+                self.groups_due = self.groups.poll_timeout();
                 continue;
             }
-            let next = match (self.node.poll_timeout(), self.groups.poll_timeout()) {
+            let next = match (self.node.poll_timeout(), self.groups_due) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };

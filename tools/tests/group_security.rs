@@ -477,3 +477,42 @@ fn three_step_with_remote_tls_clients() {
     });
     drop(proxies);
 }
+
+const REKEY_POLICY: &str = r#"
+[[group]]
+pattern = "rk.*"
+mode = "optimized-evs"
+rekey_interval_s = 1
+"#;
+
+/// The policy's time-out refreshes the key of a live group: a view with
+/// cause `rekey`, same members, a new key, at every member (the ring's
+/// representative orders it from its timer).
+#[test]
+fn keys_are_refreshed_by_time_on_real_daemons() {
+    let cluster = Cluster::start_extra("rekey", 2, backends()[0], REKEY_POLICY);
+    let mut m: Vec<Member> =
+        (0..2).map(|i| Member::new(connect(&cluster.socket(i), &format!("m{i}")))).collect();
+    for x in &mut m {
+        x.c.join_with("rk.g", false, GroupMode::OptimizedEvs).unwrap();
+    }
+    wait_views(&mut m, "rk.g", 2);
+    let before = m[0].c.view_key("rk.g").map(|k| k.id()).unwrap();
+    let is_rekey = |e: &Event| {
+        matches!(e, Event::Membership(v) if v.group == "rk.g"
+            && v.cause == ringfence_client::ViewCause::Rekey && v.members.len() == 2)
+    };
+    for x in &mut m {
+        x.wait("a rekey view", is_rekey);
+    }
+    // The first rekey view of each member: same view, same new key.
+    let first = |x: &Member| {
+        x.events.iter().find(|e| is_rekey(e)).and_then(|e| match e {
+            Event::Membership(v) => Some((v.view_id, v.key.as_ref().map(|k| k.0))),
+            _ => None,
+        })
+    };
+    let (a, b) = (first(&m[0]).unwrap(), first(&m[1]).unwrap());
+    assert_eq!(a, b, "the same view and key at every member");
+    assert_ne!(a.1, Some(before), "a new key");
+}
