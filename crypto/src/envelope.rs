@@ -166,29 +166,9 @@ impl<'a> UnverifiedEnvelope<'a> {
         Ok(VerifiedEnvelope { header: self.header, body: self.body })
     }
 
-    /// All header fields.
+    /// All header fields (signer, ring, round, message type).
     pub const fn header(&self) -> &Header {
         &self.header
-    }
-
-    /// The daemon id that claims to have signed, to look up its key.
-    pub const fn signer(&self) -> u32 {
-        self.header.signer
-    }
-
-    /// The ring context.
-    pub const fn ring(&self) -> &[u8; RING_LEN] {
-        &self.header.ring
-    }
-
-    /// The protocol round.
-    pub const fn round(&self) -> u64 {
-        self.header.round
-    }
-
-    /// The message type.
-    pub const fn msg_type(&self) -> u8 {
-        self.header.msg_type
     }
 
     /// The length of the (still hidden) body.
@@ -214,29 +194,9 @@ pub struct VerifiedEnvelope<'a> {
 }
 
 impl<'a> VerifiedEnvelope<'a> {
-    /// All header fields.
+    /// All header fields (signer, ring, round, message type).
     pub const fn header(&self) -> &Header {
         &self.header
-    }
-
-    /// The daemon id of the signer.
-    pub const fn signer(&self) -> u32 {
-        self.header.signer
-    }
-
-    /// The ring context.
-    pub const fn ring(&self) -> &[u8; RING_LEN] {
-        &self.header.ring
-    }
-
-    /// The protocol round.
-    pub const fn round(&self) -> u64 {
-        self.header.round
-    }
-
-    /// The message type.
-    pub const fn msg_type(&self) -> u8 {
-        self.header.msg_type
     }
 
     /// The signed body.
@@ -346,20 +306,20 @@ mod tests {
         let envelope = UnverifiedEnvelope::decode(&bytes).unwrap();
         assert_eq!(envelope.header(), &header());
         assert_eq!(
-            (envelope.signer(), envelope.round(), envelope.msg_type()),
+            (envelope.header().signer, envelope.header().round, envelope.header().msg_type),
             (0x0a0b_0c0d, 0x1122_3344_5566_7788, 3)
         );
-        assert_eq!(envelope.ring(), b"ring-0123456789a");
+        assert_eq!(&envelope.header().ring, b"ring-0123456789a");
         assert_eq!(envelope.body_len(), 11);
 
         let verified = envelope.verify(&id.public()).unwrap();
         assert_eq!(verified.body(), b"blinded key");
         assert_eq!(verified.header(), &header());
         assert_eq!(
-            (verified.signer(), verified.round(), verified.msg_type()),
+            (verified.header().signer, verified.header().round, verified.header().msg_type),
             (0x0a0b_0c0d, 0x1122_3344_5566_7788, 3)
         );
-        assert_eq!(verified.ring(), b"ring-0123456789a");
+        assert_eq!(&verified.header().ring, b"ring-0123456789a");
 
         assert_eq!(envelope.verify(&identity(2).public()).unwrap_err(), EnvelopeError::BadSignature);
         assert!(!format!("{envelope:?} {verified:?}").contains("blinded"), "Debug shows no body");

@@ -330,15 +330,15 @@ impl Agreement {
     /// order), sent by `origin`.
     pub fn handle(&mut self, ring: RingId, origin: NodeId, payload: &[u8]) -> Result<Outcome, &'static str> {
         let env = UnverifiedEnvelope::decode(payload).map_err(|_| "malformed envelope")?;
-        if env.signer() != u32::from(origin.0) {
+        if env.header().signer != u32::from(origin.0) {
             return Err("envelope signer is not the message's origin");
         }
-        if env.ring() != &ring_bytes(ring) {
+        if env.header().ring != ring_bytes(ring) {
             return Err("envelope of another ring");
         }
         let key = self.peers.get(&origin).ok_or("signer without a public key")?;
         let env = env.verify(key).map_err(|_| "bad envelope signature")?;
-        match env.msg_type() {
+        match env.header().msg_type {
             T_CHECK => {
                 let kid = KeyId(env.body().try_into().map_err(|_| "malformed key check")?);
                 Ok(Outcome { holds: Some(kid), ..Outcome::default() })
@@ -355,7 +355,7 @@ impl Agreement {
             }
             T_TGDH => {
                 let Some((run_ring, round)) = self.run else { return Ok(Outcome::default()) };
-                if run_ring != ring || env.round() != round {
+                if run_ring != ring || env.header().round != round {
                     return Ok(Outcome::default()); // a stale run's message
                 }
                 let msg = TgdhMessage::decode(env.body()).map_err(|_| "malformed TGDH message")?;
