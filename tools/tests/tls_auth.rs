@@ -14,89 +14,20 @@
 
 use ringfence_client::{Address, Client, ClientError, ConnectOptions, Event, Service, TlsOptions};
 use ringfence_proto::wire::client::RefuseCode;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::net::SocketAddr;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{Cluster, connect, connect_with, keygen, receive_until, token_entry};
+use common::capture::{Capture, TcpTap};
+use common::{Cluster, Pki, connect, connect_with, receive_until};
 
 /// A payload no TLS record may show in the clear.
 const MARKER: &str = "PLAINTEXT-MARKER-5e1f0c";
 /// The answer's marker.
 const REPLY: &str = "REPLY-MARKER-a93d77";
 const TOKEN: &str = "bob-secret-token-0042";
-
-/// A TCP proxy on 127.0.0.1:0 to `target` that records every byte, both
-/// ways. Its threads end when the connections close or `stop` is set.
-struct Proxy {
-    addr: SocketAddr,
-    seen: Arc<Mutex<Vec<u8>>>,
-    stop: Arc<AtomicBool>,
-}
-
-impl Proxy {
-    fn start(target: SocketAddr) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let addr = listener.local_addr().unwrap();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (rec, halt) = (Arc::clone(&seen), Arc::clone(&stop));
-        std::thread::spawn(move || {
-            while !halt.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((client, _)) => {
-                        client.set_nonblocking(false).unwrap();
-                        let server = TcpStream::connect(target).unwrap();
-                        for (from, to) in
-                            [(client.try_clone().unwrap(), server.try_clone().unwrap()), (server, client)]
-                        {
-                            let (rec, halt) = (Arc::clone(&rec), Arc::clone(&halt));
-                            std::thread::spawn(move || pump(from, to, &rec, &halt));
-                        }
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
-                }
-            }
-        });
-        Self { addr, seen, stop }
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
-/// Copies `from` to `to`, recording, until either closes or `halt`.
-fn pump(mut from: TcpStream, mut to: TcpStream, rec: &Mutex<Vec<u8>>, halt: &AtomicBool) {
-    from.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
-    let mut buf = [0u8; 16 * 1024];
-    while !halt.load(Ordering::Relaxed) {
-        match from.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => {
-                rec.lock().unwrap().extend_from_slice(&buf[..n]);
-                if to.write_all(&buf[..n]).is_err() {
-                    break;
-                }
-            }
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
-            Err(_) => break,
-        }
-    }
-    let _ = to.shutdown(std::net::Shutdown::Write);
-}
-
-fn contains(hay: &[u8], needle: &str) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle.as_bytes())
-}
 
 /// The daemon's `auth_failures` once it reaches `want` (status.json is
 /// written every 500 ms), or what it was after 10 s.
@@ -120,58 +51,24 @@ fn auth_failures(state: &Path, want: u64) -> u64 {
     last
 }
 
-fn tls(ca: &Path, cert: Option<(&Path, &Path)>) -> TlsOptions {
-    TlsOptions {
-        ca_cert: ca.to_path_buf(),
-        client_cert: cert.map(|(c, k)| (c.to_path_buf(), k.to_path_buf())),
-        server_name: "localhost".into(),
-    }
-}
-
 #[test]
 fn tcp_clients_authenticate_with_certificates_or_tokens() {
     let started = Instant::now();
-    let keys: PathBuf = std::env::temp_dir().join(format!("ringfence-tls-keys-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&keys);
-    let (ca, certs, other_ca, other) =
-        (keys.join("ca"), keys.join("certs"), keys.join("other-ca"), keys.join("other"));
-    let s = |p: &Path| p.to_str().unwrap().to_string();
-    keygen(&["ca", "--dir", &s(&ca)]);
-    keygen(&[
-        "cert",
-        "d0",
-        "--ca-dir",
-        &s(&ca),
-        "--dir",
-        &s(&certs),
-        "--san",
-        "127.0.0.1",
-        "--san",
-        "localhost",
-    ]);
-    keygen(&["cert", "alice", "--ca-dir", &s(&ca), "--dir", &s(&certs)]);
-    keygen(&["ca", "--dir", &s(&other_ca)]);
-    keygen(&["cert", "mallory", "--ca-dir", &s(&other_ca), "--dir", &s(&other)]);
-    let clients = format!(
-        "\n[clients]\ntls_cert = \"{}\"\ntls_key = \"{}\"\nclient_ca = \"{}\"\n{}",
-        s(&certs.join("d0.crt")),
-        s(&certs.join("d0.key")),
-        s(&ca.join("ca.crt")),
-        token_entry("bob", TOKEN)
-    );
+    // The cluster's CA (server certificate "daemons", client "alice") and
+    // another CA that signed "mallory".
+    let pki = Pki::new("tls", &["alice"], TOKEN);
+    let other = Pki::new("tls-other", &["mallory"], TOKEN);
+    let clients = pki.clients_section.clone();
     let cluster = Cluster::start_with("tls", 1, "portable", "unicast", &clients);
     let tcp: SocketAddr = format!("127.0.0.1:{}", cluster.tcp_ports[0]).parse().unwrap();
-    let proxy = Proxy::start(tcp);
-    let via_proxy = Address::Tcp(proxy.addr);
+    let proxy = TcpTap::start(tcp, Capture::new());
+    let via_proxy = Address::Tcp(proxy.address());
 
     // A Unix-socket client and a TLS client with a CA-signed certificate
     // exchange messages; the TLS one goes through the recording proxy.
     let mut unix = connect(&cluster.socket(0), "ursula");
     unix.join("chat").unwrap();
-    let alice_opts = ConnectOptions {
-        tls: Some(tls(&ca.join("ca.crt"), Some((&certs.join("alice.crt"), &certs.join("alice.key"))))),
-        token: None,
-    };
+    let alice_opts = ConnectOptions { tls: Some(pki.tls(Some("alice"))), token: None };
     let mut alice = connect_with(&via_proxy, "alice", &alice_opts);
     assert!(alice.is_tls());
     alice.join("chat").unwrap();
@@ -196,17 +93,19 @@ fn tcp_clients_authenticate_with_certificates_or_tokens() {
     alice.disconnect().unwrap();
     std::thread::sleep(Duration::from_millis(200));
     {
-        let seen = proxy.seen.lock().unwrap();
-        assert!(seen.len() > 1000, "the proxy saw the TLS session ({} bytes)", seen.len());
-        assert_eq!(seen[0], 0x16, "a TLS handshake record first");
-        assert!(!contains(&seen, MARKER), "the payload crossed TCP in the clear");
-        assert!(!contains(&seen, REPLY), "the reply crossed TCP in the clear");
-        assert!(!contains(&seen, "ursula") && !contains(&seen, "chat"), "names crossed TCP in the clear");
+        let seen = proxy.capture();
+        assert!(seen.tcp_bytes() > 1000, "the proxy saw the TLS session ({} bytes)", seen.tcp_bytes());
+        for stream in seen.tcp_streams().iter().filter(|s| !s.is_empty()) {
+            assert_eq!(stream[0], 0x16, "a TLS handshake record first, both ways");
+        }
+        assert!(!seen.contains(MARKER.as_bytes()), "the payload crossed TCP in the clear");
+        assert!(!seen.contains(REPLY.as_bytes()), "the reply crossed TCP in the clear");
+        assert!(!seen.contains(b"ursula") && !seen.contains(b"chat"), "names crossed TCP in the clear");
     }
 
     let tcp_addr = Address::Tcp(tcp);
     // 1. TLS without a certificate or a token.
-    let bare = ConnectOptions { tls: Some(tls(&ca.join("ca.crt"), None)), token: None };
+    let bare = ConnectOptions { tls: Some(pki.tls(None)), token: None };
     match Client::connect_with(&tcp_addr, "nobody", &bare) {
         Err(ClientError::Refused { code: RefuseCode::AuthFailed, text }) => {
             assert_eq!(text, "no valid client certificate");
@@ -215,7 +114,7 @@ fn tcp_clients_authenticate_with_certificates_or_tokens() {
     }
     // 2. A certificate from another CA: the handshake fails.
     let foreign = ConnectOptions {
-        tls: Some(tls(&ca.join("ca.crt"), Some((&other.join("mallory.crt"), &other.join("mallory.key"))))),
+        tls: Some(TlsOptions { ca_cert: pki.dir.join("ca").join("ca.crt"), ..other.tls(Some("mallory")) }),
         token: None,
     };
     match Client::connect_with(&tcp_addr, "mallory", &foreign) {
@@ -223,11 +122,11 @@ fn tcp_clients_authenticate_with_certificates_or_tokens() {
         other => panic!("expected a TLS failure, got {other:?}"),
     }
     // 3. A token over TLS, right and wrong.
-    let bob = ConnectOptions { tls: Some(tls(&ca.join("ca.crt"), None)), token: Some(TOKEN.into()) };
+    let bob = ConnectOptions { tls: Some(pki.tls(None)), token: Some(TOKEN.into()) };
     let c = Client::connect_with(&tcp_addr, "bob", &bob).expect("a valid token is accepted");
     assert!(c.private_name().starts_with("#bob#"));
     c.disconnect().unwrap();
-    let wrong = ConnectOptions { tls: Some(tls(&ca.join("ca.crt"), None)), token: Some("guess".into()) };
+    let wrong = ConnectOptions { tls: Some(pki.tls(None)), token: Some("guess".into()) };
     match Client::connect_with(&tcp_addr, "eve", &wrong) {
         Err(ClientError::Refused { code: RefuseCode::AuthFailed, text }) => assert_eq!(text, "unknown token"),
         other => panic!("expected a refusal, got {other:?}"),
@@ -250,6 +149,5 @@ fn tcp_clients_authenticate_with_certificates_or_tokens() {
     receive_until(&mut unix, |e| matches!(e, Event::Message(m) if m.payload.as_ref() == b"still here"));
     drop(proxy);
     drop(cluster);
-    let _ = std::fs::remove_dir_all(&keys);
     assert!(started.elapsed() < Duration::from_secs(60), "took {:?}", started.elapsed());
 }

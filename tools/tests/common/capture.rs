@@ -87,6 +87,11 @@ impl Capture {
     }
 
     /// A copy of every recorded datagram, in the order forwarded.
+    pub fn tcp_streams(&self) -> Vec<Vec<u8>> {
+        self.record.lock().unwrap().streams.clone()
+    }
+
+    /// Every datagram recorded, in order.
     pub fn datagram_list(&self) -> Vec<Datagram> {
         self.record.lock().unwrap().datagrams.clone()
     }

@@ -7,7 +7,7 @@
 pub mod capture;
 
 use capture::{Capture, UdpTap};
-use ringfence_client::{Address, Client, ConnectOptions, Event};
+use ringfence_client::{Address, Client, ConnectOptions, Event, TlsOptions};
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -328,4 +328,64 @@ pub fn token_entry(name: &str, token: &str) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
     let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
     format!("\n[[clients.token]]\nname = \"{name}\"\nsha256 = \"{hex}\"\n")
+}
+
+/// A CA, a server certificate for every daemon (127.0.0.1, localhost) and
+/// client certificates for `clients`, made by `ringfence keygen`; the
+/// `[clients]` section for them (with token `bob` = `token`); and client
+/// options for a certificate (`Some(name)`) or none.
+pub struct Pki {
+    pub dir: PathBuf,
+    pub clients_section: String,
+}
+
+impl Pki {
+    pub fn new(tag: &str, clients: &[&str], token: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("ringfence-{tag}-keys-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let s = |p: &std::path::Path| p.to_str().unwrap().to_string();
+        let (ca, certs) = (dir.join("ca"), dir.join("certs"));
+        keygen(&["ca", "--dir", &s(&ca)]);
+        for name in std::iter::once(&"daemons").chain(clients) {
+            keygen(&[
+                "cert",
+                name,
+                "--ca-dir",
+                &s(&ca),
+                "--dir",
+                &s(&certs),
+                "--san",
+                "127.0.0.1",
+                "--san",
+                "localhost",
+            ]);
+        }
+        let clients_section = format!(
+            "\n[clients]\ntls_cert = \"{}\"\ntls_key = \"{}\"\nclient_ca = \"{}\"\n{}",
+            s(&certs.join("daemons.crt")),
+            s(&certs.join("daemons.key")),
+            s(&ca.join("ca.crt")),
+            token_entry("bob", token)
+        );
+        Self { dir, clients_section }
+    }
+
+    pub fn tls(&self, cert: Option<&str>) -> TlsOptions {
+        let certs = self.dir.join("certs");
+        TlsOptions {
+            ca_cert: self.dir.join("ca").join("ca.crt"),
+            client_cert: cert.map(|c| (certs.join(format!("{c}.crt")), certs.join(format!("{c}.key")))),
+            server_name: "localhost".into(),
+        }
+    }
+
+    pub fn cert(&self, name: &str) -> ConnectOptions {
+        ConnectOptions { tls: Some(self.tls(Some(name))), token: None }
+    }
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
