@@ -242,6 +242,11 @@ pub struct Ring {
     my_backlog: u32,
     sent_token: Option<SentToken>,
     held: Option<Held>,
+    /// Fail-to-receive detection: our aru when it last moved, since when,
+    /// and how many token visits found it stuck below packets others sent.
+    stuck_aru: u64,
+    stuck_since: Time,
+    stuck_visits: u32,
 
     transmits: VecDeque<Transmit>,
     deliveries: VecDeque<Delivery>,
@@ -293,6 +298,9 @@ impl Ring {
             my_backlog: 0,
             sent_token: None,
             held: None,
+            stuck_aru: 0,
+            stuck_since: now,
+            stuck_visits: 0,
             transmits: VecDeque::new(),
             deliveries: VecDeque::new(),
             token_buf: Vec::new(),
@@ -621,6 +629,9 @@ impl Ring {
         //    only gaps a full rotation old are requested.
         let horizon = if self.cfg.accelerated { self.last_departure_seq.min(token.seq) } else { token.seq };
         self.request_missing(&mut token, horizon);
+        if fresh {
+            self.watch_receiving(now, horizon);
+        }
 
         if alone {
             self.stable = self.my_aru;
@@ -668,6 +679,29 @@ impl Ring {
         for raw in packets {
             self.emit(Dest::All, raw);
         }
+    }
+
+    /// Counts token visits that find our aru stuck below what others sent.
+    fn watch_receiving(&mut self, now: Time, horizon: u64) {
+        if self.my_aru >= horizon {
+            self.stuck_visits = 0;
+        } else if self.stuck_visits > 0 && self.stuck_aru == self.my_aru {
+            self.stuck_visits = self.stuck_visits.saturating_add(1);
+        } else {
+            self.stuck_aru = self.my_aru;
+            self.stuck_since = now;
+            self.stuck_visits = 1;
+        }
+    }
+
+    /// The packet this member has been missing for longer than
+    /// `fail_to_receive`, over several token visits, if any: the ring
+    /// keeps going but some member's packets never reach us.
+    pub(crate) fn failing_to_receive(&self, now: Time) -> Option<(u64, std::time::Duration)> {
+        const VISITS: u32 = 8;
+        let stuck = now.saturating_since(self.stuck_since);
+        (self.stuck_visits >= VISITS && stuck >= self.cfg.fail_to_receive)
+            .then_some((self.stuck_aru + 1, stuck))
     }
 
     /// Retransmits requested packets this node holds and removes them from

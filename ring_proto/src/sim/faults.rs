@@ -21,29 +21,55 @@ pub struct FaultKinds {
     pub loss: bool,
     /// One-way reachability: A hears B, B does not hear A.
     pub oneway: bool,
+    /// A lasting one-way cut (longer than every timeout), after the other
+    /// faults healed: the daemons must keep delivering meanwhile.
+    pub cut: bool,
+    /// A daemon paused (SIGSTOP) for up to 2 s after the other faults
+    /// healed: the others must stay together and keep delivering.
+    pub pause: bool,
+    /// Scheduling stalls: every daemon is paused for short spells (up to
+    /// 100 ms) for a while; no membership change may follow.
+    pub stall: bool,
 }
 
 impl FaultKinds {
-    /// Every kind.
-    pub const ALL: Self =
-        Self { partition: true, merge: true, crash: true, restart: true, loss: true, oneway: true };
+    /// Every kind of the first phase (`all`). The lasting kinds (`cut`,
+    /// `pause`, `stall`) are asked for by name: lasting one-way cuts among 3
+    /// daemons do not converge yet (docs/status.md).
+    pub const ALL: Self = Self {
+        partition: true,
+        merge: true,
+        crash: true,
+        restart: true,
+        loss: true,
+        oneway: true,
+        cut: false,
+        pause: false,
+        stall: false,
+    };
 
-    /// Parses a comma-separated list: `partition,merge,crash,restart,loss,oneway`
-    /// or `all`.
+    /// Parses a comma-separated list: `partition,merge,crash,restart,loss,oneway,
+    /// cut,pause,stall` or `all`.
     pub fn parse(s: &str) -> Result<Self, String> {
         let mut k = Self::default();
         for word in s.split(',').map(str::trim).filter(|w| !w.is_empty()) {
             match word {
-                "all" => k = Self::ALL,
+                "all" => {
+                    k = Self { cut: k.cut, pause: k.pause, stall: k.stall, ..Self::ALL };
+                }
                 "partition" => k.partition = true,
                 "merge" => k.merge = true,
                 "crash" => k.crash = true,
                 "restart" => k.restart = true,
                 "loss" => k.loss = true,
                 "oneway" => k.oneway = true,
+                "cut" => k.cut = true,
+                "pause" => k.pause = true,
+                "stall" => k.stall = true,
                 other => {
                     return Err(format!(
-                        "unknown fault kind `{other}` (partition, merge, crash, restart, loss, oneway, all)"
+                        "unknown fault kind `{other}` (partition, merge, crash, restart, loss, oneway, \
+                         cut, pause, stall, all)"
                     ));
                 }
             }
@@ -54,6 +80,14 @@ impl FaultKinds {
     /// Whether no kind is chosen.
     pub fn is_empty(self) -> bool {
         self == Self::default()
+    }
+
+    /// The lasting kinds (one of them runs after the heal).
+    fn lasting_choices(self) -> Vec<LastingKind> {
+        [(self.cut, LastingKind::Cut), (self.pause, LastingKind::Pause), (self.stall, LastingKind::Stall)]
+            .into_iter()
+            .filter_map(|(on, k)| on.then_some(k))
+            .collect()
     }
 
     fn choices(self) -> Vec<Kind> {
@@ -163,6 +197,68 @@ pub(crate) fn realise(rng: &mut ChaCha8Rng, kind: Kind, alive: &[bool], now: Dur
             let a = rng.random_range(0..n);
             let b = (a + rng.random_range(1..n)) % n;
             Fault::OneWay(a, b)
+        }
+    })
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LastingKind {
+    Cut,
+    Pause,
+    Stall,
+}
+
+/// The fault of the second phase of a run: it starts once the other faults
+/// healed and the ring settled, and lasts longer than any timeout.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Lasting {
+    /// Datagrams from `from` to `to` are dropped for `len`.
+    Cut { from: usize, to: usize, len: Duration },
+    /// Daemon `node` runs nothing for `len` (datagrams wait in its socket).
+    Pause { node: usize, len: Duration },
+    /// Short pauses of every daemon, `(node, start offset, length)`, over
+    /// `len`.
+    Stall { spells: Vec<(usize, Duration, Duration)>, len: Duration },
+}
+
+impl Lasting {
+    /// How long the fault lasts.
+    pub(crate) fn len(&self) -> Duration {
+        match self {
+            Self::Cut { len, .. } | Self::Pause { len, .. } | Self::Stall { len, .. } => *len,
+        }
+    }
+}
+
+/// Draws the lasting fault of a run, if its kinds ask for one.
+pub(crate) fn lasting(rng: &mut ChaCha8Rng, kinds: FaultKinds, nodes: usize) -> Option<Lasting> {
+    let choices = kinds.lasting_choices();
+    if choices.is_empty() || nodes < 2 {
+        return None;
+    }
+    Some(match choices[rng.random_range(0..choices.len())] {
+        LastingKind::Cut => {
+            let from = rng.random_range(0..nodes);
+            let to = (from + rng.random_range(1..nodes)) % nodes;
+            Lasting::Cut { from, to, len: Duration::from_millis(rng.random_range(4000..7000)) }
+        }
+        LastingKind::Pause => Lasting::Pause {
+            node: rng.random_range(0..nodes),
+            len: Duration::from_millis(rng.random_range(300..=2000)),
+        },
+        LastingKind::Stall => {
+            let len = Duration::from_millis(3000);
+            let mut spells = Vec::new();
+            for node in 0..nodes {
+                let mut at = Duration::from_millis(rng.random_range(0..200));
+                while at < len {
+                    let spell = Duration::from_millis(rng.random_range(5..=100));
+                    spells.push((node, at, spell));
+                    at += spell + Duration::from_millis(rng.random_range(50..300));
+                }
+            }
+            spells.sort_by_key(|s| s.1);
+            Lasting::Stall { spells, len }
         }
     })
 }

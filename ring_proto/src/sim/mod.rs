@@ -32,13 +32,12 @@ use crate::wire::{Groups, MsgId, NodeId, RingId, Service};
 use crate::{Incarnation, Node, Phase, Time};
 use bytes::Bytes;
 use check::{Entry, Log};
-use faults::{Fault, Kind};
+use faults::{Fault, Kind, Lasting};
 use net::Network;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use ringfence_crypto::identity::SecretIdentity;
-use std::collections::BTreeMap;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::io::Write;
 use std::time::Duration;
@@ -189,6 +188,13 @@ pub enum Violation {
     NoConvergence { at: Time },
     /// The run hit the time limit before everything was delivered.
     Stalled { at: Time },
+    /// During a lasting fault a probe was not delivered in time by a daemon
+    /// that should have (its sender always; with a pause or stalls, every
+    /// running daemon).
+    NotLive { node: NodeId, id: MsgId, within: Duration },
+    /// A membership change under scheduling stalls alone (no daemon
+    /// failed, no datagram was lost).
+    SpuriousChange { node: NodeId, ring: RingId },
 }
 
 impl fmt::Display for Violation {
@@ -225,6 +231,15 @@ impl fmt::Display for Violation {
             Self::SelfDelivery { node, id } => write!(f, "evs: node {node} never delivered its own {id:?}"),
             Self::NoConvergence { at } => write!(f, "liveness: no common ring by {at}"),
             Self::Stalled { at } => write!(f, "stalled: not everything delivered by {at}"),
+            Self::NotLive { node, id, within } => {
+                write!(
+                    f,
+                    "liveness: node {node} did not deliver {id:?} within {within:?} during a lasting fault"
+                )
+            }
+            Self::SpuriousChange { node, ring } => {
+                write!(f, "liveness: node {node} installed ring {ring} under scheduling stalls alone")
+            }
             Self::KeyMismatch { ring, epoch, a, b } => {
                 write!(
                     f,
@@ -402,8 +417,44 @@ pub struct Sim<'t> {
     datagrams: u64,
     wire_bytes: u64,
     payload_bytes: u64,
+    /// The second phase's fault, from `lasting_at` to `quiet_at`.
+    lasting: Option<Lasting>,
+    lasting_at: Time,
+    quiet_at: Time,
+    lasting_started: bool,
+    /// With stalls: the ring all live daemons were in when they began.
+    stall_ring: Option<RingId>,
+    /// Pauses to apply: (start, daemon, length), in time order.
+    pause_plan: Vec<(Time, usize, Duration)>,
+    next_pause: usize,
+    /// A paused daemon runs nothing until then; its datagrams wait.
+    paused_until: Vec<Option<Time>>,
+    held: Vec<VecDeque<Bytes>>,
+    next_live_probe: Option<Time>,
+    live_probes: Vec<LiveProbe>,
+    live_ids: HashSet<MsgId>,
+    /// When each current log delivered each liveness probe.
+    live_delivered: HashMap<(usize, MsgId), Time>,
     trace: Option<&'t mut dyn Write>,
 }
+
+/// A message submitted during a lasting fault, and who must deliver it by
+/// when.
+#[derive(Debug)]
+struct LiveProbe {
+    id: MsgId,
+    deadline: Time,
+    within: Duration,
+    /// Logs (current incarnations when it was sent) that must deliver it.
+    expect: Vec<usize>,
+}
+
+/// The lasting fault starts this long after the heal, once the ring settled.
+const LASTING_AFTER: Duration = Duration::from_millis(1500);
+/// Liveness probes are sent this often during a lasting fault.
+const LIVE_PROBE_EVERY: Duration = Duration::from_millis(250);
+/// Most datagrams a paused daemon's socket holds.
+const HELD_MAX: usize = 4096;
 
 impl fmt::Debug for Sim<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -455,6 +506,20 @@ impl<'t> Sim<'t> {
         };
         let net = Network::new(cfg.net.clone(), net_rng, cfg.nodes);
         let logs = (0..cfg.nodes).map(|i| Log::new(NodeId(i as u16), 0)).collect();
+        // Its own stream, so that adding it changed no earlier seed.
+        let mut lasting_rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x6c61_7374_696e_6700);
+        let lasting = if faulty { faults::lasting(&mut lasting_rng, cfg.faults, cfg.nodes) } else { None };
+        let heal = Time::ZERO + cfg.heal_at;
+        let lasting_at = heal + LASTING_AFTER;
+        let quiet_at = lasting.as_ref().map_or(heal, |l| lasting_at + l.len());
+        let pause_plan = match &lasting {
+            Some(Lasting::Pause { node, len }) => vec![(lasting_at, *node, *len)],
+            Some(Lasting::Stall { spells, .. }) => {
+                spells.iter().map(|&(node, off, len)| (lasting_at + off, node, len)).collect()
+            }
+            _ => Vec::new(),
+        };
+        let cfg_nodes = cfg.nodes;
         let mut sim = Self {
             current: (0..cfg.nodes).collect(),
             persisted: vec![0; cfg.nodes],
@@ -482,6 +547,19 @@ impl<'t> Sim<'t> {
             datagrams: 0,
             wire_bytes: 0,
             payload_bytes: 0,
+            lasting,
+            lasting_at,
+            quiet_at,
+            lasting_started: false,
+            stall_ring: None,
+            pause_plan,
+            next_pause: 0,
+            paused_until: vec![None; cfg_nodes],
+            held: vec![VecDeque::new(); cfg_nodes],
+            next_live_probe: None,
+            live_probes: Vec::new(),
+            live_ids: HashSet::new(),
+            live_delivered: HashMap::new(),
             trace,
         };
         for i in 0..sim.nodes.len() {
@@ -510,7 +588,7 @@ impl<'t> Sim<'t> {
             if self.faulty()
                 && self.healed
                 && self.converged_at.is_none()
-                && next > heal + self.cfg.converge_within
+                && next > self.quiet_at.max(heal) + self.cfg.converge_within
             {
                 self.violations.push(Violation::NoConvergence { at: self.now });
                 break;
@@ -521,8 +599,9 @@ impl<'t> Sim<'t> {
                 self.net.heal();
             }
             self.apply_faults();
+            self.apply_lasting();
             self.step();
-            if self.faulty() && self.healed && self.converged_at.is_none() {
+            if self.faulty() && self.healed && self.now >= self.quiet_at && self.converged_at.is_none() {
                 // One common ring, unchanged for two token timeouts: a ring
                 // whose token was lost just before the heal is not it.
                 match (self.converged(), self.candidate) {
@@ -547,14 +626,26 @@ impl<'t> Sim<'t> {
                 t = Some(t.map_or(x, |t: Time| t.min(x)));
             }
         };
-        for n in self.nodes.iter().flatten() {
-            consider(n.poll_timeout());
+        for (i, n) in self.nodes.iter().enumerate() {
+            if self.paused_until[i].is_none() {
+                consider(n.as_ref().and_then(Node::poll_timeout));
+            }
         }
         consider(self.plan.get(self.next_plan).map(|p| self.retry_at.map_or(p.at, |r| r.max(p.at))));
         consider(self.fault_plan.get(self.next_fault).map(|f| f.0));
         if !self.healed && self.faulty() {
             consider(Some(Time::ZERO + self.cfg.heal_at));
         }
+        if self.lasting.is_some() {
+            if !self.lasting_started {
+                consider(Some(self.lasting_at));
+            } else if self.now < self.quiet_at {
+                consider(Some(self.quiet_at));
+            }
+        }
+        consider(self.pause_plan.get(self.next_pause).map(|p| p.0));
+        consider(self.paused_until.iter().flatten().copied().min());
+        consider(self.next_live_probe);
         t
     }
 
@@ -592,6 +683,103 @@ impl<'t> Sim<'t> {
                 Fault::Crash(i) => self.crash(i),
                 Fault::Restart(i) => self.restart(i),
             }
+        }
+    }
+
+    /// Starts and ends the lasting fault, pauses and resumes daemons, and
+    /// sends the liveness probes.
+    fn apply_lasting(&mut self) {
+        let now = self.now;
+        if !self.lasting_started && self.lasting.is_some() && now >= self.lasting_at {
+            self.lasting_started = true;
+            let settle = match &self.lasting {
+                Some(Lasting::Cut { from, to, .. }) => {
+                    self.net.reachable[*from][*to] = false;
+                    Duration::from_secs(2)
+                }
+                Some(Lasting::Pause { .. }) => Duration::from_millis(1000),
+                Some(Lasting::Stall { .. }) => {
+                    self.stall_ring = self.converged();
+                    Duration::from_millis(300)
+                }
+                None => Duration::ZERO,
+            };
+            self.next_live_probe = Some(now + settle).filter(|t| *t < self.quiet_at);
+        }
+        if self.lasting_started && now >= self.quiet_at {
+            if let Some(Lasting::Cut { from, to, .. }) = self.lasting {
+                self.net.reachable[from][to] = true;
+            }
+            self.next_live_probe = None;
+        }
+        while let Some(&(at, node, len)) = self.pause_plan.get(self.next_pause).filter(|p| p.0 <= now) {
+            self.next_pause += 1;
+            if self.nodes[node].is_some() && self.paused_until[node].is_none() {
+                self.paused_until[node] = Some(at + len);
+            }
+        }
+        for i in 0..self.nodes.len() {
+            if self.paused_until[i].is_some_and(|u| u <= now) {
+                self.paused_until[i] = None;
+                self.resume(i);
+            }
+        }
+        if let Some(t) = self.next_live_probe.filter(|t| *t <= now) {
+            self.next_live_probe = Some(t + LIVE_PROBE_EVERY).filter(|t| *t < self.quiet_at);
+            self.send_live_probes();
+        }
+    }
+
+    /// A paused daemon runs again: its overdue timers first (the worst
+    /// order for it), then the datagrams its socket held.
+    fn resume(&mut self, i: usize) {
+        let now = self.now;
+        if let Some(n) = self.nodes[i].as_mut() {
+            if n.poll_timeout().is_some_and(|t| t <= now) {
+                n.handle_timeout(now);
+            }
+        }
+        self.drain(i);
+        while let Some(b) = self.held[i].pop_front() {
+            if let Some(n) = self.nodes[i].as_mut() {
+                n.handle_datagram(now, b);
+            }
+            self.drain(i);
+        }
+    }
+
+    /// During a lasting fault every running daemon sends a probe; its
+    /// sender must deliver it within a bound, and with a pause or stalls
+    /// every running daemon must.
+    fn send_live_probes(&mut self) {
+        let (within, all) = match self.lasting {
+            Some(Lasting::Cut { .. }) => (Duration::from_secs(2), false),
+            Some(Lasting::Pause { .. }) => (Duration::from_millis(1500), true),
+            Some(Lasting::Stall { .. }) => (Duration::from_secs(1), true),
+            None => return,
+        };
+        let now = self.now;
+        let running: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].is_some() && self.paused_until[i].is_none())
+            .collect();
+        let expect_all: Vec<usize> = match self.lasting {
+            // Stalled daemons are only late, not out.
+            Some(Lasting::Stall { .. }) => {
+                (0..self.nodes.len()).filter(|&i| self.nodes[i].is_some()).map(|i| self.current[i]).collect()
+            }
+            _ => running.iter().map(|&i| self.current[i]).collect(),
+        };
+        for &i in &running {
+            let len = self.load_rng.random_range(1..=200);
+            let p = payload(&mut self.load_rng, len);
+            let Some(n) = self.nodes[i].as_mut() else { continue };
+            let Ok(id) = n.submit(now, Service::Agreed, Groups::none(), p.clone()) else { continue };
+            self.sent.insert(id, Sent { service: Service::Agreed, digest: digest(&p), len });
+            self.logs[self.current[i]].submitted.push(id);
+            self.live_ids.insert(id);
+            let expect = if all { expect_all.clone() } else { vec![self.current[i]] };
+            self.live_probes.push(LiveProbe { id, deadline: now + within, within, expect });
+            self.drain(i);
         }
     }
 
@@ -669,12 +857,21 @@ impl<'t> Sim<'t> {
     fn step(&mut self) {
         let now = self.now;
         while let Some((to, bytes)) = self.net.pop_due(now) {
+            if self.paused_until[to].is_some() {
+                if self.held[to].len() < HELD_MAX {
+                    self.held[to].push_back(bytes);
+                }
+                continue;
+            }
             if let Some(n) = self.nodes[to].as_mut() {
                 n.handle_datagram(now, bytes);
                 self.drain(to);
             }
         }
         for i in 0..self.nodes.len() {
+            if self.paused_until[i].is_some() {
+                continue;
+            }
             let Some(n) = self.nodes[i].as_mut() else { continue };
             if n.poll_timeout().is_some_and(|t| t <= now) {
                 n.handle_timeout(now);
@@ -688,6 +885,10 @@ impl<'t> Sim<'t> {
         while self.plan.get(self.next_plan).is_some_and(|p| p.at <= now) {
             let p = &self.plan[self.next_plan];
             let (node, service, payload) = (p.node, p.service, p.payload.clone());
+            if let Some(until) = self.paused_until[node] {
+                self.retry_at = Some(until);
+                break;
+            }
             let Some(n) = self.nodes[node].as_mut() else {
                 self.next_plan += 1; // its sender is down
                 continue;
@@ -803,9 +1004,18 @@ impl<'t> Sim<'t> {
                         );
                         let _ = trace::write_line(w, &ev);
                     }
+                    if self.live_ids.contains(&d.id) {
+                        self.live_delivered.entry((self.current[i], d.id)).or_insert(now);
+                    }
                     self.logs[self.current[i]].push_delivery(d.id, d.ring_id, d.ring_seq);
                 }
                 Event::Configuration(c) => {
+                    if c.kind == ConfigKind::Regular
+                        && self.stall_ring.is_some_and(|r| r != c.ring_id)
+                        && now < self.quiet_at
+                    {
+                        self.violations.push(Violation::SpuriousChange { node: me, ring: c.ring_id });
+                    }
                     if let Some(w) = self.trace.as_mut() {
                         let ev = TraceEvent::Configuration {
                             node: me,
@@ -841,7 +1051,16 @@ impl<'t> Sim<'t> {
     }
 
     fn done(&self) -> bool {
-        if self.next_plan < self.plan.len() {
+        if self.next_plan < self.plan.len() || (self.lasting.is_some() && self.now < self.quiet_at) {
+            return false;
+        }
+        let waiting = self.live_probes.iter().any(|p| {
+            self.now < p.deadline
+                && p.expect
+                    .iter()
+                    .any(|&e| !self.logs[e].crashed && !self.live_delivered.contains_key(&(e, p.id)))
+        });
+        if waiting {
             return false;
         }
         if self.faulty() {
@@ -856,6 +1075,14 @@ impl<'t> Sim<'t> {
 
     fn finish(mut self) -> Report {
         let mut v = std::mem::take(&mut self.violations);
+        for p in &self.live_probes {
+            for &e in &p.expect {
+                let on_time = self.live_delivered.get(&(e, p.id)).is_some_and(|t| *t <= p.deadline);
+                if !on_time && !self.logs[e].crashed {
+                    v.push(Violation::NotLive { node: self.logs[e].node, id: p.id, within: p.within });
+                }
+            }
+        }
         if self.faulty() {
             check::evs(&self.logs, &mut v);
             if self.converged_at.is_some() && !v.iter().any(|x| matches!(x, Violation::Stalled { .. })) {
