@@ -186,6 +186,14 @@ struct Sec {
     /// The regular configuration held back from the clients until its key
     /// is agreed.
     pending: Option<Configuration>,
+    /// The transitional configuration out of the last regular configuration
+    /// shown, with the messages delivered in it: held back until the next
+    /// regular configuration is shown, which it then precedes. Its members
+    /// are those that moved on together from that configuration; every ring
+    /// dropped before its key shrinks them to those that moved on together
+    /// from it too. `None` before any regular configuration was shown in
+    /// this incarnation.
+    held: Option<(BTreeSet<NodeId>, Vec<Delivery>)>,
     /// Members that said they hold each new link key of our ring; a key
     /// is used once all did.
     checks: BTreeMap<KeyId, BTreeSet<NodeId>>,
@@ -334,6 +342,7 @@ impl Node {
             agreement,
             stats,
             pending: None,
+            held: None,
             checks: BTreeMap::new(),
             ring_key: None,
             announced: None,
@@ -599,7 +608,7 @@ impl Node {
     /// agreement may stand.
     fn screen(&mut self, d: Delivery) -> Option<Delivery> {
         if d.service == Service::KeyAgreement {
-            self.key_message(&d);
+            self.key_message(&d, true);
             return None;
         }
         if d.service.is_control() {
@@ -632,8 +641,11 @@ impl Node {
         }
     }
 
-    /// Acts on one delivered key agreement message.
-    fn key_message(&mut self, d: &Delivery) {
+    /// Acts on one delivered key agreement message. Not `live`: the ring
+    /// is ending (a delivery of its regular configuration during a change),
+    /// nothing more is sent in it; only whether its first key is agreed
+    /// (and its regular configuration shown) still counts.
+    fn key_message(&mut self, d: &Delivery, live: bool) {
         let now = self.now;
         let Some(sec) = self.sec.as_mut() else { return };
         let Some(agreement) = sec.agreement.as_mut() else { return };
@@ -653,10 +665,10 @@ impl Node {
                 return;
             }
         };
-        for env in out.send {
+        for env in out.send.into_iter().filter(|_| live) {
             self.push_ctl(Service::KeyAgreement, env);
         }
-        if let Some(kid) = out.holds {
+        if let Some(kid) = out.holds.filter(|_| live) {
             let Some(sec) = self.sec.as_mut() else { return };
             let members =
                 self.ring.as_ref().filter(|r| r.ring_id() == d.ring_id).map(|r| r.members().to_vec());
@@ -677,11 +689,14 @@ impl Node {
             let (ring_id, epoch, kid) = (k.ring_id, k.epoch, k.link);
             let server = k.key.clone();
             let check = agreement.check(ring_id, kid);
-            sec.link.add_key(&link_key);
-            if sec.derived.len() == 8 {
-                sec.derived.pop_front();
+            if live {
+                // (An ending ring's key never seals anything.)
+                sec.link.add_key(&link_key);
+                if sec.derived.len() == 8 {
+                    sec.derived.pop_front();
+                }
+                sec.derived.push_back((kid, ring_id, epoch, server.clone()));
             }
-            sec.derived.push_back((kid, ring_id, epoch, server.clone()));
             sec.stats.keys_agreed += 1;
             sec.stats.rekeyed_at_ns = Some(now.as_nanos());
             sec.agreed_at = now;
@@ -689,6 +704,16 @@ impl Node {
             sec.refresh_asked = false;
             if let Some(c) = sec.pending.take() {
                 sec.announced = Some((ring_id, epoch));
+                if let Some((members, delivered)) = sec.held.take() {
+                    // The transitional configuration out of the last regular
+                    // one shown comes right before this one.
+                    self.events.push_back(Event::Configuration(Configuration {
+                        kind: ConfigKind::Transitional,
+                        ring_id: c.ring_id,
+                        members: members.into_iter().collect(),
+                    }));
+                    self.events.extend(delivered.into_iter().map(Event::Deliver));
+                }
                 self.events.push_back(Event::ServerKey(ServerKey { ring_id, epoch, key: server.clone() }));
                 let Some(sec) = self.sec.as_mut() else { return };
                 sec.stats.last_agreement_ns = Some(now.saturating_since(sec.changed_at).as_nanos() as u64);
@@ -697,7 +722,9 @@ impl Node {
                 self.events.push_back(Event::Configuration(c));
             }
             // Sealing starts once every member says it holds the key.
-            self.push_ctl(Service::KeyAgreement, check);
+            if live {
+                self.push_ctl(Service::KeyAgreement, check);
+            }
         }
     }
 
@@ -1445,12 +1472,13 @@ impl Node {
         // Deliveries of the old ring during a change: messages in its regular
         // configuration, ahead of the configurations to come. (In operation
         // `poll_event` reads them in place.)
-        if let Some(r) = self.ring.as_mut().filter(|_| !matches!(self.state, State::Operational)) {
-            while let Some(d) = r.poll_delivery() {
-                if !d.service.is_control() {
-                    self.events.push_back(Event::Deliver(d));
-                }
-            }
+        while let Some(d) = self
+            .ring
+            .as_mut()
+            .filter(|_| !matches!(self.state, State::Operational))
+            .and_then(Ring::poll_delivery)
+        {
+            self.deliver_in_change(d);
         }
         loop {
             let Some(d) = self.next.as_mut().and_then(Ring::poll_delivery) else { break };
@@ -1469,10 +1497,8 @@ impl Node {
                     };
                     if let (Some(r), Some(payload)) = (&mut self.ring, payload) {
                         r.insert_recovered(payload);
-                        while let Some(d) = r.poll_delivery() {
-                            if !d.service.is_control() {
-                                self.events.push_back(Event::Deliver(d));
-                            }
+                        while let Some(d) = self.ring.as_mut().and_then(Ring::poll_delivery) {
+                            self.deliver_in_change(d);
                         }
                     }
                 }
@@ -1493,6 +1519,32 @@ impl Node {
         }
     }
 
+    /// A delivery of the ending ring in its regular configuration during a
+    /// change. Client messages go to the owner. Key agreement messages of a
+    /// ring whose regular configuration is not shown yet still count: every
+    /// daemon moving on together delivers the same ones in it, so they all
+    /// decide alike whether its key was agreed and its configuration shown.
+    /// Other control messages stay inside.
+    fn deliver_in_change(&mut self, d: Delivery) {
+        if d.service == Service::KeyAgreement {
+            let hidden =
+                self.sec.as_ref().and_then(|s| s.pending.as_ref()).is_some_and(|c| c.ring_id == d.ring_id);
+            if hidden {
+                self.key_message(&d, false);
+            }
+            return;
+        }
+        if d.service.is_control() {
+            return;
+        }
+        if let Some(sec) = self.sec.as_mut().filter(|s| s.pending.is_some()) {
+            // Nothing but key agreement stands before a ring's key.
+            sec.stats.bad_agreement_messages += 1;
+            return;
+        }
+        self.events.push_back(Event::Deliver(d));
+    }
+
     /// Ends the old ring under EVS and installs the new one.
     fn install(&mut self, now: Time) {
         let State::Recovery { rec, .. } = std::mem::replace(&mut self.state, State::Operational) else {
@@ -1502,19 +1554,37 @@ impl Node {
         if let Some(mut old) = self.ring.take() {
             let transitional = old.finish(rec.max_stable);
             while let Some(d) = old.poll_delivery() {
-                if !d.service.is_control() {
-                    self.events.push_back(Event::Deliver(d));
+                self.deliver_in_change(d);
+            }
+            let delivered: Vec<Delivery> =
+                transitional.into_iter().filter(|d: &Delivery| !d.service.is_control()).collect();
+            self.retired.absorb(old.stats());
+            match self.sec.as_mut().filter(|s| s.agreement.is_some()) {
+                // Regular configurations are shown once keyed: the
+                // transitional one waits for the next regular one shown.
+                Some(sec) if sec.pending.is_none() => {
+                    sec.held = Some((rec.old_members.iter().copied().collect(), delivered));
+                }
+                Some(sec) => {
+                    // The old ring was dropped before its key (at every
+                    // daemon moving on with this one): its configurations are
+                    // never shown. The transitional configuration held (if a
+                    // regular one was ever shown) keeps the daemons that
+                    // moved on together through it.
+                    sec.stats.bad_agreement_messages += delivered.len() as u64;
+                    if let Some((members, _)) = &mut sec.held {
+                        members.retain(|m| rec.old_members.contains(m));
+                    }
+                }
+                None => {
+                    self.events.push_back(Event::Configuration(Configuration {
+                        kind: ConfigKind::Transitional,
+                        ring_id: rec.token.ring_id,
+                        members: rec.old_members.clone(),
+                    }));
+                    self.events.extend(delivered.into_iter().map(Event::Deliver));
                 }
             }
-            self.events.push_back(Event::Configuration(Configuration {
-                kind: ConfigKind::Transitional,
-                ring_id: rec.token.ring_id,
-                members: rec.old_members.clone(),
-            }));
-            self.events.extend(
-                transitional.into_iter().filter(|d: &Delivery| !d.service.is_control()).map(Event::Deliver),
-            );
-            self.retired.absorb(old.stats());
         }
         let regular = Configuration {
             kind: ConfigKind::Regular,

@@ -7,7 +7,7 @@
 use super::{Sent, Violation};
 use crate::ring::ConfigKind;
 use crate::wire::{MsgId, NodeId, RingId};
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 /// One line of a daemon's log.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -227,12 +227,117 @@ pub(crate) fn evs(logs: &[Log], v: &mut Vec<Violation>) {
             }
         }
     }
+    structure(logs, v);
     // 4. A daemon delivers its own messages unless it crashes.
     for log in logs.iter().filter(|l| !l.crashed) {
         for id in &log.submitted {
             if !log.delivered(*id) {
                 v.push(Violation::SelfDelivery { node: log.node, id: *id });
                 break;
+            }
+        }
+    }
+}
+
+/// EVS structure of the configurations each daemon shows, whatever keys
+/// were or were not agreed: an incarnation starts with a regular
+/// configuration; every configuration holds the daemon showing it; a
+/// transitional configuration follows a regular one (never another
+/// transitional one), holds only members of it, and is followed by the
+/// regular configuration it names, which contains it; two regular
+/// configurations are never adjacent. And a transitional configuration is
+/// the same set at every daemon moving together: every member of it that
+/// shows the same regular configurations before and after shows the same
+/// transitional one between them.
+pub(crate) fn structure(logs: &[Log], v: &mut Vec<Violation>) {
+    // (regular before, ring after, daemon) -> the transitional set between.
+    let mut moves: BTreeMap<(RingId, RingId, NodeId), Vec<NodeId>> = BTreeMap::new();
+    for log in logs {
+        let node = log.node;
+        let mut bad = |ring: RingId, what: &'static str| {
+            let x = Violation::Structure { node, ring, what };
+            if !v.contains(&x) {
+                v.push(x);
+            }
+        };
+        let configs: Vec<(ConfigKind, RingId, &Vec<NodeId>)> = log
+            .entries
+            .iter()
+            .filter_map(|e| match e {
+                Entry::Config { kind, ring_id, members } => Some((*kind, *ring_id, members)),
+                Entry::Deliver { .. } => None,
+            })
+            .collect();
+        let mut regular: Option<(RingId, &Vec<NodeId>)> = None;
+        for (i, &(kind, ring, members)) in configs.iter().enumerate() {
+            if !members.contains(&node) {
+                bad(ring, "the configuration does not hold the daemon showing it");
+            }
+            let prev = i.checked_sub(1).map(|p| configs[p].0);
+            match kind {
+                ConfigKind::Regular => {
+                    if prev == Some(ConfigKind::Regular) {
+                        bad(ring, "a regular configuration follows another without a transitional one");
+                    }
+                    regular = Some((ring, members));
+                }
+                ConfigKind::Transitional => {
+                    let Some((from, from_members)) = regular.filter(|_| prev == Some(ConfigKind::Regular))
+                    else {
+                        bad(
+                            ring,
+                            if prev.is_none() {
+                                "an incarnation starts with a transitional configuration"
+                            } else {
+                                "a transitional configuration does not follow a regular one"
+                            },
+                        );
+                        continue;
+                    };
+                    if !members.iter().all(|m| from_members.contains(m)) {
+                        bad(
+                            ring,
+                            "a transitional configuration holds daemons outside the regular one before it",
+                        );
+                    }
+                    match configs.get(i + 1) {
+                        Some(&(ConfigKind::Regular, next, next_members)) => {
+                            if next != ring {
+                                bad(
+                                    ring,
+                                    "a transitional configuration precedes a regular one of another ring",
+                                );
+                            }
+                            if !members.iter().all(|m| next_members.contains(m)) {
+                                bad(
+                                    ring,
+                                    "a transitional configuration is not within the regular one after it",
+                                );
+                            }
+                            moves.insert((from, next, node), members.clone());
+                        }
+                        Some(&(ConfigKind::Transitional, ..)) => {
+                            bad(ring, "a transitional configuration follows a transitional one");
+                        }
+                        // The daemon crashed, or the run ended, before the
+                        // next regular configuration.
+                        None => {}
+                    }
+                }
+            }
+        }
+    }
+    let mut seen = BTreeSet::new();
+    for (&(from, to, node), members) in &moves {
+        for &m in members {
+            if moves.get(&(from, to, m)).is_some_and(|theirs| theirs != members)
+                && seen.insert((to, node.min(m)))
+            {
+                v.push(Violation::Structure {
+                    node,
+                    ring: to,
+                    what: "daemons moving together show different transitional configurations",
+                });
             }
         }
     }

@@ -180,6 +180,11 @@ pub enum Violation {
     /// A message was delivered outside its ring's configuration (before the
     /// configuration, or in an unrelated one).
     WrongConfiguration { node: NodeId, id: MsgId },
+    /// A daemon's configurations break EVS structure (a transitional
+    /// configuration not between the regular one it came from and a regular
+    /// one containing it, or not the same set at every daemon moving
+    /// together; an incarnation starting with a transitional one).
+    Structure { node: NodeId, ring: RingId, what: &'static str },
     /// Two daemons report a message ordered at different places.
     OrderedTwice { id: MsgId },
     /// A daemon did not deliver its own message and did not crash.
@@ -226,6 +231,9 @@ impl fmt::Display for Violation {
             ),
             Self::WrongConfiguration { node, id } => {
                 write!(f, "evs: node {node} delivered {id:?} outside its configuration")
+            }
+            Self::Structure { node, ring, what } => {
+                write!(f, "evs structure: node {node} at configuration {ring}: {what}")
             }
             Self::OrderedTwice { id } => write!(f, "evs: {id:?} reported at two places in the order"),
             Self::SelfDelivery { node, id } => write!(f, "evs: node {node} never delivered its own {id:?}"),

@@ -191,4 +191,33 @@ fn pauses_and_stalls_do_not_split_the_others() {
         }
     }
     assert!(failed.is_empty(), "failing seeds: {failed:?}");
+/// A run with every fault kind, 5 daemons and `encrypt` links.
+fn secure(seed: u64, nodes: usize) -> SimConfig {
+    SimConfig { security: Some(LinkMode::Encrypt), ..SimConfig::with_faults(seed, nodes) }
+}
+
+/// Seed 760030 (5 daemons, all faults, `encrypt`): daemons 1 and 2 left a
+/// ring (3,1) before its key was agreed; its regular configuration was never
+/// shown, yet they showed the transitional configuration out of it, then
+/// another one: two transitional configurations in a row, the first not
+/// within the last regular configuration shown. A ring's transitional
+/// configuration now waits for the next regular configuration shown, and
+/// shrinks to the daemons that moved together through the dropped rings.
+#[test]
+fn seed_760030_a_ring_dropped_before_its_key_shows_no_transitional_of_its_own() {
+    let r = run(&secure(760030, 5));
+    assert_eq!(r.violations, vec![]);
+    assert!(r.faults > 0 && r.configurations > 5);
+}
+
+/// Seed 760026 (5 daemons, all faults, `encrypt`): a restarted daemon left
+/// its first ring before that ring's key was agreed, and showed the
+/// transitional configuration out of it as the first configuration of its
+/// incarnation. Nothing is held, hence nothing shown, before a regular
+/// configuration was shown.
+#[test]
+fn seed_760026_an_incarnation_starts_with_a_regular_configuration() {
+    let r = run(&secure(760026, 5));
+    assert_eq!(r.violations, vec![]);
+    assert!(r.faults > 0 && r.configurations > 5);
 }
