@@ -30,6 +30,9 @@ struct Member {
     views: Vec<(ViewId, Vec<(usize, u64)>)>,
 }
 
+/// Messages delivered in a view: (sender, sequence number).
+type Delivered = BTreeSet<(usize, u64)>;
+
 fn view_text(v: ViewId) -> String {
     format!("{}.{}.{}", v.ring_seq, v.ring_rep, v.counter)
 }
@@ -179,10 +182,12 @@ fn vs_group_keeps_same_set_and_fifo_while_a_daemon_is_paused() {
         }
     }
     // Same set: members going from one view to the same next view.
-    let mut moved: BTreeMap<(ViewId, ViewId), (usize, BTreeSet<(usize, u64)>)> = BTreeMap::new();
+    // (view, next view) -> the first member seen moving so, and what it
+    // delivered in the first.
+    let mut moved: BTreeMap<(ViewId, ViewId), (usize, Delivered)> = BTreeMap::new();
     for (i, m) in members.iter().enumerate() {
         for w in m.views.windows(2) {
-            let set: BTreeSet<(usize, u64)> = w[0].1.iter().copied().collect();
+            let set: Delivered = w[0].1.iter().copied().collect();
             match moved.get(&(w[0].0, w[1].0)) {
                 Some((j, other)) if *other != set => violations.push(format!(
                     "m{i} and m{j} moved from {} to {} having delivered {} and {} messages ({} differ)",
