@@ -146,6 +146,7 @@ impl Daemon0 {
             clients,
             keys: Vec::new(),
             expired: Vec::new(),
+            views: Vec::new(),
         };
         GroupMsg { sender: Bytes::new(), body }.encode()
     }

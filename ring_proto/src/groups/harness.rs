@@ -31,9 +31,12 @@ pub(super) struct World {
     actions: BTreeMap<(Time, u64), (Who, Bytes)>,
     /// Longest delay before a client answers a flush request.
     pub(super) flush_delay: Duration,
+    /// Clients hold their flush answers while set (they are sent, in
+    /// order, once it is cleared).
+    pub(super) hold_flushes: bool,
     cur_view: BTreeMap<(Who, Bytes), ViewId>,
-    /// Message number -> the (VS group, view) it was sent in.
-    sent_in: BTreeMap<u64, (Bytes, ViewId)>,
+    /// Message number -> its sender and the (VS group, view) it was sent in.
+    sent_in: BTreeMap<u64, (Who, Bytes, ViewId)>,
     next_msg: u64,
     /// Groups joined as VS (the virtual synchrony check applies to them).
     vs_groups: BTreeSet<Bytes>,
@@ -133,6 +136,7 @@ impl World {
             log: BTreeMap::new(),
             actions: BTreeMap::new(),
             flush_delay: Duration::from_millis(2),
+            hold_flushes: false,
             cur_view: BTreeMap::new(),
             sent_in: BTreeMap::new(),
             next_msg: 1,
@@ -242,7 +246,7 @@ impl World {
             let g = Bytes::copy_from_slice(g.as_bytes());
             let vs = self.groups[who.0].views.get(&g).is_some_and(|v| v.kind == GroupKind::Vs);
             if let (true, Some(v)) = (vs, self.cur_view.get(&(who, g.clone()))) {
-                self.sent_in.insert(no, (g, *v));
+                self.sent_in.insert(no, (who, g, *v));
             }
         }
         self.drain(who.0);
@@ -396,7 +400,7 @@ impl World {
             }
             ClientEvent::Message { payload, .. } => {
                 let no = u64::from_be_bytes(payload[..8].try_into().expect("8 bytes"));
-                if let Some((g, v)) = self.sent_in.get(&no) {
+                if let Some((_, g, v)) = self.sent_in.get(&no) {
                     let here = self.cur_view.get(&(who, g.clone()));
                     if here != Some(v) {
                         self.violations.push(format!(
@@ -426,7 +430,9 @@ impl World {
             for g in &self.groups {
                 consider(g.poll_timeout());
             }
-            consider(self.actions.keys().next().map(|k| k.0));
+            if !self.hold_flushes {
+                consider(self.actions.keys().next().map(|k| k.0));
+            }
             if self.backlog.iter().any(|b| !b.is_empty()) {
                 consider(Some(self.now + Duration::from_millis(1)));
             }
@@ -451,7 +457,7 @@ impl World {
                     self.drain(i);
                 }
             }
-            while let Some(e) = self.actions.first_entry() {
+            while let Some(e) = self.actions.first_entry().filter(|_| !self.hold_flushes) {
                 if e.key().0 > now {
                     break;
                 }
@@ -502,6 +508,9 @@ impl World {
         // 5. VS: members moving together between two views delivered the
         // same messages in the first.
         let mut sync: BTreeMap<(Bytes, ViewId, ViewId), (Who, BTreeSet<u64>)> = BTreeMap::new();
+        // 6. VS, per group: what each client received of each sender in
+        // each view (checked against what the sender sent in it, below).
+        let mut got: BTreeMap<(Who, Bytes, ViewId, Who), Vec<u64>> = BTreeMap::new();
         for (who, evs) in &self.log {
             let mut last: BTreeMap<Bytes, ViewId> = BTreeMap::new();
             let mut signalled: BTreeSet<Bytes> = BTreeSet::new();
@@ -561,9 +570,30 @@ impl World {
                                 s.insert(no);
                             }
                         }
+                        if let Some((from, g, view)) = self.sent_in.get(&no) {
+                            got.entry((*who, g.clone(), *view, *from)).or_default().push(no);
+                        }
                     }
                     _ => {}
                 }
+            }
+        }
+        // 6. FIFO without gaps inside a view: what a client received of one
+        // sender in one view of a VS group is, in order, a prefix of what
+        // that sender sent in it.
+        let mut sent: BTreeMap<(Bytes, ViewId, Who), Vec<u64>> = BTreeMap::new();
+        for (no, (from, g, view)) in &self.sent_in {
+            sent.entry((g.clone(), *view, *from)).or_default().push(*no);
+        }
+        for ((who, g, view, from), msgs) in &got {
+            let all = sent.get(&(g.clone(), *view, *from)).map_or(&[][..], |s| &s[..]);
+            if all.get(..msgs.len()) != Some(&msgs[..]) {
+                let at = msgs.iter().zip(all).position(|(a, b)| a != b).unwrap_or(all.len());
+                v.push(format!(
+                    "fifo: {who:?} got {from:?}'s messages of view {view} of {g:?} with a gap: {:?} where {:?} were sent",
+                    &msgs[at..msgs.len().min(at + 3)],
+                    &all[at.min(all.len())..all.len().min(at + 3)]
+                ));
             }
         }
         // 3. Every client sees messages in one total order.

@@ -40,7 +40,7 @@ mod msg;
 #[cfg(test)]
 mod tests;
 
-pub use msg::{Body, GroupMsg, MSG_MAGIC, MSG_VERSION, StateEntry, StateGroup, StateKey};
+pub use msg::{Body, GroupMsg, MSG_MAGIC, MSG_VERSION, StateEntry, StateGroup, StateKey, StateView};
 
 use crate::Time;
 use crate::ring::{ConfigKind, Configuration, Delivery, Event, ServerKey};
@@ -568,6 +568,19 @@ struct View {
     evs_fixes: u64,
     /// Messages of this group reported undecipherable.
     undecipherable: u64,
+    /// VS: the daemons that went through the same configurations as this
+    /// one since the view was installed, as of the current ring: they
+    /// delivered the same messages of the view. A message sent in the view
+    /// is delivered here only if its daemon is one of them (a daemon that
+    /// was cut off in the meantime delivered others: its next messages
+    /// would leave a gap here).
+    peers: BTreeSet<NodeId>,
+    /// `peers` narrowed by the transitional configurations since the
+    /// current ring (it becomes `peers` at the next regular one).
+    peers_next: BTreeSet<NodeId>,
+    /// VS: a view of the members that moved together from an earlier view
+    /// (installed to end that view before a merged one).
+    side: bool,
 }
 
 /// An older key of an `optimized-evs` group.
@@ -611,30 +624,28 @@ impl View {
             rekey_asked: false,
             evs_fixes: 0,
             undecipherable: 0,
+            peers: BTreeSet::new(),
+            peers_next: BTreeSet::new(),
+            side: false,
         }
     }
 }
 
 /// Splits a daemon's state into parts of about `budget` encoded bytes each
 /// (at least one part; an entry larger than the budget gets a part alone).
-fn state_parts(
-    ring_id: RingId,
-    clients: Vec<StateEntry>,
-    keys: Vec<StateKey>,
-    expired: Vec<(Bytes, u32, KeyLoss)>,
-    budget: usize,
-) -> Vec<Body> {
-    type Part = (Vec<StateEntry>, Vec<StateKey>, Vec<(Bytes, u32, KeyLoss)>, usize);
-    let empty = || -> Part { (Vec::new(), Vec::new(), Vec::new(), 0) };
+fn state_parts(ring_id: RingId, state: StateOf, budget: usize) -> Vec<Body> {
+    type Part = (Vec<StateEntry>, Vec<StateKey>, Vec<(Bytes, u32, KeyLoss)>, Vec<StateView>, usize);
+    let (clients, keys, expired, views) = state;
+    let empty = || -> Part { (Vec::new(), Vec::new(), Vec::new(), Vec::new(), 0) };
     let mut parts: Vec<Part> = vec![empty()];
     // The part the next entry of `size` bytes goes to.
     let room = |parts: &mut Vec<Part>, size: usize| -> usize {
-        let used = parts.last().map_or(0, |p| p.3);
+        let used = parts.last().map_or(0, |p| p.4);
         if used > 0 && used + size > budget {
             parts.push(empty());
         }
         let i = parts.len() - 1;
-        parts[i].3 += size;
+        parts[i].4 += size;
         i
     };
     for c in clients {
@@ -650,21 +661,57 @@ fn state_parts(
         let i = room(&mut parts, 6 + x.0.len());
         parts[i].2.push(x);
     }
+    for v in views {
+        let i = room(&mut parts, 23 + v.group.len() + 2 * v.peers.len());
+        parts[i].3.push(v);
+    }
     // Part numbers are u16: 65535 parts of the default 256 KiB is 16 GiB.
     parts.truncate(usize::from(u16::MAX));
     let n = parts.len() as u16;
     parts
         .into_iter()
         .enumerate()
-        .map(|(i, (clients, keys, expired, _))| Body::State {
+        .map(|(i, (clients, keys, expired, views, _))| Body::State {
             ring_id,
             part: i as u16,
             parts: n,
             clients,
             keys,
             expired,
+            views,
         })
         .collect()
+}
+
+/// VS after a merge: the holders of the group's views (`holders`) split
+/// by what they delivered, from each daemon's view and peers (`held`).
+/// Holders of one view whose daemons came through different
+/// configurations delivered different messages in it: then every set of
+/// holders that moved together (ascending by view and peers) is returned,
+/// to be given a view of its own before the merged one. Empty when no
+/// view is held by two such sets (the merged view may follow at once).
+fn sides(
+    holders: &BTreeSet<PrivateName>,
+    held: Option<&BTreeMap<NodeId, (ViewId, Vec<NodeId>)>>,
+) -> Vec<BTreeSet<PrivateName>> {
+    let mut classes: BTreeMap<(Option<ViewId>, Vec<NodeId>), BTreeSet<PrivateName>> = BTreeMap::new();
+    for m in holders {
+        // A daemon that reported no view of it: a set of its own.
+        let key = held
+            .and_then(|h| h.get(&m.daemon))
+            .map_or_else(|| (None, vec![m.daemon]), |(v, p)| (Some(*v), p.clone()));
+        classes.entry(key).or_default().insert(m.clone());
+    }
+    let mut per_view: BTreeMap<ViewId, usize> = BTreeMap::new();
+    for (view, _) in classes.keys() {
+        if let Some(v) = view {
+            *per_view.entry(*v).or_default() += 1;
+        }
+    }
+    if per_view.values().all(|&n| n < 2) {
+        return Vec::new();
+    }
+    classes.into_values().collect()
 }
 
 /// Drops the old keys of `v` no message used for `timeout`.
@@ -728,10 +775,15 @@ struct Group {
     /// after a merge: the members that held some view).
     view: BTreeSet<PrivateName>,
     flush: Option<Flush>,
+    /// VS after a merge: holders of one view came through different
+    /// configurations (so delivered different messages in it). Once the
+    /// flush ends, each of these sets (holders that moved together) gets a
+    /// view of its own, then a second flush leads to the merged view.
+    sides: Vec<BTreeSet<PrivateName>>,
 }
 
 /// One daemon's state in an exchange: clients, shared keys, expired keys.
-type StateOf = (Vec<StateEntry>, Vec<StateKey>, Vec<(Bytes, u32, KeyLoss)>);
+type StateOf = (Vec<StateEntry>, Vec<StateKey>, Vec<(Bytes, u32, KeyLoss)>, Vec<StateView>);
 
 /// A daemon's state as its parts arrive.
 #[derive(Debug)]
@@ -1253,17 +1305,18 @@ impl ClientGroups {
                     self.stats.undecodable += 1;
                     return;
                 };
-                if let Body::State { ring_id, part, parts, clients, keys, expired } = msg.body {
+                if let Body::State { ring_id, part, parts, clients, keys, expired, views } = msg.body {
                     if Some(ring_id) == self.ring_id && members.contains(&d.id.origin) {
                         let st = states.entry(d.id.origin).or_insert_with(|| PartialState {
                             parts,
                             got: BTreeSet::new(),
-                            state: (Vec::new(), Vec::new(), Vec::new()),
+                            state: (Vec::new(), Vec::new(), Vec::new(), Vec::new()),
                         });
                         if st.parts == parts && st.got.insert(part) {
                             st.state.0.extend(clients);
                             st.state.1.extend(keys);
                             st.state.2.extend(expired);
+                            st.state.3.extend(views);
                         }
                         let done = |s: &PartialState| s.got.len() == usize::from(s.parts);
                         if states.len() == members.len() && states.values().all(done) {
@@ -1291,6 +1344,12 @@ impl ClientGroups {
             self.apply_local(&d);
         }
         self.phase = Phase::Transitional;
+        // EVS: the daemons of one transitional configuration delivered the
+        // same messages; those of another one may have delivered others.
+        let me = self.daemon;
+        for v in self.views.values_mut() {
+            v.peers_next.retain(|d| *d == me || c.members.contains(d));
+        }
         for g in self.groups.values_mut() {
             g.flush = None;
         }
@@ -1324,6 +1383,10 @@ impl ClientGroups {
         for (cl, ev) in signals {
             self.emit(cl, ev);
         }
+        // Signalled already: the view that follows needs no second signal.
+        for v in self.views.values_mut() {
+            v.side = false;
+        }
     }
 
     fn on_regular(&mut self, c: &Configuration) {
@@ -1334,6 +1397,16 @@ impl ClientGroups {
         self.ring_members = c.members.clone();
         self.flush_seq = 0;
         self.view_seq = 0;
+        let me = self.daemon;
+        let mut views = Vec::new();
+        for (g, v) in &mut self.views {
+            v.peers_next.retain(|d| *d == me || c.members.contains(d));
+            v.peers = v.peers_next.clone();
+            if v.kind == GroupKind::Vs && !v.local.is_empty() {
+                let peers = v.peers.iter().copied().collect();
+                views.push(StateView { group: g.clone(), view: v.id, peers });
+            }
+        }
         let clients = self
             .clients
             .values()
@@ -1378,7 +1451,8 @@ impl ClientGroups {
         }
         self.phase =
             Phase::Exchange { members: c.members.clone(), states: BTreeMap::new(), held: Vec::new() };
-        for body in state_parts(c.ring_id, clients, keys, expired, self.limits.max_state_part) {
+        let state = (clients, keys, expired, views);
+        for body in state_parts(c.ring_id, state, self.limits.max_state_part) {
             self.push(Service::Agreed, Groups::none(), Bytes::new(), body);
         }
     }
@@ -1392,7 +1466,13 @@ impl ClientGroups {
         let mut groups: BTreeMap<Bytes, Group> = BTreeMap::new();
         self.incoming_keys.clear();
         self.incoming_expired.clear();
-        for (daemon, PartialState { state: (entries, keys, expired), .. }) in states {
+        // VS: per group, the view each daemon's members hold and the
+        // daemons it moved with since.
+        let mut holding: BTreeMap<Bytes, BTreeMap<NodeId, (ViewId, Vec<NodeId>)>> = BTreeMap::new();
+        for (daemon, PartialState { state: (entries, keys, expired, views), .. }) in states {
+            for sv in views {
+                holding.entry(sv.group).or_default().insert(daemon, (sv.view, sv.peers));
+            }
             for e in entries {
                 let m = PrivateName { daemon, name: e.name };
                 for sg in e.groups {
@@ -1403,6 +1483,7 @@ impl ClientGroups {
                         target: BTreeSet::new(),
                         view: BTreeSet::new(),
                         flush: None,
+                        sides: Vec::new(),
                     });
                     if sg.kind == GroupKind::Vs {
                         grp.kind = GroupKind::Vs;
@@ -1431,6 +1512,11 @@ impl ClientGroups {
                     m.kind = grp.kind;
                     m.mode = grp.mode;
                 }
+            }
+        }
+        for (g, grp) in &mut groups {
+            if grp.kind == GroupKind::Vs {
+                grp.sides = sides(&grp.view, holding.get(g));
             }
         }
         self.groups = groups;
@@ -1486,6 +1572,10 @@ impl ClientGroups {
     fn install(&mut self, g: &Bytes, cause: Cause) {
         let Some(ring_id) = self.ring_id else { return };
         let Some(grp) = self.groups.get_mut(g) else { return };
+        if !grp.sides.is_empty() {
+            self.install_sides(g, cause);
+            return;
+        }
         self.view_seq += 1;
         grp.flush = None;
         grp.view = grp.target.clone();
@@ -1499,15 +1589,7 @@ impl ClientGroups {
             return;
         }
         let members: Arc<[PrivateName]> = grp.target.iter().cloned().collect();
-        let key = match (&self.server, mode.keyed()) {
-            (Some(server), true) => {
-                let vb = id.to_bytes();
-                let k = GroupKey::new(group_key_id(&server.key, g, &vb), group_key(&server.key, g, &vb));
-                self.stats.keys_derived += 1;
-                Some(Arc::new(k))
-            }
-            _ => None,
-        };
+        let key = self.view_key(g, id, mode);
         let mut local = Vec::new();
         for m in members.iter().filter(|m| m.daemon == self.daemon) {
             let Some(c) = self.local_id(m) else { continue };
@@ -1517,6 +1599,22 @@ impl ClientGroups {
                 mb.flush = None;
             }
             local.push(c);
+        }
+        // A view of the members that moved together ends here: its holders
+        // get the transitional signal before the merged (network) view.
+        if let Some(prev) = self.views.get(g).filter(|p| p.side) {
+            let signal = ClientEvent::Membership {
+                group: g.clone(),
+                view_id: prev.id,
+                members: prev.members.clone(),
+                cause: Cause::Network,
+                kind: ConfigKind::Transitional,
+                mode,
+                key: None,
+            };
+            for c in prev.local.clone() {
+                self.emit(c, signal.clone());
+            }
         }
         for &c in &local {
             self.emit(
@@ -1548,6 +1646,9 @@ impl ClientGroups {
             rekey_asked: false,
             evs_fixes: 0,
             undecipherable: 0,
+            peers: self.ring_members.iter().copied().collect(),
+            peers_next: self.ring_members.iter().copied().collect(),
+            side: false,
         };
         let prev = self.views.remove(g).or_else(|| {
             // A group created again: the keys of its earlier life.
@@ -1597,6 +1698,88 @@ impl ClientGroups {
             }
         }
         self.views.insert(g.clone(), view);
+    }
+
+    /// Keyed modes: the key of view `id` of `g`, derived from the server key
+    /// (every daemon alike).
+    fn view_key(&mut self, g: &Bytes, id: ViewId, mode: GroupMode) -> Option<Arc<GroupKey>> {
+        let server = self.server.as_ref().filter(|_| mode.keyed())?;
+        let vb = id.to_bytes();
+        let k = GroupKey::new(group_key_id(&server.key, g, &vb), group_key(&server.key, g, &vb));
+        self.stats.keys_derived += 1;
+        Some(Arc::new(k))
+    }
+
+    /// VS after a merge, once the first flush ended: every set of holders
+    /// that moved together gets a view of its own (ids in the sets' order,
+    /// alike on every daemon; this daemon shows the one of its members),
+    /// then the second flush, among all of them, leads to the merged view.
+    /// So members that go from one view to the next together delivered
+    /// the same messages in it, whatever the partition did.
+    fn install_sides(&mut self, g: &Bytes, cause: Cause) {
+        let Some(ring_id) = self.ring_id else { return };
+        let Some(grp) = self.groups.get_mut(g) else { return };
+        let sides = std::mem::take(&mut grp.sides);
+        grp.flush = None;
+        let mode = grp.mode;
+        let mut stay = BTreeSet::new();
+        let mut mine = None;
+        for side in sides {
+            let members: BTreeSet<PrivateName> = side.intersection(&grp.target).cloned().collect();
+            if members.is_empty() {
+                continue;
+            }
+            self.view_seq += 1;
+            self.stats.views_installed += 1;
+            let id = ViewId { ring_id, counter: self.view_seq };
+            if members.iter().any(|m| m.daemon == self.daemon) {
+                mine = Some((id, members.iter().cloned().collect::<Arc<[PrivateName]>>()));
+            }
+            stay.extend(members);
+        }
+        grp.view = stay.clone();
+        if let Some((id, members)) = mine {
+            let key = self.view_key(g, id, mode);
+            let mut local = Vec::new();
+            for m in members.iter().filter(|m| m.daemon == self.daemon) {
+                let Some(c) = self.local_id(m) else { continue };
+                if let Some(mb) = self.clients.get_mut(&c).and_then(|l| l.groups.get_mut(g)) {
+                    mb.in_view = true;
+                    mb.flushed = false;
+                    mb.flush = None;
+                }
+                local.push(c);
+            }
+            for &c in &local {
+                let ev = ClientEvent::Membership {
+                    group: g.clone(),
+                    view_id: id,
+                    members: members.clone(),
+                    cause: Cause::Network,
+                    kind: ConfigKind::Regular,
+                    mode,
+                    key: key.clone().map(ViewKey),
+                };
+                self.emit(c, ev);
+            }
+            let ring: BTreeSet<NodeId> = self.ring_members.iter().copied().collect();
+            let prev = self.views.remove(g);
+            let view = View {
+                members,
+                local,
+                key_epoch: key.as_ref().and(self.server.as_ref()).map(|s| s.epoch),
+                key,
+                installed_at: self.now,
+                evs_fixes: prev.as_ref().map_or(0, |p| p.evs_fixes),
+                undecipherable: prev.as_ref().map_or(0, |p| p.undecipherable),
+                peers: ring.clone(),
+                peers_next: ring,
+                side: true,
+                ..View::empty(id, GroupKind::Vs, mode)
+            };
+            self.views.insert(g.clone(), view);
+        }
+        self.start_flush(g, stay, cause);
     }
 
     /// `g` no longer exists here: an `optimized-evs` group's keys are kept
@@ -1700,6 +1883,7 @@ impl ClientGroups {
                     target: BTreeSet::new(),
                     view: BTreeSet::new(),
                     flush: None,
+                    sides: Vec::new(),
                 });
                 let refusal = if grp.kind != kind {
                     Some(Refusal::KindMismatch)
@@ -1923,6 +2107,11 @@ impl ClientGroups {
                 // Sending-view delivery: only in the view it was sent in.
                 let sent_in = views.iter().find(|(idx, _)| usize::from(*idx) == i).map(|x| x.1);
                 if sent_in != Some(v.id) {
+                    continue;
+                }
+                // ... and only from a daemon that delivered the same
+                // messages of it (FIFO without gaps inside a view).
+                if !v.peers.contains(&sender.daemon) {
                     continue;
                 }
             }

@@ -8,7 +8,7 @@
 //!
 //! ```text
 //! 0  u8   magic 0x47 ('G')
-//! 1  u8   version (2)
+//! 1  u8   version (3)
 //! 2  u8   type: 1 data, 2 join, 3 leave, 4 disconnect, 5 flush-ok, 6 state, 7 rekey
 //! 3  u8   sender name length n (0 for state, 1..=255 otherwise)
 //! 4  n    sender client name (without the '#' and daemon suffix)
@@ -28,7 +28,8 @@ use bytes::Bytes;
 /// First byte of every group message.
 pub const MSG_MAGIC: u8 = 0x47;
 /// The group message format version this code speaks.
-pub const MSG_VERSION: u8 = 2;
+/// (3: state messages carry each daemon's VS views and their peers.)
+pub const MSG_VERSION: u8 = 3;
 
 const T_DATA: u8 = 1;
 const T_JOIN: u8 = 2;
@@ -110,6 +111,11 @@ pub enum Body {
         /// Keys of its `optimized-evs` groups that expired here, and why,
         /// so every daemon of the new ring reports their messages alike.
         expired: Vec<(Bytes, u32, KeyLoss)>,
+        /// The views of its VS groups its clients hold, each with the
+        /// daemons that went through the same configurations since it was
+        /// installed (so every daemon of the new ring sees which holders of
+        /// one view delivered the same messages in it).
+        views: Vec<StateView>,
     },
     /// Asks for a new key for the one group named in the chunk's list (an
     /// artificial view change, cause `rekey`), if its view is still `view`.
@@ -153,6 +159,19 @@ impl std::fmt::Debug for StateKey {
             .field("key_id", &format_args!("{:08x}", self.key_id))
             .finish_non_exhaustive()
     }
+}
+
+/// A VS view held by a daemon's clients, in a [`Body::State`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StateView {
+    /// The group.
+    pub group: Bytes,
+    /// The view its local members hold.
+    pub view: ViewId,
+    /// The daemons that moved with this one through every configuration
+    /// change since the view was installed (ascending, this one included):
+    /// they delivered the same messages of the view.
+    pub peers: Vec<NodeId>,
 }
 
 /// One client in a daemon's [`Body::State`].
@@ -259,7 +278,7 @@ impl GroupMsg {
                 put_ring_id(&mut out, flush.ring_id);
                 out.extend_from_slice(&flush.seq.to_be_bytes());
             }
-            Body::State { ring_id, part, parts, clients, keys, expired } => {
+            Body::State { ring_id, part, parts, clients, keys, expired, views } => {
                 put_ring_id(&mut out, *ring_id);
                 out.extend_from_slice(&part.to_be_bytes());
                 out.extend_from_slice(&parts.to_be_bytes());
@@ -295,6 +314,17 @@ impl GroupMsg {
                     put_name(&mut out, group);
                     out.extend_from_slice(&id.to_be_bytes());
                     out.push(if *why == KeyLoss::TimeOut { 1 } else { 2 });
+                }
+                let n = views.len().min(usize::from(u16::MAX));
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+                for sv in &views[..n] {
+                    put_name(&mut out, &sv.group);
+                    put_view(&mut out, sv.view);
+                    let p = sv.peers.len().min(usize::from(u16::MAX));
+                    out.extend_from_slice(&(p as u16).to_be_bytes());
+                    for id in &sv.peers[..p] {
+                        out.extend_from_slice(&id.0.to_be_bytes());
+                    }
                 }
             }
         }
@@ -401,7 +431,19 @@ impl GroupMsg {
                     };
                     expired.push((group, id, why));
                 }
-                Body::State { ring_id, part, parts, clients, keys, expired }
+                let n = r.u16()?;
+                let mut views = Vec::with_capacity(usize::from(n).min(r.remaining() / 22));
+                for _ in 0..n {
+                    let group = read_name(&mut r, buf, false)?;
+                    let view = read_view(&mut r)?;
+                    let p = r.u16()?;
+                    let mut peers = Vec::with_capacity(usize::from(p).min(r.remaining() / 2));
+                    for _ in 0..p {
+                        peers.push(NodeId(r.u16()?));
+                    }
+                    views.push(StateView { group, view, peers });
+                }
+                Body::State { ring_id, part, parts, clients, keys, expired, views }
             }
             _ => return Err(DecodeError::UnknownKind),
         };

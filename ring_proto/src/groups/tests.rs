@@ -58,11 +58,21 @@ fn body() -> impl Strategy<Value = Body> {
                 (name(), view(), any::<u32>(), any::<[u8; 32]>())
                     .prop_map(|(group, view, key_id, key)| StateKey { group, view, key_id, key }),
                 0..3
+            ),
+            proptest::collection::vec(
+                (name(), view(), proptest::collection::vec(any::<u16>(), 0..5)).prop_map(
+                    |(group, view, peers)| StateView {
+                        group,
+                        view,
+                        peers: peers.into_iter().map(NodeId).collect()
+                    }
+                ),
+                0..3
             )
         )
-            .prop_map(|(ring_id, clients, keys)| {
+            .prop_map(|(ring_id, clients, keys, views)| {
                 let expired = keys.iter().map(|k| (k.group.clone(), k.key_id, KeyLoss::KeyOut)).collect();
-                Body::State { ring_id, part: 0, parts: 1, clients, keys, expired }
+                Body::State { ring_id, part: 0, parts: 1, clients, keys, expired, views }
             }),
     ]
 }
@@ -319,6 +329,58 @@ fn vs_flush_gives_sending_view_delivery() {
     assert_eq!(w.check(), Vec::<String>::new());
 }
 
+/// VS, FIFO inside a view (the real-process symptom of issue 15: a member
+/// delivered message 8858 then 8867 of one sender in one view while the
+/// others delivered 8859-8866 there). A daemon is cut off while a flush
+/// is pending, the sender's side delivers more messages of the view, the
+/// flush does not end before the merge, and the sender goes on sending in
+/// the same view in the merged ring. The cut-off member must not get those
+/// later messages after its gap; and the members of each side end the old
+/// view with a view of their side before the merged view (Birman's virtual
+/// synchrony: members that move together from one view to the next
+/// delivered the same messages in it).
+#[test]
+fn vs_member_cut_off_during_a_flush_gets_no_gap_after_the_merge() {
+    let mut w = World::starting(3, 11);
+    w.run(Duration::from_secs(2));
+    assert!(w.nodes.iter().all(|n| n.ring().is_some_and(|r| r.1.len() == 3)));
+    let [a, b, x] = three_clients(&mut w, GroupKind::Vs);
+    let common = w.views_of(x, "g").last().cloned().unwrap();
+    assert_eq!(common.1.len(), 3);
+    assert_eq!(w.views_of(a, "g").last(), Some(&common));
+    // The flushes of the partition rings never end: nobody answers.
+    w.hold_flushes = true;
+    w.partition(&[0, 0, 1]);
+    w.run(Duration::from_secs(2));
+    assert!(w.nodes[0].ring().is_some_and(|r| r.1.len() == 2), "a's side formed its ring");
+    let gap: Vec<u64> = (0..5).map(|_| w.send(a, &["g"], Service::Agreed, false).unwrap()).collect();
+    w.run(20 * MS);
+    assert!(gap.iter().all(|m| w.messages(b).contains(m)), "b delivers a's messages in the old view");
+    w.heal();
+    w.run(Duration::from_secs(3));
+    assert!(w.nodes.iter().all(|n| n.ring().is_some_and(|r| r.1.len() == 3)), "merged");
+    assert_eq!(w.views_of(x, "g").last(), Some(&common), "still the old view: its flush is pending");
+    // Still in the old view (its flush pending): sent after the merge.
+    let later = w.send(a, &["g"], Service::Agreed, false).unwrap();
+    w.run(20 * MS);
+    assert!(w.messages(a).contains(&later));
+    assert!(!w.messages(x).contains(&later), "x missed a's messages {gap:?} in the view: no gap");
+    w.hold_flushes = false;
+    w.run(Duration::from_secs(1));
+    // Each side ends the old view with a view of its own, then all merge.
+    let xa = w.views_of(x, "g");
+    let va = w.views_of(a, "g");
+    let after = |v: &[(ViewId, Vec<PrivateName>, Cause)]| {
+        let i = v.iter().position(|e| e.0 == common.0).unwrap();
+        v[i + 1..].iter().map(|e| (e.1.len(), e.2)).collect::<Vec<_>>()
+    };
+    assert_eq!(after(&xa), vec![(1, Cause::Network), (3, Cause::Network)]);
+    assert_eq!(after(&va), vec![(2, Cause::Network), (3, Cause::Network)]);
+    assert_eq!(xa.last(), va.last());
+    assert_eq!(w.views_of(b, "g").last(), va.last());
+    assert_eq!(w.check(), Vec::<String>::new());
+}
+
 /// Many seeds: random joins, leaves, disconnects and sends to open and VS
 /// groups, with a partition and a merge; every invariant of the checker.
 #[test]
@@ -454,19 +516,28 @@ fn state_parts_cover_the_state_within_the_budget() {
     };
     let clients: Vec<StateEntry> = (0..6).map(entry).collect();
     let expired = vec![(Bytes::from_static(b"g"), 7, KeyLoss::KeyOut)];
-    let parts = super::state_parts(ring_id, clients.clone(), Vec::new(), expired.clone(), 40);
-    assert!(parts.len() >= 3, "{}", parts.len());
-    let (mut got_c, mut got_x) = (Vec::new(), Vec::new());
+    let views: Vec<StateView> = (0..3)
+        .map(|i| StateView {
+            group: Bytes::from_static(b"vs"),
+            view: ViewId { ring_id, counter: i },
+            peers: vec![NodeId(1), NodeId(2)],
+        })
+        .collect();
+    let state = (clients.clone(), Vec::new(), expired.clone(), views.clone());
+    let parts = super::state_parts(ring_id, state, 40);
+    assert!(parts.len() >= 4, "{}", parts.len());
+    let (mut got_c, mut got_x, mut got_v) = (Vec::new(), Vec::new(), Vec::new());
     for (i, p) in parts.iter().enumerate() {
-        let Body::State { ring_id: r, part, parts: n, clients, expired, .. } = p else {
+        let Body::State { ring_id: r, part, parts: n, clients, expired, views, .. } = p else {
             panic!("not a state")
         };
         assert_eq!((*r, usize::from(*part), usize::from(*n)), (ring_id, i, parts.len()));
         assert!(GroupMsg { sender: Bytes::new(), body: p.clone() }.encode().len() < 40 + 40);
         got_c.extend(clients.iter().cloned());
         got_x.extend(expired.iter().cloned());
+        got_v.extend(views.iter().cloned());
     }
-    assert_eq!((got_c, got_x), (clients, expired));
-    let one = super::state_parts(ring_id, Vec::new(), Vec::new(), Vec::new(), 40);
+    assert_eq!((got_c, got_x, got_v), (clients, expired, views));
+    let one = super::state_parts(ring_id, (Vec::new(), Vec::new(), Vec::new(), Vec::new()), 40);
     assert!(matches!(&one[..], [Body::State { part: 0, parts: 1, .. }]));
 }
