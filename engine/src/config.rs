@@ -312,7 +312,8 @@ pub struct Clients {
 /// input is read only while it fits both buffer budgets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ClientCaps {
-    /// Most authenticated clients at once (`max_clients`, default 4096).
+    /// Most authenticated clients at once (`max_clients`, default and most
+    /// 4096).
     pub max_clients: usize,
     /// Most connections that have not said Hello yet, counted separately
     /// for TCP and for the Unix socket, so neither can lock out the other
@@ -730,6 +731,15 @@ fn caps(
         connection_buffer: value(&f.connection_buffer, "clients.connection_buffer", d.connection_buffer)?,
         buffer_budget: value(&f.buffer_budget, "clients.buffer_budget", d.buffer_budget)?,
     };
+    let most = ringfence_proto::groups::Limits::default().max_clients;
+    if caps.max_clients > most {
+        let span = f.max_clients.as_ref().map_or(0..0, Spanned::span);
+        return Err(invalid(
+            span,
+            "clients.max_clients",
+            format!("{} is more than a daemon's groups track ({most})", caps.max_clients),
+        ));
+    }
     let frame = ringfence_proto::wire::client::Limits::DEFAULT.max_frame_len as usize + 4;
     if caps.connection_buffer < frame {
         let span = f.connection_buffer.as_ref().map_or(0..0, Spanned::span);
@@ -994,6 +1004,42 @@ link_security = "none"
 
         let c = DaemonConfig::parse(Path::new("x.toml"), GOOD, "a").unwrap();
         assert_eq!(c.security.mode, LinkMode::None);
+    }
+
+    #[test]
+    fn client_caps_default_and_are_checked() {
+        let parse = |extra: &str| {
+            let text = format!("{GOOD}\n[clients]\n{extra}");
+            DaemonConfig::parse(Path::new("x.toml"), &text, "a").map(|c| c.clients.caps)
+        };
+        assert_eq!(parse("").unwrap(), ClientCaps::DEFAULT);
+        let c = parse("max_clients = 3\nmax_unauthenticated = 4\nbuffer_budget = 8388608\n").unwrap();
+        assert_eq!(
+            c,
+            ClientCaps {
+                max_clients: 3,
+                max_unauthenticated: 4,
+                buffer_budget: 8 << 20,
+                ..ClientCaps::DEFAULT
+            }
+        );
+        let e = parse("max_unauthenticated = 0\n").unwrap_err().to_string();
+        assert!(
+            e.starts_with("x.toml:22: key `clients.max_unauthenticated`") && e.contains("at least 1"),
+            "{e}"
+        );
+        let e = parse("max_clients = 5000\n").unwrap_err().to_string();
+        assert!(e.starts_with("x.toml:22: key `clients.max_clients`") && e.contains("4096"), "{e}");
+        let e = parse("\nconnection_buffer = 65536\n").unwrap_err().to_string();
+        assert!(
+            e.starts_with("x.toml:23: key `clients.connection_buffer`") && e.contains("largest frame"),
+            "{e}"
+        );
+        let e = parse("buffer_budget = 1048576\n").unwrap_err().to_string();
+        assert!(
+            e.starts_with("x.toml:22: key `clients.buffer_budget`") && e.contains("connection_buffer"),
+            "{e}"
+        );
     }
 
     #[test]
