@@ -254,4 +254,3 @@ fn a_secret_key_that_does_not_match_the_public_key_stops_the_daemon() {
     }
     assert!(!c.socket(0).exists(), "no client socket was opened");
 }
-
