@@ -683,11 +683,15 @@ impl SessionThread {
     }
 
     /// Closes connections that did not say Hello in time, or whose client
-    /// stopped reading; while the input budget is (nearly) full, ends those
-    /// whose frame has been unfinished for [`FRAME_TIMEOUT`].
+    /// stopped reading; while the input budget has no room for a largest
+    /// frame, ends those whose frame has been unfinished for
+    /// [`FRAME_TIMEOUT`] (their senders hold memory others wait for) unless
+    /// this thread is not reading because the ring is busy (then it is not
+    /// their fault).
     fn sweep(&mut self) {
         let now = self.now;
-        let budget_full = self.counts.budget_room() < READ_CHUNK;
+        let budget_full =
+            self.ring.has_room() && self.counts.budget_room() < self.counts.caps().connection_buffer;
         for slot in 0..self.conns.slots.len() {
             let Some(conn) = self.conns.get(slot) else { continue };
             if budget_full && conn.phase == Phase::Open && conn.frame_stuck(now, FRAME_TIMEOUT) {

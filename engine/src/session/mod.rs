@@ -40,6 +40,21 @@
 //!   `Bye { SlowConsumer }`, the ring thread is told (`ToRing::Gone`), and the
 //!   daemon goes on. A client that accepts no byte for [`WRITE_TIMEOUT`] while
 //!   data waits is closed.
+//! - What clients send is bounded before it is buffered: before Hello a
+//!   connection is read at most a Hello's worth ([`HELLO_FRAME_MAX`]), and a
+//!   longer first frame is refused from its length prefix; after it, a
+//!   connection holds at most `connection_buffer` of undecoded input and all
+//!   of them at most `buffer_budget` (`[clients]`, [`ClientCaps`]). Once a
+//!   frame's length is read, the rest of it is reserved in the global budget
+//!   before more is read, so a begun frame can always be finished; one that
+//!   does not fit waits in the client's socket. Between frames a connection
+//!   may always read 4 KiB, so small requests pass a full budget. While the
+//!   budget has no room for a largest frame, a frame unfinished for
+//!   [`FRAME_TIMEOUT`] ends its session.
+//! - Connections are capped by kind: unauthenticated TCP and Unix
+//!   connections apart (`max_unauthenticated` each) and authenticated
+//!   clients (`max_clients`), so idle connections of one kind never lock out
+//!   another. Over a cap a connection gets `Refused { TooManyClients }`.
 //!
 //! The ring thread never waits on a session thread for long: a session
 //! thread drains its inbox on every turn of its loop and never waits on the
@@ -89,8 +104,8 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// token is about 4.2 KB. A longer length prefix is refused at once.
 const HELLO_FRAME_MAX: usize = 8 << 10;
 /// A frame still unfinished this long after it began, while the input
-/// budget over all connections is full, ends its session (its sender holds
-/// memory others wait for).
+/// budget over all connections has no room for a largest frame, ends its
+/// session (its sender holds memory others wait for).
 const FRAME_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Who is at the other end of a client connection, once authenticated
