@@ -351,6 +351,15 @@ impl Conn {
         self.slot.charge(held);
     }
 
+    /// Drops what the client sent and not yet decoded, and its share of the
+    /// input budget: the session is ending and reads nothing more.
+    pub(super) fn drop_input(&mut self) {
+        self.decoder = FrameDecoder::new(*self.decoder.limits());
+        self.peak = 0;
+        self.partial_since = None;
+        self.slot.charge(0);
+    }
+
     /// A frame has been unfinished for `limit` (see [`Conn::settle`]).
     pub(super) fn frame_stuck(&self, now: Instant, limit: std::time::Duration) -> bool {
         self.partial_since.is_some_and(|t| now.saturating_duration_since(t) >= limit)

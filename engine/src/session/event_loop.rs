@@ -297,7 +297,8 @@ impl Conns {
 }
 
 /// Begins to end a session: the ring thread is told (if it knew the
-/// client), nothing more is read or queued, and `last` (if any) replaces
+/// client), nothing more is read or queued (what was read and not decoded
+/// is dropped), and `last` (if any) replaces
 /// the frames not yet begun. The connection closes once its queue is
 /// written.
 fn end(conn: &mut Conn, ring: &mut RingLink, last: Option<Bytes>, now: Instant) {
@@ -305,6 +306,7 @@ fn end(conn: &mut Conn, ring: &mut RingLink, last: Option<Bytes>, now: Instant) 
         ring.send(ToRing::Gone { id: conn.id });
     }
     conn.phase = Phase::Closing;
+    conn.drop_input();
     if let Some(last) = last {
         conn.replace_queue(last, now);
     }
@@ -514,8 +516,7 @@ impl SessionThread {
     }
 
     /// Gives a new connection to the next thread, round-robin (this one if
-    /// that thread's inbox is full).
-    /// A connection over its pool's cap is sent `Refused { TooManyClients }`
+    /// that thread's inbox is full). A connection over its pool's cap is sent `Refused { TooManyClients }`
     /// and closed at once.
     fn hand_over(&mut self, stream: Stream, tcp: bool) {
         let pool = if tcp { Pool::PendingTcp } else { Pool::PendingUnix };
