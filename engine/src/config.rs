@@ -85,6 +85,10 @@ struct ClientsFile {
     tls_key: Option<Spanned<String>>,
     client_ca: Option<Spanned<String>>,
     require_tls: Option<Spanned<bool>>,
+    max_clients: Option<Spanned<usize>>,
+    max_unauthenticated: Option<Spanned<usize>>,
+    connection_buffer: Option<Spanned<usize>>,
+    buffer_budget: Option<Spanned<usize>>,
     #[serde(default)]
     token: Vec<TokenFile>,
 }
@@ -298,6 +302,46 @@ pub struct Clients {
     pub require_tls: bool,
     /// The pre-shared tokens (`[[clients.token]]`).
     pub tokens: Vec<ClientToken>,
+    /// How many connections, and how much of their input, the daemon holds.
+    pub caps: ClientCaps,
+}
+
+/// What client connections may cost (`[clients]` `max_clients`,
+/// `max_unauthenticated`, `connection_buffer`, `buffer_budget`). A
+/// connection over a cap gets `Refused { TooManyClients }` and is closed;
+/// input is read only while it fits both buffer budgets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientCaps {
+    /// Most authenticated clients at once (`max_clients`, default and most
+    /// 4096).
+    pub max_clients: usize,
+    /// Most connections that have not said Hello yet, counted separately
+    /// for TCP and for the Unix socket, so neither can lock out the other
+    /// or the authenticated clients (`max_unauthenticated`, default 1024).
+    pub max_unauthenticated: usize,
+    /// Most undecoded input bytes one connection holds: one largest frame
+    /// and the read that completes it (`connection_buffer`, default 2 MiB;
+    /// at least the largest frame, 1 MiB + 64 KiB, plus its 4-byte prefix).
+    pub connection_buffer: usize,
+    /// Most undecoded input bytes all connections hold together
+    /// (`buffer_budget`, default 64 MiB; at least `connection_buffer`).
+    pub buffer_budget: usize,
+}
+
+impl ClientCaps {
+    /// The LAN defaults.
+    pub const DEFAULT: Self = Self {
+        max_clients: 4096,
+        max_unauthenticated: 1024,
+        connection_buffer: 2 << 20,
+        buffer_budget: 64 << 20,
+    };
+}
+
+impl Default for ClientCaps {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
 }
 
 impl Clients {
@@ -661,7 +705,65 @@ fn clients(
         }
         Some(r) => *r.get_ref(),
     };
-    Ok(Clients { verifies_certs: tls.is_some() && f.client_ca.is_some(), tls, require_tls, tokens })
+    let caps = caps(f, invalid)?;
+    Ok(Clients { verifies_certs: tls.is_some() && f.client_ca.is_some(), tls, require_tls, tokens, caps })
+}
+
+/// `[clients]` caps and budgets, checked against each other and the frame
+/// limit.
+fn caps(
+    f: &ClientsFile,
+    invalid: &dyn Fn(Range<usize>, &str, String) -> ConfigError,
+) -> Result<ClientCaps, ConfigError> {
+    let d = ClientCaps::DEFAULT;
+    let value = |v: &Option<Spanned<usize>>, key: &str, default: usize| match v {
+        Some(v) if *v.get_ref() == 0 => Err(invalid(v.span(), key, "must be at least 1".into())),
+        Some(v) => Ok(*v.get_ref()),
+        None => Ok(default),
+    };
+    let caps = ClientCaps {
+        max_clients: value(&f.max_clients, "clients.max_clients", d.max_clients)?,
+        max_unauthenticated: value(
+            &f.max_unauthenticated,
+            "clients.max_unauthenticated",
+            d.max_unauthenticated,
+        )?,
+        connection_buffer: value(&f.connection_buffer, "clients.connection_buffer", d.connection_buffer)?,
+        buffer_budget: value(&f.buffer_budget, "clients.buffer_budget", d.buffer_budget)?,
+    };
+    let most = ringfence_proto::groups::Limits::default().max_clients;
+    if caps.max_clients > most {
+        let span = f.max_clients.as_ref().map_or(0..0, Spanned::span);
+        return Err(invalid(
+            span,
+            "clients.max_clients",
+            format!("{} is more than a daemon's groups track ({most})", caps.max_clients),
+        ));
+    }
+    let frame = ringfence_proto::wire::client::Limits::DEFAULT.max_frame_len as usize + 4;
+    if caps.connection_buffer < frame {
+        let span = f.connection_buffer.as_ref().map_or(0..0, Spanned::span);
+        return Err(invalid(
+            span,
+            "clients.connection_buffer",
+            format!(
+                "{} bytes cannot hold the largest frame ({frame} bytes with its prefix)",
+                caps.connection_buffer
+            ),
+        ));
+    }
+    if caps.buffer_budget < caps.connection_buffer {
+        let span = f.buffer_budget.as_ref().or(f.connection_buffer.as_ref()).map_or(0..0, Spanned::span);
+        return Err(invalid(
+            span,
+            "clients.buffer_budget",
+            format!(
+                "{} bytes is less than `connection_buffer` ({} bytes): one connection could not finish a frame",
+                caps.buffer_budget, caps.connection_buffer
+            ),
+        ));
+    }
+    Ok(caps)
 }
 
 /// 64 hex digits as 32 bytes.
@@ -902,6 +1004,42 @@ link_security = "none"
 
         let c = DaemonConfig::parse(Path::new("x.toml"), GOOD, "a").unwrap();
         assert_eq!(c.security.mode, LinkMode::None);
+    }
+
+    #[test]
+    fn client_caps_default_and_are_checked() {
+        let parse = |extra: &str| {
+            let text = format!("{GOOD}\n[clients]\n{extra}");
+            DaemonConfig::parse(Path::new("x.toml"), &text, "a").map(|c| c.clients.caps)
+        };
+        assert_eq!(parse("").unwrap(), ClientCaps::DEFAULT);
+        let c = parse("max_clients = 3\nmax_unauthenticated = 4\nbuffer_budget = 8388608\n").unwrap();
+        assert_eq!(
+            c,
+            ClientCaps {
+                max_clients: 3,
+                max_unauthenticated: 4,
+                buffer_budget: 8 << 20,
+                ..ClientCaps::DEFAULT
+            }
+        );
+        let e = parse("max_unauthenticated = 0\n").unwrap_err().to_string();
+        assert!(
+            e.starts_with("x.toml:22: key `clients.max_unauthenticated`") && e.contains("at least 1"),
+            "{e}"
+        );
+        let e = parse("max_clients = 5000\n").unwrap_err().to_string();
+        assert!(e.starts_with("x.toml:22: key `clients.max_clients`") && e.contains("4096"), "{e}");
+        let e = parse("\nconnection_buffer = 65536\n").unwrap_err().to_string();
+        assert!(
+            e.starts_with("x.toml:23: key `clients.connection_buffer`") && e.contains("largest frame"),
+            "{e}"
+        );
+        let e = parse("buffer_budget = 1048576\n").unwrap_err().to_string();
+        assert!(
+            e.starts_with("x.toml:22: key `clients.buffer_budget`") && e.contains("connection_buffer"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -425,7 +425,12 @@ impl Daemon {
                         GroupsError::WrongKey | GroupsError::KeyedMultiDestination => ErrorCode::WrongKey,
                         GroupsError::InsecureTransport => ErrorCode::InsecureTransport,
                         GroupsError::NoFlush => ErrorCode::StaleView,
-                        _ => ErrorCode::Other(0),
+                        GroupsError::TooManyGroups => ErrorCode::TooManyGroups,
+                        GroupsError::Flushing => ErrorCode::Flushing,
+                        // Names and destination lists the decoder let through
+                        // but the groups do not take; the connect-time errors
+                        // cannot come from a request.
+                        _ => ErrorCode::BadRequest,
                     };
                     if matches!(
                         e,
@@ -608,11 +613,20 @@ fn security_config(cfg: &DaemonConfig, incarnation: u32) -> io::Result<SecurityC
             let id = ringfence_crypto::identity::load_secret(path)
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
             if cfg.me.public_key.as_ref().is_some_and(|k| *k != id.public()) {
-                warn!(
-                    identity = %path.display(),
-                    "this daemon's secret key does not match its public_key in the cluster config: \
-                     the other daemons will reject its datagrams"
-                );
+                // The other daemons would reject every datagram it sends:
+                // it could accept clients but never join a ring.
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "{}: this secret key (`security.identity`) does not match `cluster.daemon.public_key` \
+                         of daemon `{name}`; the other daemons would reject its datagrams. Use the key \
+                         file that belongs to `{name}`, or make a new pair with `ringfence keygen daemon \
+                         {name}` and put the `public_key` line it prints under `{name}`'s [[cluster.daemon]] \
+                         in every daemon's config",
+                        path.display(),
+                        name = cfg.me.name,
+                    ),
+                ));
             }
             Some(Arc::new(id))
         }

@@ -25,7 +25,8 @@ mod state;
 mod uring;
 
 pub use config::{
-    BackendChoice, ClientToken, Clients, ConfigError, CorePin, DaemonConfig, Multicast, Peer, Transport,
+    BackendChoice, ClientCaps, ClientToken, Clients, ConfigError, CorePin, DaemonConfig, Multicast, Peer,
+    Transport,
 };
 pub use daemon::{Daemon, DaemonStats};
 pub use uring::available as io_uring_available;

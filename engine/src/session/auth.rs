@@ -171,6 +171,7 @@ mod tests {
             verifies_certs: true,
             require_tls,
             tokens: vec![ClientToken { name: "bob".into(), sha256 }],
+            caps: crate::config::ClientCaps::default(),
         }
     }
 

@@ -3,7 +3,7 @@
 //! encoded frames waiting to be written to it.
 
 use super::auth::{Link, cert_name};
-use super::{CLIENT_QUEUE, CLIENT_QUEUE_BYTES, Principal, SessionSlot, WRITE_TIMEOUT};
+use super::{CLIENT_QUEUE, CLIENT_QUEUE_BYTES, HELLO_FRAME_MAX, Principal, SessionSlot, WRITE_TIMEOUT};
 use bytes::Bytes;
 use mio::event::Source;
 use mio::{Interest, Registry, Token};
@@ -18,6 +18,12 @@ use std::time::Instant;
 const WRITEV_FRAMES: usize = 256;
 /// An empty queue with room for more frames than this gives its memory back.
 const SHRINK_ABOVE: usize = 4096;
+/// A connection that holds no input may always read this much, whatever
+/// the global input budget says, so small requests are never starved.
+const MIN_READ: usize = 4 << 10;
+/// An emptied input buffer that grew past this is dropped, not kept at its
+/// peak size for the connection's life.
+const SHRINK_INPUT: usize = 64 << 10;
 
 /// A client's stream: a Unix socket (local), plain TCP, or TLS over TCP
 /// (remote). A TCP connection to a daemon that speaks both starts as
@@ -205,11 +211,20 @@ pub(super) struct Conn {
     /// The client's id (see `event_loop` for its layout).
     pub(super) id: u64,
     stream: Stream,
-    /// Counts this connection against `MAX_SESSIONS` while it lives.
-    _slot: SessionSlot,
+    /// Its place among the connections and its share of the input budget.
+    slot: SessionSlot,
     pub(super) phase: Phase,
     /// What the client sent, cut into frames.
     pub(super) decoder: FrameDecoder<ClientFrame>,
+    /// Where the frames of the input begin and end, as it passes.
+    scan: Scan,
+    /// The stream offset the end of the unfinished frame is reserved up to
+    /// in the global input budget (reserved while it equals `scan.end`).
+    reserved_end: u64,
+    /// Most input the decoder held since it was last emptied.
+    peak: usize,
+    /// When the frame the decoder holds part of began.
+    partial_since: Option<Instant>,
     /// When the client must have said Hello.
     pub(super) hello_by: Instant,
     /// Encoded frames waiting to be written, oldest first.
@@ -235,9 +250,13 @@ impl Conn {
         Self {
             id,
             stream,
-            _slot: slot,
+            slot,
             phase: Phase::Hello,
             decoder: FrameDecoder::new(limits),
+            scan: Scan::default(),
+            reserved_end: 0,
+            peak: 0,
+            partial_since: None,
             hello_by,
             out: VecDeque::new(),
             written: 0,
@@ -259,21 +278,112 @@ impl Conn {
         self.queued
     }
 
-    /// Reads once into `buf` and pushes what came into the decoder.
-    pub(super) fn read(&mut self, buf: &mut [u8]) -> io::Result<Got> {
+    /// How many input bytes the connection may read now (0: wait until
+    /// other connections release input):
+    /// - before Hello, what is left of one Hello (`HELLO_FRAME_MAX`);
+    /// - inside a frame whose length is known, the rest of it only once it
+    ///   is reserved in the global budget (see [`Conn::settle`]), else 0;
+    /// - between frames, what the global budget has room for but at least
+    ///   `MIN_READ`, so small requests always pass;
+    ///
+    /// and never more than `connection_buffer` held.
+    pub(super) fn room(&self) -> usize {
+        let held = self.decoder.buffered();
+        let counts = self.slot.counts();
+        if self.phase == Phase::Hello {
+            return (HELLO_FRAME_MAX + 4).saturating_sub(held);
+        }
+        let own = counts.caps().connection_buffer.saturating_sub(held);
+        let extra = counts.budget_room().max(MIN_READ);
+        let missing = self.scan.missing();
+        if missing == 0 {
+            own.min(extra)
+        } else if self.reserved_end == self.scan.end {
+            own.min(usize::try_from(missing).unwrap_or(usize::MAX).saturating_add(extra))
+        } else {
+            0
+        }
+    }
+
+    /// The length the client's first frame announced, once its four bytes
+    /// came.
+    pub(super) fn first_len(&self) -> Option<usize> {
+        self.scan.first.map(|l| l as usize)
+    }
+
+    /// Moves the connection to the authenticated clients; false when
+    /// `max_clients` are connected.
+    pub(super) fn promote(&mut self) -> bool {
+        self.slot.promote()
+    }
+
+    /// Accounts for the input after frames were taken (`took`): the input
+    /// held and, once the unfinished frame's length is known, the rest of
+    /// it are counted against the global budget if it has room (the frame
+    /// is then reserved and can always be finished), else only what is
+    /// held (and [`Conn::room`] reads no more until it has room). Also
+    /// notes when the unfinished frame began, and drops an emptied buffer
+    /// that had grown large.
+    pub(super) fn settle(&mut self, took: bool, now: Instant) {
+        let held = self.decoder.buffered();
+        self.peak = self.peak.max(held);
+        if held == 0 {
+            self.partial_since = None;
+            if self.peak > SHRINK_INPUT && self.decoder.finish().is_ok() {
+                self.decoder = FrameDecoder::new(*self.decoder.limits());
+                self.peak = 0;
+            }
+        } else if took || self.partial_since.is_none() {
+            self.partial_since = Some(now);
+        }
+        let missing = usize::try_from(self.scan.missing()).unwrap_or(usize::MAX);
+        let whole = held.saturating_add(missing);
+        if missing > 0 && self.phase == Phase::Open && whole <= self.slot.counts().caps().connection_buffer {
+            if self.reserved_end == self.scan.end {
+                self.slot.charge(whole);
+                return;
+            }
+            if self.slot.try_charge(whole) {
+                self.reserved_end = self.scan.end;
+                return;
+            }
+        }
+        self.slot.charge(held);
+    }
+
+    /// Drops what the client sent and not yet decoded, and its share of the
+    /// input budget: the session is ending and reads nothing more.
+    pub(super) fn drop_input(&mut self) {
+        self.decoder = FrameDecoder::new(*self.decoder.limits());
+        self.peak = 0;
+        self.partial_since = None;
+        self.slot.charge(0);
+    }
+
+    /// A frame has been unfinished for `limit` (see [`Conn::settle`]).
+    pub(super) fn frame_stuck(&self, now: Instant, limit: std::time::Duration) -> bool {
+        self.partial_since.is_some_and(|t| now.saturating_duration_since(t) >= limit)
+    }
+
+    /// Reads once, at most `room` bytes (see [`Conn::room`]) into `buf`, and
+    /// pushes what came into the decoder.
+    pub(super) fn read(&mut self, buf: &mut [u8], room: usize) -> io::Result<Got> {
         if let Stream::Sniff(_) = self.stream {
             if let Some(got) = self.sniff()? {
                 return Ok(got);
             }
         }
+        let len = room.min(buf.len());
+        let buf = &mut buf[..len];
+        let mut input = Input { decoder: &mut self.decoder, scan: &mut self.scan };
         if let Stream::Tls(t) = &mut self.stream {
-            return read_tls(t, &mut self.decoder, buf);
+            return read_tls(t, &mut input, buf);
         }
         loop {
             return match self.stream.read(buf) {
                 Ok(0) => Ok(Got::Eof),
                 Ok(n) => {
-                    self.decoder.push(&buf[..n]);
+                    input.push(&buf[..n]);
                     // A short read drained the socket: a new arrival is a
                     // new readiness edge.
                     Ok(if n < buf.len() { Got::Drained } else { Got::More })
@@ -283,6 +393,36 @@ impl Conn {
                 Err(e) => Err(e),
             };
         }
+    }
+
+    /// Writes `frame` to a connection that was never adopted (over a cap)
+    /// and closes it: best effort, one nonblocking write on a fresh socket
+    /// (whose send buffer is empty). A TLS client sees the plain frame as a
+    /// failed handshake.
+    pub(super) fn refuse_unadopted(mut stream: Stream, frame: &[u8]) {
+        let written = match &mut stream {
+            Stream::Unix(s) => s.write(frame),
+            Stream::Tcp(s) => s.write(frame),
+            Stream::Sniff(s) => s.tcp.as_mut().map_or(Ok(0), |t| t.write(frame)),
+            Stream::Tls(_) => Ok(0),
+        };
+        if written.is_ok() {
+            // What the client already sent (its Hello) is read, so closing
+            // sends FIN rather than a reset that could overtake the frame.
+            let mut sink = [0u8; 512];
+            for _ in 0..16 {
+                let n = match &mut stream {
+                    Stream::Unix(s) => s.read(&mut sink),
+                    Stream::Tcp(s) => s.read(&mut sink),
+                    Stream::Sniff(s) => s.tcp.as_mut().map_or(Ok(0), |t| t.read(&mut sink)),
+                    Stream::Tls(_) => Ok(0),
+                };
+                if !matches!(n, Ok(n) if n > 0) {
+                    break;
+                }
+            }
+        }
+        stream.shutdown(Shutdown::Both);
     }
 
     /// Peeks at a sniffed stream's first byte and makes it TLS or plain
@@ -441,10 +581,78 @@ impl Conn {
     }
 }
 
+/// Where the client's frames begin and end: the length prefixes read as
+/// the bytes pass to the decoder (which checks them), so the input budget
+/// knows how much of the unfinished frame is still to come.
+#[derive(Debug, Default)]
+struct Scan {
+    /// Bytes pushed so far.
+    pos: u64,
+    /// Where the frame being received ends; `pos` between frames.
+    end: u64,
+    /// The next length prefix, as far as it came.
+    prefix: [u8; 4],
+    seen: usize,
+    /// The first frame's length.
+    first: Option<u32>,
+}
+
+impl Scan {
+    fn push(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            if self.pos < self.end {
+                let n = usize::try_from(self.end - self.pos).unwrap_or(usize::MAX).min(bytes.len());
+                self.pos += n as u64;
+                bytes = &bytes[n..];
+                continue;
+            }
+            let n = (4 - self.seen).min(bytes.len());
+            self.prefix[self.seen..self.seen + n].copy_from_slice(&bytes[..n]);
+            self.seen += n;
+            self.pos += n as u64;
+            bytes = &bytes[n..];
+            if self.seen == 4 {
+                let len = u32::from_be_bytes(self.prefix);
+                self.first.get_or_insert(len);
+                self.end = self.pos + u64::from(len);
+                self.seen = 0;
+            }
+        }
+    }
+
+    /// Bytes of the frame being received still to come (0 between frames
+    /// or while its prefix is incomplete).
+    fn missing(&self) -> u64 {
+        self.end.saturating_sub(self.pos)
+    }
+}
+
+/// The decoder, and the scan of the frames passing into it.
+struct Input<'a> {
+    decoder: &'a mut FrameDecoder<ClientFrame>,
+    scan: &'a mut Scan,
+}
+
+impl Input<'_> {
+    fn push(&mut self, bytes: &[u8]) {
+        self.scan.push(bytes);
+        self.decoder.push(bytes);
+    }
+}
+
 /// Reads TLS records (at most about `buf.len()` bytes of them), decrypts
-/// them and pushes the plaintext into the decoder.
-fn read_tls(t: &mut TlsStream, decoder: &mut FrameDecoder<ClientFrame>, buf: &mut [u8]) -> io::Result<Got> {
+/// them and pushes the plaintext into the decoder, at most `buf.len()`
+/// bytes of it; the rest waits in rustls (which bounds it) for the next read.
+fn read_tls(t: &mut TlsStream, input: &mut Input<'_>, buf: &mut [u8]) -> io::Result<Got> {
     let mut total = 0;
+    let mut pushed = 0;
+    // Plaintext left from the last read first.
+    if drain_plaintext(t, input, buf, &mut pushed)? {
+        return Ok(Got::Eof);
+    }
+    if pushed >= buf.len() {
+        return Ok(Got::More);
+    }
     let mut got = loop {
         match t.tls.read_tls(&mut t.tcp) {
             Ok(0) => break Got::Eof,
@@ -457,10 +665,10 @@ fn read_tls(t: &mut TlsStream, decoder: &mut FrameDecoder<ClientFrame>, buf: &mu
         if let Err(e) = t.tls.process_new_packets() {
             return Ok(Got::TlsFailed(e.to_string()));
         }
-        if drain_plaintext(t, decoder, buf)? {
+        if drain_plaintext(t, input, buf, &mut pushed)? {
             break Got::Eof;
         }
-        if total >= buf.len() {
+        if total >= buf.len() || pushed >= buf.len() {
             break Got::More;
         }
     };
@@ -469,45 +677,82 @@ fn read_tls(t: &mut TlsStream, decoder: &mut FrameDecoder<ClientFrame>, buf: &mu
         if let Err(e) = t.tls.process_new_packets() {
             return Ok(Got::TlsFailed(e.to_string()));
         }
-        drain_plaintext(t, decoder, buf)?;
+        drain_plaintext(t, input, buf, &mut pushed)?;
         got = Got::Eof;
     }
     Ok(got)
 }
 
-/// Moves decrypted bytes into the decoder; true if the peer closed the
-/// TLS session (`close_notify`, or the socket's end).
+/// Moves decrypted bytes into the decoder until `pushed` reaches
+/// `buf.len()`; true if the peer closed the TLS session (`close_notify`,
+/// or the socket's end).
 fn drain_plaintext(
     t: &mut TlsStream,
-    decoder: &mut FrameDecoder<ClientFrame>,
+    input: &mut Input<'_>,
     buf: &mut [u8],
+    pushed: &mut usize,
 ) -> io::Result<bool> {
-    loop {
-        match t.tls.reader().read(buf) {
+    while *pushed < buf.len() {
+        let room = buf.len() - *pushed;
+        match t.tls.reader().read(&mut buf[..room]) {
             Ok(0) => return Ok(true),
-            Ok(n) => decoder.push(&buf[..n]),
+            Ok(n) => {
+                input.push(&buf[..n]);
+                *pushed += n;
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(true),
             Err(e) => return Err(e),
         }
     }
+    Ok(false)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::sync::Arc;
-    use std::sync::atomic::AtomicUsize;
     use std::time::Duration;
 
     fn pair() -> (Conn, std::os::unix::net::UnixStream) {
         let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
         a.set_nonblocking(true).unwrap();
-        let slot = SessionSlot::take(&Arc::new(AtomicUsize::new(0))).unwrap();
+        let counts = Arc::new(super::super::Counts::new(crate::config::ClientCaps::default()));
+        let slot = SessionSlot::take(&counts, super::super::Pool::PendingUnix).unwrap();
         let now = Instant::now();
         let conn =
             Conn::new(1, Stream::Unix(mio::net::UnixStream::from_std(a)), slot, Limits::default(), now);
         (conn, b)
+    }
+
+    #[test]
+    fn the_scan_finds_frame_ends_however_the_stream_is_cut() {
+        let mut stream = Vec::new();
+        for len in [1u32, 300, 70_000, 5] {
+            stream.extend_from_slice(&len.to_be_bytes());
+            stream.resize(stream.len() + len as usize, 0xab);
+        }
+        // Half of the next prefix, then nothing.
+        stream.extend_from_slice(&[0, 0]);
+        for cut in [1usize, 3, 7, 4096, stream.len()] {
+            let mut scan = Scan::default();
+            let mut missing_at_70k = None;
+            for (i, chunk) in stream.chunks(cut).enumerate() {
+                scan.push(chunk);
+                let pushed = (i * cut + chunk.len()) as u64;
+                assert_eq!(scan.pos, pushed);
+                // Inside the third frame (its body starts at 4+1+4+300+4).
+                if (313..313 + 70_000).contains(&pushed) {
+                    missing_at_70k = Some(scan.missing() + pushed);
+                }
+            }
+            assert_eq!(scan.first, Some(1));
+            assert_eq!(scan.missing(), 0, "between frames (an incomplete prefix)");
+            assert_eq!(scan.seen, 2);
+            if let Some(end) = missing_at_70k {
+                assert_eq!(end, 313 + 70_000, "cut {cut}");
+            }
+        }
     }
 
     #[test]

@@ -22,7 +22,10 @@
 
 use super::auth::authenticate;
 use super::conn::{Conn, Got, Phase, Stream};
-use super::{ClientOut, HELLO_TIMEOUT, Outbox, SessionSlot, ToRing, ToSession, Waker, check_version};
+use super::{
+    ClientOut, Counts, FRAME_TIMEOUT, HELLO_FRAME_MAX, HELLO_TIMEOUT, Outbox, Pool, SessionSlot, ToRing,
+    ToSession, Waker, check_version,
+};
 use crate::config::Clients;
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
@@ -33,7 +36,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tracing::{debug, error, info, warn};
 
@@ -53,6 +56,8 @@ const READ_CHUNK: usize = 64 * 1024;
 const SWEEP: Duration = Duration::from_millis(250);
 /// How soon to retry handing requests to the ring when its channel was full.
 const RING_RETRY: Duration = Duration::from_micros(500);
+/// How soon to retry reading connections that waited for the input budget.
+const BUDGET_RETRY: Duration = Duration::from_millis(10);
 
 /// The listening sockets, owned by session thread 0.
 #[derive(Debug)]
@@ -133,8 +138,8 @@ pub(super) struct Setup {
     pub(super) clients: Arc<Clients>,
     /// Failed authentications, over all threads.
     pub(super) auth_failures: Arc<AtomicU64>,
-    /// Connections open, over all threads.
-    pub(super) sessions: Arc<AtomicUsize>,
+    /// Connections and their input, over all threads, with the caps.
+    pub(super) counts: Arc<Counts>,
     /// Set when the daemon stops.
     pub(super) stop: Arc<AtomicBool>,
 }
@@ -203,6 +208,14 @@ struct Canned {
     slow: Bytes,
     /// `Bye { ClientBye }`, the answer to a client's `Bye`.
     goodbye: Bytes,
+    /// `Refused { TooManyClients }` for TCP connections over
+    /// `max_unauthenticated`.
+    full_tcp: Bytes,
+    /// `Refused { TooManyClients }` for Unix connections over
+    /// `max_unauthenticated`.
+    full_unix: Bytes,
+    /// `Refused { TooManyClients }` for a Hello over `max_clients`.
+    full_clients: Bytes,
 }
 
 /// What authentication needs: the configuration and the failure counter.
@@ -218,6 +231,12 @@ impl Gate {
         self.failures.fetch_add(1, Ordering::Relaxed);
         warn!(client, peer, "client authentication failed: {why}");
     }
+}
+
+/// `Refused { TooManyClients }` naming the cap that was hit.
+fn too_many(what: &str, limits: &Limits) -> Bytes {
+    let text = format!("the daemon accepts no more connections: {what}");
+    encode(&DaemonFrame::Refused { code: RefuseCode::TooManyClients, text }, limits)
 }
 
 /// Encodes a frame the session sends on its own (rare: no reuse needed).
@@ -244,6 +263,9 @@ struct Conns {
     ready: VecDeque<usize>,
     /// Connections with frames to write, or closing.
     dirty: Vec<usize>,
+    /// Connections with input to read that wait for the global input
+    /// budget.
+    starved: Vec<usize>,
 }
 
 impl Conns {
@@ -275,7 +297,8 @@ impl Conns {
 }
 
 /// Begins to end a session: the ring thread is told (if it knew the
-/// client), nothing more is read or queued, and `last` (if any) replaces
+/// client), nothing more is read or queued (what was read and not decoded
+/// is dropped), and `last` (if any) replaces
 /// the frames not yet begun. The connection closes once its queue is
 /// written.
 fn end(conn: &mut Conn, ring: &mut RingLink, last: Option<Bytes>, now: Instant) {
@@ -283,6 +306,7 @@ fn end(conn: &mut Conn, ring: &mut RingLink, last: Option<Bytes>, now: Instant) 
         ring.send(ToRing::Gone { id: conn.id });
     }
     conn.phase = Phase::Closing;
+    conn.drop_input();
     if let Some(last) = last {
         conn.replace_queue(last, now);
     }
@@ -300,7 +324,7 @@ pub(super) struct SessionThread {
     ring: RingLink,
     limits: Limits,
     gate: Gate,
-    sessions: Arc<AtomicUsize>,
+    counts: Arc<Counts>,
     stop: Arc<AtomicBool>,
     conns: Conns,
     /// Connections adopted so far (the high bits of their ids).
@@ -328,7 +352,7 @@ impl SessionThread {
             limits,
             clients,
             auth_failures,
-            sessions,
+            counts,
             stop,
         } = s;
         if let Some(l) = &mut listeners {
@@ -349,6 +373,24 @@ impl SessionThread {
                 &DaemonFrame::Bye { reason: ByeReason::ClientBye, text: "goodbye".into() },
                 &limits,
             ),
+            full_tcp: too_many(
+                &format!(
+                    "{} unauthenticated TCP connections (max_unauthenticated)",
+                    counts.caps().max_unauthenticated
+                ),
+                &limits,
+            ),
+            full_unix: too_many(
+                &format!(
+                    "{} unauthenticated local connections (max_unauthenticated)",
+                    counts.caps().max_unauthenticated
+                ),
+                &limits,
+            ),
+            full_clients: too_many(
+                &format!("{} clients connected (max_clients)", counts.caps().max_clients),
+                &limits,
+            ),
         };
         let now = Instant::now();
         Ok(Self {
@@ -361,7 +403,7 @@ impl SessionThread {
             ring: RingLink { tx: to_ring, backlog: VecDeque::new(), waker, wake: false },
             limits,
             gate: Gate { clients, failures: auth_failures },
-            sessions,
+            counts,
             stop,
             conns: Conns::default(),
             serial: 0,
@@ -379,6 +421,8 @@ impl SessionThread {
                 RING_RETRY
             } else if !self.conns.ready.is_empty() || !self.conns.dirty.is_empty() {
                 Duration::ZERO
+            } else if !self.conns.starved.is_empty() {
+                BUDGET_RETRY.min(self.sweep_at.saturating_duration_since(Instant::now()))
             } else {
                 self.sweep_at.saturating_duration_since(Instant::now())
             };
@@ -393,6 +437,7 @@ impl SessionThread {
             self.drain_inbox();
             self.flush_dirty();
             self.ring.retry();
+            self.unstarve();
             self.read_ready();
             // Frames the reads queued (refusals, goodbyes).
             self.flush_dirty();
@@ -459,7 +504,7 @@ impl SessionThread {
                 l.unix.accept().map(|(s, _)| Stream::Unix(s))
             };
             match accepted {
-                Ok(stream) => self.hand_over(stream),
+                Ok(stream) => self.hand_over(stream, tcp),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
@@ -471,10 +516,14 @@ impl SessionThread {
     }
 
     /// Gives a new connection to the next thread, round-robin (this one if
-    /// that thread's inbox is full).
-    fn hand_over(&mut self, stream: Stream) {
-        let Some(slot) = SessionSlot::take(&self.sessions) else {
-            warn!("too many client connections; closing a new one");
+    /// that thread's inbox is full). A connection over its pool's cap is sent `Refused { TooManyClients }`
+    /// and closed at once.
+    fn hand_over(&mut self, stream: Stream, tcp: bool) {
+        let pool = if tcp { Pool::PendingTcp } else { Pool::PendingUnix };
+        let Some(slot) = SessionSlot::take(&self.counts, pool) else {
+            warn!(peer = %stream.peer(), "too many unauthenticated connections; refusing a new one");
+            let frame = if tcp { &self.canned.full_tcp } else { &self.canned.full_unix };
+            Conn::refuse_unadopted(stream, frame);
             return;
         };
         let k = self.siblings.next();
@@ -596,6 +645,10 @@ impl SessionThread {
             match outcome {
                 Served::Again => self.conns.ready.push_back(slot),
                 Served::Done => conn.in_ready = false,
+                Served::Starved => {
+                    conn.in_ready = false;
+                    self.conns.starved.push(slot);
+                }
                 Served::Failed => {
                     self.close_now(slot);
                     continue;
@@ -619,13 +672,43 @@ impl SessionThread {
         self.conns.freed.push(slot);
     }
 
+    /// Serves again the connections that waited for the input budget, once
+    /// it has room.
+    fn unstarve(&mut self) {
+        if self.conns.starved.is_empty() || self.counts.budget_room() == 0 {
+            return;
+        }
+        for slot in std::mem::take(&mut self.conns.starved) {
+            self.conns.mark_ready(slot);
+        }
+    }
+
     /// Closes connections that did not say Hello in time, or whose client
-    /// stopped reading.
+    /// stopped reading; while the input budget has no room for a largest
+    /// frame, ends those whose frame has been unfinished for
+    /// [`FRAME_TIMEOUT`] (their senders hold memory others wait for) unless
+    /// this thread is not reading because the ring is busy (then it is not
+    /// their fault).
     fn sweep(&mut self) {
         let now = self.now;
+        let budget_full =
+            self.ring.has_room() && self.counts.budget_room() < self.counts.caps().connection_buffer;
         for slot in 0..self.conns.slots.len() {
             let Some(conn) = self.conns.get(slot) else { continue };
-            if conn.phase == Phase::Hello && now >= conn.hello_by {
+            if budget_full && conn.phase == Phase::Open && conn.frame_stuck(now, FRAME_TIMEOUT) {
+                warn!(
+                    client = conn.id,
+                    held = conn.decoder.buffered(),
+                    "client input budget full and this client's frame unfinished for 5 s; closing"
+                );
+                let bye = DaemonFrame::Bye {
+                    reason: ByeReason::ProtocolViolation,
+                    text: "a frame unfinished for 5 s while the daemon's client input budget is full".into(),
+                };
+                let bytes = encode(&bye, conn.decoder.limits());
+                end(conn, &mut self.ring, Some(bytes), now);
+                self.conns.mark_dirty(slot);
+            } else if conn.phase == Phase::Hello && now >= conn.hello_by {
                 debug!(client = conn.id, "no Hello in time; closing");
                 self.close_now(slot);
             } else if conn.stalled(now) {
@@ -645,6 +728,9 @@ enum Served {
     Done,
     /// The connection failed: close it now.
     Failed,
+    /// Input waits but the global input budget is full: serve it again
+    /// once other connections release input.
+    Starved,
 }
 
 /// Decodes what is buffered, reads once, decodes again; stops while the
@@ -659,15 +745,35 @@ fn serve(
     now: Instant,
 ) -> Served {
     for round in 0..2 {
+        let mut took = false;
         loop {
             if conn.phase == Phase::Closing {
                 return Served::Done;
             }
             if !ring.has_room() {
+                conn.settle(took, now);
                 return Served::Again;
             }
+            if conn.phase == Phase::Hello {
+                if let Some(len) = conn.first_len().filter(|&l| l > HELLO_FRAME_MAX) {
+                    debug!(client = conn.id, len, "oversized first frame; refusing");
+                    let f = DaemonFrame::Refused {
+                        code: RefuseCode::ProtocolViolation,
+                        text: format!(
+                            "a first frame of {len} bytes; before Welcome frames are at most {HELLO_FRAME_MAX} bytes"
+                        ),
+                    };
+                    let bytes = encode(&f, conn.decoder.limits());
+                    end(conn, ring, Some(bytes), now);
+                    conn.settle(took, now);
+                    return Served::Done;
+                }
+            }
             match conn.decoder.next_frame() {
-                Ok(Some(frame)) => handle_frame(conn, frame, ring, canned, siblings, gate, now),
+                Ok(Some(frame)) => {
+                    took = true;
+                    handle_frame(conn, frame, ring, canned, siblings, gate, now);
+                }
                 Ok(None) => break,
                 Err(e) => {
                     debug!(client = conn.id, error = %e, "bad frame; closing");
@@ -676,14 +782,20 @@ fn serve(
                         text: format!("malformed frame: {e}"),
                     };
                     end(conn, ring, Some(encode(&bye, conn.decoder.limits())), now);
+                    conn.settle(took, now);
                     return Served::Done;
                 }
             }
         }
+        conn.settle(took, now);
         if round == 1 || !conn.readable {
             break;
         }
-        match conn.read(buf) {
+        let room = conn.room();
+        if room == 0 {
+            return Served::Starved;
+        }
+        match conn.read(buf, room) {
             Ok(Got::More) => {}
             Ok(Got::Drained) => conn.readable = false,
             Ok(Got::Eof) => {
@@ -748,6 +860,11 @@ fn handle_frame(
                     return refuse(conn, ring, code, text);
                 }
             };
+            if !conn.promote() {
+                info!(client = conn.id, "client refused: max_clients connected");
+                end(conn, ring, Some(canned.full_clients.clone()), now);
+                return;
+            }
             conn.phase = Phase::Open;
             let out = ClientOut { id: conn.id, outbox: Arc::clone(&siblings.outboxes[siblings.me]) };
             ring.send(ToRing::Connect { id: conn.id, hello_name: h.client_name, principal, out });
@@ -756,6 +873,14 @@ fn handle_frame(
             refuse(conn, ring, RefuseCode::ProtocolViolation, "the first frame must be Hello".into());
         }
         (Phase::Open, ClientFrame::Bye) => end(conn, ring, Some(canned.goodbye.clone()), now),
+        (Phase::Open, ClientFrame::Hello(_)) => {
+            debug!(client = conn.id, "a second Hello; closing");
+            let bye = DaemonFrame::Bye {
+                reason: ByeReason::ProtocolViolation,
+                text: "Hello again: a session says Hello once".into(),
+            };
+            end(conn, ring, Some(encode(&bye, conn.decoder.limits())), now);
+        }
         (Phase::Open, frame) => ring.send(ToRing::Frame { id: conn.id, frame }),
     }
 }

@@ -20,12 +20,19 @@ struct Harness {
     sessions: Sessions,
     requests: Receiver<ToRing>,
     path: PathBuf,
+    /// The TCP listener's address, if any.
+    tcp: Option<SocketAddr>,
     /// Receives the wake-up datagrams.
     _ring: UdpSocket,
 }
 
 impl Harness {
     fn new(threads: usize, ring_queue: usize) -> Self {
+        Self::with(threads, ring_queue, ClientCaps::default(), false)
+    }
+
+    /// Session threads with `caps`, and a TCP listener on loopback if `tcp`.
+    fn with(threads: usize, ring_queue: usize, caps: ClientCaps, tcp: bool) -> Self {
         static N: AtomicU32 = AtomicU32::new(0);
         let dir = std::env::temp_dir().join(format!(
             "rf-session-{}-{}",
@@ -38,24 +45,42 @@ impl Harness {
         let (to_ring, requests) = bounded(ring_queue);
         let cfg = SessionConfig {
             unix: &path,
-            tcp: None,
-            clients: Arc::new(Clients::default()),
+            tcp: tcp.then(|| {
+                // A free port: bound, then released for the sessions to bind.
+                std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+            }),
+            clients: Arc::new(Clients { caps, ..Clients::default() }),
             auth_failures: Arc::new(AtomicU64::new(0)),
             to_ring,
             waker: &waker,
             limits: Limits::default(),
             ring_core: None,
         };
+        let tcp = cfg.tcp;
         let sessions = Sessions::spawn(cfg, vec![None; threads]).unwrap();
-        Self { sessions, requests, path, _ring: ring }
+        Self { sessions, requests, path, tcp, _ring: ring }
     }
 
     fn connect(&self) -> TestClient {
         let s = UnixStream::connect(&self.path).unwrap();
         s.set_read_timeout(Some(WAIT)).unwrap();
-        TestClient { s, decoder: FrameDecoder::new(Limits::default()), buf: vec![0; 1 << 16] }
+        TestClient::new(Box::new(s))
     }
 
+    fn connect_tcp(&self) -> TestClient {
+        let s = std::net::TcpStream::connect(self.tcp.expect("a TCP listener")).unwrap();
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        TestClient::new(Box::new(s))
+    }
+}
+
+impl TestClient {
+    fn new(s: Box<dyn Duplex>) -> Self {
+        Self { s, decoder: FrameDecoder::new(Limits::default()), buf: vec![0; 1 << 16] }
+    }
+}
+
+impl Harness {
     fn request(&self) -> ToRing {
         self.requests.recv_timeout(WAIT).expect("no request from the sessions")
     }
@@ -102,9 +127,13 @@ fn welcome(name: &str) -> DaemonFrame {
     })
 }
 
+/// A stream a test client talks over (Unix or TCP).
+trait Duplex: Read + Write + Send {}
+impl<T: Read + Write + Send> Duplex for T {}
+
 /// A raw client: frames out, frames in.
 struct TestClient {
-    s: UnixStream,
+    s: Box<dyn Duplex>,
     decoder: FrameDecoder<DaemonFrame>,
     buf: Vec<u8>,
 }
@@ -306,4 +335,125 @@ fn a_client_that_never_says_hello_is_closed_after_the_hello_timeout() {
     assert!(waited >= HELLO_TIMEOUT, "closed after {waited:?}");
     assert!(waited < HELLO_TIMEOUT + Duration::from_secs(2), "closed after {waited:?}");
     assert!(h.requests.try_recv().is_err(), "the ring never heard of it");
+}
+
+#[test]
+fn a_second_hello_is_a_protocol_violation() {
+    let h = Harness::new(1, RING_QUEUE);
+    let (mut c, id, _out) = h.hello("twice");
+    c.send(&ClientFrame::Hello(Hello::new("twice", Auth::PeerCredentials)));
+    assert!(matches!(c.next(), Some(DaemonFrame::Bye { reason: ByeReason::ProtocolViolation, .. })));
+    assert_eq!(c.next(), None);
+    assert!(matches!(h.request(), ToRing::Gone { id: g } if g == id));
+}
+
+#[test]
+fn an_oversized_first_frame_is_refused_before_its_body_is_buffered() {
+    let h = Harness::with(1, RING_QUEUE, ClientCaps::default(), true);
+    for tcp in [false, true] {
+        let mut c = if tcp { h.connect_tcp() } else { h.connect() };
+        // Most of a 1 MiB frame announced, 64 KiB of it sent.
+        let mut bytes = (1u32 << 20).to_be_bytes().to_vec();
+        bytes.push(0x04);
+        bytes.resize(64 << 10, 7);
+        let _ = c.s.write_all(&bytes);
+        match c.next() {
+            Some(DaemonFrame::Refused { code: RefuseCode::ProtocolViolation, text }) => {
+                assert!(text.contains("1048576 bytes") && text.contains("8192"), "{text}");
+            }
+            f => panic!("expected Refused, got {f:?}"),
+        }
+        assert_eq!(c.next(), None);
+    }
+    // Nothing reached the ring; no input is held.
+    assert!(h.requests.try_recv().is_err());
+    assert_eq!(h.sessions.counts.buffered(), 0);
+}
+
+#[test]
+fn over_a_cap_a_connection_gets_too_many_clients() {
+    let caps = ClientCaps { max_clients: 1, max_unauthenticated: 2, ..ClientCaps::default() };
+    let h = Harness::with(1, RING_QUEUE, caps, true);
+    // Two idle TCP connections fill the unauthenticated TCP pool.
+    let idle: Vec<TestClient> = (0..2).map(|_| h.connect_tcp()).collect();
+    let mut third = h.connect_tcp();
+    match third.next() {
+        Some(DaemonFrame::Refused { code: RefuseCode::TooManyClients, text }) => {
+            assert!(text.contains("max_unauthenticated"), "{text}");
+        }
+        f => panic!("expected Refused {{ TooManyClients }}, got {f:?}"),
+    }
+    assert_eq!(third.next(), None);
+    // A local client still connects: its pool is its own.
+    let (mut local, _, out) = h.hello("local");
+    assert!(out.send(encode(&welcome("local"))));
+    h.sessions.wake();
+    assert_eq!(local.next(), Some(welcome("local")));
+    // A second Hello over `max_clients` is refused the same way.
+    let mut late = h.connect();
+    late.send(&ClientFrame::Hello(Hello::new("late", Auth::PeerCredentials)));
+    match late.next() {
+        Some(DaemonFrame::Refused { code: RefuseCode::TooManyClients, text }) => {
+            assert!(text.contains("max_clients"), "{text}");
+        }
+        f => panic!("expected Refused {{ TooManyClients }}, got {f:?}"),
+    }
+    assert_eq!(late.next(), None);
+    drop(idle);
+}
+
+#[test]
+fn the_input_budget_holds_a_second_big_frame_until_the_first_is_done() {
+    let frame_max = Limits::default().max_frame_len as usize + 4;
+    let caps = ClientCaps { connection_buffer: frame_max, buffer_budget: frame_max, ..ClientCaps::default() };
+    let h = Harness::with(1, RING_QUEUE, caps, false);
+    let (mut a, id_a, _) = h.hello("a");
+    let (mut b, id_b, _) = h.hello("b");
+    let big = |byte: u8| {
+        let mut out = Vec::new();
+        let m = ClientFrame::Multicast(ringfence_proto::wire::client::Multicast {
+            service: ringfence_proto::Service::Agreed,
+            groups: vec!["g".into()],
+            msg_type: 0,
+            payload: Bytes::from(vec![byte; 1 << 20]),
+            self_discard: false,
+            sealed: false,
+        });
+        m.encode(&mut out, &Limits::default()).unwrap();
+        out
+    };
+    let (fa, fb) = (big(1), big(2));
+    // `a` sends all but its last byte: it holds nearly the whole budget.
+    a.s.write_all(&fa[..fa.len() - 1]).unwrap();
+    let deadline = Instant::now() + WAIT;
+    while h.sessions.counts.buffered() < fa.len() - 1 {
+        assert!(Instant::now() < deadline, "a's frame never buffered");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // `b` sends a whole frame: it waits in its socket, not in memory.
+    let writer = std::thread::spawn(move || {
+        b.s.write_all(&fb).unwrap();
+        b
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(h.sessions.counts.buffered() <= caps.buffer_budget + 4096, "{}", h.sessions.counts.buffered());
+    assert!(h.requests.try_recv().is_err(), "no frame is complete yet");
+    // `a` finishes: its frame goes to the ring, then `b`'s.
+    a.s.write_all(&fa[fa.len() - 1..]).unwrap();
+    for (want, byte) in [(id_a, 1u8), (id_b, 2)] {
+        match h.request() {
+            ToRing::Frame { id, frame: ClientFrame::Multicast(m) } => {
+                assert_eq!(id, want);
+                assert!(m.payload.len() == 1 << 20 && m.payload.iter().all(|&x| x == byte));
+            }
+            r => panic!("unexpected {r:?}; a got {:?}", a.next()),
+        }
+    }
+    let _b = writer.join().unwrap();
+    // Both frames taken: no input is held.
+    let deadline = Instant::now() + WAIT;
+    while h.sessions.counts.buffered() != 0 {
+        assert!(Instant::now() < deadline, "input still held: {}", h.sessions.counts.buffered());
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }

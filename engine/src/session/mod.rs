@@ -40,6 +40,21 @@
 //!   `Bye { SlowConsumer }`, the ring thread is told (`ToRing::Gone`), and the
 //!   daemon goes on. A client that accepts no byte for [`WRITE_TIMEOUT`] while
 //!   data waits is closed.
+//! - What clients send is bounded before it is buffered: before Hello a
+//!   connection is read at most a Hello's worth ([`HELLO_FRAME_MAX`]), and a
+//!   longer first frame is refused from its length prefix; after it, a
+//!   connection holds at most `connection_buffer` of undecoded input and all
+//!   of them at most `buffer_budget` (`[clients]`, [`ClientCaps`]). Once a
+//!   frame's length is read, the rest of it is reserved in the global budget
+//!   before more is read, so a begun frame can always be finished; one that
+//!   does not fit waits in the client's socket. Between frames a connection
+//!   may always read 4 KiB, so small requests pass a full budget. While the
+//!   budget has no room for a largest frame, a frame unfinished for
+//!   [`FRAME_TIMEOUT`] ends its session.
+//! - Connections are capped by kind: unauthenticated TCP and Unix
+//!   connections apart (`max_unauthenticated` each) and authenticated
+//!   clients (`max_clients`), so idle connections of one kind never lock out
+//!   another. Over a cap a connection gets `Refused { TooManyClients }`.
 //!
 //! The ring thread never waits on a session thread for long: a session
 //! thread drains its inbox on every turn of its loop and never waits on the
@@ -53,7 +68,7 @@ mod event_loop;
 
 pub(crate) use encode::Encoder;
 
-use crate::config::Clients;
+use crate::config::{ClientCaps, Clients};
 use bytes::Bytes;
 use conn::Stream;
 use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
@@ -85,9 +100,13 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// A client that accepts no byte for this long while data waits for it is
 /// closed (it stopped reading).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Most client connections at once (handshaking or not), over all session
-/// threads; more are closed at once.
-const MAX_SESSIONS: usize = 4096;
+/// Largest frame accepted before Hello: a Hello with the longest name and
+/// token is about 4.2 KB. A longer length prefix is refused at once.
+const HELLO_FRAME_MAX: usize = 8 << 10;
+/// A frame still unfinished this long after it began, while the input
+/// budget over all connections has no room for a largest frame, ends its
+/// session (its sender holds memory others wait for).
+const FRAME_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Who is at the other end of a client connection, once authenticated
 /// (see `auth`).
@@ -294,6 +313,9 @@ pub(crate) struct SessionConfig<'a> {
 pub(crate) struct Sessions {
     outboxes: Vec<Arc<Outbox>>,
     stop: Arc<AtomicBool>,
+    /// Connections and their input, over all session threads (for tests).
+    #[cfg(test)]
+    counts: Arc<Counts>,
 }
 
 impl Sessions {
@@ -317,7 +339,7 @@ impl Sessions {
     fn spawn(cfg: SessionConfig<'_>, plan: Vec<Option<core_affinity::CoreId>>) -> io::Result<Self> {
         let listeners = event_loop::Listeners::bind(cfg.unix, cfg.tcp)?;
         let stop = Arc::new(AtomicBool::new(false));
-        let sessions = Arc::new(AtomicUsize::new(0));
+        let counts = Arc::new(Counts::new(cfg.clients.caps));
         let mut polls = Vec::with_capacity(plan.len());
         let mut outboxes = Vec::with_capacity(plan.len());
         let mut inboxes = Vec::with_capacity(plan.len());
@@ -330,7 +352,12 @@ impl Sessions {
             inboxes.push(rx);
         }
         // Stops the threads already started if a later one fails to start.
-        let this = Self { outboxes, stop };
+        let this = Self {
+            outboxes,
+            stop,
+            #[cfg(test)]
+            counts: Arc::clone(&counts),
+        };
         let mut listeners = Some(listeners);
         for (k, ((poll, rx), core)) in polls.into_iter().zip(inboxes).zip(plan).enumerate() {
             let thread = SessionThread::new(event_loop::Setup {
@@ -344,7 +371,7 @@ impl Sessions {
                 limits: cfg.limits,
                 clients: Arc::clone(&cfg.clients),
                 auth_failures: Arc::clone(&cfg.auth_failures),
-                sessions: Arc::clone(&sessions),
+                counts: Arc::clone(&counts),
                 stop: Arc::clone(&this.stop),
             })?;
             std::thread::Builder::new().name(format!("rf-session-{k}")).spawn(move || {
@@ -398,24 +425,154 @@ fn pin(thread: usize, core: Option<core_affinity::CoreId>) {
     }
 }
 
-/// Counts one connection while it lives, over all session threads.
+/// Which count a connection holds a place in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Pool {
+    /// A TCP connection that has not said Hello (`max_unauthenticated`).
+    PendingTcp,
+    /// A Unix-socket connection that has not said Hello
+    /// (`max_unauthenticated`, counted apart from TCP).
+    PendingUnix,
+    /// An authenticated client (`max_clients`).
+    Clients,
+}
+
+/// Connections and their undecoded input over all session threads, against
+/// the caps of `[clients]` (see [`ClientCaps`]).
 #[derive(Debug)]
-struct SessionSlot(Arc<AtomicUsize>);
+pub(super) struct Counts {
+    caps: ClientCaps,
+    pending_tcp: AtomicUsize,
+    pending_unix: AtomicUsize,
+    clients: AtomicUsize,
+    /// Undecoded input bytes held by every connection.
+    buffered: AtomicUsize,
+}
+
+impl Counts {
+    pub(super) fn new(caps: ClientCaps) -> Self {
+        Self {
+            caps,
+            pending_tcp: AtomicUsize::new(0),
+            pending_unix: AtomicUsize::new(0),
+            clients: AtomicUsize::new(0),
+            buffered: AtomicUsize::new(0),
+        }
+    }
+
+    /// The caps counted against.
+    pub(super) fn caps(&self) -> &ClientCaps {
+        &self.caps
+    }
+
+    fn pool(&self, pool: Pool) -> (&AtomicUsize, usize) {
+        match pool {
+            Pool::PendingTcp => (&self.pending_tcp, self.caps.max_unauthenticated),
+            Pool::PendingUnix => (&self.pending_unix, self.caps.max_unauthenticated),
+            Pool::Clients => (&self.clients, self.caps.max_clients),
+        }
+    }
+
+    /// Takes a place in `pool`; false when it is full.
+    fn enter(&self, pool: Pool) -> bool {
+        let (n, cap) = self.pool(pool);
+        if n.fetch_add(1, Ordering::AcqRel) >= cap {
+            n.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+
+    fn leave(&self, pool: Pool) {
+        self.pool(pool).0.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Undecoded input bytes held by all connections.
+    pub(super) fn buffered(&self) -> usize {
+        self.buffered.load(Ordering::Relaxed)
+    }
+
+    /// Bytes the global budget still has room for.
+    pub(super) fn budget_room(&self) -> usize {
+        self.caps.buffer_budget.saturating_sub(self.buffered())
+    }
+}
+
+/// One connection's place in [`Counts`] and its share of the input budget,
+/// given back when the connection is dropped.
+#[derive(Debug)]
+pub(super) struct SessionSlot {
+    counts: Arc<Counts>,
+    pool: Pool,
+    /// Input bytes this connection holds, as counted in `Counts::buffered`.
+    charged: usize,
+}
 
 impl SessionSlot {
-    /// A slot, or `None` when [`MAX_SESSIONS`] connections are open.
-    fn take(sessions: &Arc<AtomicUsize>) -> Option<Self> {
-        if sessions.fetch_add(1, Ordering::AcqRel) >= MAX_SESSIONS {
-            sessions.fetch_sub(1, Ordering::AcqRel);
-            return None;
+    /// A place in `pool`, or `None` when the pool is at its cap.
+    pub(super) fn take(counts: &Arc<Counts>, pool: Pool) -> Option<Self> {
+        counts.enter(pool).then(|| Self { counts: Arc::clone(counts), pool, charged: 0 })
+    }
+
+    /// Moves the connection to the authenticated clients; false (and no
+    /// change) when `max_clients` are connected.
+    pub(super) fn promote(&mut self) -> bool {
+        if self.pool == Pool::Clients {
+            return true;
         }
-        Some(Self(Arc::clone(sessions)))
+        if !self.counts.enter(Pool::Clients) {
+            return false;
+        }
+        self.counts.leave(self.pool);
+        self.pool = Pool::Clients;
+        true
+    }
+
+    /// The counts this place is in.
+    pub(super) fn counts(&self) -> &Counts {
+        &self.counts
+    }
+
+    /// Records that the connection now holds `bytes` of undecoded input.
+    pub(super) fn charge(&mut self, bytes: usize) {
+        if bytes > self.charged {
+            self.counts.buffered.fetch_add(bytes - self.charged, Ordering::Relaxed);
+        } else {
+            self.counts.buffered.fetch_sub(self.charged - bytes, Ordering::Relaxed);
+        }
+        self.charged = bytes;
+    }
+}
+
+impl SessionSlot {
+    /// Records that the connection now holds or reserves `bytes`, if the
+    /// global budget has room for the increase; false (and no change) if
+    /// not.
+    pub(super) fn try_charge(&mut self, bytes: usize) -> bool {
+        let add = bytes.saturating_sub(self.charged);
+        let budget = self.counts.caps.buffer_budget;
+        let ok = self
+            .counts
+            .buffered
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                let b = b.checked_add(add)?;
+                (b <= budget).then_some(b)
+            })
+            .is_ok();
+        if ok {
+            // Only an increase was added; a decrease is applied here.
+            let charged = self.charged.max(bytes);
+            self.charged = charged;
+            self.charge(bytes);
+        }
+        ok
     }
 }
 
 impl Drop for SessionSlot {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.charge(0);
+        self.counts.leave(self.pool);
     }
 }
 

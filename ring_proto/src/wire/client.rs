@@ -512,6 +512,14 @@ code_enum! {
         NoServerKey = 9,
         /// Three-step groups need a local socket or TLS.
         InsecureTransport = 10,
+        /// The client is in as many groups as the daemon allows (128).
+        TooManyGroups = 11,
+        /// A VS group is flushing and the client acknowledged the flush: it
+        /// sends again in the next view.
+        Flushing = 12,
+        /// The request is not valid: a reserved group name, or no or too
+        /// many destination groups.
+        BadRequest = 13,
     }
 }
 
