@@ -123,7 +123,10 @@ impl Conn {
                     }
                     _ => self.log.events.push(Ev::Wrong {
                         at,
-                        what: format!("a message this harness never wrote: {:?} from {} to {:?}", text, m.sender, m.groups),
+                        what: format!(
+                            "a message this harness never wrote: {:?} from {} to {:?}",
+                            text, m.sender, m.groups
+                        ),
                     }),
                 }
             }
@@ -220,7 +223,14 @@ pub(crate) fn run(spec: &Spec, shared: &Arc<Shared>, t0: Instant) -> Vec<ClientL
                         start: t0.elapsed(),
                         ..ClientLog::default()
                     };
-                    let mut c = Conn { client, log, vs_view: None, back: 0, sizes: [0; 2], connected: Instant::now() };
+                    let mut c = Conn {
+                        client,
+                        log,
+                        vs_view: None,
+                        back: 0,
+                        sizes: [0; 2],
+                        connected: Instant::now(),
+                    };
                     if let Err(e) = joined {
                         c.log.broken = Some(format!("join: {e}"));
                         c.log.end = t0.elapsed();

@@ -69,6 +69,10 @@ pub(crate) struct NetfaultArgs {
     /// Seed of the choice of partitions and daemons.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// A fault whose delivery gap exceeds this is a violation
+    /// (`delivery-gap`); without it gaps are only reported.
+    #[arg(long)]
+    max_gap_ms: Option<u64>,
     /// Keep the run's directory (config, keys, daemon logs) here.
     #[arg(long)]
     keep: Option<PathBuf>,
@@ -217,9 +221,16 @@ pub(crate) fn main(args: &NetfaultArgs) -> ExitCode {
 fn print(args: &NetfaultArgs, o: &Outcome) -> ExitCode {
     let r = &o.report;
     for (i, (g, whole)) in r.gaps.iter().zip(&o.whole_after).enumerate() {
-        let gap = g.longest.as_ref().map_or("none measured".into(), |(d, c)| format!("{} ms (at {c})", d.as_millis()));
+        let gap = g
+            .longest
+            .as_ref()
+            .map_or("none measured".into(), |(d, c)| format!("{} ms (at {c})", d.as_millis()));
         let whole = whole.map_or("not within the settle time".into(), |d| format!("{} ms", d.as_millis()));
-        println!("fault {} {}: longest delivery gap {gap}; one whole view again {whole} after healing", i + 1, g.fault);
+        println!(
+            "fault {} {}: longest delivery gap {gap}; one whole view again {whole} after healing",
+            i + 1,
+            g.fault
+        );
     }
     for v in r.violations.iter().take(30) {
         println!("violation {}: {}", v.kind, v.text);
@@ -375,7 +386,25 @@ fn run(args: &NetfaultArgs) -> Result<Outcome, String> {
     }
     let mut report = check::check(&logs, &[VS], &windows);
     if final_whole.is_none() {
-        report.add(Kind::FinalView, "the clients were not in one whole view within 30 s of the last fault".into());
+        report.add(
+            Kind::FinalView,
+            "the clients were not in one whole view within 30 s of the last fault".into(),
+        );
+    }
+    if let Some(max) = args.max_gap_ms {
+        let over: Vec<String> = report
+            .gaps
+            .iter()
+            .filter_map(|g| {
+                let (d, c) = g.longest.as_ref()?;
+                (d.as_millis() > u128::from(max)).then(|| {
+                    format!("{}: {} ms without a delivery at {c} (bound {max} ms)", g.fault, d.as_millis())
+                })
+            })
+            .collect();
+        for text in over {
+            report.add(Kind::DeliveryGap, text);
+        }
     }
     for (i, status) in daemons.exited() {
         report.add(Kind::Reported, format!("daemon d{i} exited by itself: {status}"));

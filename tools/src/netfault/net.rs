@@ -21,7 +21,12 @@ fn run(args: &[&str]) -> Result<(), String> {
     if out.status.success() {
         Ok(())
     } else {
-        Err(format!("`{}` failed ({}): {}", args.join(" "), out.status, String::from_utf8_lossy(&out.stderr).trim()))
+        Err(format!(
+            "`{}` failed ({}): {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
     }
 }
 
@@ -83,7 +88,10 @@ impl Net {
             run(&["ip", "netns", "add", &ns])?;
             net.hosts = i + 1;
             let port = format!("p{i}");
-            run(&["ip", "link", "add", &port, "netns", &br, "type", "veth", "peer", "name", "eth0", "netns", &ns])?;
+            run(&[
+                "ip", "link", "add", &port, "netns", &br, "type", "veth", "peer", "name", "eth0", "netns",
+                &ns,
+            ])?;
             run(&["ip", "-n", &br, "link", "set", &port, "master", "br0", "up"])?;
             let cidr = format!("{}/24", Self::addr(i));
             run(&["ip", "-n", &ns, "addr", "add", &cidr, "dev", "eth0"])?;
@@ -124,7 +132,10 @@ impl Net {
     pub(crate) fn loss(&self, percent: u32) -> Result<(), String> {
         let p = format!("{:.4}", f64::from(percent) / 100.0);
         for h in 0..self.hosts {
-            self.iptables(h, &["-A", "INPUT", "-m", "statistic", "--mode", "random", "--probability", &p, "-j", "DROP"])?;
+            self.iptables(
+                h,
+                &["-A", "INPUT", "-m", "statistic", "--mode", "random", "--probability", &p, "-j", "DROP"],
+            )?;
         }
         Ok(())
     }
@@ -161,7 +172,12 @@ pub(crate) struct Daemons {
 
 impl Daemons {
     /// Starts daemon `d<i>` of `config` in `hosts[i]`, for every `i`.
-    pub(crate) fn start(bin: PathBuf, config: PathBuf, dir: PathBuf, hosts: Vec<String>) -> Result<Self, String> {
+    pub(crate) fn start(
+        bin: PathBuf,
+        config: PathBuf,
+        dir: PathBuf,
+        hosts: Vec<String>,
+    ) -> Result<Self, String> {
         let n = hosts.len();
         let mut d = Self { bin, config, dir, hosts, children: (0..n).map(|_| None).collect() };
         for i in 0..n {
