@@ -355,13 +355,30 @@ fn same_set(clients: &[ClientLog], vs_groups: &[&str], r: &mut Report) {
                         moves.insert(key, (c.name.as_str(), w[0].1.clone()));
                     }
                     Some((other, set)) if *set != w[0].1 => {
-                        let only_other = set.difference(&w[0].1).count();
-                        let only_this = w[0].1.difference(set).count();
+                        // How many, and the first few by sender and counter.
+                        let show = |a: &HashSet<MsgId<'_>>, b: &HashSet<MsgId<'_>>| {
+                            let mut d: Vec<_> = a.difference(b).map(|m| (m.1, m.2)).collect();
+                            d.sort_unstable();
+                            let first: Vec<String> =
+                                d.iter().take(4).map(|(s, q)| format!("{s}#{q}")).collect();
+                            format!(
+                                "{} ({}{})",
+                                d.len(),
+                                first.join(" "),
+                                if d.len() > 4 { " ..." } else { "" }
+                            )
+                        };
                         r.add(
                             Kind::SameSet,
                             format!(
-                                "{group}: {other} and {} moved from view {:?} to {:?} together, but {other} delivered {only_other} messages there that {} did not, and {} {only_this} that {other} did not",
-                                c.name, key.0, key.1, c.name, c.name
+                                "{group}: {other} and {} moved from view {:?} to {:?} together, but {other} delivered {} messages there that {} did not, and {} {} that {other} did not",
+                                c.name,
+                                key.0,
+                                key.1,
+                                show(set, &w[0].1),
+                                c.name,
+                                c.name,
+                                show(&w[0].1, set)
                             ),
                         );
                     }

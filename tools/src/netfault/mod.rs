@@ -411,3 +411,26 @@ fn run(args: &NetfaultArgs) -> Result<Outcome, String> {
     }
     Ok(Outcome { report, whole_after })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_schedule_goes_round_robin_over_the_kinds_and_names_bad_input() {
+        let s = schedule("partition=2,oneway-token,kill=1,oneway-against=1", 3, 7, 20).unwrap();
+        let names: Vec<String> = s.iter().map(|f| f.name(3)).collect();
+        assert_eq!(names.len(), 5, "{names:?}");
+        assert!(names[0].starts_with("partition {") && names[4].starts_with("partition {"), "{names:?}");
+        assert_eq!(names[1], "one-way cut d0 -> d1");
+        assert!(names[2].starts_with("kill -9 d"), "{names:?}");
+        assert_eq!(names[3], "one-way cut d1 -> d0");
+        for f in &s {
+            if let Fault::Partition(side) = f {
+                assert!(!side.is_empty() && side.len() < 3, "{side:?}");
+            }
+        }
+        assert!(schedule("flood=1", 3, 1, 20).unwrap_err().contains("`flood`"));
+        assert!(schedule("pause=x", 3, 1, 20).unwrap_err().contains("pause=x"));
+    }
+}
