@@ -1,7 +1,8 @@
 //! `ringfence`: the command line of the ringfence group communication system.
 //!
-//! Subcommands: `daemon`, `user`, `flood`, `monitor`, `demo`, `keygen` and
-//! `sim` (the deterministic simulator).
+//! Subcommands: `daemon`, `user`, `flood`, `monitor`, `demo`, `keygen`,
+//! `sim` (the deterministic simulator) and `netfault` (real daemons in
+//! network namespaces under faults, histories checked).
 
 mod cluster;
 mod connect_opts;
@@ -10,6 +11,7 @@ mod demo;
 mod flood;
 mod keygen;
 mod monitor;
+mod netfault;
 mod sim;
 mod user;
 
@@ -40,6 +42,10 @@ enum Command {
     /// Make a daemon identity (Ed25519, link security), or a CA and
     /// certificates for TLS clients.
     Keygen(keygen::KeygenArgs),
+    /// Run daemons in network namespaces (root), apply partitions, one-way
+    /// cuts, loss, kill -9 and pauses under load, and check the clients'
+    /// histories.
+    Netfault(netfault::NetfaultArgs),
 }
 
 fn main() -> ExitCode {
@@ -52,5 +58,6 @@ fn main() -> ExitCode {
         Command::Monitor(args) => monitor::main(&args),
         Command::Flood(args) => flood::main(&args),
         Command::Keygen(args) => keygen::main(&args),
+        Command::Netfault(args) => netfault::main(&args),
     }
 }
