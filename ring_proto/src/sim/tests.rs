@@ -191,6 +191,8 @@ fn pauses_and_stalls_do_not_split_the_others() {
         }
     }
     assert!(failed.is_empty(), "failing seeds: {failed:?}");
+}
+
 /// A run with every fault kind, 5 daemons and `encrypt` links.
 fn secure(seed: u64, nodes: usize) -> SimConfig {
     SimConfig { security: Some(LinkMode::Encrypt), ..SimConfig::with_faults(seed, nodes) }
