@@ -695,6 +695,10 @@ impl Backend for Uring {
         (self.sent, self.send_errors)
     }
 
+    fn oversize(&self) -> u64 {
+        self.truncated
+    }
+
     fn name(&self) -> &'static str {
         "io_uring"
     }

@@ -146,6 +146,13 @@ pub struct Stats {
     pub tokens_received: u64,
     /// Tokens dropped as stale or duplicate (by token sequence).
     pub stale_tokens: u64,
+    /// Tokens dropped as impossible: not from this daemon's predecessor in
+    /// the ring, or numbers outside the window (a forged or redirected
+    /// token).
+    pub bad_tokens: u64,
+    /// Ring sequences from datagrams further above the highest known than
+    /// `MAX_RING_STEP` (taken as that far, or dropped).
+    pub ring_seq_bounded: u64,
     /// Tokens resent because the ring showed no progress.
     pub token_retransmits: u64,
     /// Messages submitted and accepted.
@@ -177,6 +184,8 @@ impl Stats {
         self.retransmits_requested += o.retransmits_requested;
         self.tokens_received += o.tokens_received;
         self.stale_tokens += o.stale_tokens;
+        self.bad_tokens += o.bad_tokens;
+        self.ring_seq_bounded += o.ring_seq_bounded;
         self.token_retransmits += o.token_retransmits;
         self.messages_submitted += o.messages_submitted;
         self.messages_delivered += o.messages_delivered;
@@ -491,11 +500,17 @@ impl Ring {
         transitional.into()
     }
 
+    /// Whether sequence number `seq` (of a packet or a token) is within the
+    /// window this daemon stores. Senders stay within `max_unstable` of the
+    /// token's aru, which trails every member's stable line by at most a
+    /// rotation: anything far beyond is bogus and must not grow the store.
+    fn in_window(&self, seq: u64) -> bool {
+        seq <= self.store.base().saturating_add(self.cfg.max_unstable.saturating_mul(4))
+    }
+
     fn insert(&mut self, raw: Bytes, packet: DataPacket) {
         let seq = packet.seq;
-        // Senders stay within max_unstable of the token's aru, which is at
-        // most ours: anything far beyond is bogus and must not grow the store.
-        if seq > self.store.base() + 4 * self.cfg.max_unstable {
+        if !self.in_window(seq) {
             self.stats.out_of_window += 1;
             return;
         }
@@ -519,14 +534,42 @@ impl Ring {
         }
     }
 
-    /// Handles a token of this ring. Returns whether it was accepted.
-    pub(crate) fn handle_token(&mut self, now: Time, token: Token, out: &mut Outboxes) -> bool {
+    /// The member that passes the token to this one.
+    fn predecessor(&self) -> NodeId {
+        let pos = self.members.binary_search(&self.id).unwrap_or(0);
+        self.members[(pos + self.members.len() - 1) % self.members.len()]
+    }
+
+    /// Handles a token of this ring from `from` (the sender its link header
+    /// names; `None` without a link layer). Returns whether it was accepted.
+    pub(crate) fn handle_token(
+        &mut self,
+        now: Time,
+        token: Token,
+        from: Option<NodeId>,
+        out: &mut Outboxes,
+    ) -> bool {
         if token.ring_id != self.ring_id {
             self.stats.foreign += 1;
             return false;
         }
         if token.token_seq <= self.last_token_seq || self.held.is_some() {
             self.stats.stale_tokens += 1;
+            return false;
+        }
+        // Only the predecessor passes us the token, and each holder adds one
+        // to its sequence: a rotation adds the ring's size. Its `seq` is at
+        // least every packet we hold (each was numbered from an earlier
+        // token) and within the window; its aru is at most its seq (the
+        // decoder checks). Anything else is forged or redirected, and would
+        // make this daemon number packets twice or allocate without bound.
+        let step = 4 * self.members.len() as u64;
+        if from.is_some_and(|f| f != self.predecessor())
+            || token.token_seq > self.last_token_seq.saturating_add(step)
+            || token.seq < self.high_seq
+            || !self.in_window(token.seq)
+        {
+            self.stats.bad_tokens += 1;
             return false;
         }
         self.last_token_seq = token.token_seq;
@@ -655,7 +698,7 @@ impl Ring {
         for raw in packets.by_ref().take(split) {
             self.emit(Dest::All, raw);
         }
-        token.token_seq = self.last_token_seq.max(token.token_seq) + 1;
+        token.token_seq = self.last_token_seq.max(token.token_seq).saturating_add(1);
         self.last_token_seq = token.token_seq;
         token.encode_into(&mut self.token_buf);
         let bytes = Bytes::copy_from_slice(&self.token_buf);
@@ -792,7 +835,15 @@ impl Ring {
                 self.partials.swap_remove(i);
                 self.stats.reassembly_errors += 1;
             }
-            let mut buf = Vec::with_capacity(c.total_len as usize);
+            // The buffer is sized from the wire: never past the largest
+            // message a daemon submits (a client message, or a recovered
+            // packet of an old ring, which fits an MTU).
+            let total_len = c.total_len as usize;
+            if total_len > self.cfg.max_message.max(self.cfg.mtu) || total_len < c.data.len() {
+                self.stats.reassembly_errors += 1;
+                return;
+            }
+            let mut buf = Vec::with_capacity(total_len);
             buf.extend_from_slice(&c.data);
             self.partials.push(Partial {
                 origin,

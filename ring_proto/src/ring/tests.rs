@@ -60,14 +60,92 @@ fn token_fits_one_frame_however_many_packets_are_missing() {
 
 #[test]
 fn a_bogus_token_costs_bounded_work() {
+    // At the window's edge, asking for every packet there is: one frame.
     let cfg = plain();
     let mut b = node(&cfg, 1, 2);
-    let mut t = token(u64::MAX / 2, 1);
-    t.rtr = vec![RtrRange { start: 1, len: u32::MAX }];
+    let edge = 4 * cfg.max_unstable;
+    let mut t = token(edge, 1);
+    t.rtr = vec![RtrRange { start: 1, len: u32::try_from(edge).unwrap() }];
     b.handle_datagram(Time::ZERO, Bytes::from(t.encode()));
     let out = tokens(&drain(&mut b));
     assert_eq!(out.len(), 1);
     assert!(out[0].encoded_len() <= cfg.frame_budget());
+    // Far beyond it: dropped and counted, nothing sent.
+    let mut t = token(u64::MAX / 2, 3);
+    t.rtr = vec![RtrRange { start: 1, len: u32::MAX }];
+    b.handle_datagram(Time::ZERO, Bytes::from(t.encode()));
+    assert!(drain(&mut b).is_empty());
+    assert_eq!(b.stats().bad_tokens, 1);
+}
+
+/// Issue 14, break 2: a token with `seq = aru = 2^36` (ring id and token
+/// sequence as a live token's) made the receiver number its next packet
+/// 2^36 + 1 and size its store for it (6 TB). Tokens are held to the
+/// window data packets are held to (Totem: no member sends beyond the
+/// token's aru plus the window), so it is dropped and counted, and the ring
+/// goes on with the real token.
+#[test]
+fn a_token_beyond_the_window_is_dropped_before_it_sizes_the_store() {
+    let cfg = plain();
+    let members = ids(3);
+    let mut r = Ring::new(cfg.clone(), NodeId(1), &members, RING, Time::ZERO, false).unwrap();
+    let mut out = Outboxes { user_allowed: true, ..Outboxes::default() };
+    out.user.push(Pending {
+        msg_seq: 1,
+        service: Service::Agreed,
+        groups: Groups::none(),
+        payload: Bytes::from_static(b"m"),
+        sent: 0,
+    });
+    let forged = Token { aru: 1 << 36, aru_id: NodeId::NONE, ..token(1 << 36, 1) };
+    assert!(!r.handle_token(Time::ZERO, forged, Some(NodeId(0)), &mut out));
+    assert_eq!((r.stats().bad_tokens, r.stored_packets()), (1, 0));
+    assert!(r.poll_transmit().is_none());
+    // The real token (same token sequence) is taken and used.
+    assert!(r.handle_token(Time::ZERO, token(0, 1), Some(NodeId(0)), &mut out));
+    assert_eq!((r.stats().packets_sent, r.stored_packets()), (1, 1));
+}
+
+/// Issue 14, break 1: the ring takes the token only from its predecessor
+/// (members pass it in ascending id order, wrapping around), with a token
+/// sequence at most a few rotations ahead, and never numbered below a
+/// packet it holds.
+#[test]
+fn a_token_from_anyone_but_the_predecessor_is_dropped() {
+    let cfg = plain();
+    let members = ids(3);
+    let mut r = Ring::new(cfg, NodeId(0), &members, RING, Time::ZERO, false).unwrap();
+    let mut out = Outboxes::default();
+    // Daemon 0's predecessor is 2: a token from 1 is a redirect.
+    assert!(!r.handle_token(Time::ZERO, token(0, 1), Some(NodeId(1)), &mut out));
+    // A token sequence far ahead of the last one (a forged one).
+    assert!(!r.handle_token(Time::ZERO, token(0, 1 << 40), Some(NodeId(2)), &mut out));
+    assert_eq!(r.stats().bad_tokens, 2);
+    assert!(r.handle_token(Time::ZERO, token(0, 1), Some(NodeId(2)), &mut out));
+    // A packet numbered 5 exists: a token saying 4 is not the ring's.
+    let p = packet(5, 1);
+    let decoded = DataPacket::decode(p.clone()).unwrap();
+    r.handle_packet(p, decoded);
+    assert!(!r.handle_token(Time::ZERO, token(4, 5), Some(NodeId(2)), &mut out));
+    assert_eq!(r.stats().bad_tokens, 3);
+    assert!(r.handle_token(Time::ZERO, token(5, 5), Some(NodeId(2)), &mut out));
+}
+
+/// A first fragment declaring a message larger than any a daemon submits
+/// is dropped and counted before a buffer is sized from it.
+#[test]
+fn a_fragment_declaring_too_large_a_message_allocates_nothing() {
+    let cfg = Config { max_message: 4096, ..plain() };
+    let mut b = node(&cfg, 1, 2);
+    let first = ChunkFlags { first: true, last: false };
+    let mut p = PacketBuilder::new(RING, 1, NodeId(0), 1400);
+    p.push(1, Service::Agreed, first, u32::MAX, &Groups::none(), b"head");
+    b.handle_datagram(Time::ZERO, p.finish());
+    let mut p = PacketBuilder::new(RING, 2, NodeId(0), 1400);
+    p.push(2, Service::Agreed, first, 4000, &Groups::none(), b"head");
+    b.handle_datagram(Time::ZERO, p.finish());
+    let s = b.stats();
+    assert_eq!((s.packets_received, s.reassembly_errors), (2, 1));
 }
 
 #[test]
