@@ -326,6 +326,25 @@ pub(crate) mod tests {
         assert_eq!(u.counters(), (1, 0));
     }
 
+    /// A datagram larger than the backend's maximum (1500 here) is dropped
+    /// unread and counted; the next one arrives.
+    pub(crate) fn oversize(open: impl FnOnce(Vec<UdpSocket>) -> Box<dyn Backend>) {
+        let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = a.local_addr().unwrap();
+        let mut u = open(vec![a]);
+        let c = UdpSocket::bind("127.0.0.1:0").unwrap();
+        c.send_to(&[7u8; 4000], to).unwrap();
+        c.send_to(b"small", to).unwrap();
+        let got = collect(&mut *u, 1);
+        assert_eq!(got, [(c.local_addr().unwrap(), b"small".to_vec())]);
+        assert_eq!(u.oversize(), 1);
+    }
+
+    #[test]
+    fn portable_counts_oversize_datagrams() {
+        oversize(|s| Box::new(Portable::new(s, 1500).unwrap()));
+    }
+
     #[test]
     fn portable_receives_on_two_sockets() {
         two_sockets(|s| Box::new(Portable::new(s, 1500).unwrap()));

@@ -867,6 +867,16 @@ mod tests {
     }
 
     #[test]
+    fn multishot_receive_counts_oversize_datagrams() {
+        crate::backend::tests::oversize(|s| Box::new(Uring::with_receive(s, 1500, false).unwrap()));
+    }
+
+    #[test]
+    fn single_shot_pool_counts_oversize_datagrams() {
+        crate::backend::tests::oversize(|s| Box::new(Uring::with_receive(s, 1500, true).unwrap()));
+    }
+
+    #[test]
     fn multishot_multicast_on_loopback() {
         crate::backend::tests::multicast(|s| Box::new(Uring::with_receive(s, 1500, false).unwrap()));
     }

@@ -354,3 +354,164 @@ fn duplicated_commit_token(n: u16) {
         assert_eq!((s.rings_installed, s.bad_datagrams), (1, 0), "{n} nodes, node {}: {s:?}", node.id());
     }
 }
+
+mod bounds {
+    //! Property tests: whatever numbers tokens, packets and membership
+    //! messages carry (valid ones mixed with arbitrary ones), nothing
+    //! panics, the store stays within the window, and ring sequences move
+    //! by a bounded step per datagram (issue 14).
+
+    use super::*;
+    use crate::wire::{Beacon, Join};
+    use proptest::prelude::*;
+
+    /// A number from the wire: mostly near the ring's real numbers, at
+    /// times anything at all.
+    fn number() -> impl Strategy<Value = u64> {
+        prop_oneof![4 => 0u64..3000, 1 => any::<u64>(), 1 => Just(u64::MAX), 1 => Just(1u64 << 36)]
+    }
+
+    /// A token field: a small step above the receiver's own number (what a
+    /// live token carries), or any number.
+    #[derive(Clone, Copy, Debug)]
+    enum Field {
+        Near(u64),
+        Any(u64),
+    }
+
+    impl Field {
+        fn at(self, own: u64) -> u64 {
+            match self {
+                Self::Near(d) => own.saturating_add(d),
+                Self::Any(n) => n,
+            }
+        }
+    }
+
+    fn field() -> impl Strategy<Value = Field> {
+        prop_oneof![3 => (0u64..40).prop_map(Field::Near), 2 => number().prop_map(Field::Any)]
+    }
+
+    #[derive(Clone, Debug)]
+    enum Input {
+        /// `aru: None` is `aru = seq` (an idle ring's token).
+        Token {
+            token_seq: Field,
+            seq: Field,
+            aru: Option<Field>,
+            from: u16,
+            rtr: Option<(u64, u32)>,
+        },
+        Packet {
+            seq: Field,
+            sender: u16,
+            first_of: Option<u32>,
+        },
+        Timeout,
+    }
+
+    fn input() -> impl Strategy<Value = Input> {
+        let from = prop_oneof![3 => Just(0u16), 1 => 0u16..4];
+        let rtr = proptest::option::of((1u64..3000, 1u32..5000));
+        prop_oneof![
+            3 => (field(), field(), proptest::option::of(field()), from, rtr)
+                .prop_map(|(token_seq, seq, aru, from, rtr)| Input::Token { token_seq, seq, aru, from, rtr }),
+            2 => (field(), 0u16..3, proptest::option::of(any::<u32>()))
+                .prop_map(|(seq, sender, first_of)| Input::Packet { seq, sender, first_of }),
+            1 => Just(Input::Timeout),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn arbitrary_tokens_and_packets_keep_the_store_in_the_window(inputs in proptest::collection::vec(input(), 1..80)) {
+            let cfg = plain();
+            let members = ids(3);
+            let mut r = Ring::new(cfg.clone(), NodeId(1), &members, RING, Time::ZERO, false).unwrap();
+            let mut out = Outboxes { user_allowed: true, ..Outboxes::default() };
+            let mut now = Time::ZERO;
+            for (k, input) in inputs.into_iter().enumerate() {
+                now = now + Duration::from_millis(1);
+                out.user.push(Pending {
+                    msg_seq: k as u64 + 1,
+                    service: Service::Agreed,
+                    groups: Groups::none(),
+                    payload: Bytes::from_static(b"m"),
+                    sent: 0,
+                });
+                match input {
+                    Input::Token { token_seq, seq, aru, from, rtr } => {
+                        let seq = seq.at(r.high_seq);
+                        let aru = aru.map_or(seq, |a| a.at(r.my_aru).min(seq));
+                        let token_seq = token_seq.at(r.last_token_seq);
+                        let mut t = Token { aru, aru_id: NodeId::NONE, ..token(seq, token_seq) };
+                        if let Some((start, len)) = rtr.filter(|(s, l)| s + u64::from(*l) <= seq.saturating_add(1)) {
+                            t.rtr = vec![RtrRange { start, len }];
+                        }
+                        // Through the decoder, as from the wire.
+                        if let Ok(t) = Token::decode(&t.encode()) {
+                            r.handle_token(now, t, Some(NodeId(from)), &mut out);
+                        }
+                    }
+                    Input::Packet { seq, sender, first_of } => {
+                        let seq = seq.at(r.high_seq);
+                        let mut b = PacketBuilder::new(RING, seq.max(1), NodeId(sender), 1400);
+                        match first_of {
+                            Some(total) => b.push(seq.max(1), Service::Agreed, ChunkFlags { first: true, last: false }, total.max(5), &Groups::none(), b"part"),
+                            None => b.push(seq.max(1), Service::Agreed, ChunkFlags::WHOLE, 1, &Groups::none(), b"x"),
+                        }
+                        let raw = b.finish();
+                        if let Ok(p) = DataPacket::decode(raw.clone()) {
+                            r.handle_packet(raw, p);
+                        }
+                    }
+                    Input::Timeout => r.handle_timeout(now + cfg.token_retransmit, &mut out),
+                }
+                while r.poll_transmit().is_some() {}
+                while r.poll_delivery().is_some() {}
+                // New packets go at most `max_unstable` past a token's aru,
+                // itself at most its seq, within the window.
+                prop_assert!(r.stored_packets() as u64 <= 5 * cfg.max_unstable + 1, "{}", r.stored_packets());
+                prop_assert!(r.partials.iter().all(|p| p.buf.capacity() <= cfg.max_message.max(cfg.mtu)));
+            }
+        }
+
+        #[test]
+        fn ring_sequences_from_datagrams_move_a_bounded_step(
+            msgs in proptest::collection::vec((0u8..3, number(), 0u16..4), 1..40),
+        ) {
+            let cfg = Config::default();
+            let start = 7;
+            let inc = crate::Incarnation { ring_seq: start, first_msg_seq: 1 };
+            let mut n = Node::new(cfg.clone(), NodeId(0), Time::ZERO, inc).unwrap();
+            let mut now = Time::ZERO;
+            for (k, (kind, seq, sender)) in msgs.iter().copied().enumerate() {
+                now = now + Duration::from_millis(3);
+                let sender = NodeId(sender);
+                let ring_id = RingId { seq, rep: sender };
+                let bytes = match kind {
+                    0 => Join { sender, ring_id, max_ring_seq: seq, procs: ids(4), fails: vec![] }.encode(),
+                    1 => Beacon { sender, ring_id }.encode(),
+                    _ => packet_of(ring_id, sender),
+                };
+                n.handle_datagram(now, Bytes::from(bytes));
+                if let Some(t) = n.poll_timeout().filter(|t| *t <= now) {
+                    n.handle_timeout(t);
+                }
+                while n.poll_transmit().is_some() {}
+                while n.poll_event().is_some() {}
+                let bound = start + (k as u64 + 1) * (crate::MAX_RING_STEP + 1) + 1;
+                prop_assert!(n.max_ring_seq() <= bound, "{} > {bound}", n.max_ring_seq());
+                prop_assert!(n.ring_seq_to_persist() <= n.max_ring_seq());
+            }
+        }
+    }
+
+    fn packet_of(ring_id: RingId, sender: NodeId) -> Vec<u8> {
+        let mut b = PacketBuilder::new(ring_id, 1, sender, 1400);
+        b.push(1, Service::Agreed, ChunkFlags::WHOLE, 1, &Groups::none(), b"x");
+        b.finish().to_vec()
+    }
+}
