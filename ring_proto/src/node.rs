@@ -451,6 +451,12 @@ impl Node {
             .is_some_and(|r| r.holds(seq))
     }
 
+    /// Packets held in this daemon's stores (the ring and the ring being
+    /// recovered into): bounded by the window whatever arrives.
+    pub fn stored_packets(&self) -> usize {
+        [&self.ring, &self.next].into_iter().flatten().map(Ring::stored_packets).sum()
+    }
+
     /// Client messages waiting to be sent.
     pub fn pending(&self) -> usize {
         self.out.user.len()
@@ -822,7 +828,11 @@ impl Node {
                 if was_holding && !r.holds_token() {
                     self.last_token_at = now;
                 }
-                if !r.holds_token() && now >= self.last_token_at + self.cfg.token_timeout {
+                // Token lost, or packets missing that no member sends
+                // however often asked (Totem's "fail to receive").
+                if r.failed_to_receive()
+                    || !r.holds_token() && now >= self.last_token_at + self.cfg.token_timeout
+                {
                     let procs = r.members().iter().copied().collect();
                     self.enter_gather(now, procs, BTreeSet::new());
                 } else if r.members()[0] == self.id && now >= self.beacon_at {
@@ -846,7 +856,7 @@ impl Node {
                 }
             }
             State::Recovery { gather, rec } => {
-                if now >= rec.deadline {
+                if now >= rec.deadline || self.next.as_ref().is_some_and(Ring::failed_to_receive) {
                     let g = gather.clone();
                     self.enter_gather(now, g.procs, g.fails);
                 } else if let Some(n) = &mut self.next {

@@ -28,6 +28,14 @@ pub(crate) use pack::{Outboxes, Pending};
 use std::collections::VecDeque;
 use store::{Store, Stored};
 
+/// Token visits in a row at which this daemon misses packets and received
+/// none of them since the last visit, before it gives the ring up and
+/// gathers a new membership (Totem's "fail to receive"; Corosync's
+/// `fail_recv_const` has the same default). A packet nobody holds (a
+/// sender that crashed with it, or a token that claimed packets never
+/// sent) would otherwise stop delivery for good while the token circulates.
+pub const FAIL_TO_RECEIVE: u32 = 2500;
+
 /// Where a datagram goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Dest {
@@ -146,6 +154,9 @@ pub struct Stats {
     pub tokens_received: u64,
     /// Tokens dropped as stale or duplicate (by token sequence).
     pub stale_tokens: u64,
+    /// Rings given up because packets stayed missing for
+    /// `FAIL_TO_RECEIVE` token visits.
+    pub receive_failures: u64,
     /// Tokens dropped as impossible: not from this daemon's predecessor in
     /// the ring, or numbers outside the window (a forged or redirected
     /// token).
@@ -185,6 +196,7 @@ impl Stats {
         self.tokens_received += o.tokens_received;
         self.stale_tokens += o.stale_tokens;
         self.bad_tokens += o.bad_tokens;
+        self.receive_failures += o.receive_failures;
         self.ring_seq_bounded += o.ring_seq_bounded;
         self.token_retransmits += o.token_retransmits;
         self.messages_submitted += o.messages_submitted;
@@ -249,6 +261,11 @@ pub struct Ring {
     my_trc: u32,
     /// Backlog this node added to the token in its last visit.
     my_backlog: u32,
+    /// Token visits in a row that found packets missing and none of them
+    /// received since the visit before (see `FAIL_TO_RECEIVE`).
+    stuck_visits: u32,
+    /// `my_aru` at the last token visit.
+    visit_aru: u64,
     sent_token: Option<SentToken>,
     held: Option<Held>,
 
@@ -300,6 +317,8 @@ impl Ring {
             last_departure_seq: 0,
             my_trc: 0,
             my_backlog: 0,
+            stuck_visits: 0,
+            visit_aru: 0,
             sent_token: None,
             held: None,
             transmits: VecDeque::new(),
@@ -337,6 +356,12 @@ impl Ring {
     /// Refuses raw data packets from now on (see [`Ring::insert_recovered`]).
     pub(crate) fn freeze(&mut self, frozen: bool) {
         self.frozen = frozen;
+    }
+
+    /// Whether packets stayed missing here for `FAIL_TO_RECEIVE` token
+    /// visits: the ring cannot deliver any more and must be formed anew.
+    pub(crate) fn failed_to_receive(&self) -> bool {
+        self.stuck_visits >= FAIL_TO_RECEIVE
     }
 
     /// Whether this node holds the token (idle hold, or a ring of one).
@@ -396,6 +421,9 @@ impl Ring {
 
     /// The next deadline at which this ring's timers must be handled.
     pub fn poll_timeout(&self) -> Option<Time> {
+        if self.failed_to_receive() {
+            return Some(Time::ZERO); // now: the owner gives the ring up
+        }
         let a = self.sent_token.as_ref().map(|s| s.deadline);
         let b = self.held.as_ref().and_then(|h| h.deadline);
         match (a, b) {
@@ -588,6 +616,15 @@ impl Ring {
             // following arrival: between the two every member saw it and
             // would have lowered the aru had it been missing.
             self.stable = self.last_departure_aru.min(token.aru).min(self.my_aru).max(self.stable);
+            if self.my_aru < token.seq && self.my_aru == self.visit_aru {
+                self.stuck_visits = self.stuck_visits.saturating_add(1);
+                if self.stuck_visits == FAIL_TO_RECEIVE {
+                    self.stats.receive_failures += 1;
+                }
+            } else {
+                self.stuck_visits = 0;
+            }
+            self.visit_aru = self.my_aru;
         }
 
         // 1. Answer retransmission requests.

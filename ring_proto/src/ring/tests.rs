@@ -283,6 +283,12 @@ fn foreign_and_garbage_datagrams_are_counted_and_dropped() {
 fn config_errors_name_the_field() {
     let bad = Config { mtu: 100, ..Config::default() };
     assert_eq!(bad.validate().unwrap_err().field, "mtu");
+    // The smallest MTU the message names works; one byte less does not.
+    let reason = bad.validate().unwrap_err().reason;
+    let least: usize = reason.split(' ').nth(3).unwrap().parse().unwrap();
+    assert!(Config { mtu: least, ..Config::default() }.validate().is_ok(), "{reason}");
+    assert!(Config { mtu: least - 1, ..Config::default() }.validate().is_err(), "{reason}");
+    assert_eq!(Config::default().frame_budget(), 1379);
     let bad = Config { window: 1, ..Config::default() };
     assert_eq!(bad.validate().unwrap_err().field, "window");
 }

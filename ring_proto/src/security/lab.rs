@@ -115,6 +115,9 @@ impl Lab {
                         }
                     }
                 }
+                // A daemon the lab does not have (a forged join may name
+                // one): nowhere to go, as in the daemon.
+                Dest::Node(id) if usize::from(id.0) >= self.events.len() => {}
                 Dest::Node(id) => {
                     let to = usize::from(id.0);
                     if let Some(r) = self.redirect.filter(|r| r.from == i && r.to == to) {

@@ -23,6 +23,8 @@
 //! [`link`] is the outer layer; this module holds the settings, the
 //! counters and the [`Agreement`] driver.
 
+#[cfg(test)]
+mod adversary_tests;
 pub mod lab;
 pub mod link;
 pub mod policy;

@@ -245,3 +245,41 @@ fn redirected_tokens_are_refused_and_nothing_is_lost() {
         assert_eq!(n0.security_stats().unwrap().misdirected, lab.redirected, "{mode:?}");
     }
 }
+
+/// Found by the adversary harness (`adversary_tests`, issue 14): in mode
+/// `none`, a forged token for a young ring claiming packets 1 to 4 that
+/// were never sent made every member ask for them forever while the token
+/// kept circulating: the ring stayed operational and delivered nothing,
+/// for good. Totem's "fail to receive" rule ends it: after
+/// `FAIL_TO_RECEIVE` visits with the same packets missing and none
+/// arriving, the ring is formed anew, and delivers.
+#[test]
+fn a_token_claiming_packets_never_sent_stops_delivery_only_for_a_while() {
+    let mut lab = Lab::new(3, LinkMode::None);
+    assert!(lab.run(Time::ZERO + secs(5), one_ring));
+    let ring_id = lab.nodes[2].as_ref().unwrap().ring().unwrap().0;
+    let mut link = plain_link(1, 3);
+    for token_seq in 1..60 {
+        let t = crate::wire::Token {
+            ring_id,
+            token_seq,
+            seq: 4,
+            aru: 4,
+            aru_id: NodeId::NONE,
+            fcc: 0,
+            backlog: 0,
+            rtr: Vec::new(),
+        };
+        lab.inject(2, link.seal(&t.encode(), Some(NodeId(2)), false, &mut SecurityStats::default()));
+    }
+    lab.run(lab.now + Duration::from_millis(10), |_| false);
+    let now = lab.now;
+    let m = Bytes::from_static(b"after the token that claimed too much");
+    lab.nodes[0].as_mut().unwrap().submit(now, Service::Agreed, Groups::none(), m.clone()).unwrap();
+    let delivered = |l: &Lab| {
+        l.events.iter().all(|ev| ev.iter().any(|e| matches!(e, Event::Deliver(d) if d.payload == m)))
+    };
+    assert!(lab.run(lab.now + secs(5), delivered), "not delivered by {}", lab.now);
+    let failures: u64 = lab.nodes.iter().flatten().map(|n| n.stats().receive_failures).sum();
+    assert!(failures > 0);
+}
