@@ -444,7 +444,15 @@ impl Ring {
         }
         if self.held.as_ref().and_then(|h| h.deadline).is_some_and(|d| d <= now) {
             if let Some(h) = self.held.take() {
-                self.visit(now, h.token, false, out);
+                if h.token.seq < self.high_seq {
+                    // A packet numbered above the token we hold: another
+                    // token numbered it (a forged one: only in mode `none`).
+                    // This one would number a packet twice: dropped, and the
+                    // token loss forms the ring anew.
+                    self.stats.bad_tokens += 1;
+                } else {
+                    self.visit(now, h.token, false, out);
+                }
             }
         }
     }

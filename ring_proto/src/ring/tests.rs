@@ -521,3 +521,25 @@ mod bounds {
         b.finish().to_vec()
     }
 }
+
+/// A packet numbered above the token the representative holds (forged, in
+/// mode `none`: no other token exists) would have it number that slot
+/// twice when the hold ends. The held token is dropped and counted
+/// instead, and the ring is formed anew after the token timeout.
+#[test]
+fn a_packet_above_a_held_token_retires_the_token() {
+    let cfg = Config { token_hold: Duration::from_millis(1), ..plain() };
+    let mut a = node(&cfg, 0, 2);
+    a.handle_timeout(Time::ZERO); // the ring's first token, passed to 1
+    assert_eq!(tokens(&drain(&mut a)).len(), 1);
+    a.handle_datagram(Time::ZERO, Bytes::from(token(0, 2).encode())); // back, idle: held
+    assert!(tokens(&drain(&mut a)).is_empty());
+    a.handle_datagram(Time::ZERO, packet(1, 1));
+    a.submit(Time::ZERO, Service::Agreed, Groups::none(), Bytes::from_static(b"m")).unwrap();
+    a.handle_timeout(Time::ZERO + Duration::from_millis(2));
+    assert!(tokens(&drain(&mut a)).is_empty());
+    assert_eq!(a.stats().bad_tokens, 1);
+    let later = Time::ZERO + cfg.token_timeout + Duration::from_millis(3);
+    a.handle_timeout(later);
+    assert_eq!(a.phase(), crate::Phase::Gather);
+}
