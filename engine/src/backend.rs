@@ -44,6 +44,9 @@ pub(crate) trait Backend: std::fmt::Debug {
     fn flush_sends(&mut self) -> io::Result<()>;
     /// `(sent, send_errors)` so far.
     fn counters(&self) -> (u64, u64);
+    /// Datagrams received larger than the largest expected (truncated by
+    /// the kernel, or over `max_datagram`), dropped unread, so far.
+    fn oversize(&self) -> u64;
     /// The name the log shows.
     fn name(&self) -> &'static str;
 }
@@ -59,7 +62,7 @@ pub(crate) fn open(
 ) -> io::Result<Box<dyn Backend>> {
     check_sockets(&sockets)?;
     match choice {
-        BackendChoice::Portable => Ok(Box::new(Portable::new(sockets)?)),
+        BackendChoice::Portable => Ok(Box::new(Portable::new(sockets, max_datagram)?)),
         BackendChoice::IoUring => Ok(uring(crate::uring::Uring::new(sockets, max_datagram)?)),
         BackendChoice::Auto => {
             // Setup needs its own handles: on failure the sockets go to the
@@ -69,7 +72,7 @@ pub(crate) fn open(
                 Ok(u) => Ok(uring(u)),
                 Err(e) => {
                     warn!(error = %e, "io_uring cannot be set up here: using the portable backend");
-                    Ok(Box::new(Portable::new(sockets)?))
+                    Ok(Box::new(Portable::new(sockets, max_datagram)?))
                 }
             }
         }
@@ -100,20 +103,29 @@ fn uring(u: crate::uring::Uring) -> Box<dyn Backend> {
 pub(crate) struct Portable {
     sockets: Vec<UdpSocket>,
     buf: Vec<u8>,
+    max_datagram: usize,
     sent: u64,
     send_errors: u64,
+    oversize: u64,
 }
 
 impl Portable {
     /// The portable backend on `sockets` (see `open`).
-    pub(crate) fn new(sockets: Vec<UdpSocket>) -> io::Result<Self> {
+    pub(crate) fn new(sockets: Vec<UdpSocket>, max_datagram: usize) -> io::Result<Self> {
         check_sockets(&sockets)?;
-        Ok(Self { sockets, buf: vec![0u8; 65_536], sent: 0, send_errors: 0 })
+        Ok(Self { sockets, buf: vec![0u8; 65_536], max_datagram, sent: 0, send_errors: 0, oversize: 0 })
     }
 }
 
-/// Takes up to `DRAIN` queued datagrams from `socket` without waiting.
-fn drain(socket: &UdpSocket, buf: &mut [u8], on_datagram: &mut dyn FnMut(SocketAddr, &[u8])) {
+/// Takes up to `DRAIN` queued datagrams from `socket` without waiting;
+/// counts in `oversize` (and drops) those over `max_datagram`.
+fn drain(
+    socket: &UdpSocket,
+    buf: &mut [u8],
+    max_datagram: usize,
+    oversize: &mut u64,
+    on_datagram: &mut dyn FnMut(SocketAddr, &[u8]),
+) {
     for _ in 0..DRAIN {
         let (n, from, truncated) = {
             let mut iov = [IoSliceMut::new(buf)];
@@ -126,8 +138,9 @@ fn drain(socket: &UdpSocket, buf: &mut [u8], on_datagram: &mut dyn FnMut(SocketA
                 }
             }
         };
-        if truncated {
-            continue; // larger than any datagram we send
+        if truncated || n > max_datagram {
+            *oversize += 1; // larger than any datagram we send
+            continue;
         }
         if let Some(from) = from.as_ref().and_then(socket_addr) {
             on_datagram(from, &buf[..n]);
@@ -146,7 +159,7 @@ fn socket_addr(a: &SockaddrStorage) -> Option<SocketAddr> {
 
 impl Backend for Portable {
     fn wait(&mut self, timeout: Duration, on_datagram: &mut dyn FnMut(SocketAddr, &[u8])) -> io::Result<()> {
-        let Self { sockets, buf, .. } = self;
+        let Self { sockets, buf, max_datagram, oversize, .. } = self;
         let n = sockets.len();
         // A fixed array (no allocation per wait); entries past `n` repeat
         // the last socket and are not passed to poll.
@@ -162,7 +175,7 @@ impl Backend for Portable {
         // Any event (readable, or an error to collect) means: try to receive.
         let ready: [bool; MAX_SOCKETS] = std::array::from_fn(|i| i < n && fds[i].any().unwrap_or(true));
         for (socket, _) in sockets.iter().zip(ready).filter(|(_, r)| *r) {
-            drain(socket, buf, on_datagram);
+            drain(socket, buf, *max_datagram, oversize, on_datagram);
         }
         Ok(())
     }
@@ -180,6 +193,10 @@ impl Backend for Portable {
 
     fn counters(&self) -> (u64, u64) {
         (self.sent, self.send_errors)
+    }
+
+    fn oversize(&self) -> u64 {
+        self.oversize
     }
 
     fn name(&self) -> &'static str {
@@ -309,14 +326,33 @@ pub(crate) mod tests {
         assert_eq!(u.counters(), (1, 0));
     }
 
+    /// A datagram larger than the backend's maximum (1500 here) is dropped
+    /// unread and counted; the next one arrives.
+    pub(crate) fn oversize(open: impl FnOnce(Vec<UdpSocket>) -> Box<dyn Backend>) {
+        let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = a.local_addr().unwrap();
+        let mut u = open(vec![a]);
+        let c = UdpSocket::bind("127.0.0.1:0").unwrap();
+        c.send_to(&[7u8; 4000], to).unwrap();
+        c.send_to(b"small", to).unwrap();
+        let got = collect(&mut *u, 1);
+        assert_eq!(got, [(c.local_addr().unwrap(), b"small".to_vec())]);
+        assert_eq!(u.oversize(), 1);
+    }
+
+    #[test]
+    fn portable_counts_oversize_datagrams() {
+        oversize(|s| Box::new(Portable::new(s, 1500).unwrap()));
+    }
+
     #[test]
     fn portable_receives_on_two_sockets() {
-        two_sockets(|s| Box::new(Portable::new(s).unwrap()));
+        two_sockets(|s| Box::new(Portable::new(s, 1500).unwrap()));
     }
 
     #[test]
     fn portable_multicast_on_loopback() {
-        multicast(|s| Box::new(Portable::new(s).unwrap()));
+        multicast(|s| Box::new(Portable::new(s, 1500).unwrap()));
     }
 
     #[test]

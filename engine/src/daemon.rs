@@ -47,6 +47,8 @@ pub struct DaemonStats {
     pub send_errors: u64,
     /// Datagrams received.
     pub received: u64,
+    /// Datagrams larger than the MTU (dropped unread).
+    pub oversize: u64,
 }
 
 /// A running daemon: the protocol core, its socket and its clock.
@@ -555,11 +557,13 @@ impl Daemon {
         self.sessions.wake();
         // Group control produced by the events (state exchange, views).
         self.submit(now);
-        // A ring sequence this daemon may announce (in a commit token or a
-        // join) is on disk before any datagram leaves: a restart never
-        // numbers a ring it already used.
-        if self.node.max_ring_seq() > self.state.ring_seq {
-            if let Err(e) = self.state.set_ring_seq(self.node.max_ring_seq()) {
+        // The sequence of a ring this daemon numbered (announced in a
+        // commit token) is on disk before any datagram leaves: a restart
+        // never numbers a ring it already used. A sequence only claimed by
+        // a datagram is not persisted.
+        let seq = self.node.ring_seq_to_persist();
+        if seq > self.state.ring_seq {
+            if let Err(e) = self.state.set_ring_seq(seq) {
                 warn!(error = %e, "could not persist the ring sequence; not sending");
                 return;
             }
@@ -588,6 +592,7 @@ impl Daemon {
             warn!(error = %e, backend = self.backend.name(), "sends failed");
         }
         (self.stats.sent, self.stats.send_errors) = self.backend.counters();
+        self.stats.oversize = self.backend.oversize();
     }
 }
 

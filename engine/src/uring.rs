@@ -695,6 +695,10 @@ impl Backend for Uring {
         (self.sent, self.send_errors)
     }
 
+    fn oversize(&self) -> u64 {
+        self.truncated
+    }
+
     fn name(&self) -> &'static str {
         "io_uring"
     }
@@ -860,6 +864,16 @@ mod tests {
     #[test]
     fn single_shot_pool_receive_on_two_sockets() {
         two_sockets(true);
+    }
+
+    #[test]
+    fn multishot_receive_counts_oversize_datagrams() {
+        crate::backend::tests::oversize(|s| Box::new(Uring::with_receive(s, 1500, false).unwrap()));
+    }
+
+    #[test]
+    fn single_shot_pool_counts_oversize_datagrams() {
+        crate::backend::tests::oversize(|s| Box::new(Uring::with_receive(s, 1500, true).unwrap()));
     }
 
     #[test]

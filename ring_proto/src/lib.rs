@@ -35,6 +35,6 @@ pub mod sim;
 mod time;
 pub mod wire;
 
-pub use node::{Incarnation, Node, Phase};
+pub use node::{Incarnation, MAX_RING_STEP, Node, Phase};
 pub use time::Time;
 pub use wire::{MsgId, NodeId, RingId, Service};

@@ -38,6 +38,15 @@ use std::time::Duration;
 /// `msg_seq` space, apart from client messages.
 const CTL_SEQ_BASE: u64 = 1 << 63;
 
+/// Most a ring sequence from a datagram (a join's round, a beacon's or a
+/// packet's ring, a commit token's new ring) may lie above the highest this
+/// daemon knows. A round further ahead is taken as this much ahead (a
+/// daemon far behind catches up in steps, one per join it hears); a commit
+/// token further ahead is dropped. One forged datagram then moves ring
+/// sequences by at most this, never to the end of their range (which would
+/// leave no greater ring id to form).
+pub const MAX_RING_STEP: u64 = 1 << 16;
+
 /// What a daemon brings from its previous life (the runtime persists it).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Incarnation {
@@ -268,6 +277,10 @@ pub struct Node {
     next_msg_seq: u64,
     next_ctl_seq: u64,
     max_ring_seq: u64,
+    /// Highest sequence of a ring this daemon numbered (as representative)
+    /// or installed: what the runtime persists, never a number a datagram
+    /// merely claimed.
+    formed_ring_seq: u64,
     /// Highest (ring id, token seq) of a commit token accepted.
     last_commit: Option<(RingId, u64)>,
     sent_commit: Option<SentCommit>,
@@ -443,6 +456,7 @@ impl Node {
             next_msg_seq: inc.first_msg_seq.clamp(1, CTL_SEQ_BASE - 1),
             next_ctl_seq: CTL_SEQ_BASE,
             max_ring_seq: inc.ring_seq,
+            formed_ring_seq: inc.ring_seq,
             last_commit: None,
             sent_commit: None,
             last_token_at: now,
@@ -482,10 +496,19 @@ impl Node {
         self.ring.as_ref().map(|r| (r.ring_id(), r.members()))
     }
 
-    /// Highest ring sequence seen; the runtime persists it (see
-    /// [`Incarnation`]).
+    /// Highest ring sequence seen (claimed by a datagram, within
+    /// [`MAX_RING_STEP`] of what this daemon knew).
     pub fn max_ring_seq(&self) -> u64 {
         self.max_ring_seq
+    }
+
+    /// The ring sequence the runtime must persist before sending (see
+    /// [`Incarnation`]): the highest of a ring this daemon numbered or
+    /// installed. A ring id is only ever reused by its own representative,
+    /// so this is enough; a number only seen in a datagram is not persisted
+    /// (in mode `none` nothing authenticates it).
+    pub fn ring_seq_to_persist(&self) -> u64 {
+        self.formed_ring_seq
     }
 
     /// Whether this daemon still keeps the state of ring `ring_id`.
@@ -501,6 +524,12 @@ impl Node {
             .flatten()
             .find(|r| r.ring_id() == ring_id)
             .is_some_and(|r| r.holds(seq))
+    }
+
+    /// Packets held in this daemon's stores (the ring and the ring being
+    /// recovered into): bounded by the window whatever arrives.
+    pub fn stored_packets(&self) -> usize {
+        [&self.ring, &self.next].into_iter().flatten().map(Ring::stored_packets).sum()
     }
 
     /// Client messages waiting to be sent.
@@ -574,7 +603,11 @@ impl Node {
                 self.poll_transmit()
             }
             Some(sec) => {
-                let bytes = sec.link.seal(&t.bytes, ring_own, &mut sec.stats);
+                let to = match t.dest {
+                    Dest::All => None,
+                    Dest::Node(n) => Some(n),
+                };
+                let bytes = sec.link.seal(&t.bytes, to, ring_own, &mut sec.stats);
                 Some(Transmit { dest: t.dest, bytes })
             }
         }
@@ -888,7 +921,11 @@ impl Node {
                 if was_holding && !r.holds_token() {
                     self.last_token_at = now;
                 }
-                if !r.holds_token() && now >= self.last_token_at + self.cfg.token_timeout {
+                // Token lost, or packets missing that no member sends
+                // however often asked (Totem's "fail to receive").
+                if r.failed_to_receive()
+                    || !r.holds_token() && now >= self.last_token_at + self.cfg.token_timeout
+                {
                     let procs = r.members().iter().copied().collect();
                     self.enter_gather(now, procs, BTreeSet::new());
                 } else if r.members()[0] == self.id && now >= self.beacon_at {
@@ -912,7 +949,7 @@ impl Node {
                 }
             }
             State::Recovery { gather, rec } => {
-                if now >= rec.deadline {
+                if now >= rec.deadline || self.next.as_ref().is_some_and(Ring::failed_to_receive) {
                     let g = gather.clone();
                     self.enter_gather(now, g.procs, g.own);
                 } else if let Some(n) = &mut self.next {
@@ -929,6 +966,7 @@ impl Node {
     pub fn handle_datagram(&mut self, now: Time, bytes: Bytes) {
         self.now = now;
         let mut seen_key = None;
+        let mut from = None;
         let bytes = match &mut self.sec {
             None => bytes,
             Some(sec) => {
@@ -937,10 +975,14 @@ impl Node {
                     bytes.get(10).copied().unwrap_or(0xff),
                 ]));
                 match sec.link.open(bytes) {
-                    Ok((_, inner, None)) => inner,
-                    Ok((_, inner, Some(kid))) => {
+                    Ok((sender, inner, None)) => {
+                        from = Some(sender);
+                        inner
+                    }
+                    Ok((sender, inner, Some(kid))) => {
                         // A member sealed with it: every member holds it.
                         seen_key = Some(kid).filter(|k| sec.ring_key.is_none_or(|(_, r, _)| r != *k));
+                        from = Some(sender);
                         inner
                     }
                     Err(Reject::UnknownKey) => {
@@ -972,13 +1014,16 @@ impl Node {
                             Reject::Replay => format!("dropped a replayed datagram from daemon {peer}"),
                             Reject::UnknownKey => String::new(),
                             Reject::Malformed => format!("dropped a malformed datagram (claimed sender {peer})"),
+                            Reject::Misdirected => format!(
+                                "dropped a datagram from daemon {peer} addressed to another daemon (redirected)"
+                            ),
                         });
                         return;
                     }
                 }
             }
         };
-        self.handle_plain(now, bytes);
+        self.handle_plain(now, from, bytes);
         if let Some(kid) = seen_key {
             self.adopt(kid);
         }
@@ -988,8 +1033,9 @@ impl Node {
         }
     }
 
-    /// Acts on one protocol datagram (what the link layer let through).
-    fn handle_plain(&mut self, now: Time, bytes: Bytes) {
+    /// Acts on one protocol datagram (what the link layer let through;
+    /// `from`: the sender its header names, `None` without a link layer).
+    fn handle_plain(&mut self, now: Time, from: Option<NodeId>, bytes: Bytes) {
         match Datagram::decode(bytes.clone()) {
             Ok(Datagram::Data(p)) => {
                 if let Some(n) = self.next.as_mut().filter(|n| n.ring_id() == p.ring_id) {
@@ -1003,14 +1049,15 @@ impl Node {
             }
             Ok(Datagram::Token(t)) => {
                 if let Some(n) = self.next.as_mut().filter(|n| n.ring_id() == t.ring_id) {
-                    if n.handle_token(now, t, &mut self.out) {
+                    if n.handle_token(now, t, from, &mut self.out) {
                         self.sent_commit = None;
                         if let State::Recovery { rec, .. } = &mut self.state {
                             rec.deadline = now + self.cfg.token_timeout;
                         }
                     }
                 } else if let Some(r) = self.ring.as_mut().filter(|r| r.ring_id() == t.ring_id) {
-                    if matches!(self.state, State::Operational) && r.handle_token(now, t, &mut self.out) {
+                    if matches!(self.state, State::Operational) && r.handle_token(now, t, from, &mut self.out)
+                    {
                         self.last_token_at = now;
                         if let Some((seq, stuck)) = r.failing_to_receive(now) {
                             let (ring, procs) = (r.ring_id(), r.members().iter().copied().collect());
@@ -1057,13 +1104,14 @@ impl Node {
         if self.quarantined(sender, now) {
             return;
         }
-        if ring_id.seq > self.max_ring_seq {
+        let seq = self.bound_ring_seq(ring_id.seq);
+        if seq > self.max_ring_seq {
             // A newer ring exists: a gather in progress moves to a new round,
             // so that the daemons of that ring listen to our joins.
-            self.max_ring_seq = ring_id.seq;
+            self.max_ring_seq = seq;
             let me = self.id;
             if let State::Gather(g) = &mut self.state {
-                g.new_round(ring_id.seq, me);
+                g.new_round(seq, me);
                 self.send_join();
             }
         }
@@ -1134,10 +1182,21 @@ impl Node {
         self.transmits.push_back(Transmit { dest: Dest::All, bytes: Bytes::from(j.encode()) });
     }
 
-    fn handle_join(&mut self, now: Time, j: Join) {
+    /// `seq` from a datagram, taken as at most [`MAX_RING_STEP`] above the
+    /// highest ring sequence known (counted when it was further).
+    fn bound_ring_seq(&mut self, seq: u64) -> u64 {
+        let limit = self.max_ring_seq.saturating_add(MAX_RING_STEP);
+        if seq > limit {
+            self.retired.ring_seq_bounded += 1;
+        }
+        seq.min(limit)
+    }
+
+    fn handle_join(&mut self, now: Time, mut j: Join) {
         if j.sender == self.id {
             return;
         }
+        j.max_ring_seq = self.bound_ring_seq(j.max_ring_seq);
         // A join of a round that began before our ring was formed is stale.
         if matches!(self.state, State::Operational)
             && self.ring.as_ref().is_some_and(|r| j.max_ring_seq < r.ring_id().seq)
@@ -1265,8 +1324,9 @@ impl Node {
             return;
         }
         let gather = g.clone();
-        let seq = self.max_ring_seq.max(self.ring.as_ref().map_or(0, |r| r.ring_id().seq)) + 1;
+        let seq = self.max_ring_seq.max(self.ring.as_ref().map_or(0, |r| r.ring_id().seq)).saturating_add(1);
         self.max_ring_seq = seq;
+        self.formed_ring_seq = self.formed_ring_seq.max(seq);
         let ring_id = RingId { seq, rep: self.id };
         let mut token = CommitToken {
             ring_id,
@@ -1328,6 +1388,10 @@ impl Node {
     }
 
     fn handle_commit(&mut self, now: Time, c: CommitToken) {
+        if c.ring_id.seq > self.max_ring_seq.saturating_add(MAX_RING_STEP) {
+            self.retired.ring_seq_bounded += 1;
+            return;
+        }
         if self.last_commit.is_some_and(|(r, s)| r == c.ring_id && c.token_seq <= s) {
             return; // duplicate
         }
@@ -1610,6 +1674,7 @@ impl Node {
             self.quarantine.remove(m);
         }
         self.retired.rings_installed += 1;
+        self.formed_ring_seq = self.formed_ring_seq.max(rec.token.ring_id.seq);
         self.ring = Some(next);
         self.out.user_allowed = !gated;
         for env in announce {

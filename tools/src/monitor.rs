@@ -69,6 +69,7 @@ pub(crate) fn main(args: &MonitorArgs) -> ExitCode {
             );
         }
         let mut security = Vec::new();
+        let mut rejected = Vec::new();
         let mut groups = Vec::new();
         for (name, dir) in &dirs {
             let path = dir.join("status.json");
@@ -104,6 +105,7 @@ pub(crate) fn main(args: &MonitorArgs) -> ExitCode {
                 num(&v, &["protocol", "bad_datagrams"]),
             );
             security.push(security_row(name, &v));
+            rejected.push(rejection_row(name, &v));
             groups.extend(group_rows(name, &v));
         }
         if !args.json && !security.is_empty() {
@@ -123,6 +125,13 @@ pub(crate) fn main(args: &MonitorArgs) -> ExitCode {
                 "mismatch"
             );
             for row in &security {
+                println!("{row}");
+            }
+        }
+        if !args.json && !rejected.is_empty() {
+            let columns: Vec<&str> = REJECTIONS.iter().map(|(c, _)| *c).collect();
+            println!("\n{:<10} {}", "rejected", columns.join(" "));
+            for row in &rejected {
                 println!("{row}");
             }
         }
@@ -185,6 +194,36 @@ fn security_row(name: &str, v: &Value) -> String {
         num(s, &["replays"]),
         num(s, &["settings_mismatch"]),
     )
+}
+
+/// Every reason a daemon drops a datagram, with the column it is shown
+/// under: the path of its counter in `status.json`.
+const REJECTIONS: &[(&str, &[&str])] = &[
+    ("oversize", &["runtime", "oversize"]),
+    ("unknown-src", &["runtime", "unknown_sources"]),
+    ("malformed", &["security", "malformed"]),
+    ("settings", &["security", "settings_mismatch"]),
+    ("unknown-sender", &["security", "unknown_sender"]),
+    ("bad-sig", &["security", "bad_signature"]),
+    ("auth-fail", &["security", "auth_failures"]),
+    ("unknown-key", &["security", "unknown_key"]),
+    ("replay", &["security", "replays"]),
+    ("misdirected", &["security", "misdirected"]),
+    ("undecodable", &["protocol", "bad_datagrams"]),
+    ("bad-token", &["protocol", "bad_tokens"]),
+    ("out-of-window", &["protocol", "out_of_window"]),
+    ("seq-bounded", &["protocol", "ring_seq_bounded"]),
+];
+
+/// One line of the rejection table: every counter of dropped datagrams,
+/// by reason, from the socket (`runtime`), the link layer (`security`)
+/// and the protocol (`protocol`), in the columns of `REJECTIONS`.
+fn rejection_row(name: &str, v: &Value) -> String {
+    let mut row = format!("{name:<10}");
+    for (column, path) in REJECTIONS {
+        row += &format!(" {:>width$}", num(v, path), width = column.len());
+    }
+    row
 }
 
 /// The client group lines of one daemon: a summary (policy denials, client

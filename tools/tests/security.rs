@@ -32,7 +32,7 @@ mod common;
 use common::{Cluster, LoggedDaemon as Daemon, backends, connect, keypair, receive_until};
 
 /// Outer header of a daemon datagram (`ring_proto::security::link`).
-const HEADER: usize = 27;
+const HEADER: usize = 29;
 /// Kind byte of a sealed datagram.
 const SEALED: u8 = 0xE2;
 /// AES-GCM tag bytes.
@@ -505,12 +505,12 @@ fn flipped_or_replayed_on(backend: &str) {
     // (c) One bit of the counter flipped: the header is associated data
     // (and the counter is in the nonce).
     let mut flipped = captured.clone();
-    flipped[18] ^= 0x01;
+    flipped[20] ^= 0x01;
     send(&flipped);
     wait_status(&dir1, "a counter flip counted", |x| sec(x, "auth_failures") > sec(&s, "auth_failures"));
     // (d) One bit of the key id flipped: a key d1 does not hold.
     let mut flipped = captured.clone();
-    flipped[19] ^= 0x01;
+    flipped[21] ^= 0x01;
     send(&flipped);
     let s =
         wait_status(&dir1, "an unknown key counted", |x| sec(x, "unknown_key") > sec(&before, "unknown_key"));

@@ -128,7 +128,7 @@ impl Config {
         // Room for the packet header, a chunk header with a full group list
         // and at least 64 payload bytes.
         if self.frame_budget() < PACKET_OVERHEAD + 16 + 256 + 64 || self.mtu > 65_507 {
-            return err("mtu", "must be between 477 and 65507 bytes");
+            return err("mtu", "must be between 484 and 65507 bytes");
         }
         if self.personal_window == 0 {
             return err("personal_window", "must be at least 1");

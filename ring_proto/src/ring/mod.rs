@@ -28,6 +28,14 @@ pub(crate) use pack::{Outboxes, Pending};
 use std::collections::VecDeque;
 use store::{Store, Stored};
 
+/// Token visits in a row at which this daemon misses packets and received
+/// none of them since the last visit, before it gives the ring up and
+/// gathers a new membership (Totem's "fail to receive"; Corosync's
+/// `fail_recv_const` has the same default). A packet nobody holds (a
+/// sender that crashed with it, or a token that claimed packets never
+/// sent) would otherwise stop delivery for good while the token circulates.
+pub const FAIL_TO_RECEIVE: u32 = 2500;
+
 /// Where a datagram goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Dest {
@@ -146,6 +154,16 @@ pub struct Stats {
     pub tokens_received: u64,
     /// Tokens dropped as stale or duplicate (by token sequence).
     pub stale_tokens: u64,
+    /// Rings given up because packets stayed missing for
+    /// `FAIL_TO_RECEIVE` token visits.
+    pub receive_failures: u64,
+    /// Tokens dropped as impossible: not from this daemon's predecessor in
+    /// the ring, or numbers outside the window (a forged or redirected
+    /// token).
+    pub bad_tokens: u64,
+    /// Ring sequences from datagrams further above the highest known than
+    /// `MAX_RING_STEP` (taken as that far, or dropped).
+    pub ring_seq_bounded: u64,
     /// Tokens resent because the ring showed no progress.
     pub token_retransmits: u64,
     /// Messages submitted and accepted.
@@ -177,6 +195,9 @@ impl Stats {
         self.retransmits_requested += o.retransmits_requested;
         self.tokens_received += o.tokens_received;
         self.stale_tokens += o.stale_tokens;
+        self.bad_tokens += o.bad_tokens;
+        self.receive_failures += o.receive_failures;
+        self.ring_seq_bounded += o.ring_seq_bounded;
         self.token_retransmits += o.token_retransmits;
         self.messages_submitted += o.messages_submitted;
         self.messages_delivered += o.messages_delivered;
@@ -240,13 +261,18 @@ pub struct Ring {
     my_trc: u32,
     /// Backlog this node added to the token in its last visit.
     my_backlog: u32,
+    /// Token visits in a row that found packets missing and none of them
+    /// received since the visit before (see `FAIL_TO_RECEIVE`).
+    stuck_visits: u32,
+    /// `my_aru` at the last token visit.
+    visit_aru: u64,
     sent_token: Option<SentToken>,
     held: Option<Held>,
     /// Fail-to-receive detection: our aru when it last moved, since when,
     /// and how many token visits found it stuck below packets others sent.
-    stuck_aru: u64,
-    stuck_since: Time,
-    stuck_visits: u32,
+    recv_aru: u64,
+    recv_since: Time,
+    recv_visits: u32,
 
     transmits: VecDeque<Transmit>,
     deliveries: VecDeque<Delivery>,
@@ -296,11 +322,13 @@ impl Ring {
             last_departure_seq: 0,
             my_trc: 0,
             my_backlog: 0,
+            stuck_visits: 0,
+            visit_aru: 0,
             sent_token: None,
             held: None,
-            stuck_aru: 0,
-            stuck_since: now,
-            stuck_visits: 0,
+            recv_aru: 0,
+            recv_since: now,
+            recv_visits: 0,
             transmits: VecDeque::new(),
             deliveries: VecDeque::new(),
             token_buf: Vec::new(),
@@ -336,6 +364,12 @@ impl Ring {
     /// Refuses raw data packets from now on (see [`Ring::insert_recovered`]).
     pub(crate) fn freeze(&mut self, frozen: bool) {
         self.frozen = frozen;
+    }
+
+    /// Whether packets stayed missing here for `FAIL_TO_RECEIVE` token
+    /// visits: the ring cannot deliver any more and must be formed anew.
+    pub(crate) fn failed_to_receive(&self) -> bool {
+        self.stuck_visits >= FAIL_TO_RECEIVE
     }
 
     /// Whether this node holds the token (idle hold, or a ring of one).
@@ -395,6 +429,9 @@ impl Ring {
 
     /// The next deadline at which this ring's timers must be handled.
     pub fn poll_timeout(&self) -> Option<Time> {
+        if self.failed_to_receive() {
+            return Some(Time::ZERO); // now: the owner gives the ring up
+        }
         let a = self.sent_token.as_ref().map(|s| s.deadline);
         let b = self.held.as_ref().and_then(|h| h.deadline);
         match (a, b) {
@@ -415,7 +452,15 @@ impl Ring {
         }
         if self.held.as_ref().and_then(|h| h.deadline).is_some_and(|d| d <= now) {
             if let Some(h) = self.held.take() {
-                self.visit(now, h.token, false, out);
+                if h.token.seq < self.high_seq {
+                    // A packet numbered above the token we hold: another
+                    // token numbered it (a forged one: only in mode `none`).
+                    // This one would number a packet twice: dropped, and the
+                    // token loss forms the ring anew.
+                    self.stats.bad_tokens += 1;
+                } else {
+                    self.visit(now, h.token, false, out);
+                }
             }
         }
     }
@@ -499,11 +544,17 @@ impl Ring {
         transitional.into()
     }
 
+    /// Whether sequence number `seq` (of a packet or a token) is within the
+    /// window this daemon stores. Senders stay within `max_unstable` of the
+    /// token's aru, which trails every member's stable line by at most a
+    /// rotation: anything far beyond is bogus and must not grow the store.
+    fn in_window(&self, seq: u64) -> bool {
+        seq <= self.store.base().saturating_add(self.cfg.max_unstable.saturating_mul(4))
+    }
+
     fn insert(&mut self, raw: Bytes, packet: DataPacket) {
         let seq = packet.seq;
-        // Senders stay within max_unstable of the token's aru, which is at
-        // most ours: anything far beyond is bogus and must not grow the store.
-        if seq > self.store.base() + 4 * self.cfg.max_unstable {
+        if !self.in_window(seq) {
             self.stats.out_of_window += 1;
             return;
         }
@@ -527,14 +578,42 @@ impl Ring {
         }
     }
 
-    /// Handles a token of this ring. Returns whether it was accepted.
-    pub(crate) fn handle_token(&mut self, now: Time, token: Token, out: &mut Outboxes) -> bool {
+    /// The member that passes the token to this one.
+    fn predecessor(&self) -> NodeId {
+        let pos = self.members.binary_search(&self.id).unwrap_or(0);
+        self.members[(pos + self.members.len() - 1) % self.members.len()]
+    }
+
+    /// Handles a token of this ring from `from` (the sender its link header
+    /// names; `None` without a link layer). Returns whether it was accepted.
+    pub(crate) fn handle_token(
+        &mut self,
+        now: Time,
+        token: Token,
+        from: Option<NodeId>,
+        out: &mut Outboxes,
+    ) -> bool {
         if token.ring_id != self.ring_id {
             self.stats.foreign += 1;
             return false;
         }
         if token.token_seq <= self.last_token_seq || self.held.is_some() {
             self.stats.stale_tokens += 1;
+            return false;
+        }
+        // Only the predecessor passes us the token, and each holder adds one
+        // to its sequence: a rotation adds the ring's size. Its `seq` is at
+        // least every packet we hold (each was numbered from an earlier
+        // token) and within the window; its aru is at most its seq (the
+        // decoder checks). Anything else is forged or redirected, and would
+        // make this daemon number packets twice or allocate without bound.
+        let step = 4 * self.members.len() as u64;
+        if from.is_some_and(|f| f != self.predecessor())
+            || token.token_seq > self.last_token_seq.saturating_add(step)
+            || token.seq < self.high_seq
+            || !self.in_window(token.seq)
+        {
+            self.stats.bad_tokens += 1;
             return false;
         }
         self.last_token_seq = token.token_seq;
@@ -553,6 +632,15 @@ impl Ring {
             // following arrival: between the two every member saw it and
             // would have lowered the aru had it been missing.
             self.stable = self.last_departure_aru.min(token.aru).min(self.my_aru).max(self.stable);
+            if self.my_aru < token.seq && self.my_aru == self.visit_aru {
+                self.stuck_visits = self.stuck_visits.saturating_add(1);
+                if self.stuck_visits == FAIL_TO_RECEIVE {
+                    self.stats.receive_failures += 1;
+                }
+            } else {
+                self.stuck_visits = 0;
+            }
+            self.visit_aru = self.my_aru;
         }
 
         // 1. Answer retransmission requests.
@@ -666,7 +754,7 @@ impl Ring {
         for raw in packets.by_ref().take(split) {
             self.emit(Dest::All, raw);
         }
-        token.token_seq = self.last_token_seq.max(token.token_seq) + 1;
+        token.token_seq = self.last_token_seq.max(token.token_seq).saturating_add(1);
         self.last_token_seq = token.token_seq;
         token.encode_into(&mut self.token_buf);
         let bytes = Bytes::copy_from_slice(&self.token_buf);
@@ -684,13 +772,13 @@ impl Ring {
     /// Counts token visits that find our aru stuck below what others sent.
     fn watch_receiving(&mut self, now: Time, horizon: u64) {
         if self.my_aru >= horizon {
-            self.stuck_visits = 0;
-        } else if self.stuck_visits > 0 && self.stuck_aru == self.my_aru {
-            self.stuck_visits = self.stuck_visits.saturating_add(1);
+            self.recv_visits = 0;
+        } else if self.recv_visits > 0 && self.recv_aru == self.my_aru {
+            self.recv_visits = self.recv_visits.saturating_add(1);
         } else {
-            self.stuck_aru = self.my_aru;
-            self.stuck_since = now;
-            self.stuck_visits = 1;
+            self.recv_aru = self.my_aru;
+            self.recv_since = now;
+            self.recv_visits = 1;
         }
     }
 
@@ -699,9 +787,9 @@ impl Ring {
     /// keeps going but some member's packets never reach us.
     pub(crate) fn failing_to_receive(&self, now: Time) -> Option<(u64, std::time::Duration)> {
         const VISITS: u32 = 8;
-        let stuck = now.saturating_since(self.stuck_since);
-        (self.stuck_visits >= VISITS && stuck >= self.cfg.fail_to_receive)
-            .then_some((self.stuck_aru + 1, stuck))
+        let stuck = now.saturating_since(self.recv_since);
+        (self.recv_visits >= VISITS && stuck >= self.cfg.fail_to_receive)
+            .then_some((self.recv_aru + 1, stuck))
     }
 
     /// Retransmits requested packets this node holds and removes them from
@@ -826,7 +914,15 @@ impl Ring {
                 self.partials.swap_remove(i);
                 self.stats.reassembly_errors += 1;
             }
-            let mut buf = Vec::with_capacity(c.total_len as usize);
+            // The buffer is sized from the wire: never past the largest
+            // message a daemon submits (a client message, or a recovered
+            // packet of an old ring, which fits an MTU).
+            let total_len = c.total_len as usize;
+            if total_len > self.cfg.max_message.max(self.cfg.mtu) || total_len < c.data.len() {
+                self.stats.reassembly_errors += 1;
+                return;
+            }
+            let mut buf = Vec::with_capacity(total_len);
             buf.extend_from_slice(&c.data);
             self.partials.push(Partial {
                 origin,

@@ -60,14 +60,92 @@ fn token_fits_one_frame_however_many_packets_are_missing() {
 
 #[test]
 fn a_bogus_token_costs_bounded_work() {
+    // At the window's edge, asking for every packet there is: one frame.
     let cfg = plain();
     let mut b = node(&cfg, 1, 2);
-    let mut t = token(u64::MAX / 2, 1);
-    t.rtr = vec![RtrRange { start: 1, len: u32::MAX }];
+    let edge = 4 * cfg.max_unstable;
+    let mut t = token(edge, 1);
+    t.rtr = vec![RtrRange { start: 1, len: u32::try_from(edge).unwrap() }];
     b.handle_datagram(Time::ZERO, Bytes::from(t.encode()));
     let out = tokens(&drain(&mut b));
     assert_eq!(out.len(), 1);
     assert!(out[0].encoded_len() <= cfg.frame_budget());
+    // Far beyond it: dropped and counted, nothing sent.
+    let mut t = token(u64::MAX / 2, 3);
+    t.rtr = vec![RtrRange { start: 1, len: u32::MAX }];
+    b.handle_datagram(Time::ZERO, Bytes::from(t.encode()));
+    assert!(drain(&mut b).is_empty());
+    assert_eq!(b.stats().bad_tokens, 1);
+}
+
+/// Issue 14, break 2: a token with `seq = aru = 2^36` (ring id and token
+/// sequence as a live token's) made the receiver number its next packet
+/// 2^36 + 1 and size its store for it (6 TB). Tokens are held to the
+/// window data packets are held to (Totem: no member sends beyond the
+/// token's aru plus the window), so it is dropped and counted, and the ring
+/// goes on with the real token.
+#[test]
+fn a_token_beyond_the_window_is_dropped_before_it_sizes_the_store() {
+    let cfg = plain();
+    let members = ids(3);
+    let mut r = Ring::new(cfg.clone(), NodeId(1), &members, RING, Time::ZERO, false).unwrap();
+    let mut out = Outboxes { user_allowed: true, ..Outboxes::default() };
+    out.user.push(Pending {
+        msg_seq: 1,
+        service: Service::Agreed,
+        groups: Groups::none(),
+        payload: Bytes::from_static(b"m"),
+        sent: 0,
+    });
+    let forged = Token { aru: 1 << 36, aru_id: NodeId::NONE, ..token(1 << 36, 1) };
+    assert!(!r.handle_token(Time::ZERO, forged, Some(NodeId(0)), &mut out));
+    assert_eq!((r.stats().bad_tokens, r.stored_packets()), (1, 0));
+    assert!(r.poll_transmit().is_none());
+    // The real token (same token sequence) is taken and used.
+    assert!(r.handle_token(Time::ZERO, token(0, 1), Some(NodeId(0)), &mut out));
+    assert_eq!((r.stats().packets_sent, r.stored_packets()), (1, 1));
+}
+
+/// Issue 14, break 1: the ring takes the token only from its predecessor
+/// (members pass it in ascending id order, wrapping around), with a token
+/// sequence at most a few rotations ahead, and never numbered below a
+/// packet it holds.
+#[test]
+fn a_token_from_anyone_but_the_predecessor_is_dropped() {
+    let cfg = plain();
+    let members = ids(3);
+    let mut r = Ring::new(cfg, NodeId(0), &members, RING, Time::ZERO, false).unwrap();
+    let mut out = Outboxes::default();
+    // Daemon 0's predecessor is 2: a token from 1 is a redirect.
+    assert!(!r.handle_token(Time::ZERO, token(0, 1), Some(NodeId(1)), &mut out));
+    // A token sequence far ahead of the last one (a forged one).
+    assert!(!r.handle_token(Time::ZERO, token(0, 1 << 40), Some(NodeId(2)), &mut out));
+    assert_eq!(r.stats().bad_tokens, 2);
+    assert!(r.handle_token(Time::ZERO, token(0, 1), Some(NodeId(2)), &mut out));
+    // A packet numbered 5 exists: a token saying 4 is not the ring's.
+    let p = packet(5, 1);
+    let decoded = DataPacket::decode(p.clone()).unwrap();
+    r.handle_packet(p, decoded);
+    assert!(!r.handle_token(Time::ZERO, token(4, 5), Some(NodeId(2)), &mut out));
+    assert_eq!(r.stats().bad_tokens, 3);
+    assert!(r.handle_token(Time::ZERO, token(5, 5), Some(NodeId(2)), &mut out));
+}
+
+/// A first fragment declaring a message larger than any a daemon submits
+/// is dropped and counted before a buffer is sized from it.
+#[test]
+fn a_fragment_declaring_too_large_a_message_allocates_nothing() {
+    let cfg = Config { max_message: 4096, ..plain() };
+    let mut b = node(&cfg, 1, 2);
+    let first = ChunkFlags { first: true, last: false };
+    let mut p = PacketBuilder::new(RING, 1, NodeId(0), 1400);
+    p.push(1, Service::Agreed, first, u32::MAX, &Groups::none(), b"head");
+    b.handle_datagram(Time::ZERO, p.finish());
+    let mut p = PacketBuilder::new(RING, 2, NodeId(0), 1400);
+    p.push(2, Service::Agreed, first, 4000, &Groups::none(), b"head");
+    b.handle_datagram(Time::ZERO, p.finish());
+    let s = b.stats();
+    assert_eq!((s.packets_received, s.reassembly_errors), (2, 1));
 }
 
 #[test]
@@ -205,6 +283,12 @@ fn foreign_and_garbage_datagrams_are_counted_and_dropped() {
 fn config_errors_name_the_field() {
     let bad = Config { mtu: 100, ..Config::default() };
     assert_eq!(bad.validate().unwrap_err().field, "mtu");
+    // The smallest MTU the message names works; one byte less does not.
+    let reason = bad.validate().unwrap_err().reason;
+    let least: usize = reason.split(' ').nth(3).unwrap().parse().unwrap();
+    assert!(Config { mtu: least, ..Config::default() }.validate().is_ok(), "{reason}");
+    assert!(Config { mtu: least - 1, ..Config::default() }.validate().is_err(), "{reason}");
+    assert_eq!(Config::default().frame_budget(), 1379);
     let bad = Config { window: 1, ..Config::default() };
     assert_eq!(bad.validate().unwrap_err().field, "window");
 }
@@ -275,4 +359,187 @@ fn duplicated_commit_token(n: u16) {
         let s = node.stats();
         assert_eq!((s.rings_installed, s.bad_datagrams), (1, 0), "{n} nodes, node {}: {s:?}", node.id());
     }
+}
+
+mod bounds {
+    //! Property tests: whatever numbers tokens, packets and membership
+    //! messages carry (valid ones mixed with arbitrary ones), nothing
+    //! panics, the store stays within the window, and ring sequences move
+    //! by a bounded step per datagram (issue 14).
+
+    use super::*;
+    use crate::wire::{Beacon, Join};
+    use proptest::prelude::*;
+
+    /// A number from the wire: mostly near the ring's real numbers, at
+    /// times anything at all.
+    fn number() -> impl Strategy<Value = u64> {
+        prop_oneof![4 => 0u64..3000, 1 => any::<u64>(), 1 => Just(u64::MAX), 1 => Just(1u64 << 36)]
+    }
+
+    /// A token field: a small step above the receiver's own number (what a
+    /// live token carries), or any number.
+    #[derive(Clone, Copy, Debug)]
+    enum Field {
+        Near(u64),
+        Any(u64),
+    }
+
+    impl Field {
+        fn at(self, own: u64) -> u64 {
+            match self {
+                Self::Near(d) => own.saturating_add(d),
+                Self::Any(n) => n,
+            }
+        }
+    }
+
+    fn field() -> impl Strategy<Value = Field> {
+        prop_oneof![3 => (0u64..40).prop_map(Field::Near), 2 => number().prop_map(Field::Any)]
+    }
+
+    #[derive(Clone, Debug)]
+    enum Input {
+        /// `aru: None` is `aru = seq` (an idle ring's token).
+        Token {
+            token_seq: Field,
+            seq: Field,
+            aru: Option<Field>,
+            from: u16,
+            rtr: Option<(u64, u32)>,
+        },
+        Packet {
+            seq: Field,
+            sender: u16,
+            first_of: Option<u32>,
+        },
+        Timeout,
+    }
+
+    fn input() -> impl Strategy<Value = Input> {
+        let from = prop_oneof![3 => Just(0u16), 1 => 0u16..4];
+        let rtr = proptest::option::of((1u64..3000, 1u32..5000));
+        prop_oneof![
+            3 => (field(), field(), proptest::option::of(field()), from, rtr)
+                .prop_map(|(token_seq, seq, aru, from, rtr)| Input::Token { token_seq, seq, aru, from, rtr }),
+            2 => (field(), 0u16..3, proptest::option::of(any::<u32>()))
+                .prop_map(|(seq, sender, first_of)| Input::Packet { seq, sender, first_of }),
+            1 => Just(Input::Timeout),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn arbitrary_tokens_and_packets_keep_the_store_in_the_window(inputs in proptest::collection::vec(input(), 1..80)) {
+            let cfg = plain();
+            let members = ids(3);
+            let mut r = Ring::new(cfg.clone(), NodeId(1), &members, RING, Time::ZERO, false).unwrap();
+            let mut out = Outboxes { user_allowed: true, ..Outboxes::default() };
+            let mut now = Time::ZERO;
+            for (k, input) in inputs.into_iter().enumerate() {
+                now = now + Duration::from_millis(1);
+                out.user.push(Pending {
+                    msg_seq: k as u64 + 1,
+                    service: Service::Agreed,
+                    groups: Groups::none(),
+                    payload: Bytes::from_static(b"m"),
+                    sent: 0,
+                });
+                match input {
+                    Input::Token { token_seq, seq, aru, from, rtr } => {
+                        let seq = seq.at(r.high_seq);
+                        let aru = aru.map_or(seq, |a| a.at(r.my_aru).min(seq));
+                        let token_seq = token_seq.at(r.last_token_seq);
+                        let mut t = Token { aru, aru_id: NodeId::NONE, ..token(seq, token_seq) };
+                        if let Some((start, len)) = rtr.filter(|(s, l)| s + u64::from(*l) <= seq.saturating_add(1)) {
+                            t.rtr = vec![RtrRange { start, len }];
+                        }
+                        // Through the decoder, as from the wire.
+                        if let Ok(t) = Token::decode(&t.encode()) {
+                            r.handle_token(now, t, Some(NodeId(from)), &mut out);
+                        }
+                    }
+                    Input::Packet { seq, sender, first_of } => {
+                        let seq = seq.at(r.high_seq);
+                        let mut b = PacketBuilder::new(RING, seq.max(1), NodeId(sender), 1400);
+                        match first_of {
+                            Some(total) => b.push(seq.max(1), Service::Agreed, ChunkFlags { first: true, last: false }, total.max(5), &Groups::none(), b"part"),
+                            None => b.push(seq.max(1), Service::Agreed, ChunkFlags::WHOLE, 1, &Groups::none(), b"x"),
+                        }
+                        let raw = b.finish();
+                        if let Ok(p) = DataPacket::decode(raw.clone()) {
+                            r.handle_packet(raw, p);
+                        }
+                    }
+                    Input::Timeout => r.handle_timeout(now + cfg.token_retransmit, &mut out),
+                }
+                while r.poll_transmit().is_some() {}
+                while r.poll_delivery().is_some() {}
+                // New packets go at most `max_unstable` past a token's aru,
+                // itself at most its seq, within the window.
+                prop_assert!(r.stored_packets() as u64 <= 5 * cfg.max_unstable + 1, "{}", r.stored_packets());
+                prop_assert!(r.partials.iter().all(|p| p.buf.capacity() <= cfg.max_message.max(cfg.mtu)));
+            }
+        }
+
+        #[test]
+        fn ring_sequences_from_datagrams_move_a_bounded_step(
+            msgs in proptest::collection::vec((0u8..3, number(), 0u16..4), 1..40),
+        ) {
+            let cfg = Config::default();
+            let start = 7;
+            let inc = crate::Incarnation { ring_seq: start, first_msg_seq: 1 };
+            let mut n = Node::new(cfg.clone(), NodeId(0), Time::ZERO, inc).unwrap();
+            let mut now = Time::ZERO;
+            for (k, (kind, seq, sender)) in msgs.iter().copied().enumerate() {
+                now = now + Duration::from_millis(3);
+                let sender = NodeId(sender);
+                let ring_id = RingId { seq, rep: sender };
+                let bytes = match kind {
+                    0 => Join { sender, ring_id, max_ring_seq: seq, procs: ids(4), fails: vec![] }.encode(),
+                    1 => Beacon { sender, ring_id }.encode(),
+                    _ => packet_of(ring_id, sender),
+                };
+                n.handle_datagram(now, Bytes::from(bytes));
+                if let Some(t) = n.poll_timeout().filter(|t| *t <= now) {
+                    n.handle_timeout(t);
+                }
+                while n.poll_transmit().is_some() {}
+                while n.poll_event().is_some() {}
+                let bound = start + (k as u64 + 1) * (crate::MAX_RING_STEP + 1) + 1;
+                prop_assert!(n.max_ring_seq() <= bound, "{} > {bound}", n.max_ring_seq());
+                prop_assert!(n.ring_seq_to_persist() <= n.max_ring_seq());
+            }
+        }
+    }
+
+    fn packet_of(ring_id: RingId, sender: NodeId) -> Vec<u8> {
+        let mut b = PacketBuilder::new(ring_id, 1, sender, 1400);
+        b.push(1, Service::Agreed, ChunkFlags::WHOLE, 1, &Groups::none(), b"x");
+        b.finish().to_vec()
+    }
+}
+
+/// A packet numbered above the token the representative holds (forged, in
+/// mode `none`: no other token exists) would have it number that slot
+/// twice when the hold ends. The held token is dropped and counted
+/// instead, and the ring is formed anew after the token timeout.
+#[test]
+fn a_packet_above_a_held_token_retires_the_token() {
+    let cfg = Config { token_hold: Duration::from_millis(1), ..plain() };
+    let mut a = node(&cfg, 0, 2);
+    a.handle_timeout(Time::ZERO); // the ring's first token, passed to 1
+    assert_eq!(tokens(&drain(&mut a)).len(), 1);
+    a.handle_datagram(Time::ZERO, Bytes::from(token(0, 2).encode())); // back, idle: held
+    assert!(tokens(&drain(&mut a)).is_empty());
+    a.handle_datagram(Time::ZERO, packet(1, 1));
+    a.submit(Time::ZERO, Service::Agreed, Groups::none(), Bytes::from_static(b"m")).unwrap();
+    a.handle_timeout(Time::ZERO + Duration::from_millis(2));
+    assert!(tokens(&drain(&mut a)).is_empty());
+    assert_eq!(a.stats().bad_tokens, 1);
+    let later = Time::ZERO + cfg.token_timeout + Duration::from_millis(3);
+    a.handle_timeout(later);
+    assert_eq!(a.phase(), crate::Phase::Gather);
 }

@@ -51,6 +51,23 @@ pub struct Lab {
     pub events: Vec<Vec<Event>>,
     /// Every datagram that crossed the wire.
     pub wire: Vec<Bytes>,
+    /// An attacker on the path: each datagram daemon `from` sends to daemon
+    /// `to` is also delivered, at the same time, to `also` (with `from`'s
+    /// source, as a spoofing attacker would).
+    pub redirect: Option<Redirect>,
+    /// Datagrams delivered by `redirect`.
+    pub redirected: u64,
+}
+
+/// See [`Lab::redirect`].
+#[derive(Clone, Copy, Debug)]
+pub struct Redirect {
+    /// The sender whose datagrams are copied.
+    pub from: usize,
+    /// The receiver they are addressed to.
+    pub to: usize,
+    /// Where the copies go.
+    pub also: usize,
 }
 
 impl Lab {
@@ -69,7 +86,15 @@ impl Lab {
             queue: VecDeque::new(),
             events: vec![Vec::new(); usize::from(n)],
             wire: Vec::new(),
+            redirect: None,
+            redirected: 0,
         }
+    }
+
+    /// Puts `bytes` on the wire to daemon `to` (an attacker's datagram),
+    /// arriving one hop from now.
+    pub fn inject(&mut self, to: usize, bytes: Bytes) {
+        self.queue.push_back((self.now + self.hop, to, bytes));
     }
 
     /// Stops daemon `i` for good (its datagrams in flight still arrive).
@@ -90,7 +115,17 @@ impl Lab {
                         }
                     }
                 }
-                Dest::Node(id) => self.queue.push_back((at, usize::from(id.0), t.bytes)),
+                // A daemon the lab does not have (a forged join may name
+                // one): nowhere to go, as in the daemon.
+                Dest::Node(id) if usize::from(id.0) >= self.events.len() => {}
+                Dest::Node(id) => {
+                    let to = usize::from(id.0);
+                    if let Some(r) = self.redirect.filter(|r| r.from == i && r.to == to) {
+                        self.queue.push_back((at, r.also, t.bytes.clone()));
+                        self.redirected += 1;
+                    }
+                    self.queue.push_back((at, to, t.bytes));
+                }
             }
         }
         while let Some(e) = node.poll_event() {

@@ -4,9 +4,10 @@
 //!  0      kind      u8   0xE0 plain, 0xE1 signed, 0xE2 sealed, 0xE3 authenticated
 //!  1..9   digest    [u8; 8]  of the sender's security settings
 //!  9..11  sender    u16  daemon id
-//! 11..19  counter   u64  per sender; per key for sealed/authenticated
-//! 19..27  key id    [u8; 8]  which link key (zero for plain and signed)
-//! 27..    body      plain: the protocol datagram
+//! 11..13  to        u16  the receiver's daemon id, or 0xFFFF: every daemon
+//! 13..21  counter   u64  per sender; per key for sealed/authenticated
+//! 21..29  key id    [u8; 8]  which link key (zero for plain and signed)
+//! 29..    body      plain: the protocol datagram
 //!                   signed: datagram ‖ Ed25519 signature (64) over header ‖ datagram
 //!                   sealed: AES-256-GCM(datagram) ‖ tag (16), header as associated data
 //!                   authenticated: datagram ‖ GMAC tag (16) over header ‖ datagram
@@ -21,6 +22,13 @@
 //! Every receiver keeps a sliding window of counters per sender (per key for
 //! sealed datagrams): a datagram seen before, or older than the window, is a
 //! replay and is dropped and counted.
+//!
+//! The header names the receiver (`to`): a datagram sealed or signed for one
+//! daemon (a token, a commit token) and delivered to another is dropped and
+//! counted (`Misdirected`) once it authenticates, although that receiver's
+//! replay window has never seen its counter. A datagram for every daemon
+//! (packets, joins, beacons) says so (`0xFFFF`). In mode `none` the field is
+//! checked too, but nothing authenticates it.
 
 use super::{LinkMode, SecurityStats};
 use crate::wire::NodeId;
@@ -31,7 +39,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 /// Bytes of the outer header.
-pub const HEADER: usize = 27;
+pub const HEADER: usize = 29;
 /// Bytes of an Ed25519 signature.
 pub const SIGNATURE: usize = 64;
 /// The most a datagram grows by (header and signature).
@@ -41,6 +49,11 @@ const PLAIN: u8 = 0xE0;
 const SIGNED: u8 = 0xE1;
 const SEALED: u8 = 0xE2;
 const AUTHENTICATED: u8 = 0xE3;
+
+/// Header offsets (see the module docs).
+const TO: usize = 11;
+const COUNTER: usize = 13;
+const KEY_ID: usize = 21;
 
 /// Link keys kept for receiving: the current one and a few before it, for
 /// datagrams in flight across a rekey.
@@ -148,6 +161,8 @@ pub enum Reject {
     UnknownKey,
     /// A counter seen before (or too old).
     Replay,
+    /// Addressed to another daemon (a datagram redirected here).
+    Misdirected,
 }
 
 /// One daemon's link layer: its identity, its peers' public keys, the link
@@ -266,28 +281,44 @@ impl Link {
         Some(Bytes::copy_from_slice(&buf[16..16 + n]))
     }
 
-    fn header(&self, out: &mut Vec<u8>, kind: u8, counter: u64, key: KeyId) {
-        write_header(out, kind, &self.digest, self.me, counter, key);
+    fn header(&self, out: &mut Vec<u8>, kind: u8, to: NodeId, counter: u64, key: KeyId) {
+        write_header(out, kind, &self.digest, self.me, to, counter, key);
     }
 }
 
 /// Writes the outer header (see the module docs).
-fn write_header(out: &mut Vec<u8>, kind: u8, digest: &[u8; 8], me: NodeId, counter: u64, key: KeyId) {
+fn write_header(
+    out: &mut Vec<u8>,
+    kind: u8,
+    digest: &[u8; 8],
+    me: NodeId,
+    to: NodeId,
+    counter: u64,
+    key: KeyId,
+) {
     out.push(kind);
     out.extend_from_slice(digest);
     out.extend_from_slice(&me.0.to_be_bytes());
+    out.extend_from_slice(&to.0.to_be_bytes());
     out.extend_from_slice(&counter.to_be_bytes());
     out.extend_from_slice(&key.0);
 }
 
 impl Link {
-    /// Wraps an outgoing protocol datagram: sealed with the link key if
-    /// `keyed` (it is for the members of the keyed ring only) and there is
-    /// one, else signed.
-    pub fn seal(&mut self, datagram: &[u8], keyed: bool, stats: &mut SecurityStats) -> Bytes {
+    /// Wraps an outgoing protocol datagram for daemon `to` (`None`: for
+    /// every daemon): sealed with the link key if `keyed` (it is for the
+    /// members of the keyed ring only) and there is one, else signed.
+    pub fn seal(
+        &mut self,
+        datagram: &[u8],
+        to: Option<NodeId>,
+        keyed: bool,
+        stats: &mut SecurityStats,
+    ) -> Bytes {
+        let to = to.unwrap_or(NodeId::NONE);
         let mut out = Vec::with_capacity(OVERHEAD + datagram.len());
         if self.mode == LinkMode::None {
-            self.header(&mut out, PLAIN, 0, KeyId([0; 8]));
+            self.header(&mut out, PLAIN, to, 0, KeyId([0; 8]));
             out.extend_from_slice(datagram);
             return Bytes::from(out);
         }
@@ -298,7 +329,7 @@ impl Link {
                 key.counter += 1;
                 let nonce = Nonce::new(u32::from(me.0), counter);
                 let kind = if mode == LinkMode::Encrypt { SEALED } else { AUTHENTICATED };
-                write_header(&mut out, kind, &digest, me, counter, id);
+                write_header(&mut out, kind, &digest, me, to, counter, id);
                 out.extend_from_slice(datagram);
                 let sealed = if kind == SEALED {
                     key.aead.seal_frame(&nonce, &mut out, HEADER)
@@ -315,7 +346,7 @@ impl Link {
         }
         let counter = self.signed_counter;
         self.signed_counter += 1;
-        self.header(&mut out, SIGNED, counter, KeyId([0; 8]));
+        self.header(&mut out, SIGNED, to, counter, KeyId([0; 8]));
         out.extend_from_slice(datagram);
         if let Some(identity) = &self.identity {
             let sig = identity.sign(&out);
@@ -336,9 +367,14 @@ impl Link {
             return Err(Reject::SettingsMismatch);
         }
         let sender = NodeId(u16::from_be_bytes([bytes[9], bytes[10]]));
-        let counter = u64::from_be_bytes(bytes[11..19].try_into().map_err(|_| Reject::Malformed)?);
-        let key_id = KeyId(bytes[19..27].try_into().map_err(|_| Reject::Malformed)?);
+        let to = NodeId(u16::from_be_bytes([bytes[TO], bytes[TO + 1]]));
+        let counter = u64::from_be_bytes(bytes[COUNTER..KEY_ID].try_into().map_err(|_| Reject::Malformed)?);
+        let key_id = KeyId(bytes[KEY_ID..HEADER].try_into().map_err(|_| Reject::Malformed)?);
+        // Checked once the datagram authenticates (a forged `to` is an
+        // authentication failure); a misdirected one moves no window.
+        let misdirected = to != self.me && to != NodeId::NONE;
         match (kind, self.mode) {
+            (PLAIN, LinkMode::None) if misdirected => Err(Reject::Misdirected),
             (PLAIN, LinkMode::None) => Ok((sender, bytes.slice(HEADER..), None)),
             (SIGNED, LinkMode::Encrypt | LinkMode::Authenticate) => {
                 let Some(public) = self.peers.get(&sender) else { return Err(Reject::UnknownSender) };
@@ -349,6 +385,9 @@ impl Link {
                 let sig: &[u8; SIGNATURE] = sig.try_into().map_err(|_| Reject::Malformed)?;
                 if public.verify(signed, sig).is_err() {
                     return Err(Reject::BadSignature);
+                }
+                if misdirected {
+                    return Err(Reject::Misdirected);
                 }
                 if !self.signed_windows.entry(sender).or_default().accept(counter) {
                     return Err(Reject::Replay);
@@ -381,6 +420,9 @@ impl Link {
                         .map_err(|_| Reject::AuthFailure)?;
                     bytes.slice(HEADER..bytes.len() - TAG_LEN)
                 };
+                if misdirected {
+                    return Err(Reject::Misdirected);
+                }
                 // Only after the tag checked: a forged counter moves no window.
                 if !key.windows.entry(sender).or_default().accept(counter) {
                     return Err(Reject::Replay);
@@ -411,5 +453,124 @@ mod tests {
         assert!(!w.accept(4000 - WINDOW));
         assert!(w.accept(10_000));
         assert!(!w.accept(10_000));
+    }
+}
+
+#[cfg(test)]
+mod destination_tests {
+    //! Destination binding: the header names the receiver, so a datagram
+    //! redirected to another daemon is dropped and counted, in every mode
+    //! and for every kind of datagram (plain, signed, sealed,
+    //! authenticated), while one for every daemon opens anywhere.
+
+    use super::*;
+    use ringfence_crypto::identity::SecretIdentity;
+
+    fn links(mode: LinkMode, n: u16) -> Vec<Link> {
+        let secrets: Vec<Arc<SecretIdentity>> =
+            (0..n).map(|i| Arc::new(SecretIdentity::from_bytes(&[i as u8 + 1; 32]))).collect();
+        let peers: BTreeMap<NodeId, PublicIdentity> =
+            (0..n).map(|i| (NodeId(i), secrets[usize::from(i)].public())).collect();
+        (0..n)
+            .map(|i| {
+                let identity = (mode != LinkMode::None).then(|| secrets[usize::from(i)].clone());
+                Link::new(NodeId(i), mode, [7; 8], identity, peers.clone(), Backend::Ring, 0)
+            })
+            .collect()
+    }
+
+    /// Daemon 1 sends to daemon 2 (`Some(2)`) or to all; daemons 0 and 2
+    /// open it. Returns what each of them made of it.
+    fn redirect(mode: LinkMode, keyed: bool, to: Option<NodeId>) -> [Result<Vec<u8>, Reject>; 2] {
+        let mut l = links(mode, 3);
+        if keyed {
+            let key = Key32::from_bytes([9; 32]);
+            for link in &mut l {
+                let id = link.add_key(&key);
+                link.send_with(Some(id));
+            }
+        }
+        let mut stats = SecurityStats::default();
+        let sealed = l[1].seal(b"token of ring 7", to, keyed, &mut stats);
+        assert_eq!(stats.sealed + stats.signed, u64::from(mode != LinkMode::None));
+        [0, 2].map(|r| {
+            l[r].open(sealed.clone()).map(|(from, body, _)| {
+                assert_eq!(from, NodeId(1));
+                body.to_vec()
+            })
+        })
+    }
+
+    #[test]
+    fn a_datagram_for_one_daemon_is_refused_by_another_in_every_mode() {
+        for (mode, keyed) in [
+            (LinkMode::None, false),
+            (LinkMode::Encrypt, false),
+            (LinkMode::Encrypt, true),
+            (LinkMode::Authenticate, false),
+            (LinkMode::Authenticate, true),
+        ] {
+            let [at0, at2] = redirect(mode, keyed, Some(NodeId(2)));
+            assert_eq!(at0, Err(Reject::Misdirected), "{mode:?} keyed {keyed}");
+            assert_eq!(at2.as_deref(), Ok(&b"token of ring 7"[..]), "{mode:?} keyed {keyed}");
+            let [at0, at2] = redirect(mode, keyed, None);
+            assert!(at0.is_ok() && at2.is_ok(), "{mode:?} keyed {keyed}: for every daemon");
+        }
+    }
+
+    #[test]
+    fn a_forged_receiver_fails_authentication_and_moves_no_window() {
+        for keyed in [false, true] {
+            let mut l = links(LinkMode::Encrypt, 3);
+            if keyed {
+                let key = Key32::from_bytes([9; 32]);
+                for link in &mut l {
+                    let id = link.add_key(&key);
+                    link.send_with(Some(id));
+                }
+            }
+            let sealed = l[1].seal(b"token", Some(NodeId(2)), keyed, &mut SecurityStats::default());
+            // Rewritten to name daemon 0: the header is signed or
+            // associated data, so the change is caught.
+            let mut forged = sealed.to_vec();
+            forged[TO..TO + 2].copy_from_slice(&0u16.to_be_bytes());
+            let expected = if keyed { Reject::AuthFailure } else { Reject::BadSignature };
+            assert_eq!(l[0].open(Bytes::from(forged)).unwrap_err(), expected);
+            // The misdirected original did not consume its counter at
+            // daemon 0; the right receiver still takes it once.
+            assert_eq!(l[0].open(sealed.clone()).unwrap_err(), Reject::Misdirected);
+            assert!(l[2].open(sealed.clone()).is_ok());
+            assert_eq!(l[2].open(sealed).unwrap_err(), Reject::Replay);
+        }
+    }
+
+    #[test]
+    fn every_rejection_reason_is_counted_under_its_own_name() {
+        let mut stats = SecurityStats::default();
+        for r in [
+            Reject::Malformed,
+            Reject::SettingsMismatch,
+            Reject::UnknownSender,
+            Reject::BadSignature,
+            Reject::AuthFailure,
+            Reject::UnknownKey,
+            Reject::Replay,
+            Reject::Misdirected,
+        ] {
+            stats.count(r);
+        }
+        let s = serde_json::to_value(&stats).unwrap();
+        for name in [
+            "malformed",
+            "settings_mismatch",
+            "unknown_sender",
+            "bad_signature",
+            "auth_failures",
+            "unknown_key",
+            "replays",
+            "misdirected",
+        ] {
+            assert_eq!(s[name], 1, "{name}: {s}");
+        }
     }
 }

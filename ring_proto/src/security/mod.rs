@@ -23,6 +23,8 @@
 //! [`link`] is the outer layer; this module holds the settings, the
 //! counters and the [`Agreement`] driver.
 
+#[cfg(test)]
+mod adversary_tests;
 pub mod lab;
 pub mod link;
 pub mod policy;
@@ -163,6 +165,8 @@ pub struct SecurityStats {
     pub unknown_key: u64,
     /// Dropped: seen before.
     pub replays: u64,
+    /// Dropped: authentic, but addressed to another daemon (redirected).
+    pub misdirected: u64,
     /// Recovered packets of an old ring this daemon could not open (not of
     /// its old ring, or under a key it lacks).
     pub recovered_unopened: u64,
@@ -202,6 +206,7 @@ impl SecurityStats {
             Reject::AuthFailure => &mut self.auth_failures,
             Reject::UnknownKey => &mut self.unknown_key,
             Reject::Replay => &mut self.replays,
+            Reject::Misdirected => &mut self.misdirected,
         };
         *c += 1;
     }

@@ -145,9 +145,141 @@ fn a_replayed_or_flipped_datagram_is_dropped_and_counted() {
     flipped[last] ^= 1;
     n1.handle_datagram(lab.now, Bytes::from(flipped));
     let mut header = sealed.to_vec();
-    header[12] ^= 0x80; // the counter, associated data
+    header[14] ^= 0x80; // the counter, associated data
     n1.handle_datagram(lab.now, Bytes::from(header));
     let after = n1.security_stats().unwrap();
     assert!(after.replays > before.replays, "{after:?}");
     assert_eq!(after.auth_failures, before.auth_failures + 2);
+}
+
+/// Whether every live daemon is operational in one ring of all of them.
+fn one_ring(l: &Lab) -> bool {
+    let live = l.nodes.iter().flatten().count();
+    l.nodes
+        .iter()
+        .flatten()
+        .all(|n| n.phase() == crate::Phase::Operational && n.ring().is_some_and(|(_, m)| m.len() == live))
+}
+
+/// Daemon `from`'s link layer as an attacker without keys would build it
+/// in mode `none` (the header's fields are public).
+fn plain_link(from: u16, n: u16) -> Link {
+    let digest = security(LinkMode::None, n, from).digest();
+    Link::new(NodeId(from), LinkMode::None, digest, None, Default::default(), Default::default(), 0)
+}
+
+/// Issue 14, break 3: a Join claiming round `u64::MAX` made every daemon's
+/// next ring sequence wrap (`+ 1`), so no ring could ever form, and the
+/// value was persisted. A round is taken as at most `MAX_RING_STEP` above
+/// what a daemon knows: the forged join costs one membership change, the
+/// new ring is numbered a bounded step higher, and only the sequence of a
+/// ring a daemon formed or installed is offered for persisting.
+#[test]
+fn a_forged_join_of_the_last_round_wedges_nothing() {
+    use crate::wire::Join;
+    let mut lab = Lab::new(3, LinkMode::None);
+    assert!(lab.run(Time::ZERO + secs(5), one_ring), "no ring by {}", lab.now);
+    let before = lab.nodes[0].as_ref().unwrap().ring().unwrap().0;
+    let join = Join {
+        sender: NodeId(1),
+        ring_id: before,
+        max_ring_seq: u64::MAX,
+        procs: (0..3).map(NodeId).collect(),
+        fails: Vec::new(),
+    };
+    let forged = plain_link(1, 3).seal(&join.encode(), None, false, &mut SecurityStats::default());
+    for to in [0, 2] {
+        lab.inject(to, forged.clone());
+    }
+    let moved = |l: &Lab| one_ring(l) && l.nodes[0].as_ref().unwrap().ring().unwrap().0 != before;
+    assert!(lab.run(lab.now + secs(2), moved), "no new ring by {}", lab.now);
+    let limit = before.seq + crate::MAX_RING_STEP + 8;
+    for n in lab.nodes.iter().flatten() {
+        let (ring, _) = n.ring().unwrap();
+        assert!(ring.seq > before.seq && ring.seq <= limit, "{ring}");
+        assert!(n.max_ring_seq() <= limit && n.ring_seq_to_persist() <= limit);
+    }
+    assert!(lab.nodes.iter().flatten().map(|n| n.stats().ring_seq_bounded).sum::<u64>() >= 2);
+    // And the ring delivers.
+    let now = lab.now;
+    let m = Bytes::from_static(b"after the forged join");
+    lab.nodes[2].as_mut().unwrap().submit(now, Service::Agreed, Groups::none(), m.clone()).unwrap();
+    let delivered = |l: &Lab| {
+        l.events.iter().all(|ev| ev.iter().any(|e| matches!(e, Event::Deliver(d) if d.payload == m)))
+    };
+    assert!(lab.run(lab.now + secs(1), delivered));
+}
+
+/// Issue 14, break 1, in the lab: every datagram daemon 1 sends to daemon
+/// 2 alone (its tokens) is also delivered to daemon 0 at the same moment
+/// (an attacker re-sending it with daemon 1's source). The link header
+/// names daemon 2 as the receiver, so daemon 0 drops each copy and counts
+/// it; the ring never loses a message nor changes its membership.
+#[test]
+fn redirected_tokens_are_refused_and_nothing_is_lost() {
+    for mode in [LinkMode::Encrypt, LinkMode::Authenticate, LinkMode::None] {
+        let mut lab = Lab::new(3, mode);
+        let ready = if mode == LinkMode::None { one_ring } else { Lab::all_keyed };
+        assert!(lab.run(Time::ZERO + secs(5), ready), "{mode:?}");
+        lab.redirect = Some(super::lab::Redirect { from: 1, to: 2, also: 0 });
+        let changes = lab.nodes[0].as_ref().unwrap().stats().membership_changes;
+        let mut sent = 0usize;
+        for round in 0..200u32 {
+            let now = lab.now;
+            for i in 0..3 {
+                let payload = Bytes::from(format!("m{i}-{round}"));
+                let n = lab.nodes[i].as_mut().unwrap();
+                sent += usize::from(n.submit(now, Service::Agreed, Groups::none(), payload).is_ok());
+            }
+            lab.run(lab.now + Duration::from_micros(300), |_| false);
+        }
+        let all = |l: &Lab| {
+            l.events.iter().all(|ev| ev.iter().filter(|e| matches!(e, Event::Deliver(_))).count() == sent)
+        };
+        let delivered = lab.run(lab.now + secs(2), all);
+        lab.run(lab.now + Duration::from_millis(10), |_| false); // the last copies arrive
+        let n0 = lab.nodes[0].as_ref().unwrap();
+        assert_eq!(n0.stats().membership_changes, changes, "{mode:?}");
+        assert!(delivered, "{mode:?}: not every message delivered everywhere");
+        assert!(lab.redirected > 50, "{mode:?}: {}", lab.redirected);
+        assert_eq!(n0.security_stats().unwrap().misdirected, lab.redirected, "{mode:?}");
+    }
+}
+
+/// Found by the adversary harness (`adversary_tests`, issue 14): in mode
+/// `none`, a forged token for a young ring claiming packets 1 to 4 that
+/// were never sent made every member ask for them forever while the token
+/// kept circulating: the ring stayed operational and delivered nothing,
+/// for good. Totem's "fail to receive" rule ends it: after
+/// `FAIL_TO_RECEIVE` visits with the same packets missing and none
+/// arriving, the ring is formed anew, and delivers.
+#[test]
+fn a_token_claiming_packets_never_sent_stops_delivery_only_for_a_while() {
+    let mut lab = Lab::new(3, LinkMode::None);
+    assert!(lab.run(Time::ZERO + secs(5), one_ring));
+    let ring_id = lab.nodes[2].as_ref().unwrap().ring().unwrap().0;
+    let mut link = plain_link(1, 3);
+    for token_seq in 1..60 {
+        let t = crate::wire::Token {
+            ring_id,
+            token_seq,
+            seq: 4,
+            aru: 4,
+            aru_id: NodeId::NONE,
+            fcc: 0,
+            backlog: 0,
+            rtr: Vec::new(),
+        };
+        lab.inject(2, link.seal(&t.encode(), Some(NodeId(2)), false, &mut SecurityStats::default()));
+    }
+    lab.run(lab.now + Duration::from_millis(10), |_| false);
+    let now = lab.now;
+    let m = Bytes::from_static(b"after the token that claimed too much");
+    lab.nodes[0].as_mut().unwrap().submit(now, Service::Agreed, Groups::none(), m.clone()).unwrap();
+    let delivered = |l: &Lab| {
+        l.events.iter().all(|ev| ev.iter().any(|e| matches!(e, Event::Deliver(d) if d.payload == m)))
+    };
+    assert!(lab.run(lab.now + secs(5), delivered), "not delivered by {}", lab.now);
+    let failures: u64 = lab.nodes.iter().flatten().map(|n| n.stats().receive_failures).sum();
+    assert!(failures > 0);
 }

@@ -793,7 +793,7 @@ impl<'t> Sim<'t> {
 
     fn crash(&mut self, i: usize) {
         if let Some(n) = self.nodes[i].take() {
-            self.persisted[i] = n.max_ring_seq();
+            self.persisted[i] = n.ring_seq_to_persist();
         }
         self.logs[self.current[i]].crashed = true;
         if let Some(w) = self.trace.as_mut() {

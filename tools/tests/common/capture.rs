@@ -15,6 +15,12 @@
 //! forwarded datagram is recorded before it is forwarded: whatever a daemon
 //! received from another went through the record first.
 //!
+//! A tap may also play the attacker on the path: [`UdpTap::start_redirecting`]
+//! sends a copy of chosen datagrams to a third daemon (from the sender's
+//! relay, so with the sender's configured source address, as a spoofing
+//! attacker would), and [`UdpTap::inject`] sends any bytes to a daemon as if
+//! from another.
+//!
 //! [`TcpTap`] is a recording TCP proxy in front of a daemon's `client_tcp`.
 //!
 //! Both write into a [`Capture`], a shared handle tests query.
@@ -148,15 +154,28 @@ impl Drop for Worker {
 pub struct UdpTap {
     daemons: Vec<SocketAddr>,
     relays: Vec<SocketAddr>,
+    /// The relay sockets again, for [`UdpTap::inject`].
+    senders: Vec<UdpSocket>,
     capture: Capture,
     _worker: Worker,
 }
+
+/// Picks, for a datagram the tap forwards, a third daemon to send a copy
+/// to (see [`UdpTap::start_redirecting`]).
+pub type Redirect = Box<dyn FnMut(&Datagram) -> Option<usize> + Send>;
 
 impl UdpTap {
     /// Binds `n` relay sockets on 127.0.0.1, picks `n` free loopback
     /// addresses for the daemons (each daemon binds its own) and starts
     /// relaying, recording into `capture`.
     pub fn start(n: usize, capture: Capture) -> Self {
+        Self::start_redirecting(n, capture, Box::new(|_| None))
+    }
+
+    /// As `start`; besides, each datagram for which `redirect` names a
+    /// daemon is also sent there, from the sender's relay (after the
+    /// original).
+    pub fn start_redirecting(n: usize, capture: Capture, mut redirect: Redirect) -> Self {
         let sockets: Vec<UdpSocket> = (0..n).map(|_| UdpSocket::bind("127.0.0.1:0").unwrap()).collect();
         let relays = sockets.iter().map(|s| s.local_addr().unwrap()).collect();
         // Picked while the relays are bound, so none is a relay's port.
@@ -165,8 +184,20 @@ impl UdpTap {
             free.iter().map(|s| s.local_addr().unwrap()).collect()
         };
         let (addresses, record) = (daemons.clone(), capture.clone());
-        let worker = Worker::spawn(move |stop| relay(&sockets, &addresses, &record, &stop));
-        Self { daemons, relays, capture, _worker: worker }
+        let senders = sockets.iter().map(|s| s.try_clone().unwrap()).collect();
+        let worker = Worker::spawn(move |stop| relay(&sockets, &addresses, &record, &mut *redirect, &stop));
+        Self { daemons, relays, senders, capture, _worker: worker }
+    }
+
+    /// Sends `bytes` to daemon `to` from daemon `from`'s relay: `to` takes
+    /// it for a datagram of `from` (a forged one, if the test made it).
+    pub fn inject(&self, from: usize, to: usize, bytes: &[u8]) {
+        self.senders[from].send_to(bytes, self.daemons[to]).unwrap();
+    }
+
+    /// How many daemons the tap stands between.
+    pub fn daemon_count(&self) -> usize {
+        self.daemons.len()
     }
 
     /// Daemon `i`'s real address (`A_i`, in its own config entry).
@@ -187,9 +218,16 @@ impl UdpTap {
 }
 
 /// The relay loop: a datagram at `sockets[to]` from `daemons[from]` is
-/// recorded, then sent to `daemons[to]` from `sockets[from]`. Datagrams from
-/// anywhere else are dropped.
-fn relay(sockets: &[UdpSocket], daemons: &[SocketAddr], capture: &Capture, stop: &AtomicBool) {
+/// recorded, then sent to `daemons[to]` from `sockets[from]` (and to the
+/// daemon `redirect` names, if any). Datagrams from anywhere else are
+/// dropped.
+fn relay(
+    sockets: &[UdpSocket],
+    daemons: &[SocketAddr],
+    capture: &Capture,
+    redirect: &mut (dyn FnMut(&Datagram) -> Option<usize> + Send),
+    stop: &AtomicBool,
+) {
     for s in sockets {
         s.set_nonblocking(true).unwrap();
     }
@@ -205,10 +243,14 @@ fn relay(sockets: &[UdpSocket], daemons: &[SocketAddr], capture: &Capture, stop:
             // Drain: errors (an ICMP unreachable reported late) end the turn.
             while let Ok((n, source)) = socket.recv_from(&mut buf) {
                 let Some(from) = daemons.iter().position(|a| *a == source) else { continue };
-                let bytes = buf[..n].to_vec();
-                capture.push_datagram(Datagram { from, to, bytes });
+                let d = Datagram { from, to, bytes: buf[..n].to_vec() };
+                let also = redirect(&d);
+                capture.push_datagram(d);
                 // Lost if the receiver is not up yet; the protocol recovers.
                 let _ = sockets[from].send_to(&buf[..n], daemons[to]);
+                if let Some(also) = also {
+                    let _ = sockets[from].send_to(&buf[..n], daemons[also]);
+                }
             }
         }
     }

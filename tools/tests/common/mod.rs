@@ -124,6 +124,17 @@ impl Cluster {
         (c, tap)
     }
 
+    /// As `start_tapped_extra`, through a tap the test made (e.g. one that
+    /// redirects datagrams: [`UdpTap::start_redirecting`]).
+    pub fn start_on_tap(tag: &str, backend: &str, link_security: &str, tap: &UdpTap, extra: &str) -> Self {
+        Self::start_full(tag, tap.daemon_count(), backend, "unicast", link_security, Some(tap), extra)
+    }
+
+    /// Daemon `i`'s persisted state file (`incarnation=..`, `ring_seq=..`).
+    pub fn state_file(&self, i: usize) -> String {
+        std::fs::read_to_string(self.dir.join(format!("d{i}")).join("state")).unwrap_or_default()
+    }
+
     /// As `start_on`, with `extra` TOML appended to the config (e.g. a
     /// `[clients]` section).
     pub fn start_with(tag: &str, n: usize, backend: &str, transport: &str, extra: &str) -> Self {
