@@ -164,7 +164,6 @@ struct RingFile {
     join_interval_ms: Option<u64>,
     consensus_timeout_ms: Option<u64>,
     merge_interval_ms: Option<u64>,
-    fail_to_receive_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -856,7 +855,6 @@ fn ring_config(f: &RingFile) -> RingConfig {
         join_interval: ms(f.join_interval_ms, d.join_interval),
         consensus_timeout: ms(f.consensus_timeout_ms, d.consensus_timeout),
         merge_interval: ms(f.merge_interval_ms, d.merge_interval),
-        fail_to_receive: ms(f.fail_to_receive_ms, d.fail_to_receive),
         ..d
     }
 }

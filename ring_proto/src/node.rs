@@ -79,15 +79,7 @@ struct Gather {
     /// the older one (which would otherwise poison the new round).
     round: u64,
     procs: BTreeSet<NodeId>,
-    /// What this daemon's joins say failed: `own` and the accusations it
-    /// learned (see [`Gather::resolve`]).
     fails: BTreeSet<NodeId>,
-    /// Failures seen here: members that did not agree in time, daemons
-    /// that count us failed, and daemons in quarantine.
-    own: BTreeSet<NodeId>,
-    /// The fail set of each daemon's latest join of this round: who it
-    /// accuses.
-    reports: BTreeMap<NodeId, BTreeSet<NodeId>>,
     agreed: BTreeSet<NodeId>,
     join_at: Time,
     consensus_at: Time,
@@ -96,43 +88,6 @@ struct Gather {
 impl Gather {
     fn members(&self) -> Vec<NodeId> {
         self.procs.difference(&self.fails).copied().collect()
-    }
-
-    /// The fail set: our own failures, and for each accusation we learned,
-    /// one daemon out. Totem takes the union of every fail set, and that
-    /// is what stopped the cluster under a lasting one-way cut (issue 15):
-    /// Y cannot hear X, so Y fails X, X learns it and fails Y, and a third
-    /// daemon that hears both took both out, and every daemon ended alone,
-    /// round after round. Here an accusation that goes both ways (the two
-    /// cannot be in one ring) takes out only the higher id of the two, the
-    /// same at every daemon that learned both; a one-sided one (a daemon
-    /// that crashed or cannot be reached, which accuses no one) takes out
-    /// the accused.
-    fn resolve(&self, me: NodeId) -> BTreeSet<NodeId> {
-        let mut fails = self.own.clone();
-        for (accuser, accused) in &self.reports {
-            if self.own.contains(accuser) {
-                continue;
-            }
-            for f in accused.iter().filter(|f| **f != me) {
-                let mutual = self.reports.get(f).is_some_and(|r| r.contains(accuser));
-                fails.insert(if mutual { (*accuser).max(*f) } else { *f });
-            }
-        }
-        fails.remove(&me);
-        fails
-    }
-
-    /// Starts a new round: learned accusations are forgotten, our own
-    /// failures are not. (Forgetting them let a daemon that keeps starting
-    /// new rounds, one that cannot reach a member and commits to rings that
-    /// never form, empty everyone's fail set forever: issue 15, a lasting
-    /// one-way cut.) They last until a ring is installed.
-    fn new_round(&mut self, round: u64, me: NodeId) {
-        self.round = round;
-        self.reports.clear();
-        self.fails = self.resolve(me);
-        self.agreed = BTreeSet::from([me]);
     }
 }
 
@@ -294,9 +249,6 @@ pub struct Node {
     sec: Option<Box<Sec>>,
     /// The latest time given to a `handle_*` call.
     now: Time,
-    /// Membership warnings for the log (rate-limited per kind and peer).
-    notices: VecDeque<Alert>,
-    noticed: BTreeMap<(u8, NodeId), Time>,
     /// Counters of rings that ended, and of the node itself.
     retired: Stats,
 }
@@ -378,25 +330,9 @@ impl Node {
         self.sec.as_ref().map(|s| &s.stats)
     }
 
-    /// The next alert for the log (at WARN): membership trouble (members
-    /// left out, one-way cuts) and security alerts.
+    /// The next security alert for the log.
     pub fn poll_alert(&mut self) -> Option<Alert> {
-        if let Some(a) = self.notices.pop_front() {
-            return Some(a);
-        }
         self.sec.as_mut()?.alerts.pop_front()
-    }
-
-    /// Queues a membership warning, at most one per kind and peer every
-    /// [`ALERT_EVERY`].
-    fn notice(&mut self, now: Time, kind: u8, peer: NodeId, text: impl FnOnce() -> String) {
-        let last = self.noticed.entry((kind, peer)).or_insert(Time::ZERO);
-        if *last == Time::ZERO || now.saturating_since(*last) >= ALERT_EVERY {
-            *last = now.max(Time::from_nanos(1));
-            if self.notices.len() < 64 {
-                self.notices.push_back(Alert { peer, text: text() });
-            }
-        }
     }
 
     /// The server key agreed in the current ring: its ring, epoch and link
@@ -465,8 +401,6 @@ impl Node {
             events: VecDeque::new(),
             sec: None,
             now,
-            notices: VecDeque::new(),
-            noticed: BTreeMap::new(),
             retired: Stats::default(),
         }
     }
@@ -945,13 +879,13 @@ impl Node {
             State::Commit { gather, deadline, .. } => {
                 if now >= *deadline {
                     let g = gather.clone();
-                    self.enter_gather(now, g.procs, g.own);
+                    self.enter_gather(now, g.procs, g.fails);
                 }
             }
             State::Recovery { gather, rec } => {
                 if now >= rec.deadline || self.next.as_ref().is_some_and(Ring::failed_to_receive) {
                     let g = gather.clone();
-                    self.enter_gather(now, g.procs, g.own);
+                    self.enter_gather(now, g.procs, g.fails);
                 } else if let Some(n) = &mut self.next {
                     n.handle_timeout(now, &mut self.out);
                 }
@@ -1059,19 +993,6 @@ impl Node {
                     if matches!(self.state, State::Operational) && r.handle_token(now, t, from, &mut self.out)
                     {
                         self.last_token_at = now;
-                        if let Some((seq, stuck)) = r.failing_to_receive(now) {
-                            let (ring, procs) = (r.ring_id(), r.members().iter().copied().collect());
-                            let me = self.id;
-                            self.notice(now, 1, me, || {
-                                format!(
-                                    "daemon {me} has missed packet {seq} of ring {ring} for {} ms while the \
-                                     token kept coming (a one-way cut from some member?): forming the ring \
-                                     again without the members it cannot hear",
-                                    stuck.as_millis()
-                                )
-                            });
-                            self.enter_gather(now, procs, BTreeSet::new());
-                        }
                     }
                 } else {
                     self.retired.foreign += 1;
@@ -1101,21 +1022,19 @@ impl Node {
     /// starts a membership change (a merge).
     fn foreign(&mut self, now: Time, sender: NodeId, ring_id: RingId) {
         self.retired.foreign += 1;
-        if self.quarantined(sender, now) {
-            return;
-        }
         let seq = self.bound_ring_seq(ring_id.seq);
         if seq > self.max_ring_seq {
             // A newer ring exists: a gather in progress moves to a new round,
             // so that the daemons of that ring listen to our joins.
             self.max_ring_seq = seq;
-            let me = self.id;
             if let State::Gather(g) = &mut self.state {
-                g.new_round(seq, me);
+                g.round = seq;
+                g.fails.clear();
+                g.agreed = BTreeSet::from([self.id]);
                 self.send_join();
             }
         }
-        if sender == self.id || sender == NodeId::NONE {
+        if sender == self.id || sender == NodeId::NONE || self.quarantined(sender, now) {
             return;
         }
         if !matches!(self.state, State::Operational) {
@@ -1158,9 +1077,7 @@ impl Node {
         self.state = State::Gather(Gather {
             round: self.max_ring_seq,
             procs,
-            own: fails.clone(),
             fails,
-            reports: BTreeMap::new(),
             agreed: BTreeSet::from([self.id]),
             join_at: now + self.cfg.join_interval,
             consensus_at: now + self.cfg.consensus_timeout,
@@ -1203,11 +1120,6 @@ impl Node {
         {
             return;
         }
-        if let State::Gather(g) = &self.state {
-            if g.own.contains(&j.sender) && j.max_ring_seq <= g.round {
-                return;
-            }
-        }
         self.max_ring_seq = self.max_ring_seq.max(j.max_ring_seq);
         let jp: BTreeSet<NodeId> = j.procs.iter().copied().collect();
         let jf: BTreeSet<NodeId> = j.fails.iter().copied().collect();
@@ -1243,40 +1155,34 @@ impl Node {
         }
         let mut changed = false;
         if j.max_ring_seq > g.round {
-            g.new_round(j.max_ring_seq, self.id);
+            g.round = j.max_ring_seq;
+            g.fails.clear();
+            g.agreed = BTreeSet::from([self.id]);
             changed = true;
         }
-        if g.own.contains(&j.sender) {
+        if g.fails.contains(&j.sender) {
             if changed {
                 self.send_join();
             }
             return;
         }
-        let accuses_us = jf.contains(&self.id);
-        if accuses_us {
+        changed |= if jf.contains(&self.id) {
             // It counts us failed: we cannot be in one ring with it now, and
             // its beacons should not make us try again at once.
-            g.own.insert(j.sender);
-            g.reports.remove(&j.sender);
-        } else {
-            g.reports.insert(j.sender, jf.clone());
-        }
-        let procs_before = g.procs.len();
-        g.procs.extend(jp.iter().copied());
-        let fails = g.resolve(self.id);
-        changed |= g.procs.len() != procs_before || fails != g.fails;
-        g.fails = fails;
-        if !changed && jp == g.procs && jf == g.fails {
+            g.fails.insert(j.sender);
+            true
+        } else if jp == g.procs && jf == g.fails {
             g.agreed.insert(j.sender);
-        }
-        if accuses_us {
+            false
+        } else if jp.is_subset(&g.procs) && jf.is_subset(&g.fails) {
+            false
+        } else {
+            g.procs.extend(jp.iter().copied());
+            g.fails.extend(jf.iter().copied());
+            true
+        };
+        if jf.contains(&self.id) {
             self.add_quarantine(j.sender, now);
-            let who = j.sender;
-            self.notice(now, 3, who, || {
-                format!(
-                    "daemon {who} counts this daemon failed (it cannot hear us): forming a ring without it"
-                )
-            });
         }
         let State::Gather(g) = &mut self.state else { return };
         if changed {
@@ -1290,21 +1196,12 @@ impl Node {
     fn consensus_timeout(&mut self, now: Time) {
         let State::Gather(g) = &mut self.state else { return };
         let missing: Vec<NodeId> = g.members().into_iter().filter(|m| !g.agreed.contains(m)).collect();
-        g.own.extend(missing.iter().copied());
-        g.fails = g.resolve(self.id);
+        g.fails.extend(missing.iter().copied());
         g.agreed = BTreeSet::from([self.id]);
         g.consensus_at = now + self.cfg.consensus_timeout;
         g.join_at = now + self.cfg.join_interval;
-        let wait = self.cfg.consensus_timeout;
         for m in missing {
             self.add_quarantine(m, now);
-            self.notice(now, 2, m, || {
-                format!(
-                    "daemon {m} did not agree on the membership within {} ms (crashed, or we cannot hear \
-                     it): forming a ring without it",
-                    wait.as_millis()
-                )
-            });
         }
         self.send_join();
         self.check_consensus(now, true);
@@ -1421,13 +1318,7 @@ impl Node {
         }
         match &self.state {
             State::Gather(g) if c.rotation == 1 && !rep => {
-                // We must have heard every member in this round: a daemon
-                // we cannot hear (a one-way cut) is not let into our ring
-                // by a representative that hears it.
-                if g.members() != c.members
-                    || c.ring_id.seq <= g.round
-                    || c.members.iter().any(|m| !g.agreed.contains(m) && !g.reports.contains_key(m))
-                {
+                if g.members() != c.members || c.ring_id.seq <= g.round {
                     return;
                 }
                 if self.ring.as_ref().is_some_and(|r| r.ring_id() >= c.ring_id) {
@@ -1464,15 +1355,6 @@ impl Node {
     fn enter_recovery(&mut self, now: Time, c: &CommitToken) {
         let State::Commit { gather, .. } = &self.state else { return };
         let gather = gather.clone();
-        // Every member of the new ring holds the daemons it left out in
-        // quarantine, not only those that saw them fail: otherwise a daemon
-        // that one member cannot hear (a one-way cut) is let back in by the
-        // others at its next beacon, again and again.
-        for p in gather.procs.iter().filter(|p| !c.members.contains(p)) {
-            if !self.quarantined(*p, now) {
-                self.add_quarantine(*p, now);
-            }
-        }
         let Ok(next) = Ring::new(self.cfg.clone(), self.id, &c.members, c.ring_id, now, false) else {
             return;
         };

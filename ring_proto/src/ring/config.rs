@@ -59,12 +59,6 @@ pub struct Config {
     pub quarantine_min: Duration,
     /// Upper bound of the quarantine (default 3.2 s).
     pub quarantine_max: Duration,
-    /// A member that has missed the same packet for this long while the
-    /// token kept coming (its retransmission requests go unanswered: a
-    /// one-way cut from some member) starts a membership change, which
-    /// leaves out the member it cannot hear (default 400 ms; Corosync's
-    /// `fail_recv_const`).
-    pub fail_to_receive: Duration,
     /// Largest client message accepted by `submit` (default 1 MiB).
     pub max_message: usize,
     /// Most messages waiting to be sent; `submit` refuses more (default 8192).
@@ -92,7 +86,6 @@ impl Default for Config {
             merge_interval: Duration::from_millis(200),
             quarantine_min: Duration::from_millis(400),
             quarantine_max: Duration::from_millis(3200),
-            fail_to_receive: Duration::from_millis(400),
             max_message: 1 << 20,
             max_pending_messages: 8192,
             max_pending_bytes: 16 << 20,
@@ -156,9 +149,6 @@ impl Config {
         }
         if self.merge_interval.is_zero() {
             return err("merge_interval", "must be positive");
-        }
-        if self.fail_to_receive < self.token_retransmit {
-            return err("fail_to_receive", "must be at least token_retransmit");
         }
         if self.quarantine_max < self.quarantine_min {
             return err("quarantine_max", "must be at least quarantine_min");

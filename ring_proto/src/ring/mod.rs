@@ -268,11 +268,6 @@ pub struct Ring {
     visit_aru: u64,
     sent_token: Option<SentToken>,
     held: Option<Held>,
-    /// Fail-to-receive detection: our aru when it last moved, since when,
-    /// and how many token visits found it stuck below packets others sent.
-    recv_aru: u64,
-    recv_since: Time,
-    recv_visits: u32,
 
     transmits: VecDeque<Transmit>,
     deliveries: VecDeque<Delivery>,
@@ -326,9 +321,6 @@ impl Ring {
             visit_aru: 0,
             sent_token: None,
             held: None,
-            recv_aru: 0,
-            recv_since: now,
-            recv_visits: 0,
             transmits: VecDeque::new(),
             deliveries: VecDeque::new(),
             token_buf: Vec::new(),
@@ -717,9 +709,6 @@ impl Ring {
         //    only gaps a full rotation old are requested.
         let horizon = if self.cfg.accelerated { self.last_departure_seq.min(token.seq) } else { token.seq };
         self.request_missing(&mut token, horizon);
-        if fresh {
-            self.watch_receiving(now, horizon);
-        }
 
         if alone {
             self.stable = self.my_aru;
@@ -767,29 +756,6 @@ impl Ring {
         for raw in packets {
             self.emit(Dest::All, raw);
         }
-    }
-
-    /// Counts token visits that find our aru stuck below what others sent.
-    fn watch_receiving(&mut self, now: Time, horizon: u64) {
-        if self.my_aru >= horizon {
-            self.recv_visits = 0;
-        } else if self.recv_visits > 0 && self.recv_aru == self.my_aru {
-            self.recv_visits = self.recv_visits.saturating_add(1);
-        } else {
-            self.recv_aru = self.my_aru;
-            self.recv_since = now;
-            self.recv_visits = 1;
-        }
-    }
-
-    /// The packet this member has been missing for longer than
-    /// `fail_to_receive`, over several token visits, if any: the ring
-    /// keeps going but some member's packets never reach us.
-    pub(crate) fn failing_to_receive(&self, now: Time) -> Option<(u64, std::time::Duration)> {
-        const VISITS: u32 = 8;
-        let stuck = now.saturating_since(self.recv_since);
-        (self.recv_visits >= VISITS && stuck >= self.cfg.fail_to_receive)
-            .then_some((self.recv_aru + 1, stuck))
     }
 
     /// Retransmits requested packets this node holds and removes them from
