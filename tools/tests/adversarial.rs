@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 mod common;
 
 use common::capture::{Capture, UdpTap};
-use common::{Cluster, backends, connect, receive_until};
+use common::{Cluster, backends, connect, receive_until, wait_for};
 
 /// Bytes of the link header (`ring_proto::security::link`).
 const HEADER: usize = 29;
@@ -60,18 +60,6 @@ fn on_every_backend(body: fn(&str)) {
             s.spawn(move || body(backend));
         }
     });
-}
-
-/// Polls `f` every 50 ms until it gives a value, at most `limit`.
-fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// A counter of daemon `i`'s status (`section.name`), 0 if absent.

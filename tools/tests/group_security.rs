@@ -31,21 +31,9 @@ use std::time::{Duration, Instant};
 mod common;
 
 use common::capture::TcpTap;
-use common::{Cluster, Pki, backends, connect, connect_token, connect_with, token_config};
+use common::{Cluster, Pki, backends, connect, connect_token, connect_with, token_config, wait_for};
 
 const MARKER: &[u8] = b"RFGROUP-PLAINTEXT-MARKER";
-
-/// Waits (at most `limit`) for `f` to give a value.
-fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
 
 /// A client and every event it got, answering flush requests at once.
 struct Member {
