@@ -1590,16 +1590,7 @@ impl ClientGroups {
         }
         let members: Arc<[PrivateName]> = grp.target.iter().cloned().collect();
         let key = self.view_key(g, id, mode);
-        let mut local = Vec::new();
-        for m in members.iter().filter(|m| m.daemon == self.daemon) {
-            let Some(c) = self.local_id(m) else { continue };
-            if let Some(mb) = self.clients.get_mut(&c).and_then(|l| l.groups.get_mut(g)) {
-                mb.in_view = true;
-                mb.flushed = false;
-                mb.flush = None;
-            }
-            local.push(c);
-        }
+        let local = self.enter_view_here(g, &members);
         // A view of the members that moved together ends here: its holders
         // get the transitional signal before the merged (network) view.
         if let Some(prev) = self.views.get(g).filter(|p| p.side) {
@@ -1702,6 +1693,22 @@ impl ClientGroups {
 
     /// Keyed modes: the key of view `id` of `g`, derived from the server key
     /// (every daemon alike).
+    /// The local clients among `members`, each marked as in the new view
+    /// of `g` (no flush done or pending).
+    fn enter_view_here(&mut self, g: &Bytes, members: &[PrivateName]) -> Vec<ClientId> {
+        let mut local = Vec::new();
+        for m in members.iter().filter(|m| m.daemon == self.daemon) {
+            let Some(c) = self.local_id(m) else { continue };
+            if let Some(mb) = self.clients.get_mut(&c).and_then(|l| l.groups.get_mut(g)) {
+                mb.in_view = true;
+                mb.flushed = false;
+                mb.flush = None;
+            }
+            local.push(c);
+        }
+        local
+    }
+
     fn view_key(&mut self, g: &Bytes, id: ViewId, mode: GroupMode) -> Option<Arc<GroupKey>> {
         let server = self.server.as_ref().filter(|_| mode.keyed())?;
         let vb = id.to_bytes();
@@ -1740,16 +1747,7 @@ impl ClientGroups {
         grp.view = stay.clone();
         if let Some((id, members)) = mine {
             let key = self.view_key(g, id, mode);
-            let mut local = Vec::new();
-            for m in members.iter().filter(|m| m.daemon == self.daemon) {
-                let Some(c) = self.local_id(m) else { continue };
-                if let Some(mb) = self.clients.get_mut(&c).and_then(|l| l.groups.get_mut(g)) {
-                    mb.in_view = true;
-                    mb.flushed = false;
-                    mb.flush = None;
-                }
-                local.push(c);
-            }
+            let local = self.enter_view_here(g, &members);
             for &c in &local {
                 let ev = ClientEvent::Membership {
                     group: g.clone(),
