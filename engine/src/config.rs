@@ -151,6 +151,7 @@ struct DaemonFile {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RingFile {
+    timeouts: Option<Spanned<String>>,
     mtu: Option<Spanned<usize>>,
     packing: Option<bool>,
     personal_window: Option<u32>,
@@ -164,6 +165,7 @@ struct RingFile {
     join_interval_ms: Option<u64>,
     consensus_timeout_ms: Option<u64>,
     merge_interval_ms: Option<u64>,
+    fail_to_receive_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -493,6 +495,13 @@ impl DaemonConfig {
             .find(|p| p.name == name)
             .cloned()
             .ok_or_else(|| ConfigError::UnknownDaemon { path: path.to_path_buf(), name: name.to_string() })?;
+        if let Some(t) = file.ring.timeouts.as_ref().filter(|t| RingConfig::profile(t.get_ref()).is_none()) {
+            return Err(invalid(
+                t.span(),
+                "ring.timeouts",
+                format!("unknown timeout profile {:?}: use \"default\" or \"low-latency\"", t.get_ref()),
+            ));
+        }
         let ring = ring_config(&file.ring);
         if let Err(e) = ring.validate() {
             let span = file.ring.mtu.as_ref().filter(|_| e.field == "mtu").map_or(0..0, Spanned::span);
@@ -839,7 +848,7 @@ fn security(
 }
 
 fn ring_config(f: &RingFile) -> RingConfig {
-    let d = RingConfig::default();
+    let d = f.timeouts.as_ref().and_then(|t| RingConfig::profile(t.get_ref())).unwrap_or_default();
     let ms = |v: Option<u64>, default: Duration| v.map_or(default, Duration::from_millis);
     RingConfig {
         mtu: f.mtu.as_ref().map_or(d.mtu, |m| *m.get_ref()),
@@ -855,6 +864,7 @@ fn ring_config(f: &RingFile) -> RingConfig {
         join_interval: ms(f.join_interval_ms, d.join_interval),
         consensus_timeout: ms(f.consensus_timeout_ms, d.consensus_timeout),
         merge_interval: ms(f.merge_interval_ms, d.merge_interval),
+        fail_to_receive: ms(f.fail_to_receive_ms, d.fail_to_receive),
         ..d
     }
 }
@@ -920,6 +930,21 @@ link_security = "none"
         let bad = format!("{GOOD}\n[daemon]\nbackend = 3\n");
         let e = DaemonConfig::parse(Path::new("x.toml"), &bad, "a").unwrap_err().to_string();
         assert!(e.starts_with("x.toml:22:") && e.contains("string"), "{e}");
+    }
+
+    #[test]
+    fn the_low_latency_profile_sets_the_timeouts_and_keys_still_override() {
+        let text = GOOD.replace("[ring]\n", "[ring]\ntimeouts = \"low-latency\"\n");
+        let c = DaemonConfig::parse(Path::new("x.toml"), &text, "a").unwrap();
+        let low = RingConfig::low_latency();
+        assert_eq!(c.ring.token_timeout, Duration::from_millis(500), "an explicit key wins");
+        assert_eq!(c.ring.consensus_timeout, low.consensus_timeout);
+        assert_eq!(c.ring.fail_to_receive, low.fail_to_receive);
+        assert!(low.consensus_timeout < RingConfig::default().consensus_timeout);
+
+        let bad = GOOD.replace("[ring]\n", "[ring]\ntimeouts = \"fast\"\n");
+        let e = DaemonConfig::parse(Path::new("x.toml"), &bad, "a").unwrap_err().to_string();
+        assert!(e.starts_with("x.toml:16: key `ring.timeouts`") && e.contains("low-latency"), "{e}");
     }
 
     #[test]

@@ -75,11 +75,29 @@ pub enum Phase {
 struct Gather {
     /// The round: the highest ring sequence known when it began. Joins of
     /// older rounds are stale and ignored; a join of a newer round makes
-    /// this daemon start over in that round, dropping failures it learned in
-    /// the older one (which would otherwise poison the new round).
+    /// this daemon start over in that round, dropping what it learned from
+    /// others in the older one.
     round: u64,
     procs: BTreeSet<NodeId>,
+    /// What this daemon's joins leave out (see [`Gather::resolve`]).
     fails: BTreeSet<NodeId>,
+    /// Our suspects: daemons we cannot hear (silent through a consensus
+    /// timeout, or not heard since an earlier one). Kept across rounds; a
+    /// join from one of them clears it.
+    own: BTreeSet<NodeId>,
+    /// Members heard this round that still disagreed at a consensus
+    /// timeout: left out for the rest of the round.
+    stuck: BTreeSet<NodeId>,
+    /// Each daemon heard this round: its suspects, and whether its latest
+    /// join leaves us out.
+    reports: BTreeMap<NodeId, (BTreeSet<NodeId>, bool)>,
+    /// Daemons heard since the last consensus timeout (or the round's
+    /// start): one not heard for a whole timeout is silent to us, whatever
+    /// it said before.
+    heard: BTreeSet<NodeId>,
+    /// The accusations we learned leave us out (or every daemon we hear
+    /// leaves us out): we form a ring of our own at once.
+    excluded: bool,
     agreed: BTreeSet<NodeId>,
     join_at: Time,
     consensus_at: Time,
@@ -88,6 +106,76 @@ struct Gather {
 impl Gather {
     fn members(&self) -> Vec<NodeId> {
         self.procs.difference(&self.fails).copied().collect()
+    }
+
+    /// Whom to leave out. Our suspects and the members stuck at a timeout
+    /// are out. The accusations among the rest (each daemon's suspects:
+    /// who cannot hear whom) are settled by taking out daemons one at a
+    /// time, the one in the most accusations first (then the one accused
+    /// most, then the higher id), until no accusation is left among the
+    /// members: a daemon that crashed or hears no one goes, and of the two
+    /// ends of a one-way cut the one that cannot be heard goes, the same
+    /// at every daemon that heard the same accusations. Totem takes the union of every fail set instead, and
+    /// that is what stopped the cluster under a lasting one-way cut (issue
+    /// 15): both ends were taken out at every daemon, round after round.
+    ///
+    /// Sets `excluded` when that takes us out, or when every daemon we hear
+    /// leaves us out: then no ring with the others can form.
+    fn resolve(&mut self, me: NodeId) {
+        let mut fails: BTreeSet<NodeId> = self.own.union(&self.stuck).copied().collect();
+        fails.remove(&me);
+        let alive = |f: &BTreeSet<NodeId>, x: &NodeId| self.procs.contains(x) && !f.contains(x);
+        let mut edges: BTreeSet<(NodeId, NodeId)> = BTreeSet::new();
+        for (a, (suspects, _)) in &self.reports {
+            if !alive(&fails, a) {
+                continue;
+            }
+            for b in suspects.iter().filter(|b| *b != a && alive(&fails, b)) {
+                edges.insert((*a, *b));
+            }
+        }
+        let mut excluded = false;
+        while !edges.is_empty() {
+            // (accusations, times accused) per daemon.
+            let mut degree: BTreeMap<NodeId, (usize, usize)> = BTreeMap::new();
+            for (a, b) in &edges {
+                degree.entry(*a).or_default().0 += 1;
+                let d = degree.entry(*b).or_default();
+                d.0 += 1;
+                d.1 += 1;
+            }
+            let Some((out, _)) = degree.into_iter().max_by_key(|(id, d)| (*d, *id)) else { break };
+            edges.retain(|(a, b)| *a != out && *b != out);
+            if out == me {
+                excluded = true;
+            } else {
+                fails.insert(out);
+            }
+        }
+        let heard: Vec<bool> = self
+            .reports
+            .iter()
+            .filter(|(id, _)| **id != me && !fails.contains(id) && self.procs.contains(id))
+            .map(|(_, (_, leaves_us_out))| *leaves_us_out)
+            .collect();
+        excluded |= !heard.is_empty() && heard.iter().all(|x| *x);
+        if excluded {
+            fails = self.procs.iter().copied().filter(|p| *p != me).collect();
+        }
+        self.excluded = excluded;
+        self.fails = fails;
+    }
+
+    /// Starts a new round: what we learned from others is forgotten, our
+    /// own suspects are not (forgetting them let a daemon that keeps
+    /// starting new rounds empty everyone's fail set forever: issue 15).
+    fn new_round(&mut self, round: u64, me: NodeId) {
+        self.round = round;
+        self.reports.clear();
+        self.heard.clear();
+        self.stuck.clear();
+        self.resolve(me);
+        self.agreed = BTreeSet::from([me]);
     }
 }
 
@@ -242,6 +330,11 @@ pub struct Node {
     last_token_at: Time,
     beacon_at: Time,
     quarantine: BTreeMap<NodeId, Quarantine>,
+    /// Daemons we suspected because we could not hear them, until a join or
+    /// beacon of theirs reaches us: they are suspects from the first join
+    /// of the next gather on, so a daemon behind a lasting one-way cut is
+    /// left out at once rather than after another consensus timeout.
+    unheard: BTreeSet<NodeId>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     /// Link security and the servers' key agreement (absent: plain datagrams
@@ -249,6 +342,9 @@ pub struct Node {
     sec: Option<Box<Sec>>,
     /// The latest time given to a `handle_*` call.
     now: Time,
+    /// Membership warnings for the log (rate-limited per kind and peer).
+    notices: VecDeque<Alert>,
+    noticed: BTreeMap<(u8, NodeId), Time>,
     /// Counters of rings that ended, and of the node itself.
     retired: Stats,
 }
@@ -330,9 +426,25 @@ impl Node {
         self.sec.as_ref().map(|s| &s.stats)
     }
 
-    /// The next security alert for the log.
+    /// The next alert for the log (at WARN): membership trouble (members
+    /// left out, one-way cuts) and security alerts.
     pub fn poll_alert(&mut self) -> Option<Alert> {
+        if let Some(a) = self.notices.pop_front() {
+            return Some(a);
+        }
         self.sec.as_mut()?.alerts.pop_front()
+    }
+
+    /// Queues a membership warning, at most one per kind and peer every
+    /// [`ALERT_EVERY`].
+    fn notice(&mut self, now: Time, kind: u8, peer: NodeId, text: impl FnOnce() -> String) {
+        let last = self.noticed.entry((kind, peer)).or_insert(Time::ZERO);
+        if *last == Time::ZERO || now.saturating_since(*last) >= ALERT_EVERY {
+            *last = now.max(Time::from_nanos(1));
+            if self.notices.len() < 64 {
+                self.notices.push_back(Alert { peer, text: text() });
+            }
+        }
     }
 
     /// The server key agreed in the current ring: its ring, epoch and link
@@ -397,10 +509,13 @@ impl Node {
             sent_commit: None,
             last_token_at: now,
             quarantine: BTreeMap::new(),
+            unheard: BTreeSet::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             sec: None,
             now,
+            notices: VecDeque::new(),
+            noticed: BTreeMap::new(),
             retired: Stats::default(),
         }
     }
@@ -816,6 +931,7 @@ impl Node {
 
     /// Handles expired timers.
     pub fn handle_timeout(&mut self, now: Time) {
+        self.excuse_stall(now);
         self.now = now;
         let deadline = self.sec.as_ref().and_then(|s| s.agreement_deadline(self.cfg.token_timeout));
         if matches!(self.state, State::Operational) && deadline.is_some_and(|d| d <= now) {
@@ -836,6 +952,37 @@ impl Node {
         if self.sec.is_some() {
             self.pump_keys();
             self.maybe_refresh(now);
+        }
+    }
+
+    /// A timer that fires long after its deadline means this daemon was not
+    /// running (SIGSTOP, a VM pause, CPU starvation): the time it lost does
+    /// not count against the others. Failure deadlines move on by the
+    /// lateness, so the datagrams waiting in our socket (the token, joins)
+    /// are read before anyone is suspected (issue 15: a paused daemon woke
+    /// up, timed out the token first, then took the joins of the round that
+    /// had left it out for current and went off alone).
+    fn excuse_stall(&mut self, now: Time) {
+        let Some(due) = self.poll_timeout() else { return };
+        let late = now.saturating_since(due);
+        if late <= self.cfg.token_timeout / 2 {
+            return;
+        }
+        self.retired.stalls += 1;
+        // Past the lateness, a little more: time to read what waits.
+        let late = late + self.cfg.token_retransmit;
+        self.last_token_at = self.last_token_at + late;
+        match &mut self.state {
+            State::Operational => {}
+            State::Gather(g) => {
+                g.consensus_at = g.consensus_at + late;
+                g.join_at = now;
+            }
+            State::Commit { deadline, .. } => *deadline = *deadline + late,
+            State::Recovery { rec, .. } => rec.deadline = rec.deadline + late,
+        }
+        if let Some(sec) = &mut self.sec {
+            sec.run_started = sec.run_started + late;
         }
     }
 
@@ -879,13 +1026,13 @@ impl Node {
             State::Commit { gather, deadline, .. } => {
                 if now >= *deadline {
                     let g = gather.clone();
-                    self.enter_gather(now, g.procs, g.fails);
+                    self.enter_gather(now, g.procs, g.own);
                 }
             }
             State::Recovery { gather, rec } => {
                 if now >= rec.deadline || self.next.as_ref().is_some_and(Ring::failed_to_receive) {
                     let g = gather.clone();
-                    self.enter_gather(now, g.procs, g.fails);
+                    self.enter_gather(now, g.procs, g.own);
                 } else if let Some(n) = &mut self.next {
                     n.handle_timeout(now, &mut self.out);
                 }
@@ -993,6 +1140,19 @@ impl Node {
                     if matches!(self.state, State::Operational) && r.handle_token(now, t, from, &mut self.out)
                     {
                         self.last_token_at = now;
+                        if let Some((seq, stuck)) = r.failing_to_receive(now) {
+                            let (ring, procs) = (r.ring_id(), r.members().iter().copied().collect());
+                            let me = self.id;
+                            self.notice(now, 1, me, || {
+                                format!(
+                                    "daemon {me} has missed packet {seq} of ring {ring} for {} ms while the \
+                                     token kept coming (a one-way cut from some member?): forming the ring \
+                                     again without the members it cannot hear",
+                                    stuck.as_millis()
+                                )
+                            });
+                            self.enter_gather(now, procs, BTreeSet::new());
+                        }
                     }
                 } else {
                     self.retired.foreign += 1;
@@ -1000,7 +1160,11 @@ impl Node {
             }
             Ok(Datagram::Join(j)) => self.handle_join(now, j),
             Ok(Datagram::Commit(c)) => self.handle_commit(now, c),
-            Ok(Datagram::Beacon(b)) => self.foreign(now, b.sender, b.ring_id),
+            Ok(Datagram::Beacon(b)) => {
+                // Only its sender sends a beacon: we hear that daemon.
+                self.unheard.remove(&b.sender);
+                self.foreign(now, b.sender, b.ring_id);
+            }
             Err(_) => self.retired.bad_datagrams += 1,
         }
         self.pump(now);
@@ -1022,19 +1186,21 @@ impl Node {
     /// starts a membership change (a merge).
     fn foreign(&mut self, now: Time, sender: NodeId, ring_id: RingId) {
         self.retired.foreign += 1;
+        if self.quarantined(sender, now) {
+            return;
+        }
         let seq = self.bound_ring_seq(ring_id.seq);
         if seq > self.max_ring_seq {
             // A newer ring exists: a gather in progress moves to a new round,
             // so that the daemons of that ring listen to our joins.
             self.max_ring_seq = seq;
+            let me = self.id;
             if let State::Gather(g) = &mut self.state {
-                g.round = seq;
-                g.fails.clear();
-                g.agreed = BTreeSet::from([self.id]);
+                g.new_round(seq, me);
                 self.send_join();
             }
         }
-        if sender == self.id || sender == NodeId::NONE || self.quarantined(sender, now) {
+        if sender == self.id || sender == NodeId::NONE {
             return;
         }
         if !matches!(self.state, State::Operational) {
@@ -1073,15 +1239,24 @@ impl Node {
         self.out.user.restart_partial();
         self.out.user_allowed = false;
         procs.insert(self.id);
+        // Daemons we still cannot hear stay suspects from the first join on.
+        fails.extend(self.unheard.iter().filter(|u| procs.contains(u)).copied());
         fails.remove(&self.id);
-        self.state = State::Gather(Gather {
+        let mut g = Gather {
             round: self.max_ring_seq,
             procs,
-            fails,
+            own: fails,
+            fails: BTreeSet::new(),
+            stuck: BTreeSet::new(),
+            reports: BTreeMap::new(),
+            heard: BTreeSet::new(),
+            excluded: false,
             agreed: BTreeSet::from([self.id]),
             join_at: now + self.cfg.join_interval,
             consensus_at: now + self.cfg.consensus_timeout,
-        });
+        };
+        g.resolve(self.id);
+        self.state = State::Gather(g);
         self.send_join();
         self.check_consensus(now, false);
     }
@@ -1095,6 +1270,7 @@ impl Node {
             max_ring_seq: g.round,
             procs: g.procs.iter().copied().collect(),
             fails: g.fails.iter().copied().collect(),
+            suspects: g.own.iter().filter(|o| g.fails.contains(o)).copied().collect(),
         };
         self.transmits.push_back(Transmit { dest: Dest::All, bytes: Bytes::from(j.encode()) });
     }
@@ -1113,12 +1289,37 @@ impl Node {
         if j.sender == self.id {
             return;
         }
+        // We hear it: whatever we suspected of it, it is not silent to us.
+        let heard_again = self.unheard.remove(&j.sender);
         j.max_ring_seq = self.bound_ring_seq(j.max_ring_seq);
+        let accuses_us = j.suspects.contains(&self.id);
         // A join of a round that began before our ring was formed is stale.
         if matches!(self.state, State::Operational)
             && self.ring.as_ref().is_some_and(|r| j.max_ring_seq < r.ring_id().seq)
         {
             return;
+        }
+        // A daemon our last change left out for what others said of it (one
+        // that a member cannot hear) does not start a change here until its
+        // quarantine ends: otherwise, behind a lasting one-way cut, its joins
+        // would break the ring up as fast as it forms (issue 15). It takes
+        // part in a change that something else started.
+        let outsider = match &self.state {
+            State::Operational => self.ring.as_ref().is_some_and(|r| !r.is_member(j.sender)),
+            State::Commit { members, .. }
+            | State::Recovery { rec: Recovery { token: CommitToken { members, .. }, .. }, .. } => {
+                !members.contains(&j.sender)
+            }
+            State::Gather(_) => false,
+        };
+        if outsider && self.quarantined(j.sender, now) {
+            self.retired.quarantined_joins += 1;
+            return;
+        }
+        if let State::Gather(g) = &self.state {
+            if j.max_ring_seq < g.round {
+                return; // stale round: the sender will learn ours from our joins
+            }
         }
         self.max_ring_seq = self.max_ring_seq.max(j.max_ring_seq);
         let jp: BTreeSet<NodeId> = j.procs.iter().copied().collect();
@@ -1127,10 +1328,20 @@ impl Node {
         let restart_from = match &self.state {
             // Only joins of rounds that began after our ring was formed get
             // here (see above): a member or an outsider wants a new ring.
-            State::Operational => match &self.ring {
-                Some(r) => Some((r.members().iter().copied().collect(), BTreeSet::new())),
-                None => Some((BTreeSet::new(), BTreeSet::new())),
-            },
+            State::Operational => {
+                if accuses_us {
+                    // The round that left us out, read late (it waited in
+                    // our socket while we were paused, say): we start a
+                    // newer round, so its stale accusations are not
+                    // counted; if its sender still cannot hear us, it says
+                    // so again in that round.
+                    self.max_ring_seq = self.max_ring_seq.max(j.max_ring_seq.saturating_add(1));
+                }
+                match &self.ring {
+                    Some(r) => Some((r.members().iter().copied().collect(), BTreeSet::new())),
+                    None => Some((BTreeSet::new(), BTreeSet::new())),
+                }
+            }
             State::Commit { gather, members, ring_id, .. }
             | State::Recovery { gather, rec: Recovery { token: CommitToken { members, ring_id, .. }, .. } } =>
             {
@@ -1140,53 +1351,52 @@ impl Node {
                 if old_round && (their_members == *members || !members.contains(&j.sender)) {
                     return;
                 }
-                // A new round: failures of the old one are forgotten, or a
-                // daemon failed then would be locked out for good.
                 Some((gather.procs.clone(), BTreeSet::new()))
             }
             State::Gather(_) => None,
         };
+        let was_operational = matches!(self.state, State::Operational);
         if let Some((procs, fails)) = restart_from {
             self.enter_gather(now, procs, fails);
         }
+        let me = self.id;
         let State::Gather(g) = &mut self.state else { return };
         if j.max_ring_seq < g.round {
-            return; // stale round: the sender will learn ours from our joins
+            return; // the round it accused us in is over
         }
         let mut changed = false;
         if j.max_ring_seq > g.round {
-            g.round = j.max_ring_seq;
-            g.fails.clear();
-            g.agreed = BTreeSet::from([self.id]);
+            g.new_round(j.max_ring_seq, me);
             changed = true;
         }
-        if g.fails.contains(&j.sender) {
-            if changed {
-                self.send_join();
-            }
-            return;
+        let fails_before = g.fails.clone();
+        if heard_again || g.own.contains(&j.sender) {
+            g.own.remove(&j.sender);
         }
-        changed |= if jf.contains(&self.id) {
-            // It counts us failed: we cannot be in one ring with it now, and
-            // its beacons should not make us try again at once.
-            g.fails.insert(j.sender);
-            true
-        } else if jp == g.procs && jf == g.fails {
+        let suspects: BTreeSet<NodeId> = j.suspects.iter().copied().collect();
+        // It leaves us out of a ring it wants with others (a daemon that
+        // is itself excluded proposes a ring of its own: that is not about
+        // us, and counting it would make exclusion feed on itself).
+        let leaves_us_out = jf.contains(&me) && their_members.len() >= 2;
+        g.reports.insert(j.sender, (suspects, leaves_us_out));
+        g.heard.insert(j.sender);
+        let procs_before = g.procs.len();
+        g.procs.extend(jp.iter().copied());
+        g.own.extend(self.unheard.iter().filter(|u| g.procs.contains(u)).copied());
+        g.resolve(me);
+        changed |= g.procs.len() != procs_before || g.fails != fails_before;
+        if !changed && jp == g.procs && jf == g.fails {
             g.agreed.insert(j.sender);
-            false
-        } else if jp.is_subset(&g.procs) && jf.is_subset(&g.fails) {
-            false
-        } else {
-            g.procs.extend(jp.iter().copied());
-            g.fails.extend(jf.iter().copied());
-            true
-        };
-        if jf.contains(&self.id) {
-            self.add_quarantine(j.sender, now);
+        }
+        if accuses_us && !was_operational {
+            let who = j.sender;
+            self.notice(now, 3, who, || {
+                format!("daemon {who} cannot hear this daemon: the ring forms without one of us")
+            });
         }
         let State::Gather(g) = &mut self.state else { return };
         if changed {
-            g.agreed = BTreeSet::from([self.id]);
+            g.agreed = BTreeSet::from([me]);
             g.consensus_at = now + self.cfg.consensus_timeout;
             self.send_join();
         }
@@ -1194,14 +1404,36 @@ impl Node {
     }
 
     fn consensus_timeout(&mut self, now: Time) {
+        let me = self.id;
         let State::Gather(g) = &mut self.state else { return };
         let missing: Vec<NodeId> = g.members().into_iter().filter(|m| !g.agreed.contains(m)).collect();
-        g.fails.extend(missing.iter().copied());
-        g.agreed = BTreeSet::from([self.id]);
+        // Silent this round: a suspect (we cannot hear it). Heard but still
+        // of another mind: left out for the rest of the round.
+        let silent: Vec<NodeId> =
+            g.members().into_iter().filter(|m| *m != me && !g.heard.contains(m)).collect();
+        let stuck: Vec<NodeId> = missing.iter().filter(|m| !silent.contains(m)).copied().collect();
+        let missing: Vec<NodeId> = silent.iter().chain(&stuck).copied().collect();
+        g.heard.clear();
+        g.own.extend(silent.iter().copied());
+        g.stuck.extend(stuck.iter().copied());
+        g.resolve(me);
+        g.agreed = BTreeSet::from([me]);
         g.consensus_at = now + self.cfg.consensus_timeout;
         g.join_at = now + self.cfg.join_interval;
+        self.unheard.extend(silent.iter().copied());
+        let wait = self.cfg.consensus_timeout;
         for m in missing {
-            self.add_quarantine(m, now);
+            if stuck.contains(&m) {
+                self.add_quarantine(m, now);
+            }
+            let why = if silent.contains(&m) { "we cannot hear it" } else { "it proposes another ring" };
+            self.notice(now, 2, m, || {
+                format!(
+                    "daemon {m} did not agree on the membership within {} ms ({why}): forming a ring \
+                     without it",
+                    wait.as_millis()
+                )
+            });
         }
         self.send_join();
         self.check_consensus(now, true);
@@ -1318,7 +1550,13 @@ impl Node {
         }
         match &self.state {
             State::Gather(g) if c.rotation == 1 && !rep => {
-                if g.members() != c.members || c.ring_id.seq <= g.round {
+                // We must have heard every member in this round: a daemon
+                // we cannot hear (a one-way cut) is not let into our ring
+                // by a representative that hears it.
+                if g.members() != c.members
+                    || c.ring_id.seq <= g.round
+                    || c.members.iter().any(|m| !g.agreed.contains(m) && !g.reports.contains_key(m))
+                {
                     return;
                 }
                 if self.ring.as_ref().is_some_and(|r| r.ring_id() >= c.ring_id) {
@@ -1355,6 +1593,23 @@ impl Node {
     fn enter_recovery(&mut self, now: Time, c: &CommitToken) {
         let State::Commit { gather, .. } = &self.state else { return };
         let gather = gather.clone();
+        // Every member of the new ring holds the daemons it left out in
+        // quarantine, not only those that saw them fail: otherwise a daemon
+        // that one member cannot hear (a one-way cut) is let back in by the
+        // others at its next beacon, again and again.
+        // Those we could not hear ourselves are not: a join of theirs
+        // proves them back (a paused daemon that woke up).
+        let left_out: Vec<NodeId> = gather
+            .procs
+            .iter()
+            .filter(|p| !c.members.contains(p) && !self.unheard.contains(p))
+            .copied()
+            .collect();
+        for p in left_out {
+            if !self.quarantined(p, now) {
+                self.add_quarantine(p, now);
+            }
+        }
         let Ok(next) = Ring::new(self.cfg.clone(), self.id, &c.members, c.ring_id, now, false) else {
             return;
         };

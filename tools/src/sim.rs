@@ -74,6 +74,10 @@ pub(crate) struct SimArgs {
     /// crosses the wire in clear. Without it: plain datagrams.
     #[arg(long, value_parser = ["encrypt", "authenticate", "none"])]
     security: Option<String>,
+    /// The ring's timeout profile: default or low-latency (as `[ring]
+    /// timeouts` in a daemon's config).
+    #[arg(long, default_value = "default", value_parser = ["default", "low-latency"])]
+    timeouts: String,
 }
 
 fn probability(name: &str, p: f64) -> Result<f64, String> {
@@ -82,8 +86,8 @@ fn probability(name: &str, p: f64) -> Result<f64, String> {
 
 impl SimArgs {
     fn config(&self, seed: u64) -> Result<SimConfig, String> {
-        let ring =
-            Config { accelerated: !self.no_accelerated, packing: !self.no_packing, ..Config::default() };
+        let base_ring = Config::profile(&self.timeouts).unwrap_or_default();
+        let ring = Config { accelerated: !self.no_accelerated, packing: !self.no_packing, ..base_ring };
         ring.validate().map_err(|e| e.to_string())?;
         if self.max_size == 0 || self.max_size > ring.max_message {
             return Err(format!("--max-size must be between 1 and {}", ring.max_message));
@@ -145,6 +149,9 @@ impl SimArgs {
         }
         if let Some(s) = &self.security {
             cmd += &format!(" --security {s}");
+        }
+        if self.timeouts != "default" {
+            cmd += &format!(" --timeouts {}", self.timeouts);
         }
         cmd
     }

@@ -284,6 +284,7 @@ fn forged_join_on(backend: &str) {
         max_ring_seq: u64::MAX,
         procs: (0..3).map(NodeId).collect(),
         fails: Vec::new(),
+        suspects: Vec::new(),
     };
     let mut forged = datagram[..HEADER].to_vec();
     forged[TO].copy_from_slice(&u16::MAX.to_be_bytes());

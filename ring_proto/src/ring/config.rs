@@ -59,6 +59,12 @@ pub struct Config {
     pub quarantine_min: Duration,
     /// Upper bound of the quarantine (default 3.2 s).
     pub quarantine_max: Duration,
+    /// A member that has missed the same packet for this long while the
+    /// token kept coming (its retransmission requests go unanswered: a
+    /// one-way cut from some member) starts a membership change, which
+    /// leaves out the member it cannot hear (default 400 ms; Corosync's
+    /// `fail_recv_const`).
+    pub fail_to_receive: Duration,
     /// Largest client message accepted by `submit` (default 1 MiB).
     pub max_message: usize,
     /// Most messages waiting to be sent; `submit` refuses more (default 8192).
@@ -86,9 +92,42 @@ impl Default for Config {
             merge_interval: Duration::from_millis(200),
             quarantine_min: Duration::from_millis(400),
             quarantine_max: Duration::from_millis(3200),
+            fail_to_receive: Duration::from_millis(400),
             max_message: 1 << 20,
             max_pending_messages: 8192,
             max_pending_bytes: 16 << 20,
+        }
+    }
+}
+
+impl Config {
+    /// The low-latency timeout profile (`[ring] timeouts = "low-latency"`):
+    /// for a LAN whose daemons are not starved of CPU, it finds a failed
+    /// daemon or a partition about six times sooner than the defaults
+    /// (token timeout 50 ms, consensus 40 ms). A daemon that stalls longer
+    /// than the token timeout (a loaded machine, a VM pause) is taken out of
+    /// the ring, and merged back when it runs again. docs/operations.md,
+    /// "Timeout profiles", tells when to choose it.
+    pub fn low_latency() -> Self {
+        Self {
+            token_retransmit: Duration::from_millis(5),
+            token_timeout: Duration::from_millis(50),
+            join_interval: Duration::from_millis(8),
+            consensus_timeout: Duration::from_millis(40),
+            merge_interval: Duration::from_millis(100),
+            quarantine_min: Duration::from_millis(200),
+            quarantine_max: Duration::from_millis(1600),
+            fail_to_receive: Duration::from_millis(100),
+            ..Self::default()
+        }
+    }
+
+    /// The timeout profile named `name`: `default` or `low-latency`.
+    pub fn profile(name: &str) -> Option<Self> {
+        match name {
+            "default" => Some(Self::default()),
+            "low-latency" => Some(Self::low_latency()),
+            _ => None,
         }
     }
 }
@@ -149,6 +188,9 @@ impl Config {
         }
         if self.merge_interval.is_zero() {
             return err("merge_interval", "must be positive");
+        }
+        if self.fail_to_receive < self.token_retransmit {
+            return err("fail_to_receive", "must be at least token_retransmit");
         }
         if self.quarantine_max < self.quarantine_min {
             return err("quarantine_max", "must be at least quarantine_min");

@@ -138,6 +138,9 @@ pub struct Stats {
     pub bad_datagrams: u64,
     /// Datagrams for another ring or from a non-member (dropped).
     pub foreign: u64,
+    /// Joins of quarantined daemons ignored in operation (they may not
+    /// start a membership change yet).
+    pub quarantined_joins: u64,
     /// Data packets with a sequence number far beyond the window (dropped).
     pub out_of_window: u64,
     /// Data packets received for the first time.
@@ -146,6 +149,9 @@ pub struct Stats {
     pub duplicate_packets: u64,
     /// New data packets this node sent.
     pub packets_sent: u64,
+    /// Timers that fired more than half a token timeout late (this daemon
+    /// was paused or starved); their failure deadlines were moved on.
+    pub stalls: u64,
     /// Packets this node retransmitted on request.
     pub packets_retransmitted: u64,
     /// Sequence numbers this node asked to be retransmitted.
@@ -192,6 +198,8 @@ impl Stats {
         self.duplicate_packets += o.duplicate_packets;
         self.packets_sent += o.packets_sent;
         self.packets_retransmitted += o.packets_retransmitted;
+        self.stalls += o.stalls;
+        self.quarantined_joins += o.quarantined_joins;
         self.retransmits_requested += o.retransmits_requested;
         self.tokens_received += o.tokens_received;
         self.stale_tokens += o.stale_tokens;
@@ -268,6 +276,11 @@ pub struct Ring {
     visit_aru: u64,
     sent_token: Option<SentToken>,
     held: Option<Held>,
+    /// Fail-to-receive detection: our aru when it last moved, since when,
+    /// and how many token visits found it stuck below packets others sent.
+    recv_aru: u64,
+    recv_since: Time,
+    recv_visits: u32,
 
     transmits: VecDeque<Transmit>,
     deliveries: VecDeque<Delivery>,
@@ -321,6 +334,9 @@ impl Ring {
             visit_aru: 0,
             sent_token: None,
             held: None,
+            recv_aru: 0,
+            recv_since: now,
+            recv_visits: 0,
             transmits: VecDeque::new(),
             deliveries: VecDeque::new(),
             token_buf: Vec::new(),
@@ -709,6 +725,9 @@ impl Ring {
         //    only gaps a full rotation old are requested.
         let horizon = if self.cfg.accelerated { self.last_departure_seq.min(token.seq) } else { token.seq };
         self.request_missing(&mut token, horizon);
+        if fresh {
+            self.watch_receiving(now, horizon);
+        }
 
         if alone {
             self.stable = self.my_aru;
@@ -756,6 +775,29 @@ impl Ring {
         for raw in packets {
             self.emit(Dest::All, raw);
         }
+    }
+
+    /// Counts token visits that find our aru stuck below what others sent.
+    fn watch_receiving(&mut self, now: Time, horizon: u64) {
+        if self.my_aru >= horizon {
+            self.recv_visits = 0;
+        } else if self.recv_visits > 0 && self.recv_aru == self.my_aru {
+            self.recv_visits = self.recv_visits.saturating_add(1);
+        } else {
+            self.recv_aru = self.my_aru;
+            self.recv_since = now;
+            self.recv_visits = 1;
+        }
+    }
+
+    /// The packet this member has been missing for longer than
+    /// `fail_to_receive`, over several token visits, if any: the ring
+    /// keeps going but some member's packets never reach us.
+    pub(crate) fn failing_to_receive(&self, now: Time) -> Option<(u64, std::time::Duration)> {
+        const VISITS: u32 = 8;
+        let stuck = now.saturating_since(self.recv_since);
+        (self.recv_visits >= VISITS && stuck >= self.cfg.fail_to_receive)
+            .then_some((self.recv_aru + 1, stuck))
     }
 
     /// Retransmits requested packets this node holds and removes them from

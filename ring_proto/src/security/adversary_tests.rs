@@ -174,6 +174,7 @@ fn forge(lab: &Lab, mode: LinkMode, to: usize, from: u16, own_ring: bool, f: &Fo
                 max_ring_seq: *max_ring_seq,
                 procs: sorted(procs),
                 fails: sorted(fails),
+                suspects: Vec::new(),
             }
             .encode()
         }
@@ -357,4 +358,13 @@ proptest! {
     fn adversary_without_keys_in_encrypt(actions in proptest::collection::vec(action(), 1..80)) {
         attack(LinkMode::Encrypt, &actions);
     }
+}
+
+/// Found by the harness: one forged join "from" daemon 1 to daemon 2 that
+/// leaves daemon 2 out. Daemon 2 took itself for excluded by everyone it
+/// heard, and the three never agreed again.
+#[test]
+fn a_forged_join_leaving_a_daemon_out_does_not_stop_the_ring() {
+    let forged = Forged::Join { max_ring_seq: 1, procs: vec![1], fails: vec![2] };
+    attack(LinkMode::None, &[Action::Forge { to: 2, from: 1, own_ring: false, datagram: forged }]);
 }

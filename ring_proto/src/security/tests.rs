@@ -186,6 +186,7 @@ fn a_forged_join_of_the_last_round_wedges_nothing() {
         max_ring_seq: u64::MAX,
         procs: (0..3).map(NodeId).collect(),
         fails: Vec::new(),
+        suspects: Vec::new(),
     };
     let forged = plain_link(1, 3).seal(&join.encode(), None, false, &mut SecurityStats::default());
     for to in [0, 2] {

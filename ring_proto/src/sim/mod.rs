@@ -603,6 +603,7 @@ impl<'t> Sim<'t> {
             }
             self.now = self.now.max(next);
             if self.now >= heal && !self.healed {
+                self.note_fault(|| "heal".into());
                 self.healed = true;
                 self.net.heal();
             }
@@ -657,6 +658,14 @@ impl<'t> Sim<'t> {
         t
     }
 
+    /// Writes one line of the fault schedule to the trace.
+    fn note_fault(&mut self, what: impl FnOnce() -> String) {
+        if let Some(w) = self.trace.as_mut() {
+            let ev = TraceEvent::Fault { t_ns: self.now.as_nanos(), fault: what() };
+            let _ = trace::write_line(w, &ev);
+        }
+    }
+
     fn alive(&self) -> Vec<bool> {
         self.nodes.iter().map(Option::is_some).collect()
     }
@@ -669,6 +678,7 @@ impl<'t> Sim<'t> {
             let alive = self.alive();
             let Some(fault) = faults::realise(&mut self.fault_rng, kind, &alive, since) else { continue };
             self.faults_applied += 1;
+            self.note_fault(|| format!("{fault:?}"));
             match fault {
                 Fault::Partition(labels) => {
                     for (a, row) in self.net.reachable.iter_mut().enumerate() {
@@ -700,6 +710,15 @@ impl<'t> Sim<'t> {
         let now = self.now;
         if !self.lasting_started && self.lasting.is_some() && now >= self.lasting_at {
             self.lasting_started = true;
+            let what = format!(
+                "lasting {:?}",
+                self.lasting.as_ref().map(|l| match l {
+                    Lasting::Stall { len, spells } =>
+                        format!("stall of every daemon for {len:?}, {} spells", spells.len()),
+                    other => format!("{other:?}"),
+                })
+            );
+            self.note_fault(|| what);
             let settle = match &self.lasting {
                 Some(Lasting::Cut { from, to, .. }) => {
                     self.net.reachable[*from][*to] = false;
@@ -716,6 +735,9 @@ impl<'t> Sim<'t> {
         }
         if self.lasting_started && now >= self.quiet_at {
             if let Some(Lasting::Cut { from, to, .. }) = self.lasting {
+                if !self.net.reachable[from][to] {
+                    self.note_fault(|| format!("cut {from}->{to} healed"));
+                }
                 self.net.reachable[from][to] = true;
             }
             self.next_live_probe = None;
@@ -723,11 +745,13 @@ impl<'t> Sim<'t> {
         while let Some(&(at, node, len)) = self.pause_plan.get(self.next_pause).filter(|p| p.0 <= now) {
             self.next_pause += 1;
             if self.nodes[node].is_some() && self.paused_until[node].is_none() {
+                self.note_fault(|| format!("pause {node} for {len:?}"));
                 self.paused_until[node] = Some(at + len);
             }
         }
         for i in 0..self.nodes.len() {
             if self.paused_until[i].is_some_and(|u| u <= now) {
+                self.note_fault(|| format!("resume {i}"));
                 self.paused_until[i] = None;
                 self.resume(i);
             }
@@ -1082,6 +1106,9 @@ impl<'t> Sim<'t> {
     }
 
     fn finish(mut self) -> Report {
+        if let Some(w) = self.trace.as_mut() {
+            let _ = trace::write_line(w, &TraceEvent::End { t_ns: self.now.as_nanos() });
+        }
         let mut v = std::mem::take(&mut self.violations);
         for p in &self.live_probes {
             for &e in &p.expect {

@@ -57,6 +57,19 @@ pub enum TraceEvent<'a> {
         /// Incarnation number (0 for the first life).
         incarnation: u32,
     },
+    /// A fault applied to the network or a daemon (the fault schedule).
+    Fault {
+        /// Virtual time in nanoseconds.
+        t_ns: u64,
+        /// What happened, e.g. `cut 1->2 for 5000 ms`, `partition [0, 0, 1]`,
+        /// `heal`, `pause 2 for 800 ms`, `resume 2`.
+        fault: String,
+    },
+    /// The run ended here: nothing follows.
+    End {
+        /// Virtual time in nanoseconds.
+        t_ns: u64,
+    },
 }
 
 impl TraceEvent<'_> {

@@ -44,20 +44,29 @@ pub struct Join {
     pub max_ring_seq: u64,
     /// Daemons the sender wants in the ring, ascending.
     pub procs: Vec<NodeId>,
-    /// Daemons the sender considers failed, ascending.
+    /// Daemons the sender leaves out of the ring it proposes, ascending:
+    /// its suspects and those the accusations it learned take out.
     pub fails: Vec<NodeId>,
+    /// Daemons the sender itself cannot hear (its direct suspicions, a
+    /// subset of `fails`), ascending. Only these count as accusations:
+    /// what a daemon merely learned from others is never passed on as its
+    /// own (docs/protocol.md 8.3).
+    pub suspects: Vec<NodeId>,
 }
 
 impl Join {
     /// Encodes the message.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(HEADER_LEN + 24 + 2 * (self.procs.len() + self.fails.len()));
+        let mut out = Vec::with_capacity(
+            HEADER_LEN + 26 + 2 * (self.procs.len() + self.fails.len() + self.suspects.len()),
+        );
         put_header(&mut out, KIND_JOIN);
         out.extend_from_slice(&self.sender.0.to_be_bytes());
         put_ring_id(&mut out, self.ring_id);
         out.extend_from_slice(&self.max_ring_seq.to_be_bytes());
         put_ids(&mut out, &self.procs);
         put_ids(&mut out, &self.fails);
+        put_ids(&mut out, &self.suspects);
         out
     }
 
@@ -72,11 +81,15 @@ impl Join {
         let max_ring_seq = r.u64()?;
         let procs = read_ids(&mut r, "procs")?;
         let fails = read_ids(&mut r, "fails")?;
+        let suspects = read_ids(&mut r, "suspects")?;
         r.finish()?;
         if sender == NodeId::NONE || procs.binary_search(&sender).is_err() {
             return Err(DecodeError::BadValue("sender"));
         }
-        Ok(Self { sender, ring_id, max_ring_seq, procs, fails })
+        if suspects.iter().any(|s| fails.binary_search(s).is_err()) {
+            return Err(DecodeError::BadValue("suspects"));
+        }
+        Ok(Self { sender, ring_id, max_ring_seq, procs, fails, suspects })
     }
 }
 

@@ -135,3 +135,34 @@ fn groups_iterate_in_order() {
     assert_eq!(Groups::none().iter().count(), 0);
     assert!(Groups::encode(&[""]).is_err());
 }
+
+fn ids() -> impl Strategy<Value = Vec<NodeId>> {
+    proptest::collection::btree_set(1u16..40, 0..8).prop_map(|s| s.into_iter().map(NodeId).collect())
+}
+
+proptest! {
+    /// A join round-trips; its suspects are a subset of its fails.
+    #[test]
+    fn join_round_trips(ring_id in ring_id(), round in any::<u64>(), procs in ids(), fails in ids(), pick in any::<u64>()) {
+        let sender = NodeId(50);
+        let mut procs = procs;
+        procs.push(sender);
+        let suspects: Vec<NodeId> =
+            fails.iter().enumerate().filter(|(i, _)| pick >> (i % 64) & 1 == 1).map(|(_, f)| *f).collect();
+        let j = Join { sender, ring_id, max_ring_seq: round, procs, fails, suspects };
+        prop_assert_eq!(Join::decode(&j.encode()), Ok(j));
+    }
+}
+
+#[test]
+fn a_join_whose_suspects_are_not_failed_is_refused() {
+    let j = Join {
+        sender: NodeId(1),
+        ring_id: RingId { seq: 3, rep: NodeId(1) },
+        max_ring_seq: 3,
+        procs: vec![NodeId(1), NodeId(2)],
+        fails: vec![],
+        suspects: vec![NodeId(2)],
+    };
+    assert_eq!(Join::decode(&j.encode()), Err(DecodeError::BadValue("suspects")));
+}
