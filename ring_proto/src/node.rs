@@ -227,6 +227,9 @@ pub struct Alert {
 /// How often one kind of alert about one peer is repeated.
 const ALERT_EVERY: Duration = Duration::from_secs(10);
 
+/// How long a slow token rotation keeps the token timeout stretched.
+const SLOW_MEMORY: Duration = Duration::from_secs(10);
+
 /// The security state of a node.
 #[derive(Debug)]
 struct Sec {
@@ -330,6 +333,10 @@ pub struct Node {
     last_token_at: Time,
     beacon_at: Time,
     quarantine: BTreeMap<NodeId, Quarantine>,
+    /// The slowest token rotation seen lately (over a quarter of the token
+    /// timeout), and until when it counts: see [`Node::token_timeout`].
+    slow_rotation: Duration,
+    slow_until: Time,
     /// Daemons we suspected because we could not hear them, until a join or
     /// beacon of theirs reaches us: they are suspects from the first join
     /// of the next gather on, so a daemon behind a lasting one-way cut is
@@ -510,6 +517,8 @@ impl Node {
             last_token_at: now,
             quarantine: BTreeMap::new(),
             unheard: BTreeSet::new(),
+            slow_rotation: Duration::ZERO,
+            slow_until: Time::ZERO,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             sec: None,
@@ -889,6 +898,17 @@ impl Node {
         self.push_ctl(Service::KeyAgreement, env);
     }
 
+    /// The token timeout in force: the configured one, or while token
+    /// rotations have lately been slow (members starved of CPU: a loaded
+    /// machine, short VM pauses), four times the slowest of them, up to
+    /// four times the configured one. Issue 15: under scheduling stalls of 5 to
+    /// 100 ms at every daemon, the token was late 300 ms at one of them now
+    /// and then, and the ring broke up with no daemon failed.
+    fn token_timeout(&self) -> Duration {
+        let base = self.cfg.token_timeout;
+        if self.now < self.slow_until { (self.slow_rotation * 4).clamp(base, base * 4) } else { base }
+    }
+
     /// The next deadline at which [`Node::handle_timeout`] must be called.
     pub fn poll_timeout(&self) -> Option<Time> {
         let mut t: Option<Time> = None;
@@ -903,7 +923,7 @@ impl Node {
                 if let Some(r) = &self.ring {
                     consider(r.poll_timeout());
                     if !r.holds_token() {
-                        consider(Some(self.last_token_at + self.cfg.token_timeout));
+                        consider(Some(self.last_token_at + self.token_timeout()));
                     }
                     if let Some(sec) = &self.sec {
                         consider(sec.agreement_deadline(self.cfg.token_timeout));
@@ -994,6 +1014,7 @@ impl Node {
                 self.transmits.push_back(Transmit { dest: Dest::Node(to), bytes });
             }
         }
+        let token_timeout = self.token_timeout();
         match &mut self.state {
             State::Operational => {
                 let Some(r) = &mut self.ring else { return };
@@ -1004,9 +1025,7 @@ impl Node {
                 }
                 // Token lost, or packets missing that no member sends
                 // however often asked (Totem's "fail to receive").
-                if r.failed_to_receive()
-                    || !r.holds_token() && now >= self.last_token_at + self.cfg.token_timeout
-                {
+                if r.failed_to_receive() || !r.holds_token() && now >= self.last_token_at + token_timeout {
                     let procs = r.members().iter().copied().collect();
                     self.enter_gather(now, procs, BTreeSet::new());
                 } else if r.members()[0] == self.id && now >= self.beacon_at {
@@ -1139,6 +1158,15 @@ impl Node {
                 } else if let Some(r) = self.ring.as_mut().filter(|r| r.ring_id() == t.ring_id) {
                     if matches!(self.state, State::Operational) && r.handle_token(now, t, from, &mut self.out)
                     {
+                        // A slow rotation (a member starved of CPU held the
+                        // token) stretches the token timeout for a while.
+                        let rotation = now.saturating_since(self.last_token_at);
+                        if rotation > self.cfg.token_timeout / 4 {
+                            let before =
+                                if now < self.slow_until { self.slow_rotation } else { Duration::ZERO };
+                            self.slow_rotation = before.max(rotation);
+                            self.slow_until = now + SLOW_MEMORY;
+                        }
                         self.last_token_at = now;
                         if let Some((seq, stuck)) = r.failing_to_receive(now) {
                             let (ring, procs) = (r.ring_id(), r.members().iter().copied().collect());

@@ -257,3 +257,18 @@ fn seed_760026_an_incarnation_starts_with_a_regular_configuration() {
     assert_eq!(r.violations, vec![]);
     assert!(r.faults > 0 && r.configurations > 5);
 }
+
+/// Stall seed 576, 5 daemons: stalls of 5 to 100 ms at every daemon, one
+/// after another on the token's path, kept it away from daemon 3 for
+/// 306 ms; the ring broke up with no daemon failed. Slow rotations now
+/// stretch the token timeout for a while (`Node::token_timeout`).
+#[test]
+fn stall_seed_576_slow_rotations_stretch_the_token_timeout() {
+    let cfg = SimConfig {
+        faults: FaultKinds { pause: true, stall: true, ..FaultKinds::default() },
+        fault_count: 0,
+        ..SimConfig::with_faults(576, 5)
+    };
+    let r = run(&cfg);
+    assert!(r.violations.is_empty(), "{:?}", r.violations);
+}
