@@ -316,15 +316,14 @@ pub unsafe extern "C" fn SP_join(mbox: MailboxId, group: *const c_char) -> c_int
     };
     with_session(mbox, |s| {
         s.client.join(group)?;
-        s.mailbox.joined(group);
         Ok(0)
     })
 }
 
-/// Leaves `group` (Spread's `SP_leave`); the self-leave membership message
-/// (`CAUSED_BY_LEAVE` alone) is the next one this mailbox delivers after
-/// those already received, and nothing more of the group follows it.
-/// Returns 0, or `ILLEGAL_GROUP`, `ILLEGAL_SESSION`, `CONNECTION_CLOSED`.
+/// Leaves `group` (Spread's `SP_leave`). Messages of the group ordered
+/// before the leave still arrive; no self-leave message follows (the
+/// daemon sends none, docs/c-api.md). Returns 0, or `ILLEGAL_GROUP`,
+/// `ILLEGAL_SESSION`, `CONNECTION_CLOSED`.
 ///
 /// # Safety
 /// `group` is null or a NUL-terminated string.
@@ -521,8 +520,7 @@ pub extern "C" fn SP_poll(mbox: MailboxId) -> c_int {
 /// private name, `groups` its destination groups, `*mess_type` the
 /// sender's type, `mess` the body; returns the body's length.
 /// A membership message: `REG_MEMB_MESS` with a `CAUSED_BY_*` flag (or
-/// `TRANSITION_MESS`, or `CAUSED_BY_LEAVE` alone for this connection's own
-/// leave), `sender` the group, `groups` the members' private names,
+/// `TRANSITION_MESS`), `sender` the group, `groups` the members' private names,
 /// `*mess_type` this member's index among them, and `mess` the body that
 /// `SP_get_memb_info` reads. A request the daemon refused: `REJECT_MESS`,
 /// `*mess_type` the daemon's error code, `mess` its text.

@@ -2,8 +2,8 @@
 //! into [`Delivery`] records (service flags, sender, groups, message type,
 //! body), membership bodies laid out for `SP_get_memb_info`, and the
 //! bookkeeping Spread's semantics need on top of ringfence's events (the
-//! member that changed, the self-leave message, nothing more from a group
-//! after leaving it). No sockets here: the FFI layer feeds events in.
+//! member that changed, this member's VS set). No sockets here: the FFI
+//! layer feeds events in.
 //!
 //! A membership body, in the receiver's byte order (docs/c-api.md):
 //!
@@ -16,7 +16,7 @@
 
 use crate::spread::*;
 use ringfence_client::{Event, Membership, Service, ViewCause, ViewId, ViewKind};
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::ffi::c_int;
 
 /// Bytes of a `group_id`.
@@ -90,22 +90,14 @@ pub struct Mailbox {
     /// `SP_connect`'s `group_membership`: deliver membership messages.
     membership: bool,
     /// The members of the last regular view of each group this connection is in.
-    views: HashMap<String, (ViewId, Vec<String>)>,
-    /// Groups left (and not joined again): their events are dropped.
-    left: HashSet<String>,
+    views: HashMap<String, Vec<String>>,
     queue: VecDeque<Delivery>,
 }
 
 impl Mailbox {
     /// An empty mailbox for the connection named `me`.
     pub fn new(me: &str, membership: bool) -> Self {
-        Self {
-            me: me.to_string(),
-            membership,
-            views: HashMap::new(),
-            left: HashSet::new(),
-            queue: VecDeque::new(),
-        }
+        Self { me: me.to_string(), membership, views: HashMap::new(), queue: VecDeque::new() }
     }
 
     /// The next delivery, if one is ready.
@@ -123,43 +115,23 @@ impl Mailbox {
         self.queue.push_front(d);
     }
 
-    /// The application joins `group`: its events are delivered again.
-    pub fn joined(&mut self, group: &str) {
-        self.left.remove(group);
-    }
-
-    /// The application left `group`: queue the self-leave message Spread
-    /// gives (`CAUSED_BY_LEAVE` alone, no members) and drop what still
-    /// arrives for the group until it is joined again.
+    /// The application left `group`: the next view of the group it sees
+    /// (after joining again) starts afresh. (The daemon sends the leaver no
+    /// view of its own leave, so there is no self-leave message.)
     pub fn left(&mut self, group: &str) {
-        let view = self.views.remove(group).map(|(id, _)| id);
-        self.left.insert(group.to_string());
-        if self.membership {
-            self.queue.push_back(Delivery {
-                service: CAUSED_BY_LEAVE,
-                sender: group.to_string(),
-                groups: Vec::new(),
-                mess_type: -1,
-                body: body(view, &[]),
-            });
-        }
+        self.views.remove(group);
     }
 
     /// Takes an event from the daemon; queues what it gives the application.
     pub fn push(&mut self, e: Event) {
         let d = match e {
-            Event::Message(m) => {
-                if !m.groups.is_empty() && m.groups.iter().all(|g| self.left.contains(g)) {
-                    return;
-                }
-                Delivery {
-                    service: service_flag(m.service),
-                    sender: m.sender,
-                    groups: m.groups,
-                    mess_type: m.msg_type as i16,
-                    body: m.payload.to_vec(),
-                }
-            }
+            Event::Message(m) => Delivery {
+                service: service_flag(m.service),
+                sender: m.sender,
+                groups: m.groups,
+                mess_type: m.msg_type as i16,
+                body: m.payload.to_vec(),
+            },
             Event::Membership(v) => match self.membership_delivery(v) {
                 Some(d) => d,
                 None => return,
@@ -186,9 +158,6 @@ impl Mailbox {
     }
 
     fn membership_delivery(&mut self, v: Membership) -> Option<Delivery> {
-        if self.left.contains(&v.group) {
-            return None;
-        }
         if v.kind == ViewKind::Transitional {
             return self.membership.then(|| Delivery {
                 service: TRANSITION_MESS,
@@ -198,7 +167,7 @@ impl Mailbox {
                 body: body(Some(v.view_id), &[]),
             });
         }
-        let before = self.views.get(&v.group).map(|(_, m)| m.as_slice());
+        let before = self.views.get(&v.group).map(Vec::as_slice);
         let not_in = |list: &[String], of: &[String]| -> Vec<String> {
             of.iter().filter(|m| !list.contains(m)).cloned().collect()
         };
@@ -226,7 +195,7 @@ impl Mailbox {
             }
             _ => (RF_CAUSED_BY_REKEY, vec![v.members.clone()]),
         };
-        self.views.insert(v.group.clone(), (v.view_id, v.members.clone()));
+        self.views.insert(v.group.clone(), v.members.clone());
         if !self.membership {
             return None;
         }
@@ -354,38 +323,40 @@ mod tests {
         assert_eq!(mb.pop(), None);
     }
 
-    /// Leaving queues the self-leave message; later events of the group
-    /// are dropped until the group is joined again. Without membership
-    /// messages, none are queued.
+    /// Messages keep their service, sender, groups and type; a refusal
+    /// becomes a `REJECT_MESS`. After a leave and a new join, the first
+    /// view names this member as the one that joined. Without membership
+    /// messages, views are followed but not delivered.
     #[test]
-    fn leaving_gives_a_self_leave_and_silences_the_group() {
+    fn messages_refusals_and_rejoins() {
         let mut mb = Mailbox::new("#a#d0", true);
-        mb.push(view(1, ViewCause::Join, &["#a#d0"]));
+        mb.push(Event::Message(ringfence_client::Message {
+            sender: "#b#d1".into(),
+            groups: vec!["g".into(), "h".into()],
+            service: Service::Safe,
+            msg_type: 0xfffe,
+            sealed: false,
+            payload: bytes_of(b"x"),
+        }));
+        let d = mb.pop().unwrap();
+        assert_eq!((d.service, d.sender.as_str(), d.groups.len(), d.mess_type), (SAFE_MESS, "#b#d1", 2, -2));
+        assert_eq!(d.body, b"x");
+        mb.push(Event::Error { code: ringfence_proto::wire::client::ErrorCode::Denied, text: "no".into() });
+        let d = mb.pop().unwrap();
+        assert_eq!((d.service, d.mess_type, d.body.as_slice()), (REJECT_MESS, 3, &b"no"[..]));
+
+        mb.push(view(1, ViewCause::Join, &["#b#d1", "#a#d0"]));
         mb.pop().unwrap();
         mb.left("g");
+        mb.push(view(5, ViewCause::Join, &["#b#d1", "#a#d0"]));
         let d = mb.pop().unwrap();
-        assert_eq!((d.service, d.groups.len()), (CAUSED_BY_LEAVE, 0));
-        mb.push(view(2, ViewCause::Join, &["#a#d0", "#b#d1"]));
-        let msg = |g: &str| {
-            Event::Message(ringfence_client::Message {
-                sender: "#b#d1".into(),
-                groups: vec![g.into()],
-                service: Service::Agreed,
-                msg_type: 3,
-                sealed: false,
-                payload: bytes_of(b"x"),
-            })
-        };
-        mb.push(msg("g"));
-        assert_eq!(mb.pop(), None);
-        mb.joined("g");
-        mb.push(msg("g"));
-        assert_eq!(mb.pop().unwrap().service, AGREED_MESS);
+        assert_eq!(names(&d.body, VS_SETS_AT), ["#a#d0"]);
 
         let mut quiet = Mailbox::new("#a#d0", false);
         quiet.push(view(1, ViewCause::Join, &["#a#d0"]));
-        quiet.left("g");
+        quiet.push(view(2, ViewCause::Join, &["#a#d0", "#b#d1"]));
         assert_eq!(quiet.pop(), None);
+        assert_eq!(quiet.views["g"].len(), 2);
     }
 
     fn bytes_of(b: &'static [u8]) -> bytes::Bytes {
