@@ -20,6 +20,15 @@
 //! `docs/client-protocol.md`). This crate does blocking I/O on one stream and
 //! allocates nothing per received message beyond the decoded frame.
 //!
+//! **Event loops.** [`Client::receive`] blocks; [`Client::poll`] never does.
+//! The client is [`AsFd`]: register its socket with `poll(2)`, epoll or mio,
+//! and when it is readable call [`Client::poll`] until it returns
+//! `Ok(None)` (the library reads in batches, so one readable socket may hold
+//! many events). With [`Client::set_exact_reads`] the library never reads
+//! past the end of the current frame, so the socket is readable exactly when
+//! an event waits (the C library uses this, as Spread's mailbox does). With
+//! the `tokio` feature, `AsyncClient` receives with `.await`.
+//!
 //! ```no_run
 //! use ringfence_client::{Address, Client, Event, Service};
 //! let mut c = Client::connect(&Address::Unix("/tmp/ringfence/d0/client.sock".into()), "alice")?;
@@ -34,6 +43,11 @@
 //! }
 //! # Ok::<(), ringfence_client::ClientError>(())
 //! ```
+
+#[cfg(feature = "tokio")]
+mod async_client;
+#[cfg(feature = "tokio")]
+pub use async_client::AsyncClient;
 
 use ringfence_crypto::aead::Nonce;
 pub use ringfence_crypto::group::GroupKey;
@@ -51,6 +65,7 @@ use rustls::{ClientConnection, StreamOwned};
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -276,11 +291,36 @@ impl Stream {
         }
     }
 
-    fn set_nonblocking(&self, on: bool) -> io::Result<()> {
+    /// Reads what is there without waiting: `WouldBlock` if nothing is.
+    /// A plain socket is asked with `MSG_DONTWAIT` (no mode change); TLS
+    /// switches its socket to non-blocking for the read.
+    fn read_now(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use nix::sys::socket::{MsgFlags, recv};
         match self {
-            Self::Unix(s) => s.set_nonblocking(on),
-            Self::Tcp(s) => s.set_nonblocking(on),
-            Self::Tls(s) => s.sock.set_nonblocking(on),
+            Self::Unix(s) => Ok(recv(s.as_raw_fd(), buf, MsgFlags::MSG_DONTWAIT)?),
+            Self::Tcp(s) => Ok(recv(s.as_raw_fd(), buf, MsgFlags::MSG_DONTWAIT)?),
+            Self::Tls(s) => {
+                s.sock.set_nonblocking(true)?;
+                let r = s.read(buf);
+                s.sock.set_nonblocking(false)?;
+                r
+            }
+        }
+    }
+
+    fn fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Self::Unix(s) => s.as_fd(),
+            Self::Tcp(s) => s.as_fd(),
+            Self::Tls(s) => s.sock.as_fd(),
+        }
+    }
+
+    fn shutdown(&self) -> io::Result<()> {
+        match self {
+            Self::Unix(s) => s.shutdown(std::net::Shutdown::Both),
+            Self::Tcp(s) => s.shutdown(std::net::Shutdown::Both),
+            Self::Tls(s) => s.sock.shutdown(std::net::Shutdown::Both),
         }
     }
 }
@@ -296,6 +336,8 @@ pub struct Client {
     buf: Vec<u8>,
     self_discard: bool,
     keys: Keys,
+    /// Read no further than the end of the current frame.
+    exact_reads: bool,
 }
 
 /// The view keys this client holds, by group (keyed modes).
@@ -355,6 +397,7 @@ impl Client {
             buf: vec![0u8; 64 * 1024],
             self_discard: false,
             keys: Keys::default(),
+            exact_reads: false,
         };
         if let Err(e) = c.send(&ClientFrame::Hello(Hello::new(name, auth))) {
             // A daemon that rejected our certificate after the handshake
@@ -396,6 +439,29 @@ impl Client {
         f.encode(&mut self.out, &self.limits)?;
         self.stream.write_all(&self.out)?;
         Ok(())
+    }
+
+    /// With `true`, the library never reads past the end of the frame it is
+    /// decoding (two reads per event instead of one per batch), so the
+    /// socket is readable exactly when the next event has not been read yet:
+    /// an event loop may wait for readability after every event, as Spread
+    /// applications do with their mailbox. Plain sockets only: over TLS the
+    /// TLS layer reads whole records, so drain [`Client::poll`] as usual.
+    /// Off by default.
+    pub fn set_exact_reads(&mut self, on: bool) {
+        self.exact_reads = on;
+    }
+
+    /// Says goodbye (best effort) and shuts the connection down in both
+    /// directions, keeping the client: a thread blocked in
+    /// [`Client::receive`] or in `poll(2)` on the socket wakes and sees the
+    /// connection closed. The socket itself is closed when the client is
+    /// dropped. [`Client::disconnect`] is the same for a client used by one
+    /// thread.
+    pub fn close(&mut self) -> Result<(), ClientError> {
+        let bye = self.send(&ClientFrame::Bye);
+        self.stream.shutdown()?;
+        bye
     }
 
     /// With `true`, this client's own messages (sent with
@@ -528,7 +594,11 @@ impl Client {
         }
     }
 
-    /// The next event if one is ready, without waiting.
+    /// The next event if one is ready, without waiting: the non-blocking
+    /// receive. `Ok(None)` means the socket had nothing more to read, so an
+    /// event loop may wait for the socket ([`AsFd`]) to become readable;
+    /// while this returns events, keep calling it (events read in one batch
+    /// wait in the library, where `poll(2)` cannot see them).
     pub fn poll(&mut self) -> Result<Option<Event>, ClientError> {
         self.next_event(false)
     }
@@ -626,13 +696,13 @@ impl Client {
             if let Some(f) = self.decoder.next_frame()? {
                 return Ok(Some(f));
             }
-            if !block {
-                self.stream.set_nonblocking(true)?;
-            }
-            let r = self.stream.read(&mut self.buf);
-            if !block {
-                self.stream.set_nonblocking(false)?;
-            }
+            let want = if self.exact_reads && !self.is_tls() {
+                self.decoder.missing().clamp(1, self.buf.len())
+            } else {
+                self.buf.len()
+            };
+            let buf = &mut self.buf[..want];
+            let r = if block { self.stream.read(buf) } else { self.stream.read_now(buf) };
             match r {
                 Ok(0) => return Err(ClientError::Closed),
                 Ok(n) => self.decoder.push(&self.buf[..n]),
@@ -641,6 +711,20 @@ impl Client {
                 Err(e) => return Err(e.into()),
             }
         }
+    }
+}
+
+/// The socket to the daemon (for TLS, the TCP socket under it), to wait on
+/// with `poll(2)`, epoll or mio. Read and write it only through the client.
+impl AsFd for Client {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.stream.fd()
+    }
+}
+
+impl AsRawFd for Client {
+    fn as_raw_fd(&self) -> RawFd {
+        self.stream.fd().as_raw_fd()
     }
 }
 

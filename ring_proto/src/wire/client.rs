@@ -761,6 +761,22 @@ impl<F: Frame> FrameDecoder<F> {
         self.buf.len()
     }
 
+    /// Bytes still missing before the next frame is whole: the rest of its
+    /// length prefix, or of its body; 0 when a whole frame (or an error) is
+    /// ready for [`next_frame`](Self::next_frame). A reader that reads at
+    /// most this many bytes never takes a byte of the following frame off
+    /// the socket, so the socket's readiness says whether a frame waits.
+    pub fn missing(&self) -> usize {
+        if self.failed.is_some() {
+            return 0;
+        }
+        let Some(p) = self.buf.get(..4) else {
+            return 4 - self.buf.len();
+        };
+        let len = u32::from_be_bytes([p[0], p[1], p[2], p[3]]) as usize;
+        (4 + len).saturating_sub(self.buf.len())
+    }
+
     /// Call when the peer closed the stream: an error if the decoder failed
     /// or the stream stopped inside a frame.
     pub fn finish(&self) -> Result<(), ClientDecodeError> {

@@ -218,6 +218,41 @@ proptest! {
         prop_assert_eq!(run::<DaemonFrame>(&bytes, &cuts), (frames, None));
     }
 
+    /// A reader that takes at most `missing()` bytes at a time (the client
+    /// library's exact reads) gets every frame, and has a whole frame ready
+    /// exactly when it has read up to a frame boundary.
+    #[test]
+    fn reading_what_is_missing_stops_at_frame_boundaries(
+        frames in proptest::collection::vec(daemon_frame(), 1..8),
+        short in proptest::collection::vec(any::<bool>(), 0..40),
+    ) {
+        let bytes = encode_all(&frames);
+        let mut boundaries = Vec::new();
+        let mut at = 0;
+        for f in &frames {
+            let mut one = Vec::new();
+            f.encode(&mut one, &LIMITS).unwrap();
+            at += one.len();
+            boundaries.push(at);
+        }
+        let mut d = FrameDecoder::<DaemonFrame>::new(LIMITS);
+        let (mut read, mut got, mut short) = (0, Vec::new(), short.into_iter());
+        while read < bytes.len() {
+            let missing = d.missing();
+            prop_assert!(missing > 0, "a frame is whole at {read}");
+            // Sometimes the socket gives less than asked for.
+            let n = if short.next() == Some(true) { missing.div_ceil(2) } else { missing };
+            d.push(&bytes[read..read + n]);
+            read += n;
+            prop_assert_eq!(d.missing() == 0, boundaries.contains(&read));
+            if let Some(f) = d.next_frame().unwrap() {
+                got.push(f);
+            }
+        }
+        prop_assert_eq!(d.missing(), 4);
+        prop_assert_eq!(got, frames);
+    }
+
     #[test]
     fn arbitrary_bytes_never_panic_and_ignore_chunking(
         bytes in proptest::collection::vec(any::<u8>(), 0..400),
