@@ -1,0 +1,156 @@
+//! `ringfence ctl --config FILE status|leave|shutdown|rekey NAME`: operator
+//! requests to one daemon, over its client socket (on its machine) or its
+//! `client_tcp` address, authenticated like a client and allowed by the
+//! daemon's `[clients] admin` list.
+//!
+//! - `status`: the daemon's status (phase, ring, members, clients, queues,
+//!   counters) as JSON;
+//! - `leave`: it leaves the ring cleanly (the others reform at once) and
+//!   stays out, refusing clients, until restarted;
+//! - `shutdown`: it tells its clients, leaves the ring and exits 0 (as on
+//!   `SIGTERM`);
+//! - `rekey`: the ring agrees on a new server key now.
+
+use crate::connect_opts::ConnectOpts;
+use clap::{Args, ValueEnum};
+use ringfence_client::{Address, AdminRequest, Client, ConnectOptions};
+use ringfence_engine::Endpoint;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// What `ringfence ctl` asks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Action {
+    /// Print the daemon's status (JSON).
+    Status,
+    /// Leave the ring cleanly and stay out until restarted.
+    Leave,
+    /// Tell the clients, leave the ring and exit 0.
+    Shutdown,
+    /// Agree on a new server key now.
+    Rekey,
+}
+
+/// Options of `ringfence ctl`.
+#[derive(Args, Debug)]
+pub(crate) struct CtlArgs {
+    /// The cluster configuration (TOML).
+    #[arg(long)]
+    config: PathBuf,
+    /// What to ask.
+    #[arg(value_enum)]
+    action: Action,
+    /// The daemon's name in `[[cluster.daemon]]`.
+    name: String,
+    #[command(flatten)]
+    connect: ConnectOpts,
+}
+
+/// How to reach one daemon as a client.
+#[derive(Debug)]
+pub(crate) struct Target {
+    name: String,
+    address: Result<Address, String>,
+    options: ConnectOptions,
+}
+
+impl Target {
+    /// The daemon's Unix socket if it is on this machine, else its
+    /// `client_tcp` address with the TLS or token flags.
+    pub(crate) fn of(e: &Endpoint, connect: &ConnectOpts) -> Self {
+        let address = if e.client_socket.exists() && (e.is_local() || e.client_tcp.is_none()) {
+            Ok(Address::Unix(e.client_socket.clone()))
+        } else if let Some(tcp) = e.client_tcp {
+            if connect.remote() {
+                Ok(Address::Tcp(tcp))
+            } else {
+                Err(format!(
+                    "daemon `{}` is reached over TCP ({tcp}, `client_tcp`): give --tls-ca with --tls-cert/--tls-key, \
+                     or --token",
+                    e.name
+                ))
+            }
+        } else {
+            Err(format!(
+                "daemon `{}` has no client socket on this machine ({} does not exist) and no `client_tcp` \
+                 address: run this on its machine, or give it a `client_tcp`",
+                e.name,
+                e.client_socket.display()
+            ))
+        };
+        Self { name: e.name.clone(), address, options: connect.options() }
+    }
+
+    /// Connects, as a client named after this process.
+    pub(crate) fn connect(&self) -> Result<Client, String> {
+        let address = self.address.as_ref().map_err(Clone::clone)?;
+        let me = format!("ops-{}", std::process::id());
+        Client::connect_with(address, &me, &self.options).map_err(|e| {
+            let hint = match address {
+                Address::Unix(_) => "is the daemon running? (`ringfence daemon --config ... --name ...`)",
+                Address::Tcp(_) => "is the daemon running, and does it accept this client?",
+            };
+            format!("daemon `{}`: {e}; {hint}", self.name)
+        })
+    }
+}
+
+pub(crate) fn main(args: &CtlArgs) -> ExitCode {
+    let endpoints = match ringfence_engine::endpoints(&args.config) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("ringfence ctl: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let Some(e) = endpoints.iter().find(|e| e.name == args.name) else {
+        let names: Vec<&str> = endpoints.iter().map(|e| e.name.as_str()).collect();
+        eprintln!(
+            "ringfence ctl: {}: no daemon named `{}` in [[cluster.daemon]] (the names are: {})",
+            args.config.display(),
+            args.name,
+            names.join(", ")
+        );
+        return ExitCode::from(2);
+    };
+    let request = match args.action {
+        Action::Status => AdminRequest::Status,
+        Action::Leave => AdminRequest::Leave,
+        Action::Shutdown => AdminRequest::Shutdown,
+        Action::Rekey => AdminRequest::Rekey,
+    };
+    let mut client = match Target::of(e, &args.connect).connect() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ringfence ctl: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match client.admin(request) {
+        Ok(r) if r.ok => {
+            if request == AdminRequest::Status {
+                match serde_json::from_str::<serde_json::Value>(&r.text) {
+                    Ok(v) => println!("{}", serde_json::to_string_pretty(&v).unwrap_or(r.text)),
+                    Err(_) => println!("{}", r.text),
+                }
+            } else {
+                println!("{}", r.text);
+            }
+            let _ = client.disconnect();
+            ExitCode::SUCCESS
+        }
+        Ok(r) => {
+            eprintln!("ringfence ctl: {} refused: {}", request.name(), r.text);
+            ExitCode::from(1)
+        }
+        // A daemon that leaves or stops may close before its Bye arrives.
+        Err(e) if matches!(request, AdminRequest::Leave | AdminRequest::Shutdown) => {
+            eprintln!("ringfence ctl: daemon `{}` closed the connection: {e}", args.name);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ringfence ctl: daemon `{}`: {e}", args.name);
+            ExitCode::from(1)
+        }
+    }
+}
