@@ -286,6 +286,8 @@ impl Daemon {
     /// session threads get a moment to write what is queued.
     pub fn run(&mut self, stop: &Arc<AtomicBool>) -> io::Result<()> {
         self.pin();
+        // Status and metrics are there from the start, not 500 ms later.
+        self.write_status();
         while !stop.load(Ordering::Relaxed) && !self.stop_requested {
             self.flush();
             if self.status_at.elapsed() >= STATUS_INTERVAL {

@@ -249,11 +249,14 @@ fn answer(mut c: TcpStream, snapshot: &Mutex<String>) -> io::Result<()> {
     let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
     let path = path.split('?').next().unwrap_or("");
     let (status, kind, body) = match (method, path) {
-        ("GET" | "HEAD", "/metrics" | "/") => (
-            "200 OK",
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            snapshot.lock().map(|s| s.clone()).unwrap_or_default(),
-        ),
+        ("GET" | "HEAD", "/metrics" | "/") => {
+            let text = snapshot.lock().map(|s| s.clone()).unwrap_or_default();
+            if text.is_empty() {
+                ("503 Service Unavailable", "text/plain", "the daemon is starting\n".to_string())
+            } else {
+                ("200 OK", "application/openmetrics-text; version=1.0.0; charset=utf-8", text)
+            }
+        }
         ("GET" | "HEAD", _) => ("404 Not Found", "text/plain", "metrics are at /metrics\n".to_string()),
         _ => ("405 Method Not Allowed", "text/plain", "GET /metrics\n".to_string()),
     };
