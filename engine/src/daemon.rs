@@ -523,7 +523,13 @@ impl Daemon {
     fn request(&mut self, req: ToRing) {
         match req {
             ToRing::Connect { id, hello_name, principal, out } => {
-                if self.left {
+                let who = principal.policy_name();
+                let admin = self.admin_patterns.iter().any(|p| match p.strip_suffix('*') {
+                    Some(prefix) => who.starts_with(prefix),
+                    None => *p == who,
+                });
+                // After a leave only operators get in (status, shutdown).
+                if self.left && !admin {
                     let refused = DaemonFrame::Refused {
                         code: RefuseCode::ShuttingDown,
                         text: format!(
@@ -537,11 +543,6 @@ impl Daemon {
                     }
                     return;
                 }
-                let who = principal.policy_name();
-                let admin = self.admin_patterns.iter().any(|p| match p.strip_suffix('*') {
-                    Some(prefix) => who.starts_with(prefix),
-                    None => *p == who,
-                });
                 match self.groups.connect_secure(
                     ClientId(id),
                     hello_name.as_bytes(),

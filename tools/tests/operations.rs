@@ -323,3 +323,139 @@ fn the_metrics_endpoint_is_scraped_and_its_counters_move_under_flood() {
     s.read_to_string(&mut text).unwrap();
     assert!(text.starts_with("HTTP/1.1 404"), "{text}");
 }
+
+#[test]
+fn user_prints_readable_lines_sends_to_several_groups_and_waits_for_its_deliveries() {
+    let setup = Setup::new("user", 2, |_| String::new(), "");
+    let _daemons = setup.start(2);
+    wait_for_ring(&setup, 2);
+    let mut bob = connect(&setup.socket(1), "bob");
+    bob.join("other").unwrap();
+    receive_until(&mut bob, |e| matches!(e, Event::Membership(_)));
+    // Piped input: the socket comes from --config/--daemon; the output ends
+    // only once what it sent came back.
+    let mut user = ringfence()
+        .args(["user", "--config", setup.config.to_str().unwrap(), "--daemon", "d0", "--name", "alice"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    user.stdin.take().unwrap().write_all(b"j chat\ns other,chat hello both\nx\ns chat\n").unwrap();
+    let out = user.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("connected to daemon 0 as #alice#0"), "{text}");
+    assert!(text.contains("view chat: 1 member after join (view 0."), "{text}");
+    assert!(text.contains("[other,chat] #alice#0: hello both"), "{text}");
+    assert!(text.contains("unknown command `x`") && text.contains("s needs groups and text"), "{text}");
+    assert!(!text.contains("ViewId {"), "no debug output: {text}");
+    receive_until(&mut bob, |e| matches!(e, Event::Message(m) if &m.payload[..] == b"hello both"));
+
+    // A socket that is not there: the error names the path and the fix.
+    let out = ringfence()
+        .args(["user", "--socket", "/nonexistent/ringfence.sock"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("cannot connect to /nonexistent/ringfence.sock")
+            && err.contains("is the daemon running"),
+        "{err}"
+    );
+    // An unknown daemon name lists the names.
+    let out = ringfence()
+        .args(["user", "--config", setup.config.to_str().unwrap(), "--daemon", "d9"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no daemon named `d9`") && err.contains("d0, d1"), "{err}");
+}
+
+#[test]
+fn startup_errors_name_their_subject_and_the_fix() {
+    let setup = Setup::new("errors", 2, |_| String::new(), "");
+    let run = |args: &[&str]| {
+        let out = ringfence().args(args).output().unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let config = setup.config.to_str().unwrap();
+    // No such daemon: the names and the fix.
+    let err = run(&["daemon", "--config", config, "--name", "d9"]);
+    assert!(err.contains("no daemon named `d9`") && err.contains("the names are: d0, d1"), "{err}");
+    // Both addresses are local: --name cannot be left out.
+    let err = run(&["daemon", "--config", config]);
+    assert!(err.contains("2 daemons' addresses are on this machine") && err.contains("--name"), "{err}");
+    // An address this machine does not have.
+    let text = std::fs::read_to_string(&setup.config).unwrap();
+    let first =
+        text.lines().find_map(|l| l.strip_prefix("address = ")).unwrap().trim_matches('"').to_string();
+    let port = first.rsplit(':').next().unwrap();
+    let foreign = setup.dir.join("foreign.toml");
+    std::fs::write(&foreign, text.replacen(&first, &format!("192.0.2.7:{port}"), 1)).unwrap();
+    let err = run(&["daemon", "--config", foreign.to_str().unwrap(), "--name", "d0"]);
+    assert!(
+        err.contains(&format!("cannot bind UDP 192.0.2.7:{port}"))
+            && err.contains("`address` of daemon `d0`")
+            && err.contains("this machine has no such address"),
+        "{err}"
+    );
+    // A missing key file: its path and the keygen command.
+    std::fs::remove_file(setup.dir.join("keys").join("d1.key")).unwrap();
+    let err = run(&["daemon", "--config", config, "--name", "d1"]);
+    assert!(err.contains("d1.key") && err.contains("ringfence keygen daemon d1"), "{err}");
+    // A key that does not match the configured public key is fatal.
+    std::fs::copy(setup.dir.join("keys").join("d0.key"), setup.dir.join("keys").join("d1.key")).unwrap();
+    let err = run(&["daemon", "--config", config, "--name", "d1"]);
+    assert!(err.contains("does not match `cluster.daemon.public_key`") && err.contains("keygen"), "{err}");
+}
+
+#[test]
+fn ctl_rekeys_leaves_and_shuts_down() {
+    let setup = Setup::new("ctl", 3, |_| String::new(), "");
+    let mut daemons = setup.start(3);
+    wait_for_ring(&setup, 3);
+    let status = |name: &str| {
+        let (code, out, err) = ctl(&setup.config, "status", name);
+        assert_eq!(code, 0, "{err}");
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()
+    };
+    // rekey: a new server key epoch, same ring.
+    let before = status("d0");
+    let (code, out, err) = ctl(&setup.config, "rekey", "d1");
+    assert_eq!(code, 0, "{out}{err}");
+    wait_for("a new epoch", Duration::from_secs(5), || {
+        let v = status("d0");
+        (v["security"]["epoch"].as_u64() > before["security"]["epoch"].as_u64()).then_some(())
+    });
+    assert_eq!(status("d0")["ring"]["seq"], before["ring"]["seq"]);
+    // leave: the others reform without d2; d2 stays up, out of the ring,
+    // answering operators (other clients are refused; this test's clients
+    // all run as the daemon's user, an operator by default).
+    let mut carol = connect(&setup.socket(2), "carol");
+    let (code, out, err) = ctl(&setup.config, "leave", "d2");
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("left the ring"), "{out}");
+    wait_for("a ring of d0 and d1", Duration::from_secs(2), || {
+        (status("d0")["ring"]["names"] == serde_json::json!(["d0", "d1"])).then_some(())
+    });
+    assert_eq!(status("d2")["phase"], "Left");
+    let bye = loop {
+        if let Err(e) = carol.receive() {
+            break e.to_string();
+        }
+    };
+    assert!(bye.contains("left the ring"), "{bye}");
+    // shutdown: d2 exits 0.
+    let (code, out, err) = ctl(&setup.config, "shutdown", "d2");
+    assert_eq!(code, 0, "{out}{err}");
+    let exit = wait_for("d2 to exit", Duration::from_secs(5), || daemons[2].child.try_wait().unwrap());
+    assert!(exit.success());
+    // An unknown daemon: the names.
+    let (code, _, err) = ctl(&setup.config, "status", "d9");
+    assert_eq!(code, 2);
+    assert!(err.contains("no daemon named `d9`") && err.contains("d0, d1, d2"), "{err}");
+}
