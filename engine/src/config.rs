@@ -411,10 +411,19 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    /// Whether its UDP address is one of this machine's (a socket can be
-    /// bound to it).
+    /// Whether its UDP address is one of this machine's: a loopback
+    /// address, or one an interface has (no socket is bound to find out).
     pub fn is_local(&self) -> bool {
-        std::net::UdpSocket::bind(SocketAddr::new(self.address.ip(), 0)).is_ok()
+        let ip = self.address.ip();
+        ip.is_loopback()
+            || nix::ifaddrs::getifaddrs().is_ok_and(|mut addrs| {
+                addrs.any(|a| {
+                    a.address.as_ref().is_some_and(|s| {
+                        s.as_sockaddr_in().is_some_and(|v4| std::net::IpAddr::V4(v4.ip()) == ip)
+                            || s.as_sockaddr_in6().is_some_and(|v6| std::net::IpAddr::V6(v6.ip()) == ip)
+                    })
+                })
+            })
     }
 }
 

@@ -20,15 +20,14 @@ pub(crate) fn notify(state: &str) {
 fn notify_to(path: &std::ffi::OsStr, state: &str) -> std::io::Result<usize> {
     let socket = UnixDatagram::unbound()?;
     let bytes = path.as_encoded_bytes();
-    let sent = if let Some(name) = bytes.strip_prefix(b"@") {
+    if let Some(name) = bytes.strip_prefix(b"@") {
         // An abstract socket (Linux): `@` stands for the leading NUL.
         use std::os::linux::net::SocketAddrExt;
         std::os::unix::net::SocketAddr::from_abstract_name(name)
             .and_then(|addr| socket.send_to_addr(state.as_bytes(), &addr))
     } else {
         socket.send_to(state.as_bytes(), std::path::Path::new(path))
-    };
-    sent
+    }
 }
 
 #[cfg(test)]

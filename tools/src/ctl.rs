@@ -49,48 +49,59 @@ pub(crate) struct CtlArgs {
 /// How to reach one daemon as a client.
 #[derive(Debug)]
 pub(crate) struct Target {
-    name: String,
-    address: Result<Address, String>,
+    endpoint: Endpoint,
+    remote: bool,
     options: ConnectOptions,
 }
 
 impl Target {
-    /// The daemon's Unix socket if it is on this machine, else its
-    /// `client_tcp` address with the TLS or token flags.
+    /// Daemon `e`, reached with the TLS or token flags in `connect` when
+    /// over TCP.
     pub(crate) fn of(e: &Endpoint, connect: &ConnectOpts) -> Self {
-        let address = if e.client_socket.exists() && (e.is_local() || e.client_tcp.is_none()) {
-            Ok(Address::Unix(e.client_socket.clone()))
-        } else if let Some(tcp) = e.client_tcp {
-            if connect.remote() {
-                Ok(Address::Tcp(tcp))
-            } else {
-                Err(format!(
-                    "daemon `{}` is reached over TCP ({tcp}, `client_tcp`): give --tls-ca with --tls-cert/--tls-key, \
-                     or --token",
-                    e.name
-                ))
-            }
-        } else {
-            Err(format!(
-                "daemon `{}` has no client socket on this machine ({} does not exist) and no `client_tcp` \
-                 address: run this on its machine, or give it a `client_tcp`",
+        Self { endpoint: e.clone(), remote: connect.remote(), options: connect.options() }
+    }
+
+    /// The daemon's Unix socket if it is on this machine, else its
+    /// `client_tcp` address (looked at on every connect: a daemon started
+    /// later is found).
+    fn address(&self) -> Result<Address, String> {
+        let e = &self.endpoint;
+        let local = e.is_local();
+        if e.client_socket.exists() && (local || e.client_tcp.is_none()) {
+            return Ok(Address::Unix(e.client_socket.clone()));
+        }
+        match e.client_tcp {
+            Some(tcp) if self.remote => Ok(Address::Tcp(tcp)),
+            Some(tcp) if !local => Err(format!(
+                "daemon `{}` is reached over TCP ({tcp}, `client_tcp`): give --tls-ca with --tls-cert/--tls-key, \
+                 or --token",
+                e.name
+            )),
+            _ if local => Err(format!(
+                "daemon `{}` is not running on this machine: its client socket {} does not exist (start it with \
+                 `ringfence daemon --config ... --name {}`)",
                 e.name,
-                e.client_socket.display()
-            ))
-        };
-        Self { name: e.name.clone(), address, options: connect.options() }
+                e.client_socket.display(),
+                e.name
+            )),
+            _ => Err(format!(
+                "daemon `{}` runs on another machine ({}) and has no `client_tcp` address: give it one (and \
+                 [clients] authentication), or run this on its machine",
+                e.name, e.address
+            )),
+        }
     }
 
     /// Connects, as a client named after this process.
     pub(crate) fn connect(&self) -> Result<Client, String> {
-        let address = self.address.as_ref().map_err(Clone::clone)?;
+        let address = self.address()?;
         let me = format!("ops-{}", std::process::id());
-        Client::connect_with(address, &me, &self.options).map_err(|e| {
+        Client::connect_with(&address, &me, &self.options).map_err(|e| {
             let hint = match address {
                 Address::Unix(_) => "is the daemon running? (`ringfence daemon --config ... --name ...`)",
                 Address::Tcp(_) => "is the daemon running, and does it accept this client?",
             };
-            format!("daemon `{}`: {e}; {hint}", self.name)
+            format!("daemon `{}`: {e}; {hint}", self.endpoint.name)
         })
     }
 }

@@ -78,18 +78,31 @@ fn ctl(config: &Path, action: &str, name: &str) -> (i32, String, String) {
 }
 
 /// Waits until every daemon of `setup` answers a status query with a ring
-/// of `n`.
-fn wait_for_ring(setup: &Setup, n: usize) {
-    wait_for("a ring of every daemon", Duration::from_secs(15), || {
-        (0..n)
-            .all(|i| {
-                let (code, out, _) = ctl(&setup.config, "status", &format!("d{i}"));
-                code == 0
-                    && serde_json::from_str::<serde_json::Value>(&out)
-                        .is_ok_and(|v| v["ring_size"] == n && v["phase"] == "Operational")
-            })
-            .then_some(())
-    });
+/// of all of them; on a timeout, says what each daemon logged.
+fn wait_for_ring(setup: &Setup, daemons: &mut [LoggedDaemon]) {
+    let n = daemons.len();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let formed = (0..n).all(|i| {
+            let (code, out, _) = ctl(&setup.config, "status", &format!("d{i}"));
+            code == 0
+                && serde_json::from_str::<serde_json::Value>(&out)
+                    .is_ok_and(|v| v["ring_size"] == n && v["phase"] == "Operational")
+        });
+        if formed {
+            return;
+        }
+        if Instant::now() > deadline {
+            let mut why = String::new();
+            for (i, d) in daemons.iter_mut().enumerate() {
+                let log = d.log.lock().unwrap();
+                let tail = log[log.len().saturating_sub(8)..].join("\n");
+                why += &format!("\n--- d{i} ({:?}):\n{tail}", d.child.try_wait());
+            }
+            panic!("no ring of {n} daemons in 20 s:{why}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// A child process killed and reaped when dropped.
@@ -106,7 +119,7 @@ impl Drop for Reaped {
 fn monitor_marks_a_killed_daemon_unreachable_within_2_s() {
     let setup = Setup::new("monitor", 3, |_| String::new(), "");
     let mut daemons = setup.start(3);
-    wait_for_ring(&setup, 3);
+    wait_for_ring(&setup, &mut daemons);
     // `ctl status` answers over the client socket, with names.
     let (code, out, err) = ctl(&setup.config, "status", "d1");
     assert_eq!(code, 0, "{err}");
@@ -185,8 +198,8 @@ fn monitor_marks_a_killed_daemon_unreachable_within_2_s() {
 #[test]
 fn a_second_daemon_of_the_same_name_is_refused_and_the_first_keeps_serving() {
     let setup = Setup::new("twice", 2, |_| String::new(), "");
-    let _daemons = setup.start(2);
-    wait_for_ring(&setup, 2);
+    let mut daemons = setup.start(2);
+    wait_for_ring(&setup, &mut daemons);
     let mut alice = connect(&setup.socket(0), "alice");
     alice.join("g").unwrap();
     receive_until(&mut alice, |e| matches!(e, Event::Membership(_)));
@@ -215,7 +228,7 @@ fn sigterm_makes_the_others_reform_well_under_the_token_timeout() {
     // A long token timeout makes the difference plain: a crash costs 3 s.
     let setup = Setup::new("sigterm", 3, |_| String::new(), "\n[ring]\ntoken_timeout_ms = 3000\n");
     let mut daemons = setup.start(3);
-    wait_for_ring(&setup, 3);
+    wait_for_ring(&setup, &mut daemons);
     let mut alice = connect(&setup.socket(0), "alice");
     let mut carol = connect(&setup.socket(2), "carol");
     alice.join("g").unwrap();
@@ -281,8 +294,8 @@ fn the_metrics_endpoint_is_scraped_and_its_counters_move_under_flood() {
         |i| if i == 0 { format!("metrics = \"{port}\"\n") } else { String::new() },
         "",
     );
-    let _daemons = setup.start(3);
-    wait_for_ring(&setup, 3);
+    let mut daemons = setup.start(3);
+    wait_for_ring(&setup, &mut daemons);
     let before = wait_for("a first rendering", Duration::from_secs(5), || {
         let t = scrape(port);
         (t.contains("ringfence_ring_members{daemon=\"d0\"} 3")).then_some(t)
@@ -327,8 +340,8 @@ fn the_metrics_endpoint_is_scraped_and_its_counters_move_under_flood() {
 #[test]
 fn user_prints_readable_lines_sends_to_several_groups_and_waits_for_its_deliveries() {
     let setup = Setup::new("user", 2, |_| String::new(), "");
-    let _daemons = setup.start(2);
-    wait_for_ring(&setup, 2);
+    let mut daemons = setup.start(2);
+    wait_for_ring(&setup, &mut daemons);
     let mut bob = connect(&setup.socket(1), "bob");
     bob.join("other").unwrap();
     receive_until(&mut bob, |e| matches!(e, Event::Membership(_)));
@@ -417,7 +430,7 @@ fn startup_errors_name_their_subject_and_the_fix() {
 fn ctl_rekeys_leaves_and_shuts_down() {
     let setup = Setup::new("ctl", 3, |_| String::new(), "");
     let mut daemons = setup.start(3);
-    wait_for_ring(&setup, 3);
+    wait_for_ring(&setup, &mut daemons);
     let status = |name: &str| {
         let (code, out, err) = ctl(&setup.config, "status", name);
         assert_eq!(code, 0, "{err}");
