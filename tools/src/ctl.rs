@@ -61,12 +61,16 @@ impl Target {
         Self { endpoint: e.clone(), remote: connect.remote(), options: connect.options() }
     }
 
-    /// The daemon's Unix socket if it is on this machine, else its
-    /// `client_tcp` address (looked at on every connect: a daemon started
-    /// later is found).
+    /// The daemon's `client_tcp` address when TLS or token flags were
+    /// given, else its Unix socket if it is on this machine (looked at on
+    /// every connect: a daemon started later is found).
     fn address(&self) -> Result<Address, String> {
         let e = &self.endpoint;
         let local = e.is_local();
+        // Credentials for TCP were given: use it wherever the daemon has it.
+        if let Some(tcp) = e.client_tcp.filter(|_| self.remote) {
+            return Ok(Address::Tcp(tcp));
+        }
         if e.client_socket.exists() && (local || e.client_tcp.is_none()) {
             return Ok(Address::Unix(e.client_socket.clone()));
         }

@@ -2,10 +2,10 @@
 //! every daemon of the cluster, asked over the network.
 //!
 //! Each daemon answers a status query (client protocol v3, `Admin {
-//! Status }`) over its client socket when that socket is on this machine,
-//! else over its `client_tcp` address, authenticated like any client (TLS
-//! client certificate or token: the `--tls-*` and `--token` flags) and
-//! allowed by its `[clients] admin` list. One thread per daemon keeps a
+//! Status }`) over its `client_tcp` address, authenticated like any client
+//! (TLS client certificate or token: the `--tls-*` and `--token` flags),
+//! or without those flags over its client socket when that is on this
+//! machine; its `[clients] admin` list says who may ask. One thread per daemon keeps a
 //! connection and asks every `--interval-ms`; a daemon whose answer is
 //! older than `--stale-ms`, or whose connection fails, shows as
 //! unreachable with the age of its last answer.

@@ -176,7 +176,7 @@ fn monitor_marks_a_killed_daemon_unreachable_within_2_s() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.lines().any(|l| l.starts_with("d2") && l.contains("UNREACHABLE")), "{text}");
-    assert!(text.lines().any(|l| l.starts_with("d0") && l.contains("Operational")), "{text}");
+    assert!(!text.lines().any(|l| l.starts_with("d0") && l.contains("UNREACHABLE")), "{text}");
     // A daemon that stops answering (SIGSTOP: its socket still accepts)
     // is marked once its last answer is older than 1.5 s.
     while rx.try_recv().is_ok() {}
@@ -471,4 +471,45 @@ fn ctl_rekeys_leaves_and_shuts_down() {
     let (code, _, err) = ctl(&setup.config, "status", "d9");
     assert_eq!(code, 2);
     assert!(err.contains("no daemon named `d9`") && err.contains("d0, d1, d2"), "{err}");
+}
+
+#[test]
+fn monitor_and_ctl_ask_over_tcp_authenticated_like_clients() {
+    let ports: Vec<u16> =
+        (0..2).map(|_| TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()).collect();
+    let extra = format!(
+        "\n[clients]\nadmin = [\"token:ops\"]\n{}{}",
+        common::token_entry("ops", "ops-secret-1"),
+        common::token_entry("guest", "guest-secret-2")
+    );
+    let setup = Setup::new("tcp", 2, |i| format!("client_tcp = \"127.0.0.1:{}\"\n", ports[i]), &extra);
+    let mut daemons = setup.start(2);
+    let config = setup.config.to_str().unwrap();
+    let over_tcp = |token: &str, args: &[&str]| {
+        ringfence().args(args).args(["--config", config, "--token", token]).output().unwrap()
+    };
+    let ring = wait_for("a ring, seen over TCP", Duration::from_secs(20), || {
+        let out = over_tcp("ops-secret-1", &["monitor", "--once", "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let both =
+            (0..2).all(|i| v["daemons"][i]["status"]["ring"]["names"] == serde_json::json!(["d0", "d1"]));
+        (out.status.success() && both).then_some(v)
+    });
+    assert_eq!(ring["daemons"][1]["reachable"], true);
+    // A client that authenticates but is not an operator is told why.
+    let out = over_tcp("guest-secret-2", &["ctl", "status", "d0"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("for operators") && err.contains("[clients] admin"), "{err}");
+    // A wrong token is refused at the door.
+    let out = over_tcp("nope", &["ctl", "status", "d0"]);
+    assert_eq!(out.status.code(), Some(1));
+    // Killed: unreachable, over TCP too.
+    let _ = daemons[1].child.kill();
+    let _ = daemons[1].child.wait();
+    let out = over_tcp("ops-secret-1", &["monitor", "--once"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("d1") && l.contains("UNREACHABLE")), "{text}");
+    assert!(!text.lines().any(|l| l.starts_with("d0") && l.contains("UNREACHABLE")), "{text}");
 }
