@@ -67,8 +67,9 @@ struct Answer {
 }
 
 /// What is known of one daemon.
-#[derive(Default)]
 struct Seen {
+    /// When the monitor began asking it.
+    since: Instant,
     status: Option<Value>,
     /// When it last answered.
     answered: Option<Instant>,
@@ -141,7 +142,9 @@ pub(crate) fn main(args: &MonitorArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let mut seen: Vec<Seen> = names.iter().map(|_| Seen::default()).collect();
+    let now = Instant::now();
+    let mut seen: Vec<Seen> =
+        names.iter().map(|_| Seen { since: now, status: None, answered: None, error: None }).collect();
     let started = Instant::now();
     let take = |seen: &mut Vec<Seen>, a: Answer| match a.result {
         Ok(v) => {
@@ -305,6 +308,10 @@ fn report(names: &[String], seen: &[Seen], now: Instant, stale: Duration) -> Vec
         names.iter().zip(seen).map(|(n, s)| (n.as_str(), s.reachable(now, stale))).collect();
     for (name, s) in names.iter().zip(seen) {
         let Some(v) = s.status.as_ref().filter(|_| reachable[name.as_str()]) else {
+            if s.answered.is_none() && s.error.is_none() && now.saturating_duration_since(s.since) <= stale {
+                out.push(format!("{name:<10} (asking...)"));
+                continue;
+            }
             let why = s.error.as_deref().unwrap_or("no answer");
             out.push(format!("{name:<10} UNREACHABLE  last answer {}: {why}", age(now, s.answered)));
             continue;

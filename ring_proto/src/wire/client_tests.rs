@@ -361,7 +361,7 @@ fn hello_known_answer() {
         0x00, 0x00, 0x00, 0x10,     // length: 16 bytes follow
         0x01,                       // frame type: Hello
         b'R', b'F', b'C', b'P',     // magic
-        0x02, 0x02,                 // min_version, max_version
+        0x02, 0x03,                 // min_version, max_version
         0x05, b'a', b'l', b'i', b'c', b'e', // client_name
         0x00, 0x00, 0x00,           // auth: kind 0 (peer credentials), length 0
     ];
@@ -370,7 +370,7 @@ fn hello_known_answer() {
         decode_frame::<ClientFrame>(Bytes::from(out), &LIMITS),
         Ok(ClientFrame::Hello(Hello {
             min_version: 2,
-            max_version: 2,
+            max_version: 3,
             client_name: "alice".into(),
             auth: Auth::PeerCredentials
         }))
