@@ -52,12 +52,12 @@ pub use async_client::AsyncClient;
 use ringfence_crypto::aead::Nonce;
 pub use ringfence_crypto::group::GroupKey;
 pub use ringfence_proto::wire::Service;
+pub use ringfence_proto::wire::client::{
+    AdminRequest, GroupMode, KeyLoss, Membership, Message, ViewCause, ViewId, ViewKind,
+};
 use ringfence_proto::wire::client::{
     Auth, ByeReason, ClientDecodeError, ClientEncodeError, ClientFrame, DaemonFrame, ErrorCode, Frame,
     FrameDecoder, Hello, Limits, Multicast, RefuseCode, Welcome, encode_multicast,
-};
-pub use ringfence_proto::wire::client::{
-    GroupMode, KeyLoss, Membership, Message, ViewCause, ViewId, ViewKind,
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -197,6 +197,16 @@ pub enum Event {
     },
 }
 
+/// A daemon's answer to an operator request ([`Client::admin`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdminReply {
+    /// Whether the request was carried out.
+    pub ok: bool,
+    /// The status as a JSON object (a status request), or what was done
+    /// or why not.
+    pub text: String,
+}
+
 /// Why a client call failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -204,6 +214,14 @@ pub enum ClientError {
     /// The connection failed or broke.
     #[error("connection: {0}")]
     Io(io::Error),
+    /// No connection could be made to the daemon's address.
+    #[error("cannot connect to {address}: {source}")]
+    Connect {
+        /// The socket path or TCP address.
+        address: String,
+        /// Why.
+        source: io::Error,
+    },
     /// The TLS handshake failed (the daemon's certificate is not trusted,
     /// or the daemon rejected ours), or a TLS record was bad.
     #[error("TLS handshake with the daemon failed: {0}")]
@@ -338,6 +356,8 @@ pub struct Client {
     keys: Keys,
     /// Read no further than the end of the current frame.
     exact_reads: bool,
+    /// The tag of the last operator request.
+    admin_tag: u32,
 }
 
 /// The view keys this client holds, by group (keyed modes).
@@ -398,6 +418,7 @@ impl Client {
             self_discard: false,
             keys: Keys::default(),
             exact_reads: false,
+            admin_tag: 0,
         };
         if let Err(e) = c.send(&ClientFrame::Hello(Hello::new(name, auth))) {
             // A daemon that rejected our certificate after the handshake
@@ -603,6 +624,37 @@ impl Client {
         self.next_event(false)
     }
 
+    /// Sends an operator request (`ringfence ctl`, `ringfence monitor`) and
+    /// waits for its answer. Meant for a connection of its own: events that
+    /// arrive meanwhile are dropped. A client the daemon does not count as
+    /// an operator (`[clients] admin`) gets `ok: false` with the reason.
+    pub fn admin(&mut self, request: AdminRequest) -> Result<AdminReply, ClientError> {
+        if self.welcome.version < 3 {
+            return Err(ClientError::Options(format!(
+                "the daemon speaks client protocol version {}, which has no operator requests (version 3 \
+                 has): upgrade it",
+                self.welcome.version
+            )));
+        }
+        self.admin_tag = self.admin_tag.wrapping_add(1);
+        let tag = self.admin_tag;
+        self.send(&ClientFrame::Admin { tag, request })?;
+        loop {
+            match self.next_frame(true)? {
+                Some(DaemonFrame::AdminReply { tag: t, ok, text }) if t == tag => {
+                    return Ok(AdminReply { ok, text });
+                }
+                Some(DaemonFrame::Error { code: ErrorCode::Denied, text }) => {
+                    return Ok(AdminReply { ok: false, text });
+                }
+                Some(DaemonFrame::Bye { reason, text }) => {
+                    return Err(ClientError::Disconnected { reason, text });
+                }
+                _ => {}
+            }
+        }
+    }
+
     /// Says goodbye and closes the connection.
     pub fn disconnect(mut self) -> Result<(), ClientError> {
         self.send(&ClientFrame::Bye)
@@ -632,6 +684,8 @@ impl Client {
             Some(DaemonFrame::Bye { reason, text }) => {
                 return Err(ClientError::Disconnected { reason, text });
             }
+            // An answer to an operator request nobody waits for.
+            Some(DaemonFrame::AdminReply { .. }) => None,
             Some(DaemonFrame::Welcome(_) | DaemonFrame::Refused { .. }) => {
                 return Err(ClientError::Protocol(ClientDecodeError::BadValue(
                     "frame type after the handshake",
@@ -734,10 +788,13 @@ fn open(addr: &Address, opts: &ConnectOptions) -> Result<(Stream, Auth), ClientE
     let token = opts.token.as_ref().map(|t| Auth::Token(bytes::Bytes::from(t.clone().into_bytes())));
     match addr {
         Address::Unix(p) => {
-            Ok((Stream::Unix(UnixStream::connect(p)?), token.unwrap_or(Auth::PeerCredentials)))
+            let s = UnixStream::connect(p)
+                .map_err(|source| ClientError::Connect { address: p.display().to_string(), source })?;
+            Ok((Stream::Unix(s), token.unwrap_or(Auth::PeerCredentials)))
         }
         Address::Tcp(a) => {
-            let s = TcpStream::connect(a)?;
+            let s = TcpStream::connect(a)
+                .map_err(|source| ClientError::Connect { address: a.to_string(), source })?;
             s.set_nodelay(true)?;
             let Some(tls) = &opts.tls else {
                 let auth = token.ok_or_else(|| {

@@ -49,12 +49,17 @@ pub enum ConfigError {
         message: String,
     },
     /// The daemon name given on the command line is not in the cluster.
-    #[error("{path}: no daemon named `{name}` in [[cluster.daemon]]")]
+    #[error(
+        "{path}: no daemon named `{name}` in [[cluster.daemon]] (the names are: {}); give `--name` one of them, or add a [[cluster.daemon]] entry for `{name}`",
+        known.join(", ")
+    )]
     UnknownDaemon {
         /// The file.
         path: PathBuf,
         /// The name asked for.
         name: String,
+        /// The names the file has.
+        known: Vec<String>,
     },
 }
 
@@ -89,6 +94,7 @@ struct ClientsFile {
     max_unauthenticated: Option<Spanned<usize>>,
     connection_buffer: Option<Spanned<usize>>,
     buffer_budget: Option<Spanned<usize>>,
+    admin: Option<Spanned<Vec<String>>>,
     #[serde(default)]
     token: Vec<TokenFile>,
 }
@@ -118,6 +124,7 @@ struct SecurityFile {
 struct DaemonSection {
     backend: Option<Spanned<String>>,
     ring_core: Option<Spanned<toml::Value>>,
+    metrics: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -144,6 +151,9 @@ struct DaemonFile {
     address: Spanned<String>,
     client_tcp: Option<Spanned<String>>,
     public_key: Option<Spanned<String>>,
+    /// This daemon's metrics address, overriding `[daemon] metrics` (for
+    /// several daemons on one machine).
+    metrics: Option<Spanned<String>>,
 }
 
 /// `[ring]`: every field optional; defaults are the LAN defaults of
@@ -280,6 +290,9 @@ pub struct DaemonConfig {
     pub backend: BackendChoice,
     /// Where the ring thread runs (`[daemon] ring_core`).
     pub ring_core: CorePin,
+    /// The OpenMetrics/Prometheus endpoint (`[daemon] metrics`, e.g.
+    /// `"127.0.0.1:9464"`); off when absent.
+    pub metrics: Option<SocketAddr>,
     /// Link security.
     pub security: Security,
     /// The client group policy (`[[group]]`): modes, access control, key
@@ -306,6 +319,11 @@ pub struct Clients {
     pub tokens: Vec<ClientToken>,
     /// How many connections, and how much of their input, the daemon holds.
     pub caps: ClientCaps,
+    /// Who may send operator requests (`ringfence ctl`, `monitor`): the
+    /// principals and patterns of `[clients] admin` (as in `[[group]]`
+    /// lists: `unix:0`, `cert:ops-*`, `token:monitor`, `*`). Empty (the
+    /// default): local clients of the daemon's own user and root.
+    pub admin: Vec<String>,
 }
 
 /// What client connections may cost (`[clients]` `max_clients`,
@@ -372,6 +390,121 @@ impl std::fmt::Debug for ClientToken {
 
 fn line_of(text: &str, span: Range<usize>) -> usize {
     text[..span.start.min(text.len())].matches('\n').count() + 1
+}
+
+/// Where one daemon of a cluster can be reached by clients and operators,
+/// read from the cluster file without loading any key or certificate (what
+/// `ringfence monitor` and `ringfence ctl` need, on any machine).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Its name.
+    pub name: String,
+    /// Its id.
+    pub id: NodeId,
+    /// Its UDP address for daemon-to-daemon traffic.
+    pub address: SocketAddr,
+    /// Its TCP client address (`client_tcp`), if any.
+    pub client_tcp: Option<SocketAddr>,
+    /// Its Unix client socket (`[paths] client_socket`, expanded), valid on
+    /// its own machine.
+    pub client_socket: PathBuf,
+    /// Its state directory (`[paths] state_dir`, expanded).
+    pub state_dir: PathBuf,
+}
+
+impl Endpoint {
+    /// Whether its UDP address is one of this machine's: a loopback
+    /// address, or one an interface has (no socket is bound to find out).
+    pub fn is_local(&self) -> bool {
+        let ip = self.address.ip();
+        ip.is_loopback()
+            || nix::ifaddrs::getifaddrs().is_ok_and(|mut addrs| {
+                addrs.any(|a| {
+                    a.address.as_ref().is_some_and(|s| {
+                        s.as_sockaddr_in().is_some_and(|v4| std::net::IpAddr::V4(v4.ip()) == ip)
+                            || s.as_sockaddr_in6().is_some_and(|v6| std::net::IpAddr::V6(v6.ip()) == ip)
+                    })
+                })
+            })
+    }
+}
+
+/// Every daemon of the cluster file `path`, by id, with where clients
+/// reach it. Errors name the file, line and key.
+pub fn endpoints(path: &Path) -> Result<Vec<Endpoint>, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| ConfigError::Io { path: path.to_path_buf(), source })?;
+    let file: File = toml::from_str(&text).map_err(|e| ConfigError::Syntax {
+        path: path.to_path_buf(),
+        line: e.span().map_or(1, |s| line_of(&text, s)),
+        message: e.message().to_string(),
+    })?;
+    let invalid = |span: Range<usize>, key: &str, message: String| ConfigError::Invalid {
+        path: path.to_path_buf(),
+        line: line_of(&text, span),
+        key: key.to_string(),
+        message,
+    };
+    let mut out = Vec::new();
+    for d in &file.cluster.daemon {
+        let name = d.name.get_ref().clone();
+        let address: SocketAddr = d.address.get_ref().parse().map_err(|e| {
+            invalid(d.address.span(), "cluster.daemon.address", format!("not an IP:port address: {e}"))
+        })?;
+        let client_tcp = match &d.client_tcp {
+            None => None,
+            Some(a) => Some(a.get_ref().parse().map_err(|e| {
+                invalid(a.span(), "cluster.daemon.client_tcp", format!("not an IP:port address: {e}"))
+            })?),
+        };
+        let state_dir = file.paths.state_dir.as_deref().map_or_else(
+            || std::env::temp_dir().join("ringfence").join(&name),
+            |s| PathBuf::from(s.replace("{name}", &name)),
+        );
+        let client_socket = file
+            .paths
+            .client_socket
+            .as_deref()
+            .map_or_else(|| state_dir.join("client.sock"), |s| PathBuf::from(s.replace("{name}", &name)));
+        out.push(Endpoint {
+            name,
+            id: NodeId(*d.id.get_ref()),
+            address,
+            client_tcp,
+            client_socket,
+            state_dir,
+        });
+    }
+    if out.is_empty() {
+        return Err(invalid(0..0, "cluster.daemon", "no [[cluster.daemon]] entry".into()));
+    }
+    out.sort_by_key(|e| e.id);
+    Ok(out)
+}
+
+/// The one daemon of `path` whose address is on this machine, for
+/// `--name` left out. An error (naming the candidates) when none or
+/// several are.
+pub fn local_daemon(path: &Path) -> Result<String, String> {
+    let all = endpoints(path).map_err(|e| e.to_string())?;
+    let local: Vec<&Endpoint> = all.iter().filter(|e| e.is_local()).collect();
+    let list = |v: &[&Endpoint]| {
+        v.iter().map(|e| format!("{} ({})", e.name, e.address)).collect::<Vec<_>>().join(", ")
+    };
+    match local.as_slice() {
+        [one] => Ok(one.name.clone()),
+        [] => Err(format!(
+            "{}: no [[cluster.daemon]] address is on this machine ({}); give `--name`, or fix the addresses",
+            path.display(),
+            list(&all.iter().collect::<Vec<_>>())
+        )),
+        many => Err(format!(
+            "{}: {} daemons' addresses are on this machine ({}): say which one with `--name`",
+            path.display(),
+            many.len(),
+            list(many)
+        )),
+    }
 }
 
 impl DaemonConfig {
@@ -490,11 +623,12 @@ impl DaemonConfig {
             peers.push(Peer { id, name: n.clone(), address, public_key });
         }
         peers.sort_by_key(|p| p.id);
-        let me = peers
-            .iter()
-            .find(|p| p.name == name)
-            .cloned()
-            .ok_or_else(|| ConfigError::UnknownDaemon { path: path.to_path_buf(), name: name.to_string() })?;
+        let me =
+            peers.iter().find(|p| p.name == name).cloned().ok_or_else(|| ConfigError::UnknownDaemon {
+                path: path.to_path_buf(),
+                name: name.to_string(),
+                known: peers.iter().map(|p| p.name.clone()).collect(),
+            })?;
         if let Some(t) = file.ring.timeouts.as_ref().filter(|t| RingConfig::profile(t.get_ref()).is_none()) {
             return Err(invalid(
                 t.span(),
@@ -570,6 +704,20 @@ impl DaemonConfig {
                 }
             },
         };
+        let (metrics, metrics_key) = match mine.and_then(|d| d.metrics.as_ref()) {
+            Some(m) => (Some(m), "cluster.daemon.metrics"),
+            None => (file.daemon.metrics.as_ref(), "daemon.metrics"),
+        };
+        let metrics = match metrics {
+            None => None,
+            Some(m) => Some(m.get_ref().parse::<SocketAddr>().map_err(|e| {
+                invalid(
+                    m.span(),
+                    metrics_key,
+                    format!("not an IP:port address ({e}); for example \"127.0.0.1:9464\""),
+                )
+            })?),
+        };
         let security = security(&file, &peers, &me, &invalid)?;
         let policy = crate::policy_file::policy(&file.group, security.mode, &invalid)?;
         let base = path.parent().unwrap_or_else(|| Path::new("."));
@@ -584,6 +732,7 @@ impl DaemonConfig {
             client_tcp,
             backend,
             ring_core,
+            metrics,
             security,
             policy,
             clients,
@@ -715,7 +864,32 @@ fn clients(
         Some(r) => *r.get_ref(),
     };
     let caps = caps(f, invalid)?;
-    Ok(Clients { verifies_certs: tls.is_some() && f.client_ca.is_some(), tls, require_tls, tokens, caps })
+    let admin = match &f.admin {
+        None => Vec::new(),
+        Some(list) => {
+            for p in list.get_ref() {
+                let star = p.find('*');
+                if p.is_empty() || star.is_some_and(|i| i + 1 != p.len()) {
+                    return Err(invalid(
+                        list.span(),
+                        "clients.admin",
+                        format!(
+                            "`{p}` is not a principal or a prefix ending in `*` (e.g. \"unix:0\", \"cert:ops-*\")"
+                        ),
+                    ));
+                }
+            }
+            list.get_ref().clone()
+        }
+    };
+    Ok(Clients {
+        verifies_certs: tls.is_some() && f.client_ca.is_some(),
+        tls,
+        require_tls,
+        tokens,
+        caps,
+        admin,
+    })
 }
 
 /// `[clients]` caps and budgets, checked against each other and the frame
@@ -989,6 +1163,57 @@ link_security = "none"
         let bad = GOOD.replace("transport = \"unicast\"", "transport = \"broadcast\"");
         let e = DaemonConfig::parse(Path::new("x.toml"), &bad, "a").unwrap_err().to_string();
         assert!(e.starts_with("x.toml:3: key `cluster.transport`") && e.contains("broadcast"), "{e}");
+    }
+
+    #[test]
+    fn metrics_are_off_by_default_and_per_daemon_addresses_win() {
+        let c = DaemonConfig::parse(Path::new("x.toml"), GOOD, "a").unwrap();
+        assert_eq!(c.metrics, None);
+        let file = format!("{GOOD}\n[daemon]\nmetrics = \"127.0.0.1:9464\"\n");
+        let c = DaemonConfig::parse(Path::new("x.toml"), &file, "a").unwrap();
+        assert_eq!(c.metrics, Some("127.0.0.1:9464".parse().unwrap()));
+        let file = file.replace("name = \"b\"\n", "name = \"b\"\nmetrics = \"127.0.0.1:9465\"\n");
+        let c = DaemonConfig::parse(Path::new("x.toml"), &file, "b").unwrap();
+        assert_eq!(c.metrics, Some("127.0.0.1:9465".parse().unwrap()));
+        let bad = format!("{GOOD}\n[daemon]\nmetrics = \"9464\"\n");
+        let e = DaemonConfig::parse(Path::new("x.toml"), &bad, "a").unwrap_err().to_string();
+        assert!(e.starts_with("x.toml:22: key `daemon.metrics`") && e.contains("127.0.0.1:9464"), "{e}");
+    }
+
+    #[test]
+    fn admin_principals_are_patterns() {
+        let file = format!("{GOOD}\n[clients]\nadmin = [\"unix:0\", \"cert:ops-*\"]\n");
+        let c = DaemonConfig::parse(Path::new("x.toml"), &file, "a").unwrap();
+        assert_eq!(c.clients.admin, ["unix:0", "cert:ops-*"]);
+        let bad = format!("{GOOD}\n[clients]\nadmin = [\"cert:*ops\"]\n");
+        let e = DaemonConfig::parse(Path::new("x.toml"), &bad, "a").unwrap_err().to_string();
+        assert!(e.contains("key `clients.admin`") && e.contains("cert:*ops"), "{e}");
+    }
+
+    #[test]
+    fn an_unknown_name_lists_the_names() {
+        let e = DaemonConfig::parse(Path::new("x.toml"), GOOD, "d9").unwrap_err().to_string();
+        assert!(e.contains("`d9`") && e.contains("the names are: a, b") && e.contains("--name"), "{e}");
+    }
+
+    #[test]
+    fn endpoints_need_no_keys() {
+        let dir = std::env::temp_dir().join(format!("rf-endpoints-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        let text = GOOD.replace("name = \"b\"\n", "name = \"b\"\nclient_tcp = \"127.0.0.1:4900\"\n")
+            + "[paths]\nstate_dir = \"/run/rf/{name}\"\n";
+        std::fs::write(&path, text).unwrap();
+        let e = endpoints(&path).unwrap();
+        assert_eq!(e.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(e[1].client_tcp, Some("127.0.0.1:4900".parse().unwrap()));
+        assert_eq!(e[0].client_socket, Path::new("/run/rf/a/client.sock"));
+        // Both addresses are on this machine: `--name` cannot be left out.
+        let err = local_daemon(&path).unwrap_err();
+        assert!(err.contains("2 daemons") && err.contains("--name"), "{err}");
+        std::fs::write(&path, GOOD.replace("127.0.0.1:4801", "192.0.2.1:4801")).unwrap();
+        assert_eq!(local_daemon(&path).unwrap(), "a");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use crate::backend::{self, Backend};
 use crate::config::{CorePin, DaemonConfig, Multicast, Transport};
 use crate::session::{ClientOut, Encoder, RING_QUEUE, SessionConfig, Sessions, ToRing, Waker};
-use crate::state::State;
+use crate::state::{Lock, State};
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, bounded};
 use ringfence_proto::groups::{
@@ -13,15 +13,16 @@ use ringfence_proto::groups::{
 use ringfence_proto::ring::{ConfigKind, Dest, Event, SubmitError};
 use ringfence_proto::security::{LinkMode, SecurityConfig};
 use ringfence_proto::wire::client::{
-    self as cp, CLIENT_VERSION, ClientFrame, DaemonFrame, ErrorCode, Limits, RefuseCode, ViewCause, ViewKind,
+    self as cp, AdminRequest, ByeReason, CLIENT_VERSION, ClientFrame, DaemonFrame, ErrorCode, Limits,
+    RefuseCode, ViewCause, ViewKind,
 };
 use ringfence_proto::{Node, Time};
 use socket2::{Domain, Protocol, Socket, Type};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
@@ -49,6 +50,8 @@ pub struct DaemonStats {
     pub received: u64,
     /// Datagrams larger than the MTU (dropped unread).
     pub oversize: u64,
+    /// Bytes of the datagrams received.
+    pub received_bytes: u64,
 }
 
 /// A running daemon: the protocol core, its socket and its clock.
@@ -80,33 +83,86 @@ pub struct Daemon {
     /// Failed client authentications and TLS handshakes (session threads
     /// count them).
     auth_failures: Arc<AtomicU64>,
+    /// One daemon per name and state directory (held until exit).
+    _lock: Lock,
+    /// The last metrics rendering (`[daemon] metrics`), if the endpoint runs.
+    metrics: Option<Arc<Mutex<String>>>,
+    /// Clients that may send operator requests (`[clients] admin`).
+    admins: HashSet<u64>,
+    /// Who may send operator requests: `[clients] admin`, or by default
+    /// local clients of this user and root.
+    admin_patterns: Vec<String>,
+    /// An operator asked the daemon to stop (`ringfence ctl shutdown`).
+    stop_requested: bool,
+    /// The daemon left the ring (`ringfence ctl leave`, or stopping).
+    left: bool,
+    /// Systemd was told the daemon is ready (first regular configuration).
+    ready: bool,
 }
 
 impl Daemon {
     /// Binds the daemon's socket and starts its protocol core (gathering).
+    ///
+    /// First it takes the lock of its name and state directory: a second
+    /// daemon of the same name fails here, before it touches a socket.
+    /// Every error names the address, path or key it concerns.
     pub fn bind(cfg: DaemonConfig) -> io::Result<Self> {
+        let lock = Lock::take(&cfg.state_dir, &cfg.me.name)?;
         let addr = cfg.me.address;
         let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-        socket.set_reuse_address(true)?;
+        // No SO_REUSEADDR on the unicast socket: another process on this
+        // address and port is an error, never a silent share.
         // Best effort: the kernel may cap these.
         let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
         let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
-        socket.bind(&addr.into())?;
+        socket.bind(&addr.into()).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "cannot bind UDP {addr}, the `address` of daemon `{name}` in [[cluster.daemon]]: {e}; {}",
+                    crate::session::bind_hint(
+                        &e,
+                        "another process uses this port: stop it, or give the daemon another port"
+                    ),
+                    name = cfg.me.name,
+                ),
+            )
+        })?;
         let mut sockets = vec![];
         if let Transport::Multicast(m) = cfg.transport {
             // Sends (to the group too) leave from the unicast socket, so a
             // datagram's source is the sender's configured address.
-            socket.set_multicast_if_v4(&m.interface)?;
-            socket.set_multicast_ttl_v4(m.ttl)?;
-            socket.set_multicast_loop_v4(m.r#loop)?;
+            let context = |e: io::Error| {
+                io::Error::new(
+                    e.kind(),
+                    format!(
+                        "IP multicast group {} on interface {} (`cluster.multicast_group`, \
+                         `multicast_interface`): {e}; check that the interface has this address and \
+                         allows multicast",
+                        m.group, m.interface
+                    ),
+                )
+            };
+            socket.set_multicast_if_v4(&m.interface).map_err(context)?;
+            socket.set_multicast_ttl_v4(m.ttl).map_err(context)?;
+            socket.set_multicast_loop_v4(m.r#loop).map_err(context)?;
             sockets.push(socket.into());
-            sockets.push(multicast_socket(&m)?);
+            sockets.push(multicast_socket(&m).map_err(context)?);
             info!(group = %m.group, interface = %m.interface, ttl = m.ttl, "IP multicast transport");
         } else {
             sockets.push(socket.into());
         }
         let local = sockets[0].local_addr()?;
-        let state = State::start(&cfg.state_dir)?;
+        let state = State::start(&cfg.state_dir).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "cannot read or write {}: {e}; the state directory (`[paths] state_dir`) must be writable \
+                     by this user",
+                    cfg.state_dir.join("state").display()
+                ),
+            )
+        })?;
         let start = Instant::now();
         let security = security_config(&cfg, state.incarnation)?;
         let node =
@@ -144,6 +200,24 @@ impl Daemon {
             limits,
             ring_core: ring_core(cfg.ring_core, cfg.me.id.0, cores),
         })?;
+        let metrics = match cfg.metrics {
+            None => None,
+            Some(addr) => {
+                let snapshot = Arc::new(Mutex::new(String::new()));
+                crate::metrics::serve(addr, Arc::clone(&snapshot))?;
+                Some(snapshot)
+            }
+        };
+        let admin_patterns = if cfg.clients.admin.is_empty() {
+            let uid = nix::unistd::geteuid().as_raw();
+            let mut v = vec![format!("unix:{uid}")];
+            if uid != 0 {
+                v.push("unix:0".into());
+            }
+            v
+        } else {
+            cfg.clients.admin.clone()
+        };
         let groups = ClientGroups::with_policy(
             cfg.me.id,
             ringfence_proto::groups::Limits::default(),
@@ -181,6 +255,13 @@ impl Daemon {
             groups_due: None,
             groups_checked: Instant::now(),
             auth_failures,
+            _lock: lock,
+            metrics,
+            admins: HashSet::new(),
+            admin_patterns,
+            stop_requested: false,
+            left: false,
+            ready: false,
         })
     }
 
@@ -199,9 +280,15 @@ impl Daemon {
     }
 
     /// Runs until `stop` is set.
+    ///
+    /// Then it stops cleanly: its clients get `Bye { Shutdown }`, it leaves
+    /// the ring (the others reform at once, see [`Node::leave`]) and the
+    /// session threads get a moment to write what is queued.
     pub fn run(&mut self, stop: &Arc<AtomicBool>) -> io::Result<()> {
         self.pin();
-        while !stop.load(Ordering::Relaxed) {
+        // Status and metrics are there from the start, not 500 ms later.
+        self.write_status();
+        while !stop.load(Ordering::Relaxed) && !self.stop_requested {
             self.flush();
             if self.status_at.elapsed() >= STATUS_INTERVAL {
                 self.status_at = Instant::now();
@@ -238,8 +325,52 @@ impl Daemon {
                 self.node.handle_timeout(now);
             }
         }
-        info!(daemon = %self.cfg.me.name, "daemon stopped");
+        self.stop();
         Ok(())
+    }
+
+    /// The end of [`Daemon::run`]: clients told, ring left, queues given a
+    /// moment (at most 200 ms) to reach the clients.
+    fn stop(&mut self) {
+        crate::notify::notify("STOPPING=1");
+        info!(daemon = %self.cfg.me.name, clients = self.clients.len(), "daemon stopping: leaving the ring");
+        // Requests already queued (an admin reply among them) go first.
+        self.flush();
+        self.leave_ring("the daemon is shutting down");
+        self.write_status();
+        let deadline = Instant::now() + Duration::from_millis(200);
+        while self.sessions.queued() > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        info!(daemon = %self.cfg.me.name, "daemon stopped");
+    }
+
+    /// Leaves the ring for good: the leave goes out, every client gets
+    /// `Bye { Shutdown }` saying `why`, and new clients are refused.
+    fn leave_ring(&mut self, why: &str) {
+        if self.left {
+            return;
+        }
+        self.left = true;
+        let now = self.now();
+        self.node.leave(now);
+        self.flush_ring();
+        let bye = DaemonFrame::Bye {
+            reason: ByeReason::Shutdown,
+            text: format!("daemon `{}` left the ring: {why}", self.cfg.me.name),
+        };
+        if let Some(b) = self.encoder.frame(&bye) {
+            for out in self.clients.values() {
+                out.send_last(b.clone());
+            }
+        }
+        for id in self.clients.keys().copied().collect::<Vec<_>>() {
+            let _ = self.groups.disconnect(ClientId(id));
+        }
+        self.clients.clear();
+        self.admins.clear();
+        self.sessions.wake();
+        info!(daemon = %self.cfg.me.name, "left the ring: {why}");
     }
 
     /// Pins the calling thread (the ring thread) to the core `[daemon]
@@ -257,21 +388,63 @@ impl Daemon {
         }
     }
 
-    /// Writes `<state_dir>/status.json` (read by `ringfence monitor`):
-    /// membership phase, ring, members, clients and every counter.
+    /// The name of daemon `id` in the config (its number if unknown).
+    fn name_of(&self, id: ringfence_proto::NodeId) -> String {
+        self.cfg.peers.iter().find(|p| p.id == id).map_or_else(|| id.0.to_string(), |p| p.name.clone())
+    }
+
+    /// Writes `<state_dir>/status.json` and renders the metrics.
     fn write_status(&self) {
+        let status = self.status();
+        if let Some(m) = &self.metrics {
+            let text = crate::metrics::render(&status);
+            if let Ok(mut s) = m.lock() {
+                *s = text;
+            }
+        }
+        let path = self.cfg.state_dir.join("status.json");
+        let tmp = self.cfg.state_dir.join("status.json.tmp");
+        if std::fs::write(&tmp, status.to_string()).and_then(|()| std::fs::rename(&tmp, &path)).is_err() {
+            warn!(path = %path.display(), "could not write the status file");
+        }
+    }
+
+    /// The daemon's status, as the status query (`ringfence monitor`,
+    /// `ringfence ctl status`) and `status.json` give it: membership phase,
+    /// ring, members (ids and names), clients, queues and every counter.
+    pub fn status(&self) -> serde_json::Value {
         let ring = self.node.ring().map(|(id, members)| {
-            serde_json::json!({ "seq": id.seq, "rep": id.rep.0, "members": members.iter().map(|m| m.0).collect::<Vec<_>>() })
+            serde_json::json!({
+                "seq": id.seq,
+                "rep": id.rep.0,
+                "members": members.iter().map(|m| m.0).collect::<Vec<_>>(),
+                "names": members.iter().map(|&m| self.name_of(m)).collect::<Vec<_>>(),
+            })
         });
         let g = self.groups.stats();
-        let status = serde_json::json!({
+        let mut list = self.groups.report();
+        let groups_total = list.len();
+        // A reply is one frame: the busiest daemons list their first 200 groups.
+        list.truncate(200);
+        serde_json::json!({
             "daemon": self.cfg.me.name,
             "id": self.cfg.me.id.0,
+            "pid": std::process::id(),
+            "version": env!("CARGO_PKG_VERSION"),
+            "backend": self.backend.name(),
+            "address": self.cfg.me.address.to_string(),
             "incarnation": self.state.incarnation,
             "uptime_ms": u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX),
             "phase": format!("{:?}", self.node.phase()),
+            "operational": self.node.phase() == ringfence_proto::Phase::Operational,
             "ring": ring,
+            "ring_size": self.node.ring().map_or(0, |(_, m)| m.len()),
             "clients": self.clients.len(),
+            "queues": {
+                "ring_requests": self.requests.len(),
+                "client_frames": self.sessions.queued(),
+                "pending_messages": self.node.pending(),
+            },
             "auth_failures": self.auth_failures.load(Ordering::Relaxed),
             "protocol": self.node.stats(),
             "security": self.node.security_stats(),
@@ -286,14 +459,10 @@ impl Daemon {
                 "sealed_for_clients": g.sealed_for_clients,
                 "undecipherable": g.undecipherable,
                 "rekeys": g.rekeys,
-                "list": self.groups.report(),
+                "count": groups_total,
+                "list": list,
             },
-        });
-        let path = self.cfg.state_dir.join("status.json");
-        let tmp = self.cfg.state_dir.join("status.json.tmp");
-        if std::fs::write(&tmp, status.to_string()).and_then(|()| std::fs::rename(&tmp, &path)).is_err() {
-            warn!(path = %path.display(), "could not write the status file");
-        }
+        })
     }
 
     fn receive(
@@ -309,6 +478,7 @@ impl Daemon {
             return; // a session has requests for us: handled in `flush`
         }
         stats.received += 1;
+        stats.received_bytes += bytes.len() as u64;
         if from == cfg.me.address {
             return; // our own multicast datagram, looped back
         }
@@ -354,6 +524,25 @@ impl Daemon {
         match req {
             ToRing::Connect { id, hello_name, principal, out } => {
                 let who = principal.policy_name();
+                let admin = self.admin_patterns.iter().any(|p| match p.strip_suffix('*') {
+                    Some(prefix) => who.starts_with(prefix),
+                    None => *p == who,
+                });
+                // After a leave only operators get in (status, shutdown).
+                if self.left && !admin {
+                    let refused = DaemonFrame::Refused {
+                        code: RefuseCode::ShuttingDown,
+                        text: format!(
+                            "daemon `{}` has left the ring (`ringfence ctl leave` or stopping); restart it to \
+                             rejoin, or connect to another daemon",
+                            self.cfg.me.name
+                        ),
+                    };
+                    if let Some(b) = self.encoder.frame(&refused) {
+                        out.send_last(b);
+                    }
+                    return;
+                }
                 match self.groups.connect_secure(
                     ClientId(id),
                     hello_name.as_bytes(),
@@ -377,6 +566,9 @@ impl Daemon {
                             out.send(b);
                         }
                         self.clients.insert(id, out);
+                        if admin {
+                            self.admins.insert(id);
+                        }
                     }
                     Err(e) => {
                         let code = match e {
@@ -394,7 +586,9 @@ impl Daemon {
             ToRing::Gone { id } => {
                 let _ = self.groups.disconnect(ClientId(id));
                 self.clients.remove(&id);
+                self.admins.remove(&id);
             }
+            ToRing::Frame { id, frame: ClientFrame::Admin { tag, request } } => self.admin(id, tag, request),
             ToRing::Frame { id, frame } => {
                 let c = ClientId(id);
                 let r = match frame {
@@ -415,7 +609,7 @@ impl Daemon {
                         m.sealed,
                     ),
                     ClientFrame::FlushOk { group, .. } => self.groups.flush_ok(c, group.as_bytes()),
-                    ClientFrame::Hello(_) | ClientFrame::Bye => Ok(()),
+                    ClientFrame::Hello(_) | ClientFrame::Bye | ClientFrame::Admin { .. } => Ok(()),
                 };
                 if let Err(e) = r {
                     let code = match e {
@@ -448,6 +642,54 @@ impl Daemon {
                     }
                 }
             }
+        }
+    }
+
+    /// Carries out an operator's request from client `id` and answers it.
+    fn admin(&mut self, id: u64, tag: u32, request: AdminRequest) {
+        let Some(out) = self.clients.get(&id).cloned() else { return };
+        if !self.admins.contains(&id) {
+            info!(client = id, request = request.name(), "operator request denied");
+            let error = DaemonFrame::Error {
+                code: ErrorCode::Denied,
+                text: format!(
+                    "`{}` is for operators: this client is not in `[clients] admin` of daemon `{}` (default: \
+                     local clients of the daemon's user and root)",
+                    request.name(),
+                    self.cfg.me.name
+                ),
+            };
+            if let Some(b) = self.encoder.frame(&error) {
+                out.send(b);
+            }
+            return;
+        }
+        let now = self.now();
+        let (ok, text) = match request {
+            AdminRequest::Status => (true, self.status().to_string()),
+            AdminRequest::Rekey => match self.node.request_refresh(now) {
+                Ok(()) => {
+                    info!(daemon = %self.cfg.me.name, client = id, "server key refresh asked by an operator");
+                    (true, format!("daemon `{}` asked the ring for a new server key", self.cfg.me.name))
+                }
+                Err(why) => (false, format!("daemon `{}` cannot rekey now: {why}", self.cfg.me.name)),
+            },
+            AdminRequest::Leave => {
+                info!(daemon = %self.cfg.me.name, client = id, "leaving the ring: asked by an operator");
+                (true, format!("daemon `{}` left the ring; restart it to rejoin", self.cfg.me.name))
+            }
+            AdminRequest::Shutdown => {
+                info!(daemon = %self.cfg.me.name, client = id, "shutting down: asked by an operator");
+                self.stop_requested = true;
+                (true, format!("daemon `{}` is leaving the ring and stopping", self.cfg.me.name))
+            }
+        };
+        let reply = DaemonFrame::AdminReply { tag, ok, text };
+        if let Some(b) = self.encoder.frame(&reply) {
+            out.send(b);
+        }
+        if request == AdminRequest::Leave {
+            self.leave_ring("asked by an operator (`ringfence ctl leave`)");
         }
     }
 
@@ -539,16 +781,26 @@ impl Daemon {
         while let Some(ev) = self.node.poll_event() {
             self.groups.handle_event(now, &ev);
             if let Event::Configuration(c) = ev {
-                let members: Vec<u16> = c.members.iter().map(|m| m.0).collect();
+                let names: Vec<String> = c.members.iter().map(|&m| self.name_of(m)).collect();
+                let members = names.join(", ");
                 let kind = match c.kind {
                     ConfigKind::Regular => "regular",
                     ConfigKind::Transitional => "transitional",
                 };
-                info!(daemon = %self.cfg.me.name, ring = %c.ring_id, ?members, "{kind} configuration");
+                info!(daemon = %self.cfg.me.name, ring = %c.ring_id, members = %format!("[{members}]"), "{kind} configuration");
+                if c.kind == ConfigKind::Regular {
+                    let status = format!("STATUS=ring {} of [{members}]", c.ring_id);
+                    if self.ready {
+                        crate::notify::notify(&status);
+                    } else {
+                        self.ready = true;
+                        crate::notify::notify(&format!("READY=1\n{status}"));
+                    }
+                }
             }
         }
         while let Some(a) = self.node.poll_alert() {
-            warn!(daemon = %self.cfg.me.name, peer = a.peer.0, "{}", a.text);
+            warn!(daemon = %self.cfg.me.name, peer = %self.name_of(a.peer), "{}", a.text);
         }
         while let Some((id, ev)) = self.groups.poll_client() {
             self.deliver_to_client(id, ev);
@@ -615,8 +867,26 @@ fn security_config(cfg: &DaemonConfig, incarnation: u32) -> io::Result<SecurityC
     let identity = match (&s.identity, s.mode) {
         (_, LinkMode::None) | (None, _) => None,
         (Some(path), _) => {
-            let id = ringfence_crypto::identity::load_secret(path)
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+            let id = ringfence_crypto::identity::load_secret(path).map_err(|e| {
+                let hint = match &e {
+                    ringfence_crypto::identity::IdentityError::Io { source, .. }
+                        if source.kind() == io::ErrorKind::NotFound =>
+                    {
+                        format!(
+                            "; make it with `ringfence keygen daemon {name} --dir {}` and put the `public_key` \
+                             line it prints under `{name}`'s [[cluster.daemon]] in every daemon's config (or \
+                             point `security.identity` at the key file)",
+                            path.parent().map_or_else(|| ".".into(), |d| d.display().to_string()),
+                            name = cfg.me.name
+                        )
+                    }
+                    _ => String::new(),
+                };
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("secret key of daemon `{}` (`security.identity`): {e}{hint}", cfg.me.name),
+                )
+            })?;
             if cfg.me.public_key.as_ref().is_some_and(|k| *k != id.public()) {
                 // The other daemons would reject every datagram it sends:
                 // it could accept clients but never join a ring.

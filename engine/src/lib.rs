@@ -19,14 +19,16 @@
 mod backend;
 pub mod config;
 mod daemon;
+mod metrics;
+mod notify;
 mod policy_file;
 mod session;
 mod state;
 mod uring;
 
 pub use config::{
-    BackendChoice, ClientCaps, ClientToken, Clients, ConfigError, CorePin, DaemonConfig, Multicast, Peer,
-    Transport,
+    BackendChoice, ClientCaps, ClientToken, Clients, ConfigError, CorePin, DaemonConfig, Endpoint, Multicast,
+    Peer, Transport, endpoints, local_daemon,
 };
 pub use daemon::{Daemon, DaemonStats};
 pub use uring::available as io_uring_available;

@@ -70,3 +70,65 @@ impl State {
         Ok(())
     }
 }
+
+/// One daemon per name and state directory: an exclusive `flock` on
+/// `<state_dir>/lock`, held for the life of the process (the kernel drops
+/// it when the process dies, however it dies). The file holds the holder's
+/// pid, for the message a second daemon gets.
+#[derive(Debug)]
+pub(crate) struct Lock {
+    _file: nix::fcntl::Flock<std::fs::File>,
+}
+
+impl Lock {
+    /// Takes the lock of daemon `name` in `dir` (created if missing), or
+    /// says who holds it and what to do.
+    pub(crate) fn take(dir: &Path, name: &str) -> io::Result<Self> {
+        use nix::fcntl::{Flock, FlockArg};
+        use std::io::{Read, Seek, Write};
+        std::fs::create_dir_all(dir).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "cannot create the state directory {} of daemon `{name}`: {e}; create it (writable by this \
+                     user) or set `[paths] state_dir`",
+                    dir.display()
+                ),
+            )
+        })?;
+        let path = dir.join("lock");
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| {
+                io::Error::new(e.kind(), format!("cannot open the lock file {}: {e}", path.display()))
+            })?;
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(mut file) => {
+                file.set_len(0)?;
+                file.rewind()?;
+                writeln!(file, "{}", std::process::id())?;
+                Ok(Self { _file: file })
+            }
+            Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
+                let mut pid = String::new();
+                let _ = file.read_to_string(&mut pid);
+                let pid = pid.trim();
+                let holder = if pid.is_empty() { String::new() } else { format!(" (pid {pid})") };
+                Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!(
+                        "daemon `{name}` is already running{holder}: it holds {}. One daemon per name and state \
+                         directory; stop that one first (`ringfence ctl shutdown {name}` or SIGTERM), or run \
+                         this one under another `--name`",
+                        path.display()
+                    ),
+                ))
+            }
+            Err((_, e)) => Err(io::Error::other(format!("cannot lock {}: {e}", path.display()))),
+        }
+    }
+}

@@ -69,6 +69,9 @@ pub enum Phase {
     Commit,
     /// The new ring carries the old rings' missing packets.
     Recovery,
+    /// This daemon left for good ([`Node::leave`]): it sends and accepts
+    /// nothing more.
+    Left,
 }
 
 #[derive(Clone, Debug)]
@@ -354,6 +357,8 @@ pub struct Node {
     noticed: BTreeMap<(u8, NodeId), Time>,
     /// Counters of rings that ended, and of the node itself.
     retired: Stats,
+    /// [`Node::leave`] was called: inert from then on.
+    left: bool,
 }
 
 impl Node {
@@ -526,6 +531,7 @@ impl Node {
             notices: VecDeque::new(),
             noticed: BTreeMap::new(),
             retired: Stats::default(),
+            left: false,
         }
     }
 
@@ -541,6 +547,9 @@ impl Node {
 
     /// The membership phase.
     pub fn phase(&self) -> Phase {
+        if self.left {
+            return Phase::Left;
+        }
         match self.state {
             State::Operational => Phase::Operational,
             State::Gather(_) => Phase::Gather,
@@ -642,6 +651,9 @@ impl Node {
         // and the next ring has no key yet. Those are signed.
         let (t, ring_own) = if let Some(t) = self.transmits.pop_front() {
             (t, false)
+        } else if self.left {
+            // Only the leave's joins go out; the stopped rings' queues stay.
+            return None;
         } else if let Some(t) = self.ring.as_mut().and_then(Ring::poll_transmit) {
             (t, true)
         } else {
@@ -673,6 +685,9 @@ impl Node {
 
     /// The next delivery or configuration event.
     pub fn poll_event(&mut self) -> Option<Event> {
+        if self.left {
+            return None;
+        }
         if let Some(e) = self.events.pop_front() {
             return Some(e);
         }
@@ -878,6 +893,97 @@ impl Node {
         }
     }
 
+    /// Asks the ring for a new server key now (an operator's `ringfence ctl
+    /// rekey`): the same ordered refresh request the representative sends
+    /// when `refresh_interval_s` or `refresh_bytes` says so. Refused (with
+    /// the reason) without key agreement, outside a ring whose key is
+    /// agreed, or while a run is going on.
+    pub fn request_refresh(&mut self, now: Time) -> Result<(), &'static str> {
+        self.now = now;
+        if self.left {
+            return Err("this daemon left the ring");
+        }
+        let Some(r) = self.ring.as_ref().filter(|_| matches!(self.state, State::Operational)) else {
+            return Err("no ring installed (membership is changing): try again");
+        };
+        let ring_id = r.ring_id();
+        let Some(sec) = self.sec.as_mut() else { return Err("link_security is \"none\": no server key") };
+        let Some(agreement) = sec.agreement.as_ref() else {
+            return Err("link_security is \"none\": no server key");
+        };
+        if !sec.refresh_possible(ring_id) {
+            return Err("a key agreement is already running: try again");
+        }
+        sec.refresh_asked = true;
+        sec.stats.refreshes += 1;
+        let env = agreement.refresh_request(ring_id);
+        self.push_ctl(Service::KeyAgreement, env);
+        Ok(())
+    }
+
+    /// Leaves the cluster for good, as a daemon that is stopping: the other
+    /// daemons form a new ring at once instead of waiting for the token
+    /// timeout. Totem's membership protocol has no leave message; as
+    /// Corosync does on a clean shutdown, this daemon sends a join naming
+    /// itself in its fail set (Totem, section 4.2: "a processor ... that
+    /// is in the fail set of a join message" is not admitted to the
+    /// membership). Receivers in operation start a gather with the ring's
+    /// members and take the failure from the join; they agree among
+    /// themselves in one or two join rounds. The join goes twice (a lost
+    /// datagram then only costs the token timeout, as before).
+    ///
+    /// From then on the node is inert: [`Node::phase`] is
+    /// [`Phase::Left`], datagrams and timeouts are ignored, and nothing is
+    /// sent or delivered. Drain [`Node::poll_transmit`] once after calling
+    /// it.
+    pub fn leave(&mut self, now: Time) {
+        if self.left {
+            return;
+        }
+        self.now = now;
+        let procs: BTreeSet<NodeId> = match &self.state {
+            State::Operational => self.ring.as_ref().map(|r| r.members().iter().copied().collect()),
+            State::Gather(g) | State::Commit { gather: g, .. } | State::Recovery { gather: g, .. } => {
+                Some(g.procs.clone())
+            }
+        }
+        .unwrap_or_default();
+        let ring_id = self.ring.as_ref().map_or(RingId { seq: 0, rep: self.id }, Ring::ring_id);
+        if let Some(r) = &mut self.ring {
+            r.stop();
+            r.freeze(false);
+        }
+        if let Some(n) = self.next.take() {
+            self.retired.absorb(n.stats());
+        }
+        if let Some(sec) = &mut self.sec {
+            // Daemons that already formed another ring hear it too: signed.
+            sec.link.send_with(None);
+        }
+        self.sent_commit = None;
+        self.transmits.clear();
+        self.events.clear();
+        self.out.ctl.clear();
+        self.out.user_allowed = false;
+        let mut procs = procs;
+        procs.insert(self.id);
+        let join = Bytes::from(
+            Join {
+                sender: self.id,
+                ring_id,
+                max_ring_seq: self.max_ring_seq,
+                procs: procs.into_iter().collect(),
+                fails: vec![self.id],
+                suspects: Vec::new(),
+            }
+            .encode(),
+        );
+        for _ in 0..2 {
+            self.transmits.push_back(Transmit { dest: Dest::All, bytes: join.clone() });
+        }
+        self.left = true;
+    }
+
     /// The representative asks for a refresh when the policy says so.
     fn maybe_refresh(&mut self, now: Time) {
         let Some(r) = self.ring.as_ref().filter(|_| matches!(self.state, State::Operational)) else { return };
@@ -911,6 +1017,9 @@ impl Node {
 
     /// The next deadline at which [`Node::handle_timeout`] must be called.
     pub fn poll_timeout(&self) -> Option<Time> {
+        if self.left {
+            return None;
+        }
         let mut t: Option<Time> = None;
         let mut consider = |x: Option<Time>| {
             if let Some(x) = x {
@@ -951,6 +1060,9 @@ impl Node {
 
     /// Handles expired timers.
     pub fn handle_timeout(&mut self, now: Time) {
+        if self.left {
+            return;
+        }
         self.excuse_stall(now);
         self.now = now;
         let deadline = self.sec.as_ref().and_then(|s| s.agreement_deadline(self.cfg.token_timeout));
@@ -1064,6 +1176,9 @@ impl Node {
     /// datagrams of rings this daemon has no business with, are dropped and
     /// counted.
     pub fn handle_datagram(&mut self, now: Time, bytes: Bytes) {
+        if self.left {
+            return;
+        }
         self.now = now;
         let mut seen_key = None;
         let mut from = None;
@@ -1318,7 +1433,7 @@ impl Node {
             return;
         }
         // We hear it: whatever we suspected of it, it is not silent to us.
-        let heard_again = self.unheard.remove(&j.sender);
+        self.unheard.remove(&j.sender);
         j.max_ring_seq = self.bound_ring_seq(j.max_ring_seq);
         let accuses_us = j.suspects.contains(&self.id);
         // A join of a round that began before our ring was formed is stale.
@@ -1398,16 +1513,22 @@ impl Node {
             changed = true;
         }
         let fails_before = g.fails.clone();
-        if heard_again || g.own.contains(&j.sender) {
+        if jf.contains(&j.sender) {
+            // A daemon leaving cleanly (`Node::leave`) names itself failed:
+            // out at once, no timeout.
+            g.own.insert(j.sender);
+            g.reports.remove(&j.sender);
+        } else {
             g.own.remove(&j.sender);
+            let suspects: BTreeSet<NodeId> = j.suspects.iter().copied().collect();
+            // It leaves us out of a ring it wants with others (a daemon
+            // that is itself excluded proposes a ring of its own: that is
+            // not about us, and counting it would make exclusion feed on
+            // itself).
+            let leaves_us_out = jf.contains(&me) && their_members.len() >= 2;
+            g.reports.insert(j.sender, (suspects, leaves_us_out));
+            g.heard.insert(j.sender);
         }
-        let suspects: BTreeSet<NodeId> = j.suspects.iter().copied().collect();
-        // It leaves us out of a ring it wants with others (a daemon that
-        // is itself excluded proposes a ring of its own: that is not about
-        // us, and counting it would make exclusion feed on itself).
-        let leaves_us_out = jf.contains(&me) && their_members.len() >= 2;
-        g.reports.insert(j.sender, (suspects, leaves_us_out));
-        g.heard.insert(j.sender);
         let procs_before = g.procs.len();
         g.procs.extend(jp.iter().copied());
         g.own.extend(self.unheard.iter().filter(|u| g.procs.contains(u)).copied());

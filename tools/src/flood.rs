@@ -185,9 +185,16 @@ pub(crate) struct FloodArgs {
     #[arg(long, conflicts_with_all = ["config", "tls_ca", "token"])]
     remote_tls: bool,
     /// Give up after this many seconds (setup included), report the shortfall
-    /// and fail.
-    #[arg(long, value_name = "SECS", default_value_t = 120)]
-    timeout: u64,
+    /// and fail. Default: scaled to the work: 30 s, plus 1 s per 10,000
+    /// messages (and per 10 MB of payload), or twice the paced duration
+    /// with --rate.
+    #[arg(long, value_name = "SECS")]
+    timeout: Option<u64>,
+    /// Write the latency distribution (every receiver's deliveries, in
+    /// microseconds) to FILE, in HdrHistogram's percentile text format
+    /// (plottable with HdrHistogram's plotter).
+    #[arg(long, value_name = "FILE")]
+    histogram: Option<PathBuf>,
     /// With TLS or a token, flood connects to each daemon's `client_tcp`
     /// (needs --config).
     #[command(flatten)]
@@ -626,6 +633,50 @@ impl Report {
     }
 }
 
+impl FloodArgs {
+    /// The run's time bound in seconds: `--timeout`, or scaled to the work.
+    fn timeout_secs(&self) -> u64 {
+        self.timeout.unwrap_or_else(|| {
+            let bytes = self.messages.saturating_mul(self.size as u64);
+            let work = match self.rate {
+                Some(r) => 2 * self.messages / r.max(1),
+                None => self.messages / 10_000 + bytes / 10_000_000,
+            };
+            30u64.saturating_add(work)
+        })
+    }
+}
+
+/// Writes `h` (nanoseconds) as HdrHistogram's percentile distribution text
+/// (`outputPercentileDistribution`), in microseconds.
+fn write_histogram(path: &Path, h: &Histogram<u64>) -> std::io::Result<()> {
+    let mut out = String::from("       Value     Percentile TotalCount 1/(1-Percentile)\n\n");
+    let mut total = 0u64;
+    for v in h.iter_quantiles(5) {
+        total += v.count_since_last_iteration();
+        let q = v.quantile_iterated_to();
+        let inverse = if q < 1.0 { format!("{:.2}", 1.0 / (1.0 - q)) } else { "inf".into() };
+        let _ = writeln!(
+            out,
+            "{:12.3} {:14.12} {:10} {:>14}",
+            v.value_iterated_to() as f64 / 1000.0,
+            q,
+            total,
+            inverse
+        );
+    }
+    let (mean, sd) = if h.is_empty() { (0.0, 0.0) } else { (h.mean() / 1000.0, h.stdev() / 1000.0) };
+    let _ = writeln!(
+        out,
+        "#[Mean    = {mean:12.3}, StdDeviation   = {sd:12.3}]\n#[Max     = {:12.3}, Total count    = {:12}]\n#[Buckets = {:12}, SubBuckets     = {:12}]",
+        h.max() as f64 / 1000.0,
+        h.len(),
+        h.buckets(),
+        h.distinct_values()
+    );
+    std::fs::write(path, out)
+}
+
 /// A quantile in microseconds, to 0.1 us.
 fn us(h: &Histogram<u64>, q: f64) -> Option<f64> {
     (!h.is_empty()).then(|| (h.value_at_quantile(q) as f64 / 100.0).round() / 10.0)
@@ -665,7 +716,7 @@ pub(crate) fn main(args: &FloodArgs) -> ExitCode {
 }
 
 fn run(args: &FloodArgs, spawned: &mut Option<LocalCluster>) -> Report {
-    let deadline = Instant::now() + Duration::from_secs(args.timeout);
+    let deadline = Instant::now() + Duration::from_secs(args.timeout_secs());
     let mut report = Report { expected: 0, ..Report::default() };
     let mut opts = args.connect.options();
     let sockets = match &args.config {
@@ -777,9 +828,35 @@ fn run(args: &FloodArgs, spawned: &mut Option<LocalCluster>) -> Report {
     let mut sent_done: Vec<Option<SenderDone>> = (0..m).map(|_| None).collect();
     let mut recv_done: Vec<Option<ReceiverDone>> = (0..k).map(|_| None).collect();
     let mut pending = m + k;
+    // A progress line on a terminal (standard error), redrawn in place.
+    let show_progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let expected_total = report.expected;
+    let progress_line = |progress: &[AtomicU64]| {
+        let delivered: u64 = progress.iter().map(|p| p.load(Ordering::Relaxed)).sum();
+        let secs = base.elapsed().as_secs_f64();
+        let pct = if expected_total > 0 { delivered as f64 * 100.0 / expected_total as f64 } else { 0.0 };
+        eprint!(
+            "\rflood: {delivered} of {expected_total} deliveries ({pct:.0}%), {:.0} deliveries/s, {secs:.1} s \x1b[K",
+            delivered as f64 / secs.max(1e-9)
+        );
+    };
+    let mut next_progress = Instant::now() + Duration::from_millis(500);
     while pending > 0 {
         let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
+        let wait = if show_progress {
+            left.min(next_progress.saturating_duration_since(Instant::now()))
+        } else {
+            left
+        };
+        let got = rx.recv_timeout(wait);
+        if show_progress && Instant::now() >= next_progress {
+            next_progress += Duration::from_millis(500);
+            progress_line(&progress);
+        }
+        if matches!(got, Err(mpsc::RecvTimeoutError::Timeout)) && Instant::now() < deadline {
+            continue;
+        }
+        match got {
             Ok(Done::Sender(i, Ok(d))) => sent_done[i] = Some(d),
             Ok(Done::Receiver(i, Ok(d))) => recv_done[i] = Some(d),
             Ok(Done::Sender(i, Err(e))) => report.errors.push(format!("sender {i}: {e}")),
@@ -794,6 +871,9 @@ fn run(args: &FloodArgs, spawned: &mut Option<LocalCluster>) -> Report {
             break;
         }
         pending -= 1;
+    }
+    if show_progress {
+        eprint!("\r\x1b[K");
     }
     stop.store(true, Ordering::Relaxed);
     let cpu_after = spawned.as_ref().and_then(LocalCluster::cpu_seconds);
@@ -836,6 +916,13 @@ fn run(args: &FloodArgs, spawned: &mut Option<LocalCluster>) -> Report {
     };
     report.daemon_cpu_us_per_msg = per_msg(cpu_before, cpu_after);
     report.client_cpu_us_per_msg = per_msg(client_cpu_before, client_cpu_after);
+    if let Some(path) = &args.histogram {
+        if let Err(e) = write_histogram(path, &hist) {
+            report
+                .errors
+                .push(format!("cannot write the histogram to {} (`--histogram`): {e}", path.display()));
+        }
+    }
     report.p50_us = us(&hist, 0.5);
     report.p99_us = us(&hist, 0.99);
     report.p999_us = us(&hist, 0.999);
@@ -985,7 +1072,7 @@ fn print_report(args: &FloodArgs, r: &Report) {
         let _ = writeln!(out, "  first violation: {v}");
     }
     if r.timed_out {
-        let _ = writeln!(out, "  TIMED OUT after {} s", args.timeout);
+        let _ = writeln!(out, "  TIMED OUT after {} s (--timeout)", args.timeout_secs());
     }
     for e in &r.errors {
         let _ = writeln!(out, "  error: {e}");

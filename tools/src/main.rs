@@ -1,15 +1,17 @@
 //! `ringfence`: the command line of the ringfence group communication system.
 //!
-//! Subcommands: `daemon`, `user`, `flood`, `monitor`, `demo`, `keygen`,
+//! Subcommands: `daemon`, `user`, `flood`, `monitor`, `ctl`, `demo`, `keygen`,
 //! `sim` (the deterministic simulator) and `netfault` (real daemons in
 //! network namespaces under faults, histories checked).
 
 mod cluster;
 mod connect_opts;
+mod ctl;
 mod daemon;
 mod demo;
 mod flood;
 mod keygen;
+mod logging;
 mod monitor;
 mod netfault;
 mod sim;
@@ -35,8 +37,11 @@ enum Command {
     User(user::UserArgs),
     /// Start 3 daemons on loopback and show ordering, a crash and a merge.
     Demo,
-    /// Show membership, ring and counters of the cluster's daemons.
+    /// Show membership, ring and counters of every daemon of a cluster,
+    /// asked over the network; unreachable daemons are marked.
     Monitor(monitor::MonitorArgs),
+    /// Operator requests to one daemon: status, leave, shutdown, rekey.
+    Ctl(ctl::CtlArgs),
     /// Measure throughput and latency with N messages of size S.
     Flood(flood::FloodArgs),
     /// Make a daemon identity (Ed25519, link security), or a CA and
@@ -56,6 +61,7 @@ fn main() -> ExitCode {
         Command::User(args) => user::main(&args),
         Command::Demo => demo::main(),
         Command::Monitor(args) => monitor::main(&args),
+        Command::Ctl(args) => ctl::main(&args),
         Command::Flood(args) => flood::main(&args),
         Command::Keygen(args) => keygen::main(&args),
         Command::Netfault(args) => netfault::main(&args),

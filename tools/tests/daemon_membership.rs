@@ -89,7 +89,7 @@ fn kill_and_restart(backend: &str) {
     let started = format!("backend=\"{backend}\"");
     for d in daemons.iter().flatten() {
         wait_for(d, 0, &["daemon started", &started]);
-        wait_for(d, 0, &["regular configuration", "members=[0, 1, 2]"]);
+        wait_for(d, 0, &["regular configuration", "members=[d0, d1, d2]"]);
     }
 
     // A local client is identified by its Unix peer credentials, read from
@@ -109,8 +109,8 @@ fn kill_and_restart(backend: &str) {
     let marks: Vec<usize> = daemons.iter().flatten().map(log_len).collect();
     drop(daemons[2].take());
     for (i, d) in daemons.iter().flatten().enumerate() {
-        let t = wait_for(d, marks[i], &["transitional configuration", "members=[0, 1]"]);
-        wait_for(d, t, &["regular configuration", "members=[0, 1]"]);
+        let t = wait_for(d, marks[i], &["transitional configuration", "members=[d0, d1]"]);
+        wait_for(d, t, &["regular configuration", "members=[d0, d1]"]);
     }
 
     // Restart: the merge brings it back, with a new incarnation.
@@ -119,12 +119,12 @@ fn kill_and_restart(backend: &str) {
     let d2 = daemons[2].as_ref().unwrap();
     wait_for(d2, 0, &["daemon started", "incarnation=1"]);
     for (i, d) in daemons.iter().take(2).flatten().enumerate() {
-        wait_for(d, marks[i], &["regular configuration", "members=[0, 1, 2]"]);
+        wait_for(d, marks[i], &["regular configuration", "members=[d0, d1, d2]"]);
     }
-    wait_for(d2, 0, &["regular configuration", "members=[0, 1, 2]"]);
+    wait_for(d2, 0, &["regular configuration", "members=[d0, d1, d2]"]);
 
-    // `ringfence monitor` shows the three in one ring (status files are
-    // rewritten every 500 ms).
+    // `ringfence monitor` (each daemon asked over its client socket) shows
+    // the three in one ring.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let out = Command::new(env!("CARGO_BIN_EXE_ringfence"))
@@ -132,10 +132,16 @@ fn kill_and_restart(backend: &str) {
             .output()
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
-        let lines: Vec<&str> = text.lines().collect();
-        if lines.len() == 3
-            && lines.iter().all(|l| l.contains("\"members\":[0,1,2]") && l.contains("Operational"))
+        let round: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        let daemons = round["daemons"].as_array().cloned().unwrap_or_default();
+        if daemons.len() == 3
+            && daemons.iter().all(|d| {
+                d["reachable"] == true
+                    && d["status"]["ring"]["members"] == serde_json::json!([0, 1, 2])
+                    && d["status"]["phase"] == "Operational"
+            })
         {
+            assert!(out.status.success());
             break;
         }
         assert!(Instant::now() < deadline, "monitor never showed one ring: {text}");

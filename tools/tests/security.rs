@@ -76,7 +76,7 @@ impl Logged for Daemon {
 fn members(line: &str) -> Option<Vec<u16>> {
     let rest = &line[line.find("members=[")? + "members=[".len()..];
     let list = &rest[..rest.find(']')?];
-    Some(list.split(',').filter_map(|m| m.trim().parse().ok()).collect())
+    Some(list.split(',').filter_map(|m| m.trim().trim_start_matches('d').parse().ok()).collect())
 }
 
 /// A test's directory (config, keys, state) and its daemons; the daemons

@@ -172,6 +172,7 @@ mod tests {
             require_tls,
             tokens: vec![ClientToken { name: "bob".into(), sha256 }],
             caps: crate::config::ClientCaps::default(),
+            admin: Vec::new(),
         }
     }
 

@@ -72,21 +72,74 @@ impl Listeners {
     pub(super) fn bind(path: &Path, tcp: Option<SocketAddr>) -> io::Result<Self> {
         let tcp = match tcp {
             Some(addr) => {
-                let l = mio::net::TcpListener::bind(addr)?;
+                let l = mio::net::TcpListener::bind(addr).map_err(|e| {
+                    io::Error::new(
+                        e.kind(),
+                        format!(
+                            "cannot listen for TCP clients on {addr} (`client_tcp`): {e}; {}",
+                            bind_hint(&e, "another process listens there, or set another `client_tcp`")
+                        ),
+                    )
+                })?;
                 info!(address = %addr, "listening for TCP clients");
                 Some(l)
             }
             None => None,
         };
+        // A socket file another process still accepts on is never taken
+        // over; only a stale one (nobody listening) is replaced.
         if path.exists() {
-            std::fs::remove_file(path)?;
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!(
+                        "{}: another daemon serves clients on this socket; stop it first, or set another \
+                         `[paths] client_socket`",
+                        path.display()
+                    ),
+                ));
+            }
+            std::fs::remove_file(path).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("cannot remove the stale client socket {}: {e}", path.display()),
+                )
+            })?;
         }
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
+            std::fs::create_dir_all(dir).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("cannot create {}, the client socket's directory: {e}", dir.display()),
+                )
+            })?;
         }
-        let unix = mio::net::UnixListener::bind(path)?;
+        let unix = mio::net::UnixListener::bind(path).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "cannot listen for clients on {} (`[paths] client_socket`): {e}; make its directory \
+                     writable by this user, or set another path",
+                    path.display()
+                ),
+            )
+        })?;
         info!(socket = %path.display(), "listening for clients");
         Ok(Self { unix, tcp })
+    }
+}
+
+/// What to do about a failed `bind`: the address is not this machine's,
+/// or it is taken (`taken` says what then).
+pub(crate) fn bind_hint(e: &io::Error, taken: &str) -> String {
+    match e.kind() {
+        io::ErrorKind::AddrNotAvailable => {
+            "this machine has no such address: run the daemon on the machine that has it, or fix the address"
+                .into()
+        }
+        io::ErrorKind::AddrInUse => taken.into(),
+        io::ErrorKind::PermissionDenied => "ports below 1024 need privileges: use a higher port".into(),
+        _ => "check the address".into(),
     }
 }
 

@@ -67,6 +67,7 @@ mod encode;
 mod event_loop;
 
 pub(crate) use encode::Encoder;
+pub(crate) use event_loop::bind_hint;
 
 use crate::config::{ClientCaps, Clients};
 use bytes::Bytes;
@@ -381,6 +382,11 @@ impl Sessions {
         }
         info!(threads = this.outboxes.len(), "session threads started");
         Ok(this)
+    }
+
+    /// Frames and connections queued for the session threads, not yet taken.
+    pub(crate) fn queued(&self) -> usize {
+        self.outboxes.iter().map(|o| o.tx.len()).sum()
     }
 
     /// Wakes every session thread that was given work since the last call:

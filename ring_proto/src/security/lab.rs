@@ -102,6 +102,18 @@ impl Lab {
         self.nodes[i] = None;
     }
 
+    /// Daemon `i` leaves cleanly ([`Node::leave`]): its leave goes on the
+    /// wire, then it is gone.
+    pub fn leave(&mut self, i: usize) {
+        let now = self.now;
+        if let Some(n) = self.nodes[i].as_mut() {
+            n.leave(now);
+            debug_assert_eq!(n.phase(), Phase::Left);
+        }
+        self.drain(i);
+        self.nodes[i] = None;
+    }
+
     fn drain(&mut self, i: usize) {
         let Some(node) = self.nodes[i].as_mut() else { return };
         while let Some(t) = node.poll_transmit() {

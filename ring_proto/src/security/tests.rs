@@ -52,6 +52,67 @@ fn a_crash_gives_the_survivors_a_new_key_the_crashed_daemon_never_had() {
     }
 }
 
+/// A clean leave (`Node::leave`, a join naming the leaver failed) lets
+/// the others form the next ring, with its key, well before the token
+/// timeout that a crash costs; for any leaver (the representative, the
+/// last member) and with or without link security.
+#[test]
+fn a_clean_leave_reforms_the_ring_before_the_token_timeout() {
+    let timeout = Config::default().token_timeout;
+    for mode in [LinkMode::Encrypt, LinkMode::None] {
+        for (n, leaver) in [(3u16, 2usize), (3, 0), (5, 1), (5, 4)] {
+            let mut lab = Lab::new(n, mode);
+            let formed = |l: &Lab| if mode == LinkMode::None { one_ring(l) } else { l.all_keyed() };
+            assert!(lab.run(Time::ZERO + secs(5), formed), "{mode:?}: no ring by {}", lab.now);
+            // Traffic in flight, so the leaver may hold the token.
+            let now = lab.now;
+            for node in lab.nodes.iter_mut().flatten() {
+                node.submit(now, Service::Agreed, Groups::none(), Bytes::from_static(b"m")).unwrap();
+            }
+            lab.run(lab.now + Duration::from_millis(1), |_| false);
+            let left_at = lab.now;
+            lab.leave(leaver);
+            assert!(lab.run(left_at + secs(5), formed), "{mode:?} n={n}: no new ring by {}", lab.now);
+            let took = lab.now.saturating_since(left_at);
+            eprintln!("{mode:?} n={n} leaver={leaver}: new ring after {took:?}");
+            assert!(
+                took < timeout / 2,
+                "{mode:?} n={n} leaver={leaver}: the new ring took {took:?} (token timeout {timeout:?})"
+            );
+            let members = lab.nodes.iter().flatten().next().unwrap().ring().unwrap().1.to_vec();
+            assert!(!members.contains(&NodeId(leaver as u16)) && members.len() == usize::from(n) - 1);
+        }
+    }
+    // A crash, for comparison, costs at least the token timeout.
+    let mut lab = Lab::new(3, LinkMode::None);
+    assert!(lab.run(Time::ZERO + secs(5), one_ring));
+    let at = lab.now;
+    lab.crash(2);
+    assert!(lab.run(at + secs(5), one_ring));
+    assert!(lab.now.saturating_since(at) >= timeout);
+}
+
+/// After `leave` a node is inert: nothing goes out but the leave itself.
+#[test]
+fn a_node_that_left_sends_and_delivers_nothing() {
+    let mut lab = Lab::new(3, LinkMode::Encrypt);
+    assert!(lab.run(Time::ZERO + secs(5), Lab::all_keyed));
+    let now = lab.now;
+    let mut node = lab.nodes[1].take().unwrap();
+    node.leave(now);
+    assert_eq!(node.phase(), crate::Phase::Left);
+    let sent: Vec<_> = std::iter::from_fn(|| node.poll_transmit()).collect();
+    assert_eq!(sent.len(), 2, "the leave goes twice");
+    node.leave(now); // a second call does nothing
+    assert!(node.poll_transmit().is_none());
+    for b in lab.wire.clone() {
+        node.handle_datagram(now, b);
+    }
+    node.handle_timeout(now + secs(10));
+    assert!(node.poll_transmit().is_none() && node.poll_event().is_none() && node.poll_timeout().is_none());
+    assert!(node.request_refresh(now).is_err());
+}
+
 #[test]
 fn authenticate_mode_agrees_and_sends_in_clear_with_tags() {
     let mut lab = Lab::new(3, LinkMode::Authenticate);

@@ -67,7 +67,7 @@ use std::marker::PhantomData;
 /// The four bytes every `Hello` body starts with: `RFCP`.
 pub const CLIENT_MAGIC: [u8; 4] = *b"RFCP";
 /// The newest client protocol version this code speaks.
-pub const CLIENT_VERSION: u8 = 2;
+pub const CLIENT_VERSION: u8 = 3;
 /// The oldest client protocol version this code speaks.
 pub const MIN_CLIENT_VERSION: u8 = 2;
 
@@ -100,6 +100,8 @@ pub const TYPE_CLIENT_BYE: u8 = 0x06;
 pub const TYPE_JOIN_VS: u8 = 0x07;
 /// `JoinMode` frame type (version 2).
 pub const TYPE_JOIN_MODE: u8 = 0x08;
+/// `Admin` frame type (version 3).
+pub const TYPE_ADMIN: u8 = 0x09;
 /// Frame type of [`DaemonFrame::Welcome`].
 pub const TYPE_WELCOME: u8 = 0x81;
 /// Frame type of [`DaemonFrame::Refused`].
@@ -116,6 +118,8 @@ pub const TYPE_ERROR: u8 = 0x86;
 pub const TYPE_DAEMON_BYE: u8 = 0x87;
 /// `Undecipherable` frame type (version 2).
 pub const TYPE_UNDECIPHERABLE: u8 = 0x88;
+/// `AdminReply` frame type (version 3).
+pub const TYPE_ADMIN_REPLY: u8 = 0x89;
 
 const AUTH_PEER_CREDENTIALS: u8 = 0;
 const AUTH_TOKEN: u8 = 1;
@@ -539,6 +543,47 @@ code_enum! {
     }
 }
 
+/// What an operator asks a daemon (`ClientFrame::Admin`, version 3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AdminRequest {
+    /// The daemon's status: phase, ring, members, clients, every counter,
+    /// as one JSON object (`ringfence monitor`, `ringfence ctl status`).
+    Status = 1,
+    /// Leave the ring cleanly and stay out: the other daemons reform
+    /// without waiting for the token timeout; clients are disconnected and
+    /// new ones refused until the daemon is restarted.
+    Leave = 2,
+    /// Stop the daemon: clients are told (`Bye { Shutdown }`), the daemon
+    /// leaves the ring cleanly and exits with status 0 (as on `SIGTERM`).
+    Shutdown = 3,
+    /// Agree on a new server key now (a TGDH refresh), as the
+    /// `refresh_interval_s` policy would.
+    Rekey = 4,
+}
+
+impl AdminRequest {
+    /// The request for a wire value, if it is one.
+    pub fn from_u8(b: u8) -> Option<Self> {
+        match b {
+            1 => Some(Self::Status),
+            2 => Some(Self::Leave),
+            3 => Some(Self::Shutdown),
+            4 => Some(Self::Rekey),
+            _ => None,
+        }
+    }
+
+    /// The name `ringfence ctl` uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Status => "status",
+            Self::Leave => "leave",
+            Self::Shutdown => "shutdown",
+            Self::Rekey => "rekey",
+        }
+    }
+}
+
 /// A frame a client sends to its daemon.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ClientFrame {
@@ -580,6 +625,16 @@ pub enum ClientFrame {
     },
     /// The client is leaving; the daemon answers `Bye` and closes.
     Bye,
+    /// An operator's request (version 3); answered by
+    /// [`DaemonFrame::AdminReply`] with the same `tag`. Only clients the
+    /// daemon's `[clients] admin` list names may send it; others get
+    /// `Error { Denied }`.
+    Admin {
+        /// Chosen by the client; echoed in the reply.
+        tag: u32,
+        /// What is asked.
+        request: AdminRequest,
+    },
 }
 
 /// A frame a daemon sends to a client.
@@ -631,6 +686,16 @@ pub enum DaemonFrame {
         /// Why.
         reason: ByeReason,
         /// Human-readable detail, at most [`MAX_TEXT`] bytes.
+        text: String,
+    },
+    /// The answer to [`ClientFrame::Admin`] (version 3).
+    AdminReply {
+        /// The request's tag.
+        tag: u32,
+        /// Whether the request was carried out.
+        ok: bool,
+        /// A status request: the status as a JSON object; otherwise what
+        /// was done, or why not. At most [`Limits::max_payload`] bytes.
         text: String,
     },
 }
@@ -1015,6 +1080,10 @@ impl Frame for ClientFrame {
             }
             TYPE_FLUSH_OK => Self::FlushOk { group: read_group(&mut r)?, view_id: read_view_id(&mut r)? },
             TYPE_CLIENT_BYE => Self::Bye,
+            TYPE_ADMIN => Self::Admin {
+                tag: r.u32()?,
+                request: AdminRequest::from_u8(r.u8()?).ok_or(ClientDecodeError::BadValue("request"))?,
+            },
             t => return Err(ClientDecodeError::UnknownFrameType(t)),
         };
         r.finish()?;
@@ -1060,6 +1129,11 @@ impl Frame for ClientFrame {
                 Ok(())
             }),
             Self::Bye => put_frame(out, limits, TYPE_CLIENT_BYE, |_| Ok(())),
+            Self::Admin { tag, request } => put_frame(out, limits, TYPE_ADMIN, |out| {
+                out.extend_from_slice(&tag.to_be_bytes());
+                out.push(*request as u8);
+                Ok(())
+            }),
         }
     }
 }
@@ -1155,6 +1229,25 @@ impl Frame for DaemonFrame {
                 reason: key_loss_of(r.u8()?).ok_or(ClientDecodeError::BadValue("reason"))?,
             },
             TYPE_DAEMON_BYE => Self::Bye { reason: ByeReason::from_code(r.u16()?), text: read_text(&mut r)? },
+            TYPE_ADMIN_REPLY => {
+                let tag = r.u32()?;
+                let ok = match r.u8()? {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(ClientDecodeError::BadValue("ok")),
+                };
+                let len = r.u32()? as usize;
+                if len > limits.max_payload as usize {
+                    return Err(ClientDecodeError::LimitExceeded {
+                        field: "text",
+                        len,
+                        max: limits.max_payload as usize,
+                    });
+                }
+                let text = String::from_utf8(r.take(len)?.to_vec())
+                    .map_err(|_| ClientDecodeError::BadValue("text"))?;
+                Self::AdminReply { tag, ok, text }
+            }
             t => return Err(ClientDecodeError::UnknownFrameType(t)),
         };
         r.finish()?;
@@ -1225,6 +1318,14 @@ impl Frame for DaemonFrame {
             Self::Bye { reason, text } => put_frame(out, limits, TYPE_DAEMON_BYE, |out| {
                 out.extend_from_slice(&reason.code().to_be_bytes());
                 put_text(out, text)
+            }),
+            Self::AdminReply { tag, ok, text } => put_frame(out, limits, TYPE_ADMIN_REPLY, |out| {
+                limit("text", text.len(), limits.max_payload as usize)?;
+                out.extend_from_slice(&tag.to_be_bytes());
+                out.push(u8::from(*ok));
+                out.extend_from_slice(&(text.len() as u32).to_be_bytes());
+                out.extend_from_slice(text.as_bytes());
+                Ok(())
             }),
         }
     }

@@ -70,6 +70,8 @@ fn client_frame() -> impl Strategy<Value = ClientFrame> {
         ),
         (group(), view_id()).prop_map(|(group, view_id)| ClientFrame::FlushOk { group, view_id }),
         Just(ClientFrame::Bye),
+        (any::<u32>(), 1u8..=4)
+            .prop_map(|(tag, r)| ClientFrame::Admin { tag, request: AdminRequest::from_u8(r).unwrap() }),
     ]
 }
 
@@ -139,6 +141,11 @@ fn daemon_frame() -> impl Strategy<Value = DaemonFrame> {
             .prop_map(|(c, text)| DaemonFrame::Error { code: ErrorCode::from_code(c), text }),
         (any::<u16>(), text())
             .prop_map(|(c, text)| DaemonFrame::Bye { reason: ByeReason::from_code(c), text }),
+        (any::<u32>(), any::<bool>(), "\\PC{0,200}").prop_map(|(tag, ok, text)| DaemonFrame::AdminReply {
+            tag,
+            ok,
+            text
+        }),
     ]
 }
 
@@ -389,7 +396,7 @@ fn hello_known_answer() {
         0x00, 0x00, 0x00, 0x10,     // length: 16 bytes follow
         0x01,                       // frame type: Hello
         b'R', b'F', b'C', b'P',     // magic
-        0x02, 0x02,                 // min_version, max_version
+        0x02, 0x03,                 // min_version, max_version
         0x05, b'a', b'l', b'i', b'c', b'e', // client_name
         0x00, 0x00, 0x00,           // auth: kind 0 (peer credentials), length 0
     ];
@@ -398,7 +405,7 @@ fn hello_known_answer() {
         decode_frame::<ClientFrame>(Bytes::from(out), &LIMITS),
         Ok(ClientFrame::Hello(Hello {
             min_version: 2,
-            max_version: 2,
+            max_version: 3,
             client_name: "alice".into(),
             auth: Auth::PeerCredentials
         }))
@@ -641,8 +648,34 @@ fn version_negotiation_picks_the_newest_common_version() {
     assert_eq!(negotiate_version(1, 1), None, "version 1 is retired");
     assert_eq!(negotiate_version(1, 2), Some(2));
     assert_eq!(negotiate_version(1, 9), Some(CLIENT_VERSION));
-    assert_eq!(negotiate_version(3, 9), None);
+    assert_eq!(negotiate_version(3, 9), Some(3));
+    assert_eq!(negotiate_version(4, 9), None);
     assert_eq!(negotiate_version(0, 0), None);
+}
+
+#[test]
+fn admin_frames_are_checked() {
+    // A request code outside 1..=4 is refused, not guessed at.
+    let mut out = Vec::new();
+    ClientFrame::Admin { tag: 7, request: AdminRequest::Rekey }.encode(&mut out, &LIMITS).unwrap();
+    assert_eq!(out, [0, 0, 0, 6, TYPE_ADMIN, 0, 0, 0, 7, 4]);
+    *out.last_mut().unwrap() = 9;
+    assert_eq!(
+        decode_frame::<ClientFrame>(Bytes::from(out), &LIMITS),
+        Err(ClientDecodeError::BadValue("request"))
+    );
+    // A reply whose text is not UTF-8 or longer than a payload is refused.
+    let mut out = Vec::new();
+    DaemonFrame::AdminReply { tag: 1, ok: true, text: "ab".into() }.encode(&mut out, &LIMITS).unwrap();
+    let mut bad = out.clone();
+    *bad.last_mut().unwrap() = 0xff;
+    assert_eq!(
+        decode_frame::<DaemonFrame>(Bytes::from(bad), &LIMITS),
+        Err(ClientDecodeError::BadValue("text"))
+    );
+    let long =
+        DaemonFrame::AdminReply { tag: 1, ok: true, text: "x".repeat(LIMITS.max_payload as usize + 1) };
+    assert!(long.encode(&mut Vec::new(), &LIMITS).is_err());
 }
 
 #[test]
