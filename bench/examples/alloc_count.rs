@@ -54,7 +54,10 @@ unsafe impl GlobalAlloc for Counting {
 static GLOBAL: Counting = Counting;
 
 fn free_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).map(|a| a.port()).expect("a free port")
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
 }
 
 fn main() {
@@ -66,7 +69,11 @@ fn main() {
     std::fs::create_dir_all(dir.join("keys")).expect("temp dir");
     let mut cfg = String::from("[daemon]\nring_core = \"none\"\n[cluster]\ntransport = \"unicast\"\n");
     for i in 0..3 {
-        let _ = write!(cfg, "[[cluster.daemon]]\nid = {i}\nname = \"d{i}\"\naddress = \"127.0.0.1:{}\"\n", free_port());
+        let _ = write!(
+            cfg,
+            "[[cluster.daemon]]\nid = {i}\nname = \"d{i}\"\naddress = \"127.0.0.1:{}\"\n",
+            free_port()
+        );
         if link != "none" {
             let (_, public) = ringfence_crypto::identity::write_keypair(
                 dir.join("keys"),
@@ -78,7 +85,11 @@ fn main() {
             let _ = writeln!(cfg, "public_key = \"{key}\"");
         }
     }
-    let _ = write!(cfg, "[paths]\nstate_dir = \"{}/{{name}}\"\n[security]\nlink_security = \"{link}\"\n", dir.display());
+    let _ = write!(
+        cfg,
+        "[paths]\nstate_dir = \"{}/{{name}}\"\n[security]\nlink_security = \"{link}\"\n",
+        dir.display()
+    );
     if link != "none" {
         let _ = writeln!(cfg, "identity = \"{}/keys/{{name}}.key\"", dir.display());
     }

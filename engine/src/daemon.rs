@@ -67,7 +67,8 @@ pub struct Daemon {
     sessions: Sessions,
     /// Encodes frames for clients once, into buffers shared by receivers.
     encoder: Encoder,
-    waker: SocketAddr,
+    /// Sessions wake the ring thread through it while it is parked.
+    waker: Waker,
     /// A group message the ring refused for backpressure, retried first.
     held: Option<Submit>,
     limits: Limits,
@@ -105,7 +106,6 @@ impl Daemon {
         } else {
             sockets.push(socket.into());
         }
-        let local = sockets[0].local_addr()?;
         let state = State::start(&cfg.state_dir)?;
         let start = Instant::now();
         let security = security_config(&cfg, state.incarnation)?;
@@ -114,9 +114,9 @@ impl Daemon {
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         let limits = Limits::default();
         let (to_ring, requests) = bounded::<ToRing>(RING_QUEUE);
-        let backend = backend::open(cfg.backend, sockets, cfg.ring.mtu)?;
-        let waker = Waker::new(local)?;
-        let waker_addr = waker.address()?;
+        let mut backend = backend::open(cfg.backend, sockets, cfg.ring.mtu)?;
+        let waker = Waker::new()?;
+        backend.set_waker(waker.fd()?)?;
         let cores = core_affinity::get_core_ids().map_or(0, |c| c.len());
         let auth_failures = Arc::new(AtomicU64::new(0));
         if let Some(tcp) = cfg.client_tcp {
@@ -174,7 +174,7 @@ impl Daemon {
             clients: HashMap::new(),
             sessions,
             encoder: Encoder::new(limits),
-            waker: waker_addr,
+            waker,
             held: None,
             limits,
             status_at: Instant::now(),
@@ -229,10 +229,15 @@ impl Daemon {
                 self.node.handle_timeout(now);
                 continue;
             }
-            let Self { backend, node, stats, cfg, waker, start, .. } = self;
-            backend.wait(wait, &mut |from, bytes| {
-                Self::receive(node, stats, cfg, *waker, *start, from, bytes)
-            })?;
+            // Parked: a session that hands over requests from here on
+            // writes the eventfd; requests handed over before are seen here.
+            self.waker.park();
+            let wait = if self.held.is_none() && !self.requests.is_empty() { Duration::ZERO } else { wait };
+            let Self { backend, node, stats, cfg, start, .. } = self;
+            let r =
+                backend.wait(wait, &mut |from, bytes| Self::receive(node, stats, cfg, *start, from, bytes));
+            self.waker.unpark();
+            r?;
             let now = self.now();
             if self.node.poll_timeout().is_some_and(|d| d <= now) {
                 self.node.handle_timeout(now);
@@ -300,14 +305,10 @@ impl Daemon {
         node: &mut Node,
         stats: &mut DaemonStats,
         cfg: &DaemonConfig,
-        waker: SocketAddr,
         start: Instant,
         from: SocketAddr,
         bytes: &[u8],
     ) {
-        if from == waker {
-            return; // a session has requests for us: handled in `flush`
-        }
         stats.received += 1;
         if from == cfg.me.address {
             return; // our own multicast datagram, looped back
