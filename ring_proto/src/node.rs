@@ -505,6 +505,7 @@ impl Node {
         if matches!(self.state, State::Operational) {
             if let Some(r) = &mut self.ring {
                 r.wake(now);
+                r.request_token();
             }
         }
         Ok(MsgId { origin: self.id, seq: msg_seq })
@@ -1001,6 +1002,11 @@ impl Node {
             Ok(Datagram::Join(j)) => self.handle_join(now, j),
             Ok(Datagram::Commit(c)) => self.handle_commit(now, c),
             Ok(Datagram::Beacon(b)) => self.foreign(now, b.sender, b.ring_id),
+            Ok(Datagram::TokenRequest(t)) => {
+                if let Some(r) = self.ring.as_mut().filter(|_| matches!(self.state, State::Operational)) {
+                    r.handle_token_request(now, &t, from);
+                }
+            }
             Err(_) => self.retired.bad_datagrams += 1,
         }
         self.pump(now);
