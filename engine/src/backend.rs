@@ -20,9 +20,11 @@ use crate::config::BackendChoice;
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::socket::{MsgFlags, SockaddrStorage, recvmsg};
+use std::fs::File;
+use std::io::Read as _;
 use std::io::{self, IoSliceMut};
 use std::net::{SocketAddr, UdpSocket};
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::Duration;
 use tracing::{info, warn};
 
@@ -49,6 +51,9 @@ pub(crate) trait Backend: std::fmt::Debug {
     fn oversize(&self) -> u64;
     /// The name the log shows.
     fn name(&self) -> &'static str;
+    /// Also ends a `wait` when `fd` (an eventfd, `crate::session::Waker`)
+    /// becomes readable; the backend reads it (resets it) each time.
+    fn set_waker(&mut self, fd: OwnedFd) -> io::Result<()>;
 }
 
 /// Opens the backend `choice` asks for on the bound `sockets`: `sockets[0]`
@@ -102,6 +107,8 @@ fn uring(u: crate::uring::Uring) -> Box<dyn Backend> {
 #[derive(Debug)]
 pub(crate) struct Portable {
     sockets: Vec<UdpSocket>,
+    /// The ring thread's eventfd (`set_waker`), polled beside the sockets.
+    waker: Option<File>,
     buf: Vec<u8>,
     max_datagram: usize,
     sent: u64,
@@ -113,7 +120,15 @@ impl Portable {
     /// The portable backend on `sockets` (see `open`).
     pub(crate) fn new(sockets: Vec<UdpSocket>, max_datagram: usize) -> io::Result<Self> {
         check_sockets(&sockets)?;
-        Ok(Self { sockets, buf: vec![0u8; 65_536], max_datagram, sent: 0, send_errors: 0, oversize: 0 })
+        Ok(Self {
+            sockets,
+            waker: None,
+            buf: vec![0u8; 65_536],
+            max_datagram,
+            sent: 0,
+            send_errors: 0,
+            oversize: 0,
+        })
     }
 }
 
@@ -159,21 +174,32 @@ fn socket_addr(a: &SockaddrStorage) -> Option<SocketAddr> {
 
 impl Backend for Portable {
     fn wait(&mut self, timeout: Duration, on_datagram: &mut dyn FnMut(SocketAddr, &[u8])) -> io::Result<()> {
-        let Self { sockets, buf, max_datagram, oversize, .. } = self;
+        let Self { sockets, waker, buf, max_datagram, oversize, .. } = self;
         let n = sockets.len();
-        // A fixed array (no allocation per wait); entries past `n` repeat
-        // the last socket and are not passed to poll.
-        let mut fds: [PollFd<'_>; MAX_SOCKETS] =
-            std::array::from_fn(|i| PollFd::new(sockets[i.min(n - 1)].as_fd(), PollFlags::POLLIN));
+        // A fixed array (no allocation per wait): the sockets, then the
+        // waker if any; entries past those repeat the last socket and are
+        // not passed to poll.
+        let mut fds: [PollFd<'_>; MAX_SOCKETS + 1] = std::array::from_fn(|i| match (i == n, &*waker) {
+            (true, Some(w)) => PollFd::new(w.as_fd(), PollFlags::POLLIN),
+            _ => PollFd::new(sockets[i.min(n - 1)].as_fd(), PollFlags::POLLIN),
+        });
+        let polled = n + usize::from(waker.is_some());
         // Whole milliseconds, rounded down: never longer than `timeout`.
         let ms = PollTimeout::try_from(timeout).unwrap_or(PollTimeout::MAX);
-        match poll(&mut fds[..n], ms) {
+        match poll(&mut fds[..polled], ms) {
             Ok(0) | Err(Errno::EINTR) => return Ok(()),
             Ok(_) => {}
             Err(e) => return Err(e.into()),
         }
         // Any event (readable, or an error to collect) means: try to receive.
-        let ready: [bool; MAX_SOCKETS] = std::array::from_fn(|i| i < n && fds[i].any().unwrap_or(true));
+        let ready: [bool; MAX_SOCKETS + 1] =
+            std::array::from_fn(|i| i < polled && fds[i].any().unwrap_or(true));
+        if ready[n] {
+            if let Some(w) = waker {
+                let mut b = [0u8; 8];
+                let _ = w.read(&mut b); // resets the counter; EAGAIN if raced
+            }
+        }
         for (socket, _) in sockets.iter().zip(ready).filter(|(_, r)| *r) {
             drain(socket, buf, *max_datagram, oversize, on_datagram);
         }
@@ -201,6 +227,11 @@ impl Backend for Portable {
 
     fn name(&self) -> &'static str {
         "portable"
+    }
+
+    fn set_waker(&mut self, fd: OwnedFd) -> io::Result<()> {
+        self.waker = Some(File::from(fd));
+        Ok(())
     }
 }
 
@@ -338,6 +369,45 @@ pub(crate) mod tests {
         let got = collect(&mut *u, 1);
         assert_eq!(got, [(c.local_addr().unwrap(), b"small".to_vec())]);
         assert_eq!(u.oversize(), 1);
+    }
+
+    /// The ring thread's waker: a wake while parked ends a long wait early
+    /// (and is read, so the next wait lasts its timeout again); a wake while
+    /// not parked writes nothing; datagrams still arrive.
+    pub(crate) fn waker(open: impl FnOnce(Vec<UdpSocket>) -> Box<dyn Backend>) {
+        let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = a.local_addr().unwrap();
+        let mut u = open(vec![a]);
+        let w = crate::session::Waker::new().unwrap();
+        u.set_waker(w.fd().unwrap()).unwrap();
+        for _ in 0..3 {
+            w.park();
+            let w2 = w.clone();
+            let t = Instant::now();
+            let h = std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(20));
+                w2.wake();
+            });
+            u.wait(Duration::from_secs(5), &mut |_, _| panic!("nothing was sent")).unwrap();
+            w.unpark();
+            h.join().unwrap();
+            assert!(t.elapsed() < Duration::from_secs(2), "the wake did not end the wait");
+        }
+        assert_eq!(w.writes(), 3);
+        // Read: an idle wait lasts its timeout.
+        let t = Instant::now();
+        u.wait(Duration::from_millis(30), &mut |_, _| panic!("nothing was sent")).unwrap();
+        assert!(t.elapsed() >= Duration::from_millis(25), "the eventfd was not reset");
+        w.wake(); // not parked: no write
+        assert_eq!(w.writes(), 3);
+        let c = UdpSocket::bind("127.0.0.1:0").unwrap();
+        c.send_to(b"after", to).unwrap();
+        assert_eq!(collect(&mut *u, 1), [(c.local_addr().unwrap(), b"after".to_vec())]);
+    }
+
+    #[test]
+    fn portable_waker_ends_a_wait() {
+        waker(|s| Box::new(Portable::new(s, 1500).unwrap()));
     }
 
     #[test]

@@ -70,7 +70,8 @@ pub struct Daemon {
     sessions: Sessions,
     /// Encodes frames for clients once, into buffers shared by receivers.
     encoder: Encoder,
-    waker: SocketAddr,
+    /// Sessions wake the ring thread through it while it is parked.
+    waker: Waker,
     /// A group message the ring refused for backpressure, retried first.
     held: Option<Submit>,
     limits: Limits,
@@ -152,7 +153,6 @@ impl Daemon {
         } else {
             sockets.push(socket.into());
         }
-        let local = sockets[0].local_addr()?;
         let state = State::start(&cfg.state_dir).map_err(|e| {
             io::Error::new(
                 e.kind(),
@@ -170,9 +170,9 @@ impl Daemon {
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         let limits = Limits::default();
         let (to_ring, requests) = bounded::<ToRing>(RING_QUEUE);
-        let backend = backend::open(cfg.backend, sockets, cfg.ring.mtu)?;
-        let waker = Waker::new(local)?;
-        let waker_addr = waker.address()?;
+        let mut backend = backend::open(cfg.backend, sockets, cfg.ring.mtu)?;
+        let waker = Waker::new()?;
+        backend.set_waker(waker.fd()?)?;
         let cores = core_affinity::get_core_ids().map_or(0, |c| c.len());
         let auth_failures = Arc::new(AtomicU64::new(0));
         if let Some(tcp) = cfg.client_tcp {
@@ -248,7 +248,7 @@ impl Daemon {
             clients: HashMap::new(),
             sessions,
             encoder: Encoder::new(limits),
-            waker: waker_addr,
+            waker,
             held: None,
             limits,
             status_at: Instant::now(),
@@ -316,10 +316,15 @@ impl Daemon {
                 self.node.handle_timeout(now);
                 continue;
             }
-            let Self { backend, node, stats, cfg, waker, start, .. } = self;
-            backend.wait(wait, &mut |from, bytes| {
-                Self::receive(node, stats, cfg, *waker, *start, from, bytes)
-            })?;
+            // Parked: a session that hands over requests from here on
+            // writes the eventfd; requests handed over before are seen here.
+            self.waker.park();
+            let wait = if self.held.is_none() && !self.requests.is_empty() { Duration::ZERO } else { wait };
+            let Self { backend, node, stats, cfg, start, .. } = self;
+            let r =
+                backend.wait(wait, &mut |from, bytes| Self::receive(node, stats, cfg, *start, from, bytes));
+            self.waker.unpark();
+            r?;
             let now = self.now();
             if self.node.poll_timeout().is_some_and(|d| d <= now) {
                 self.node.handle_timeout(now);
@@ -469,14 +474,10 @@ impl Daemon {
         node: &mut Node,
         stats: &mut DaemonStats,
         cfg: &DaemonConfig,
-        waker: SocketAddr,
         start: Instant,
         from: SocketAddr,
         bytes: &[u8],
     ) {
-        if from == waker {
-            return; // a session has requests for us: handled in `flush`
-        }
         stats.received += 1;
         stats.received_bytes += bytes.len() as u64;
         if from == cfg.me.address {

@@ -58,6 +58,7 @@ const K_SEND: u64 = 1;
 const K_MULTI: u64 = 2;
 const K_ONE: u64 = 3;
 const K_CANCEL: u64 = 4;
+const K_WAKE: u64 = 5;
 
 const fn tag(kind: u64, index: usize) -> u64 {
     (kind << KIND_SHIFT) | index as u64
@@ -88,6 +89,16 @@ struct SendOp {
     iov: libc::iovec,
     addr: SockAddr,
     bytes: Vec<u8>,
+}
+
+/// The ring thread's eventfd (`Backend::set_waker`): one `Read` of its
+/// 8-byte counter kept armed, so a wake-up ends `enter` and resets the
+/// counter without a system call of its own.
+struct WakeRead {
+    file: std::fs::File,
+    /// Boxed: the kernel writes it while the read is armed.
+    buf: Box<u64>,
+    armed: bool,
 }
 
 /// One single-shot receive of the fallback pool.
@@ -245,6 +256,8 @@ pub(crate) struct Uring {
     free_sends: Vec<usize>,
     sends_in_flight: usize,
     recv: Recv,
+    /// The eventfd read, if a waker was set.
+    wake: Option<WakeRead>,
     /// Entries `arm` is about to push (kept to reuse its allocation).
     arming: Vec<squeue::Entry>,
     ready: Vec<Done>,
@@ -302,6 +315,7 @@ impl Uring {
             free_sends: Vec::new(),
             sends_in_flight: 0,
             recv: Recv::Gone,
+            wake: None,
             arming: Vec::new(),
             ready: Vec::new(),
             max_datagram,
@@ -411,7 +425,7 @@ impl Uring {
 
     /// Arms whatever receive is not armed, on every socket.
     fn arm(&mut self) -> io::Result<()> {
-        let Self { sockets, recv, arming, .. } = self;
+        let Self { sockets, recv, arming, wake, .. } = self;
         let fd = |i: usize| types::Fd(sockets[i].as_raw_fd());
         // Reused: no allocation once it has grown to `POOL * sockets`.
         let mut sqes = std::mem::take(arming);
@@ -444,6 +458,14 @@ impl Uring {
             }
             _ => {}
         }
+        if let Some(w) = wake.as_mut().filter(|w| !w.armed) {
+            w.armed = true;
+            sqes.push(
+                opcode::Read::new(types::Fd(w.file.as_raw_fd()), (&raw mut *w.buf).cast::<u8>(), 8)
+                    .build()
+                    .user_data(tag(K_WAKE, 0)),
+            );
+        }
         let mut result = Ok(());
         for (k, sqe) in sqes.iter().enumerate() {
             // SAFETY: each socket's multishot header is boxed in
@@ -452,7 +474,9 @@ impl Uring {
             // rewritten only after its final completion (`armed` false),
             // `switch_to_pool` drops the headers only when none is armed,
             // and `Uring::drop` waits for the final completions (or leaks
-            // the memory). The sockets live in `self.sockets` as long.
+            // the memory). The sockets live in `self.sockets` as long. The
+            // eventfd read's buffer is boxed in `self.wake` and likewise
+            // kept until its completion (or leaked by `drop`).
             if let Err(e) = unsafe { self.push(sqe) } {
                 // Not queued: nothing refers to these; arm them next time.
                 for sqe in &sqes[k..] {
@@ -480,6 +504,11 @@ impl Uring {
                     s.armed = false;
                 }
             }
+            (_, K_WAKE) => {
+                if let Some(w) = &mut self.wake {
+                    w.armed = false;
+                }
+            }
             _ => {}
         }
     }
@@ -487,7 +516,7 @@ impl Uring {
     /// Takes every completion: send slots go back to the free list, receive
     /// completions wait in `ready` for the next `wait`.
     fn reap(&mut self) {
-        let Self { ring, free_sends, sends_in_flight, ready, sent, send_errors, .. } = self;
+        let Self { ring, free_sends, sends_in_flight, ready, sent, send_errors, wake, .. } = self;
         for cqe in ring.completion() {
             let user_data = cqe.user_data();
             match user_data >> KIND_SHIFT {
@@ -501,6 +530,12 @@ impl Uring {
                     }
                 }
                 K_CANCEL => {}
+                K_WAKE => {
+                    // Read (or failed): re-armed by the next `arm`.
+                    if let Some(w) = wake {
+                        w.armed = false;
+                    }
+                }
                 _ => ready.push(Done { user_data, result: cqe.result(), flags: cqe.flags() }),
             }
         }
@@ -595,6 +630,7 @@ impl Uring {
 
     fn anything_in_flight(&self) -> bool {
         self.sends_in_flight > 0
+            || self.wake.as_ref().is_some_and(|w| w.armed)
             || match &self.recv {
                 Recv::Multi { arms, .. } => arms.iter().any(|a| a.armed),
                 Recv::Pool(slots) => slots.iter().any(|s| s.armed),
@@ -623,6 +659,10 @@ impl Uring {
 
 impl Backend for Uring {
     fn wait(&mut self, timeout: Duration, on_datagram: &mut dyn FnMut(SocketAddr, &[u8])) -> io::Result<()> {
+        if self.wake.as_ref().is_some_and(|w| !w.armed) {
+            self.arm()?;
+            self.submit()?;
+        }
         self.reap();
         if self.ready.is_empty() && !timeout.is_zero() {
             self.enter(timeout)?;
@@ -702,6 +742,15 @@ impl Backend for Uring {
     fn name(&self) -> &'static str {
         "io_uring"
     }
+
+    fn set_waker(&mut self, fd: std::os::fd::OwnedFd) -> io::Result<()> {
+        if self.wake.as_ref().is_some_and(|w| w.armed) {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "io_uring: a waker is already set"));
+        }
+        self.wake = Some(WakeRead { file: std::fs::File::from(fd), buf: Box::new(0), armed: false });
+        self.arm()?;
+        self.submit()
+    }
 }
 
 impl Drop for Uring {
@@ -717,6 +766,10 @@ impl Drop for Uring {
             }
             _ => Vec::new(),
         };
+        let cancels: Vec<u64> = cancels
+            .into_iter()
+            .chain(self.wake.as_ref().filter(|w| w.armed).map(|_| tag(K_WAKE, 0)))
+            .collect();
         for target in cancels {
             let sqe = opcode::AsyncCancel::new(target).build().user_data(tag(K_CANCEL, 0));
             // SAFETY: a cancel request points to no memory.
@@ -737,6 +790,7 @@ impl Drop for Uring {
             warn!("io_uring: operations still in flight at shutdown; leaking their buffers");
             std::mem::forget(std::mem::take(&mut self.sends));
             std::mem::forget(std::mem::replace(&mut self.recv, Recv::Gone));
+            std::mem::forget(self.wake.take());
             return;
         }
         if let Recv::Multi { bufs, .. } = &self.recv {
@@ -864,6 +918,16 @@ mod tests {
     #[test]
     fn single_shot_pool_receive_on_two_sockets() {
         two_sockets(true);
+    }
+
+    #[test]
+    fn multishot_waker_ends_a_wait() {
+        crate::backend::tests::waker(|s| Box::new(Uring::with_receive(s, 1500, false).unwrap()));
+    }
+
+    #[test]
+    fn single_shot_pool_waker_ends_a_wait() {
+        crate::backend::tests::waker(|s| Box::new(Uring::with_receive(s, 1500, true).unwrap()));
     }
 
     #[test]

@@ -638,6 +638,7 @@ impl Node {
         if matches!(self.state, State::Operational) {
             if let Some(r) = &mut self.ring {
                 r.wake(now);
+                r.request_token();
             }
         }
         Ok(MsgId { origin: self.id, seq: msg_seq })
@@ -1307,6 +1308,11 @@ impl Node {
                 // Only its sender sends a beacon: we hear that daemon.
                 self.unheard.remove(&b.sender);
                 self.foreign(now, b.sender, b.ring_id);
+            }
+            Ok(Datagram::TokenRequest(t)) => {
+                if let Some(r) = self.ring.as_mut().filter(|_| matches!(self.state, State::Operational)) {
+                    r.handle_token_request(now, &t, from);
+                }
             }
             Err(_) => self.retired.bad_datagrams += 1,
         }

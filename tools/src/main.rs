@@ -18,6 +18,12 @@ mod sim;
 mod user;
 
 use clap::{Parser, Subcommand};
+
+/// mimalloc instead of the system allocator: the daemon's hot path still
+/// allocates per message (docs/benchmarks.md, issue 16), and glibc's malloc
+/// was a third of a daemon's CPU under `ringfence flood`.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::process::ExitCode;
 
 #[derive(Parser, Debug)]

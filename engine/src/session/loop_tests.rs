@@ -22,8 +22,6 @@ struct Harness {
     path: PathBuf,
     /// The TCP listener's address, if any.
     tcp: Option<SocketAddr>,
-    /// Receives the wake-up datagrams.
-    _ring: UdpSocket,
 }
 
 impl Harness {
@@ -40,8 +38,7 @@ impl Harness {
             N.fetch_add(1, Ordering::Relaxed)
         ));
         let path = dir.join("client.sock");
-        let ring = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let waker = Waker::new(ring.local_addr().unwrap()).unwrap();
+        let waker = Waker::new().unwrap();
         let (to_ring, requests) = bounded(ring_queue);
         let cfg = SessionConfig {
             unix: &path,
@@ -58,7 +55,7 @@ impl Harness {
         };
         let tcp = cfg.tcp;
         let sessions = Sessions::spawn(cfg, vec![None; threads]).unwrap();
-        Self { sessions, requests, path, tcp, _ring: ring }
+        Self { sessions, requests, path, tcp }
     }
 
     fn connect(&self) -> TestClient {

@@ -78,7 +78,7 @@ use ringfence_proto::wire::client::{
     CLIENT_VERSION, ClientFrame, Hello, Limits, RefuseCode, negotiate_version,
 };
 use std::io;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -582,37 +582,78 @@ impl Drop for SessionSlot {
     }
 }
 
-/// Wakes the ring thread, which waits on its UDP socket: a one-byte datagram
-/// from a socket whose address it knows.
-#[derive(Debug)]
+/// Wakes the ring thread: an eventfd its backend waits on beside the UDP
+/// sockets, written only while the ring thread is parked (about to wait or
+/// waiting), so a busy ring thread costs its sessions no system call.
+///
+/// The ring thread calls [`Waker::park`] before it waits and
+/// [`Waker::unpark`] after; it waits only if `park` returned true (nothing
+/// was handed over meanwhile: the caller checks its queue between the two).
+/// A session hands its requests over first and then calls [`Waker::wake`],
+/// which writes the eventfd only if it is the one that cleared `parked`.
+/// The backend reads the eventfd whenever it reports it readable, so a
+/// write that lands after the ring thread stopped waiting costs one early
+/// return of the next wait, never a busy loop.
+#[derive(Debug, Clone)]
 pub(crate) struct Waker {
-    socket: UdpSocket,
-    ring: SocketAddr,
+    inner: Arc<WakerInner>,
+}
+
+#[derive(Debug)]
+struct WakerInner {
+    fd: nix::sys::eventfd::EventFd,
+    parked: AtomicBool,
+    /// Writes to the eventfd so far (counted for tests and the benchmark
+    /// notes).
+    writes: AtomicU64,
 }
 
 impl Waker {
-    /// A waker for the ring thread listening on `ring`.
-    pub(crate) fn new(ring: SocketAddr) -> io::Result<Self> {
-        let bind: SocketAddr =
-            if ring.is_ipv4() { "127.0.0.1:0" } else { "[::1]:0" }.parse().map_err(io::Error::other)?;
-        let socket = UdpSocket::bind(bind)?;
-        let ring = if ring.ip().is_unspecified() { SocketAddr::new(bind.ip(), ring.port()) } else { ring };
-        Ok(Self { socket, ring })
+    /// A fresh waker (nonblocking eventfd, counter 0, not parked).
+    pub(crate) fn new() -> io::Result<Self> {
+        use nix::sys::eventfd::{EfdFlags, EventFd};
+        let fd = EventFd::from_value_and_flags(0, EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)?;
+        Ok(Self {
+            inner: Arc::new(WakerInner { fd, parked: AtomicBool::new(false), writes: AtomicU64::new(0) }),
+        })
     }
 
-    /// The address wake-ups come from (the ring thread ignores its datagrams).
-    pub(crate) fn address(&self) -> io::Result<SocketAddr> {
-        self.socket.local_addr()
+    /// A second descriptor of the eventfd, for the ring thread's backend
+    /// to wait on and read.
+    pub(crate) fn fd(&self) -> io::Result<std::os::fd::OwnedFd> {
+        use std::os::fd::AsFd;
+        self.inner.fd.as_fd().try_clone_to_owned()
     }
 
-    /// Sends one wake-up datagram.
+    /// Ring thread: about to wait. Check the request queue after this and
+    /// wait only if it is empty.
+    pub(crate) fn park(&self) {
+        self.inner.parked.store(true, Ordering::SeqCst);
+    }
+
+    /// Ring thread: done waiting (or not waiting after all).
+    pub(crate) fn unpark(&self) {
+        self.inner.parked.store(false, Ordering::SeqCst);
+    }
+
+    /// Session: requests were handed over; wake the ring thread if it is
+    /// parked.
     pub(crate) fn wake(&self) {
-        let _ = self.socket.send_to(&[0], self.ring);
+        if self.inner.parked.swap(false, Ordering::SeqCst) {
+            self.inner.writes.fetch_add(1, Ordering::Relaxed);
+            let _ = self.inner.fd.write(1);
+        }
     }
 
-    /// A second handle on the same socket.
+    /// Eventfd writes so far.
+    #[cfg(test)]
+    pub(crate) fn writes(&self) -> u64 {
+        self.inner.writes.load(Ordering::Relaxed)
+    }
+
+    /// A second handle on the same waker.
     fn try_clone(&self) -> io::Result<Self> {
-        Ok(Self { socket: self.socket.try_clone()?, ring: self.ring })
+        Ok(self.clone())
     }
 }
 

@@ -21,6 +21,7 @@ pub use config::{Config, ConfigError, IP_HEADER, SECURITY_OVERHEAD, UDP_HEADER};
 use crate::Time;
 use crate::wire::{
     ChunkFlags, DataPacket, Groups, MsgId, NodeId, PacketBuilder, RingId, RtrRange, Service, Token,
+    TokenRequest,
 };
 use bytes::Bytes;
 use pack::Partial;
@@ -172,6 +173,11 @@ pub struct Stats {
     pub ring_seq_bounded: u64,
     /// Tokens resent because the ring showed no progress.
     pub token_retransmits: u64,
+    /// Token requests sent to the representative (something to send while
+    /// the ring idled).
+    pub token_requests_sent: u64,
+    /// Token requests received (as the representative).
+    pub token_requests_received: u64,
     /// Messages submitted and accepted.
     pub messages_submitted: u64,
     /// Messages delivered.
@@ -207,6 +213,8 @@ impl Stats {
         self.receive_failures += o.receive_failures;
         self.ring_seq_bounded += o.ring_seq_bounded;
         self.token_retransmits += o.token_retransmits;
+        self.token_requests_sent += o.token_requests_sent;
+        self.token_requests_received += o.token_requests_received;
         self.messages_submitted += o.messages_submitted;
         self.messages_delivered += o.messages_delivered;
         self.reassembly_errors += o.reassembly_errors;
@@ -281,6 +289,16 @@ pub struct Ring {
     recv_aru: u64,
     recv_since: Time,
     recv_visits: u32,
+    /// Representative: idle holds in a row with no packet numbered between
+    /// them (the hold doubles with each, up to `token_idle_hold`).
+    idle_holds: u32,
+    /// Representative: the token's `seq` at its last idle hold.
+    idle_seq: u64,
+    /// The token looked idle when it last left here: a message submitted
+    /// now asks the representative for it (a token request).
+    idle_seen: bool,
+    /// A token request went out since the token was last here.
+    requested: bool,
 
     transmits: VecDeque<Transmit>,
     deliveries: VecDeque<Delivery>,
@@ -337,6 +355,10 @@ impl Ring {
             recv_aru: 0,
             recv_since: now,
             recv_visits: 0,
+            idle_holds: 0,
+            idle_seq: 0,
+            idle_seen: false,
+            requested: false,
             transmits: VecDeque::new(),
             deliveries: VecDeque::new(),
             token_buf: Vec::new(),
@@ -433,6 +455,34 @@ impl Ring {
                 h.deadline = Some(now);
             }
         }
+    }
+
+    /// Something was submitted here: if the ring idles and another member
+    /// (the representative) may be holding the token, ask it for the token
+    /// once per rotation instead of waiting out its idle hold.
+    pub(crate) fn request_token(&mut self) {
+        let rep = self.members[0];
+        if rep == self.id || !self.idle_seen || self.requested || self.held.is_some() || self.frozen {
+            return;
+        }
+        self.requested = true;
+        self.stats.token_requests_sent += 1;
+        let req = TokenRequest { sender: self.id, ring_id: self.ring_id };
+        self.emit(Dest::Node(rep), Bytes::from(req.encode()));
+    }
+
+    /// A member asked for the token: use a held token now.
+    pub(crate) fn handle_token_request(&mut self, now: Time, req: &TokenRequest, from: Option<NodeId>) {
+        if req.ring_id != self.ring_id
+            || from.is_some_and(|f| f != req.sender)
+            || req.sender == self.id
+            || !self.members.contains(&req.sender)
+        {
+            self.stats.foreign += 1;
+            return;
+        }
+        self.stats.token_requests_received += 1;
+        self.wake(now);
     }
 
     /// The next deadline at which this ring's timers must be handled.
@@ -627,6 +677,7 @@ impl Ring {
         self.last_token_seq = token.token_seq;
         self.stats.tokens_received += 1;
         self.sent_token = None;
+        self.requested = false;
         self.visit(now, token, true, out);
         true
     }
@@ -748,8 +799,19 @@ impl Ring {
             self.held = Some(Held { token, deadline });
             return;
         }
+        self.idle_seen = idle;
         if idle && self.members[0] == self.id && !self.cfg.token_hold.is_zero() && fresh {
-            self.held = Some(Held { token, deadline: Some(now + self.cfg.token_hold) });
+            // Idle: hold, longer the longer the ring stays idle (no packet
+            // numbered since the last hold); a member with something to send
+            // asks for the token meanwhile.
+            if token.seq != self.idle_seq {
+                self.idle_holds = 0;
+            }
+            self.idle_seq = token.seq;
+            let cap = self.cfg.token_idle_hold.min(self.cfg.token_retransmit / 2).max(self.cfg.token_hold);
+            let hold = self.cfg.token_hold.saturating_mul(1 << self.idle_holds.min(16)).min(cap);
+            self.idle_holds = self.idle_holds.saturating_add(1);
+            self.held = Some(Held { token, deadline: Some(now + hold) });
             return;
         }
         let tail = if self.cfg.accelerated {

@@ -543,3 +543,88 @@ fn a_packet_above_a_held_token_retires_the_token() {
     a.handle_timeout(later);
     assert_eq!(a.phase(), crate::Phase::Gather);
 }
+
+/// Three nodes on one virtual clock over a perfect, zero-delay network:
+/// runs until `until`, jumping to the earliest timer; returns every
+/// datagram sent, with its time and sender.
+fn run_ring(nodes: &mut [Node], now: &mut Time, until: Time) -> Vec<(Time, u16, Transmit)> {
+    let mut sent = Vec::new();
+    loop {
+        let mut moved = false;
+        for i in 0..nodes.len() {
+            while let Some(t) = nodes[i].poll_transmit() {
+                moved = true;
+                for (j, n) in nodes.iter_mut().enumerate() {
+                    let to_j = match t.dest {
+                        Dest::All => j != i,
+                        Dest::Node(d) => usize::from(d.0) == j,
+                    };
+                    if to_j {
+                        n.handle_datagram(*now, t.bytes.clone());
+                    }
+                }
+                sent.push((*now, i as u16, t));
+            }
+        }
+        if moved {
+            continue;
+        }
+        let Some(next) = nodes.iter().filter_map(Node::poll_timeout).min() else { break };
+        if next > until {
+            break;
+        }
+        *now = (*now).max(next);
+        for n in nodes.iter_mut() {
+            if n.poll_timeout().is_some_and(|d| d <= *now) {
+                n.handle_timeout(*now);
+            }
+        }
+    }
+    *now = until;
+    sent
+}
+
+/// Issue 16, the latency path: an idle ring's representative holds the
+/// token longer and longer (up to `token_idle_hold`), so an idle cluster
+/// passes it about 100 times a second, not 1,000; a message submitted at
+/// another daemon asks the representative for the token and is sent at
+/// once instead of after the hold.
+#[test]
+fn idle_hold_grows_and_a_token_request_ends_it() {
+    let cfg = Config {
+        token_hold: Duration::from_millis(1),
+        token_idle_hold: Duration::from_millis(8),
+        ..Config::default()
+    };
+    let mut nodes: Vec<Node> = (0..3).map(|i| node(&cfg, i, 3)).collect();
+    let mut now = Time::ZERO;
+    // One idle second: tokens passed by the representative.
+    let sent = run_ring(&mut nodes, &mut now, Time::ZERO + Duration::from_secs(1));
+    let rotations = sent.iter().filter(|(_, from, t)| *from == 0 && Token::decode(&t.bytes).is_ok()).count();
+    assert!((100..=140).contains(&rotations), "{rotations} rotations in an idle second (hold up to 8 ms)");
+    // The representative holds the token now; daemon 2 has a message.
+    assert!(nodes[0].poll_timeout().is_some());
+    let t0 = now;
+    nodes[2].submit(now, Service::Agreed, Groups::none(), Bytes::from_static(b"m")).unwrap();
+    let sent = run_ring(&mut nodes, &mut now, t0 + Duration::from_millis(20));
+    let requests: Vec<_> = sent.iter().filter(|(_, _, t)| TokenRequest::decode(&t.bytes).is_ok()).collect();
+    assert_eq!(requests.len(), 1, "one token request");
+    assert_eq!((requests[0].1, requests[0].2.dest), (2, Dest::Node(NodeId(0))));
+    // The message's packet leaves at once (zero-delay network: at t0).
+    let data = sent
+        .iter()
+        .find(|(_, from, t)| *from == 2 && DataPacket::decode(t.bytes.clone()).is_ok())
+        .expect("daemon 2 sent its packet");
+    assert_eq!(data.0, t0, "sent at once, not after the hold");
+    assert_eq!(nodes[0].stats().token_requests_received, 1);
+    for n in &mut nodes {
+        let delivered = std::iter::from_fn(|| n.poll_event())
+            .filter(|e| matches!(e, crate::ring::Event::Deliver(_)))
+            .count();
+        assert_eq!(delivered, 1);
+    }
+    // Idle again: no more requests.
+    let until = now + Duration::from_secs(1);
+    let sent = run_ring(&mut nodes, &mut now, until);
+    assert!(sent.iter().all(|(_, _, t)| TokenRequest::decode(&t.bytes).is_err()), "no request when idle");
+}

@@ -406,7 +406,9 @@ impl Link {
                     return Err(Reject::Malformed);
                 }
                 let plain = if kind == SEALED {
-                    let mut buf = BytesMut::from(&bytes[..]);
+                    // In place when the buffer is ours alone (the runtime
+                    // hands over each received datagram in its own buffer).
+                    let mut buf = bytes.try_into_mut().unwrap_or_else(|b| BytesMut::from(&b[..]));
                     let n =
                         key.aead.open_frame(&nonce, &mut buf, HEADER).map_err(|_| Reject::AuthFailure)?.len();
                     buf.truncate(HEADER + n);

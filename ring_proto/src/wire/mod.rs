@@ -16,7 +16,7 @@ mod token;
 pub use codec::{DecodeError, Reader};
 pub use membership::{Beacon, CommitToken, ENTRY_EMPTY, ENTRY_FRESH, Join, MAX_NODES, OldRing, RingIndex};
 pub use packet::{CHUNK_OVERHEAD, Chunk, ChunkFlags, DataPacket, Groups, PACKET_OVERHEAD, PacketBuilder};
-pub use token::{RTR_RANGE_LEN, RtrRange, TOKEN_FIXED_LEN, Token};
+pub use token::{RTR_RANGE_LEN, RtrRange, TOKEN_FIXED_LEN, Token, TokenRequest};
 
 use bytes::Bytes;
 use std::fmt;
@@ -38,6 +38,8 @@ pub const KIND_JOIN: u8 = 3;
 pub const KIND_COMMIT: u8 = 4;
 /// Kind byte of a merge beacon.
 pub const KIND_BEACON: u8 = 5;
+/// Kind byte of a token request.
+pub const KIND_TOKEN_REQUEST: u8 = 6;
 
 /// Identifies a daemon in the cluster configuration.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
@@ -164,6 +166,8 @@ pub enum Datagram {
     Commit(CommitToken),
     /// A merge beacon.
     Beacon(Beacon),
+    /// A token request.
+    TokenRequest(TokenRequest),
 }
 
 impl Datagram {
@@ -175,6 +179,7 @@ impl Datagram {
             KIND_JOIN => Join::decode(&buf).map(Self::Join),
             KIND_COMMIT => CommitToken::decode(&buf).map(Self::Commit),
             KIND_BEACON => Beacon::decode(&buf).map(Self::Beacon),
+            KIND_TOKEN_REQUEST => TokenRequest::decode(&buf).map(Self::TokenRequest),
             _ => Err(DecodeError::UnknownKind),
         }
     }

@@ -75,12 +75,25 @@ proptest! {
     }
 
     #[test]
+    fn token_request_round_trips(sender in any::<u16>(), r in ring_id(), cut in 0usize..TokenRequest::LEN) {
+        let t = TokenRequest { sender: NodeId(sender), ring_id: r };
+        let bytes = t.encode();
+        prop_assert_eq!(bytes.len(), TokenRequest::LEN);
+        prop_assert_eq!(Datagram::decode(Bytes::from(bytes.clone())), Ok(Datagram::TokenRequest(t)));
+        // Truncated or with a trailing byte: an error.
+        prop_assert!(Datagram::decode(Bytes::copy_from_slice(&bytes[..cut])).is_err());
+        let mut long = bytes;
+        long.push(0);
+        prop_assert!(Datagram::decode(Bytes::from(long)).is_err());
+    }
+
+    #[test]
     fn arbitrary_bytes_never_panic(b in proptest::collection::vec(any::<u8>(), 0..200)) {
         let _ = Datagram::decode(Bytes::from(b));
     }
 
     #[test]
-    fn arbitrary_bytes_with_valid_header_never_panic(kind in 0u8..4, b in proptest::collection::vec(any::<u8>(), 0..200)) {
+    fn arbitrary_bytes_with_valid_header_never_panic(kind in 0u8..8, b in proptest::collection::vec(any::<u8>(), 0..200)) {
         let mut v = vec![b'R', b'F', VERSION, kind];
         v.extend(b);
         let _ = Datagram::decode(Bytes::from(v));

@@ -1,8 +1,8 @@
 //! The token: the right to send, and the ring's shared ordering state.
 
 use super::{
-    DecodeError, HEADER_LEN, KIND_TOKEN, NodeId, Reader, RingId, peek_kind, put_header, put_ring_id,
-    read_ring_id,
+    DecodeError, HEADER_LEN, KIND_TOKEN, KIND_TOKEN_REQUEST, NodeId, Reader, RingId, peek_kind, put_header,
+    put_ring_id, read_ring_id,
 };
 
 /// Bytes of a token without retransmission requests: header (4), ring id
@@ -121,5 +121,45 @@ impl Token {
         }
         r.finish()?;
         Ok(Self { ring_id, token_seq, seq, aru, aru_id, fcc, backlog, rtr })
+    }
+}
+
+/// A token request: a member with messages to send while the ring idles
+/// asks the representative, who holds the idle token, to pass it now
+/// instead of at the end of its hold (issue 16, the latency path). Sent to
+/// the representative only, sealed like the ring's own packets. Losing one
+/// costs at most the hold; a request the representative cannot use (it does
+/// not hold the token) is ignored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TokenRequest {
+    /// The member asking.
+    pub sender: NodeId,
+    /// The ring whose token it asks for.
+    pub ring_id: RingId,
+}
+
+impl TokenRequest {
+    /// Encoded length.
+    pub const LEN: usize = HEADER_LEN + 2 + 10;
+
+    /// Encodes the request.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(Self::LEN);
+        put_header(&mut out, KIND_TOKEN_REQUEST);
+        out.extend_from_slice(&self.sender.0.to_be_bytes());
+        put_ring_id(&mut out, self.ring_id);
+        out
+    }
+
+    /// Decodes a request. Total.
+    pub fn decode(buf: &[u8]) -> Result<Self, DecodeError> {
+        if peek_kind(buf)? != KIND_TOKEN_REQUEST {
+            return Err(DecodeError::UnknownKind);
+        }
+        let mut r = Reader::new(buf, HEADER_LEN);
+        let sender = NodeId(r.u16()?);
+        let ring_id = read_ring_id(&mut r)?;
+        r.finish()?;
+        Ok(Self { sender, ring_id })
     }
 }
