@@ -3,8 +3,8 @@
 //! Communication Systems: Beyond Peer-to-Peer", section 5.1, Figure 5),
 //! with real daemons on loopback.
 //!
-//! Starts D `ringfence daemon` processes (encrypted links, default `[ring]`
-//! timeouts, a `[[group]]` policy making `kv.*` `integrated-vs`), connects
+//! Starts D `ringfence daemon` processes (encrypted links, `[ring]
+//! timeouts` from `--timeouts`, default `default`, a `[[group]]` policy making `kv.*` `integrated-vs`), connects
 //! N clients spread evenly over them (Unix sockets, all in this process,
 //! polled without blocking; flush requests answered at once) and joins
 //! them all to one group. Then, each REPEATS times:
@@ -27,7 +27,8 @@
 //! ```text
 //! cargo build --release -p ringfence-tools
 //! cargo run --release -p ringfence-bench --example keyed_views -- \
-//!     [--bin PATH] [--daemons 3,5] [--sizes 10,50,100,200] [--repeats 5] [--mode integrated-vs]
+//!     [--bin PATH] [--daemons 3,5] [--sizes 10,50,100,200] [--repeats 5] [--mode integrated-vs] \
+//!     [--timeouts default|low-latency]
 //! ```
 //!
 //! `--bin` defaults to `ringfence` next to this example's target
@@ -50,7 +51,7 @@ struct Cluster {
 }
 
 impl Cluster {
-    fn start(bin: &Path, n: usize, mode: GroupMode) -> Result<Self, String> {
+    fn start(bin: &Path, n: usize, mode: GroupMode, timeouts: &str) -> Result<Self, String> {
         let dir = std::env::temp_dir().join(format!("ringfence-keyed-views-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let keys = dir.join("keys");
@@ -78,7 +79,7 @@ impl Cluster {
         }
         let _ = write!(
             text,
-            "\n[security]\nlink_security = \"encrypt\"\nidentity = \"{}/{{name}}.key\"\n\n[paths]\nstate_dir = \"{}/{{name}}\"\n\n[[group]]\npattern = \"kv.*\"\nmode = \"{}\"\n",
+            "\n[ring]\ntimeouts = \"{timeouts}\"\n\n[security]\nlink_security = \"encrypt\"\nidentity = \"{}/{{name}}.key\"\n\n[paths]\nstate_dir = \"{}/{{name}}\"\n\n[[group]]\npattern = \"kv.*\"\nmode = \"{}\"\n",
             keys.display(),
             dir.display(),
             mode.name()
@@ -237,8 +238,15 @@ struct Row {
     merge_agree: Vec<f64>,
 }
 
-fn measure(bin: &Path, daemons: usize, size: usize, repeats: usize, mode: GroupMode) -> Result<Row, String> {
-    let cluster = Cluster::start(bin, daemons, mode)?;
+fn measure(
+    bin: &Path,
+    daemons: usize,
+    size: usize,
+    repeats: usize,
+    mode: GroupMode,
+    timeouts: &str,
+) -> Result<Row, String> {
+    let cluster = Cluster::start(bin, daemons, mode, timeouts)?;
     let vs = mode == GroupMode::IntegratedVs;
     let keyed = mode.keyed();
     let mut m = Vec::new();
@@ -320,6 +328,7 @@ fn main() {
     let mut bin = exe.parent().and_then(Path::parent).map(|p| p.join("ringfence")).unwrap_or_default();
     let (mut daemons, mut sizes, mut repeats) = (vec![3, 5], vec![10, 50, 100, 200], 5);
     let mut mode = GroupMode::IntegratedVs;
+    let mut timeouts = String::from("default");
     while let Some(a) = args.next() {
         let v = args.next().unwrap_or_default();
         match a.as_str() {
@@ -327,6 +336,7 @@ fn main() {
             "--daemons" => daemons = list(&v),
             "--sizes" => sizes = list(&v),
             "--repeats" => repeats = v.parse().unwrap_or(5),
+            "--timeouts" => timeouts = v,
             "--mode" => {
                 mode = if v == "optimized-evs" { GroupMode::OptimizedEvs } else { GroupMode::IntegratedVs }
             }
@@ -336,14 +346,14 @@ fn main() {
             }
         }
     }
-    println!("mode {}; medians (max) in ms over {repeats} runs", mode.name());
+    println!("mode {}, timeouts {timeouts}; medians (max) in ms over {repeats} runs", mode.name());
     println!(
         "| daemons | members | join | leave | partition (from STOP) | partition: change start → server key | merge (from CONT) | merge: change start → server key |"
     );
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
     for &d in &daemons {
         for &s in &sizes {
-            match measure(&bin, d, s, repeats, mode) {
+            match measure(&bin, d, s, repeats, mode, &timeouts) {
                 Ok(mut r) => println!(
                     "| {} | {} | {} | {} | {} | {} | {} | {} |",
                     r.daemons,

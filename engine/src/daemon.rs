@@ -116,7 +116,19 @@ impl Daemon {
         // Best effort: the kernel may cap these.
         let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
         let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
-        socket.bind(&addr.into()).map_err(|e| {
+        // We hold the name's lock, so a port still in use is most likely
+        // our own previous life: an io_uring instance is torn down by the
+        // kernel after its process exited, and keeps the socket bound for
+        // a moment. Wait for it briefly before calling the port taken.
+        let mut bound = socket.bind(&addr.into());
+        let give_up = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while bound.as_ref().is_err_and(|e| e.kind() == io::ErrorKind::AddrInUse)
+            && std::time::Instant::now() < give_up
+        {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            bound = socket.bind(&addr.into());
+        }
+        bound.map_err(|e| {
             io::Error::new(
                 e.kind(),
                 format!(
