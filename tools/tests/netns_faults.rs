@@ -7,10 +7,8 @@
 //!
 //! Needs root, `ip` and `iptables` (.ci/run installs them when missing);
 //! elsewhere the test says why it skipped and passes. `RINGFENCE_NETNS=0`
-//! skips it. The scenarios known to fail today (issue 15: lasting one-way
-//! cuts, pauses) run only with `RINGFENCE_NETNS_KNOWN_FAILING=1`, which also
-//! makes the VS group's known gaps (issue 15 item 2) fail the test instead
-//! of being reported.
+//! skips it. Every violation the checker finds fails it, the VS group's
+//! included.
 
 use std::process::Command;
 
@@ -22,15 +20,11 @@ struct Scenario {
     extra: &'static [&'static str],
 }
 
-/// What passes today: partitions, loss, kill -9 and restart.
-const PASSING: &[Scenario] = &[
+/// Partitions, loss, kill -9 and restart, lasting one-way cuts in both
+/// directions of the token, and pauses.
+const SCENARIOS: &[Scenario] = &[
     Scenario { daemons: 3, transport: "unicast", faults: "partition=2,loss=1,kill=1", extra: &[] },
     Scenario { daemons: 5, transport: "multicast", faults: "partition=2,loss=1,kill=1", extra: &[] },
-];
-
-/// Known to fail until issue 15 items 1 and 3 are fixed: one-way cuts in
-/// both directions of the token, and pauses.
-const KNOWN_FAILING: &[Scenario] = &[
     Scenario {
         daemons: 3,
         transport: "unicast",
@@ -41,7 +35,7 @@ const KNOWN_FAILING: &[Scenario] = &[
         daemons: 5,
         transport: "multicast",
         faults: "pause=3",
-        extra: &["--pause-ms", "450", "--max-gap-ms", "3000"],
+        extra: &["--pause-ms", "450", "--max-gap-ms", "2000"],
     },
 ];
 
@@ -53,42 +47,13 @@ fn field<'a>(result: &'a str, key: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no `{key}` in the result line: {result}"))
 }
 
-/// Whether a `violation` line is one of the VS group's known gaps.
-fn known_vs_gap(line: &str) -> bool {
-    line.starts_with("violation same-set: vs:")
-        || (["violation gap-in-view:", "violation fifo:", "violation sending-view:"]
-            .iter()
-            .any(|k| line.starts_with(k))
-            && line.contains(" vs/"))
-}
-
-#[test]
-fn known_vs_gaps_are_told_apart_from_other_violations() {
-    assert!(known_vs_gap("violation same-set: vs: a and b moved from view (1, 0, 1) to (2, 0, 2) together"));
-    assert!(known_vs_gap("violation gap-in-view: client a delivered vs/b#9 after #7 in one view"));
-    assert!(!known_vs_gap("violation gap-in-view: client a delivered open/b#9 after #7 in one view"));
-    assert!(!known_vs_gap(
-        "violation total-order: clients a and b delivered vs/b#1 and vs/b#2 in opposite orders"
-    ));
-    assert!(!known_vs_gap("violation own-missing: client a never got 3 of its 9 messages to vs back"));
-}
-
 #[test]
 fn daemons_in_network_namespaces_survive_faults_with_clean_histories() {
     if std::env::var("RINGFENCE_NETNS").is_ok_and(|v| v == "0") {
         eprintln!("SKIPPED: RINGFENCE_NETNS=0");
         return;
     }
-    let mut scenarios: Vec<&Scenario> = PASSING.iter().collect();
-    let strict = std::env::var("RINGFENCE_NETNS_KNOWN_FAILING").is_ok_and(|v| v == "1");
-    if strict {
-        scenarios.extend(KNOWN_FAILING);
-    } else {
-        eprintln!(
-            "note: the scenarios known to fail today (one-way cuts, pauses) are off; RINGFENCE_NETNS_KNOWN_FAILING=1 runs them"
-        );
-    }
-    for s in scenarios {
+    for s in SCENARIOS {
         let daemons = s.daemons.to_string();
         let out = Command::new(env!("CARGO_BIN_EXE_ringfence"))
             .args(["netfault", "--daemons", &daemons, "--transport", s.transport, "--faults", s.faults])
@@ -108,16 +73,8 @@ fn daemons_in_network_namespaces_survive_faults_with_clean_histories() {
             .find(|l| l.starts_with("result "))
             .unwrap_or_else(|| panic!("{what}: no result line\nstdout:\n{stdout}\nstderr:\n{stderr}"));
         eprintln!("{what}:\n{stdout}");
-        // Without RINGFENCE_NETNS_KNOWN_FAILING=1, the VS group's known gaps
-        // (issue 15 item 2: same set, FIFO and sending view across a flush
-        // under partitions) are reported, not failed on; every other
-        // violation fails.
         let violations: Vec<&str> = stdout.lines().filter(|l| l.starts_with("violation ")).collect();
-        let unexpected: Vec<&&str> = violations.iter().filter(|v| strict || !known_vs_gap(v)).collect();
-        if !violations.is_empty() && unexpected.is_empty() {
-            eprintln!("{what}: KNOWN (issue 15 item 2), not failed on: {violations:#?}");
-        }
-        assert!(unexpected.is_empty(), "{what}: violations {unexpected:#?}\n{stdout}\nstderr:\n{stderr}");
+        assert!(violations.is_empty(), "{what}: violations {violations:#?}\n{stdout}\nstderr:\n{stderr}");
         assert!(
             field(result, "violations") == "0" || !violations.is_empty(),
             "{what}: violations counted but none printed: {result}"
