@@ -658,6 +658,24 @@ impl<'t> Sim<'t> {
         t
     }
 
+    /// Writes a submit line: who sent what, in which ring, with its digest.
+    fn trace_submit(&mut self, i: usize, id: MsgId, service: Service, payload: &[u8]) {
+        let ring = self.nodes[i].as_ref().and_then(|n| n.ring().map(|r| r.0));
+        if let Some(w) = self.trace.as_mut() {
+            let ev = TraceEvent::Submit {
+                node: NodeId(i as u16),
+                t_ns: self.now.as_nanos(),
+                origin: id.origin,
+                seq: id.seq,
+                service,
+                size: payload.len(),
+                digest: digest(payload),
+                ring,
+            };
+            let _ = trace::write_line(w, &ev);
+        }
+    }
+
     /// Writes one line of the fault schedule to the trace.
     fn note_fault(&mut self, what: impl FnOnce() -> String) {
         if let Some(w) = self.trace.as_mut() {
@@ -807,6 +825,7 @@ impl<'t> Sim<'t> {
             let Some(n) = self.nodes[i].as_mut() else { continue };
             let Ok(id) = n.submit(now, Service::Agreed, Groups::none(), p.clone()) else { continue };
             self.sent.insert(id, Sent { service: Service::Agreed, digest: digest(&p), len });
+            self.trace_submit(i, id, Service::Agreed, &p);
             self.logs[self.current[i]].submitted.push(id);
             self.live_ids.insert(id);
             let expect = if all { expect_all.clone() } else { vec![self.current[i]] };
@@ -878,6 +897,7 @@ impl<'t> Sim<'t> {
                 let Some(n) = self.nodes[i].as_mut() else { continue };
                 if let Ok(id) = n.submit(now, Service::Agreed, Groups::none(), p.clone()) {
                     self.sent.insert(id, Sent { service: Service::Agreed, digest: digest(&p), len });
+                    self.trace_submit(i, id, Service::Agreed, &p);
                     self.logs[self.current[i]].submitted.push(id);
                     self.probes.push(id);
                 }
@@ -929,6 +949,7 @@ impl<'t> Sim<'t> {
                 Ok(id) => {
                     self.payload_bytes += payload.len() as u64;
                     self.sent.insert(id, Sent { service, digest: digest(&payload), len: payload.len() });
+                    self.trace_submit(node, id, service, &payload);
                     self.logs[self.current[node]].submitted.push(id);
                     self.next_plan += 1;
                     self.drain(node);
@@ -1033,6 +1054,7 @@ impl<'t> Sim<'t> {
                             d.payload.len(),
                             d.ring_id,
                             d.ring_seq,
+                            digest(&d.payload),
                         );
                         let _ = trace::write_line(w, &ev);
                     }

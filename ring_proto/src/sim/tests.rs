@@ -272,3 +272,17 @@ fn stall_seed_576_slow_rotations_stretch_the_token_timeout() {
     let r = run(&cfg);
     assert!(r.violations.is_empty(), "{:?}", r.violations);
 }
+
+/// Seed 1898 of `sim --nodes 5 --faults all` (the one failing seed of
+/// 20,000 at 9c73d3f): scheduling stalls at every daemon, right at their
+/// start, kept the token away from a daemon for longer than the token
+/// timeout before any slow rotation had stretched it, and the four running
+/// daemons formed their ring again (same members, `SpuriousChange`; no
+/// safety violation). Known failing: the next step is to recognize the
+/// late token of the ring just left (issue 15 item 3).
+#[test]
+#[ignore = "known failing: a stall longer than the token timeout before any slow rotation (issue 15 item 3)"]
+fn all_seed_1898_first_stall_longer_than_the_token_timeout() {
+    let r = run(&SimConfig { faults: FaultKinds::EVERY, ..SimConfig::with_faults(1898, 5) });
+    assert!(r.violations.is_empty(), "{:?}", r.violations);
+}

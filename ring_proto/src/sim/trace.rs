@@ -27,6 +27,28 @@ pub enum TraceEvent<'a> {
         ring: RingId,
         /// Ring sequence number of the packet that completed it.
         ring_seq: u64,
+        /// FNV-1a digest of the payload delivered.
+        digest: u64,
+    },
+    /// A message submitted at `node` (what an outside checker compares
+    /// deliveries with).
+    Submit {
+        /// The daemon it was submitted to.
+        node: NodeId,
+        /// Virtual time in nanoseconds.
+        t_ns: u64,
+        /// Its id: origin daemon and counter.
+        origin: NodeId,
+        /// The origin's message counter.
+        seq: u64,
+        /// Service name.
+        service: Service,
+        /// Payload size in bytes.
+        size: usize,
+        /// FNV-1a digest of the payload.
+        digest: u64,
+        /// The ring the daemon was in (installed) when it was submitted.
+        ring: Option<RingId>,
     },
     /// A configuration installed by `node`.
     Configuration {
@@ -82,6 +104,7 @@ impl TraceEvent<'_> {
         size: usize,
         ring: RingId,
         ring_seq: u64,
+        digest: u64,
     ) -> Self {
         TraceEvent::Delivery {
             node,
@@ -92,6 +115,7 @@ impl TraceEvent<'_> {
             size,
             ring,
             ring_seq,
+            digest,
         }
     }
 }
