@@ -98,9 +98,6 @@ struct Gather {
     /// start): one not heard for a whole timeout is silent to us, whatever
     /// it said before.
     heard: BTreeSet<NodeId>,
-    /// The accusations we learned leave us out (or every daemon we hear
-    /// leaves us out): we form a ring of our own at once.
-    excluded: bool,
     agreed: BTreeSet<NodeId>,
     join_at: Time,
     consensus_at: Time,
@@ -118,12 +115,14 @@ impl Gather {
     /// most, then the higher id), until no accusation is left among the
     /// members: a daemon that crashed or hears no one goes, and of the two
     /// ends of a one-way cut the one that cannot be heard goes, the same
-    /// at every daemon that heard the same accusations. Totem takes the union of every fail set instead, and
+    /// at every daemon that heard the same accusations. Totem takes the
+    /// union of every fail set instead, and
     /// that is what stopped the cluster under a lasting one-way cut (issue
     /// 15): both ends were taken out at every daemon, round after round.
     ///
-    /// Sets `excluded` when that takes us out, or when every daemon we hear
-    /// leaves us out: then no ring with the others can form.
+    /// When that takes us out, or every daemon we hear leaves us out, no
+    /// ring with the others can form: we leave every other daemon out and
+    /// propose a ring of our own (formed at the consensus timeout).
     fn resolve(&mut self, me: NodeId) {
         let mut fails: BTreeSet<NodeId> = self.own.union(&self.stuck).copied().collect();
         fails.remove(&me);
@@ -165,7 +164,6 @@ impl Gather {
         if excluded {
             fails = self.procs.iter().copied().filter(|p| *p != me).collect();
         }
-        self.excluded = excluded;
         self.fails = fails;
     }
 
@@ -1399,7 +1397,6 @@ impl Node {
             stuck: BTreeSet::new(),
             reports: BTreeMap::new(),
             heard: BTreeSet::new(),
-            excluded: false,
             agreed: BTreeSet::from([self.id]),
             join_at: now + self.cfg.join_interval,
             consensus_at: now + self.cfg.consensus_timeout,

@@ -1046,16 +1046,7 @@ impl<'t> Sim<'t> {
                         Some(_) => {}
                     }
                     if let Some(w) = self.trace.as_mut() {
-                        let ev = TraceEvent::delivery(
-                            me,
-                            now,
-                            d.id,
-                            d.service,
-                            d.payload.len(),
-                            d.ring_id,
-                            d.ring_seq,
-                            digest(&d.payload),
-                        );
+                        let ev = TraceEvent::delivery(me, now, &d, digest(&d.payload));
                         let _ = trace::write_line(w, &ev);
                     }
                     if self.live_ids.contains(&d.id) {

@@ -1,7 +1,8 @@
 //! The JSON-lines trace: one line per event each daemon emitted.
 
 use crate::Time;
-use crate::wire::{MsgId, NodeId, RingId, Service};
+use crate::ring::Delivery;
+use crate::wire::{NodeId, RingId, Service};
 use serde::Serialize;
 use std::io::{self, Write};
 
@@ -95,26 +96,18 @@ pub enum TraceEvent<'a> {
 }
 
 impl TraceEvent<'_> {
-    /// A delivery line.
-    pub fn delivery(
-        node: NodeId,
-        t: Time,
-        id: MsgId,
-        service: Service,
-        size: usize,
-        ring: RingId,
-        ring_seq: u64,
-        digest: u64,
-    ) -> Self {
+    /// A delivery line for `d`, delivered by `node` at `t`; `digest` is
+    /// its payload's.
+    pub fn delivery(node: NodeId, t: Time, d: &Delivery, digest: u64) -> Self {
         TraceEvent::Delivery {
             node,
             t_ns: t.as_nanos(),
-            origin: id.origin,
-            seq: id.seq,
-            service,
-            size,
-            ring,
-            ring_seq,
+            origin: d.id.origin,
+            seq: d.id.seq,
+            service: d.service,
+            size: d.payload.len(),
+            ring: d.ring_id,
+            ring_seq: d.ring_seq,
             digest,
         }
     }

@@ -1,8 +1,8 @@
 //! Membership messages: join, commit token and merge beacon.
 
 use super::{
-    DecodeError, HEADER_LEN, KIND_BEACON, KIND_COMMIT, KIND_JOIN, NodeId, Reader, RingId, peek_kind,
-    put_header, put_ring_id, read_ring_id,
+    DecodeError, HEADER_LEN, KIND_BEACON, KIND_COMMIT, KIND_JOIN, NodeId, Reader, RingId, decode_sender_ring,
+    encode_sender_ring, peek_kind, put_header, put_ring_id, read_ring_id,
 };
 
 /// Most daemons a membership message may name.
@@ -109,22 +109,12 @@ impl Beacon {
 
     /// Encodes the message.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(Self::LEN);
-        put_header(&mut out, KIND_BEACON);
-        out.extend_from_slice(&self.sender.0.to_be_bytes());
-        put_ring_id(&mut out, self.ring_id);
-        out
+        encode_sender_ring(KIND_BEACON, self.sender, self.ring_id)
     }
 
     /// Decodes a beacon. Total.
     pub fn decode(buf: &[u8]) -> Result<Self, DecodeError> {
-        if peek_kind(buf)? != KIND_BEACON {
-            return Err(DecodeError::UnknownKind);
-        }
-        let mut r = Reader::new(buf, HEADER_LEN);
-        let sender = NodeId(r.u16()?);
-        let ring_id = read_ring_id(&mut r)?;
-        r.finish()?;
+        let (sender, ring_id) = decode_sender_ring(buf, KIND_BEACON)?;
         Ok(Self { sender, ring_id })
     }
 }

@@ -216,5 +216,27 @@ pub(crate) fn read_ring_id(r: &mut Reader<'_>) -> Result<RingId, DecodeError> {
     Ok(RingId { seq, rep })
 }
 
+/// Encodes a datagram that is only a sender and a ring (beacon, token
+/// request).
+pub(crate) fn encode_sender_ring(kind: u8, sender: NodeId, ring_id: RingId) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_LEN + 2 + 10);
+    put_header(&mut out, kind);
+    out.extend_from_slice(&sender.0.to_be_bytes());
+    put_ring_id(&mut out, ring_id);
+    out
+}
+
+/// Decodes a datagram of `kind` that is only a sender and a ring. Total.
+pub(crate) fn decode_sender_ring(buf: &[u8], kind: u8) -> Result<(NodeId, RingId), DecodeError> {
+    if peek_kind(buf)? != kind {
+        return Err(DecodeError::UnknownKind);
+    }
+    let mut r = Reader::new(buf, HEADER_LEN);
+    let sender = NodeId(r.u16()?);
+    let ring_id = read_ring_id(&mut r)?;
+    r.finish()?;
+    Ok((sender, ring_id))
+}
+
 #[cfg(test)]
 mod tests;

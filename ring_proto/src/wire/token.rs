@@ -1,8 +1,8 @@
 //! The token: the right to send, and the ring's shared ordering state.
 
 use super::{
-    DecodeError, HEADER_LEN, KIND_TOKEN, KIND_TOKEN_REQUEST, NodeId, Reader, RingId, peek_kind, put_header,
-    put_ring_id, read_ring_id,
+    DecodeError, HEADER_LEN, KIND_TOKEN, KIND_TOKEN_REQUEST, NodeId, Reader, RingId, decode_sender_ring,
+    encode_sender_ring, peek_kind, put_header, put_ring_id, read_ring_id,
 };
 
 /// Bytes of a token without retransmission requests: header (4), ring id
@@ -144,22 +144,12 @@ impl TokenRequest {
 
     /// Encodes the request.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(Self::LEN);
-        put_header(&mut out, KIND_TOKEN_REQUEST);
-        out.extend_from_slice(&self.sender.0.to_be_bytes());
-        put_ring_id(&mut out, self.ring_id);
-        out
+        encode_sender_ring(KIND_TOKEN_REQUEST, self.sender, self.ring_id)
     }
 
     /// Decodes a request. Total.
     pub fn decode(buf: &[u8]) -> Result<Self, DecodeError> {
-        if peek_kind(buf)? != KIND_TOKEN_REQUEST {
-            return Err(DecodeError::UnknownKind);
-        }
-        let mut r = Reader::new(buf, HEADER_LEN);
-        let sender = NodeId(r.u16()?);
-        let ring_id = read_ring_id(&mut r)?;
-        r.finish()?;
+        let (sender, ring_id) = decode_sender_ring(buf, KIND_TOKEN_REQUEST)?;
         Ok(Self { sender, ring_id })
     }
 }
