@@ -82,6 +82,16 @@ const METRICS: &[Metric] = &[
         "Tokens resent because the ring showed no progress.",
         &["protocol", "token_retransmits"],
     ),
+    counter(
+        "stalls",
+        "Timers that fired over half a token timeout late (this daemon was paused or starved).",
+        &["protocol", "stalls"],
+    ),
+    counter(
+        "late_timers",
+        "Timers that fired over half a token retransmission late (failure deadline excused once).",
+        &["protocol", "late_timers"],
+    ),
     counter("datagrams_sent", "Datagrams sent to other daemons.", &["runtime", "sent"]),
     counter("datagrams_received", "Datagrams received from the network.", &["runtime", "received"]),
     counter(

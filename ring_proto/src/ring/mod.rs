@@ -153,6 +153,9 @@ pub struct Stats {
     /// Timers that fired more than half a token timeout late (this daemon
     /// was paused or starved); their failure deadlines were moved on.
     pub stalls: u64,
+    /// Timers that fired over half a token retransmission late: the failure
+    /// deadline waited one retransmission more, once, to read the socket.
+    pub late_timers: u64,
     /// Packets this node retransmitted on request.
     pub packets_retransmitted: u64,
     /// Sequence numbers this node asked to be retransmitted.
@@ -205,6 +208,7 @@ impl Stats {
         self.packets_sent += o.packets_sent;
         self.packets_retransmitted += o.packets_retransmitted;
         self.stalls += o.stalls;
+        self.late_timers += o.late_timers;
         self.quarantined_joins += o.quarantined_joins;
         self.retransmits_requested += o.retransmits_requested;
         self.tokens_received += o.tokens_received;

@@ -539,9 +539,34 @@ fn a_packet_above_a_held_token_retires_the_token() {
     a.handle_timeout(Time::ZERO + Duration::from_millis(2));
     assert!(tokens(&drain(&mut a)).is_empty());
     assert_eq!(a.stats().bad_tokens, 1);
+    // Timers fire on time (a late one would be excused once).
     let later = Time::ZERO + cfg.token_timeout + Duration::from_millis(3);
-    a.handle_timeout(later);
+    while let Some(t) = a.poll_timeout().filter(|&t| t <= later && a.phase() != crate::Phase::Gather) {
+        a.handle_timeout(t);
+        drain(&mut a);
+    }
     assert_eq!(a.phase(), crate::Phase::Gather);
+}
+
+/// A host whose timers always fire late (over half a retransmission
+/// interval): the token deadline is excused once, to read what waits, and
+/// the lost token is still detected soon after.
+#[test]
+fn timers_that_always_fire_late_still_detect_a_lost_token() {
+    let cfg = plain();
+    let mut a = node(&cfg, 0, 2);
+    a.handle_timeout(Time::ZERO); // the ring's first token, passed to 1 and lost
+    drain(&mut a);
+    let late = cfg.token_retransmit;
+    let mut now = Time::ZERO;
+    while a.phase() != crate::Phase::Gather {
+        now = a.poll_timeout().expect("a deadline") + late;
+        assert!(now < Time::ZERO + cfg.token_timeout + 4 * late, "token loss not detected by {now:?}");
+        a.handle_timeout(now);
+        drain(&mut a);
+    }
+    assert_eq!(a.stats().late_timers, 1);
+    assert!(now > Time::ZERO + cfg.token_timeout + late, "the late deadline was not excused");
 }
 
 /// Three nodes on one virtual clock over a perfect, zero-delay network:
