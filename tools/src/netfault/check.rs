@@ -102,6 +102,10 @@ pub(crate) enum Kind {
     /// A fault's delivery gap over the bound asked for (not checked by
     /// [`check`]: the run applies its `--max-gap-ms`).
     DeliveryGap,
+    /// A view change while no fault was in force and every client had been
+    /// in one whole view for a while (a false suspicion): see
+    /// [`spurious_changes`].
+    SpuriousChange,
 }
 
 impl fmt::Display for Kind {
@@ -118,6 +122,7 @@ impl fmt::Display for Kind {
             Self::FinalView => "final-view",
             Self::Reported => "reported-error",
             Self::DeliveryGap => "delivery-gap",
+            Self::SpuriousChange => "spurious-change",
         })
     }
 }
@@ -183,6 +188,32 @@ pub(crate) fn check(clients: &[ClientLog], vs_groups: &[&str], windows: &[Window
     final_view(clients, &mut r);
     r.gaps = windows.iter().map(|w| gap(clients, w)).collect();
     r
+}
+
+/// View changes inside `quiet` intervals (no fault in force, the cluster
+/// whole again): each is a membership change no fault caused, one per
+/// client and interval.
+pub(crate) fn spurious_changes(clients: &[ClientLog], quiet: &[(Duration, Duration)], r: &mut Report) {
+    for c in clients {
+        for &(from, to) in quiet {
+            let hit = c.events.iter().find_map(|e| match e {
+                Ev::View { at, group, cause, .. } if (from..to).contains(at) => Some((*at, group, cause)),
+                _ => None,
+            });
+            if let Some((at, group, cause)) = hit {
+                r.add(
+                    Kind::SpuriousChange,
+                    format!(
+                        "{} saw a view of {group} ({cause}) at {} ms, with no fault in force ({} to {} ms)",
+                        c.name,
+                        at.as_millis(),
+                        from.as_millis(),
+                        to.as_millis()
+                    ),
+                );
+            }
+        }
+    }
 }
 
 /// Phantoms, duplicates, FIFO, gaps in a view, sending view, own messages.
@@ -644,6 +675,17 @@ mod tests {
         let mut h = good();
         h[0].events.push(Ev::Wrong { at: ms(5), what: "error NotMember".into() });
         assert_eq!(kinds(&check(&h, &[], &[])), vec![Kind::Reported]);
+    }
+
+    #[test]
+    fn a_view_change_in_a_quiet_interval_is_a_spurious_change() {
+        let clients = good();
+        let mut r = Report::default();
+        spurious_changes(&clients, &[(ms(1000), ms(2000))], &mut r);
+        assert!(r.violations.is_empty(), "{:?}", r.violations);
+        let first_view = clients[0].events.iter().find(|e| matches!(e, Ev::View { .. })).unwrap().at();
+        spurious_changes(&clients, &[(first_view, first_view + ms(1))], &mut r);
+        assert!(kinds(&r).contains(&Kind::SpuriousChange), "{:?}", r.violations);
     }
 
     #[test]

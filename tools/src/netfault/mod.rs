@@ -76,6 +76,10 @@ pub(crate) struct NetfaultArgs {
     /// Keep the run's directory (config, keys, daemon logs) here.
     #[arg(long)]
     keep: Option<PathBuf>,
+    /// The daemons' timeout profile (`[ring] timeouts`): `default` or
+    /// `low-latency`.
+    #[arg(long, default_value = "default")]
+    timeouts: String,
 }
 
 /// One fault of the schedule.
@@ -160,10 +164,12 @@ impl Drop for RunDir {
 }
 
 /// Writes the keys and the cluster config; returns the config's path.
-fn write_config(dir: &std::path::Path, n: usize, transport: &str) -> Result<PathBuf, String> {
+fn write_config(dir: &std::path::Path, n: usize, transport: &str, timeouts: &str) -> Result<PathBuf, String> {
     let keys = dir.join("keys");
     std::fs::create_dir_all(&keys).map_err(|e| format!("{}: {e}", keys.display()))?;
-    let mut text = format!("[daemon]\nring_core = \"none\"\n\n[cluster]\ntransport = \"{transport}\"\n");
+    let mut text = format!(
+        "[daemon]\nring_core = \"none\"\n\n[ring]\ntimeouts = \"{timeouts}\"\n\n[cluster]\ntransport = \"{transport}\"\n"
+    );
     if transport == "multicast" {
         text += "multicast_group = \"239.255.13.1:4810\"\n";
     }
@@ -192,6 +198,11 @@ fn write_config(dir: &std::path::Path, n: usize, transport: &str) -> Result<Path
     Ok(path)
 }
 
+/// After the clients are whole again, how long views may still settle (a
+/// restarted daemon's client rejoining, the VS group's second flush) before
+/// a view change counts as spurious.
+const QUIET_AFTER_WHOLE: Duration = Duration::from_millis(500);
+
 /// What a run found, besides the checker's report.
 struct Outcome {
     report: Report,
@@ -205,8 +216,13 @@ pub(crate) fn main(args: &NetfaultArgs) -> ExitCode {
         println!("netfault: SKIPPED: {why}");
         return ExitCode::from(2);
     }
-    if !(1..=20).contains(&args.daemons) || !["unicast", "multicast"].contains(&args.transport.as_str()) {
-        eprintln!("netfault: --daemons must be 1 to 20 and --transport unicast or multicast");
+    if !(1..=20).contains(&args.daemons)
+        || !["unicast", "multicast"].contains(&args.transport.as_str())
+        || !["default", "low-latency"].contains(&args.timeouts.as_str())
+    {
+        eprintln!(
+            "netfault: --daemons must be 1 to 20, --transport unicast or multicast, --timeouts default or low-latency"
+        );
         return ExitCode::from(2);
     }
     match run(args) {
@@ -281,7 +297,7 @@ fn run(args: &NetfaultArgs) -> Result<Outcome, String> {
     };
     let _ = std::fs::remove_dir_all(&dir.path);
     std::fs::create_dir_all(&dir.path).map_err(|e| format!("{}: {e}", dir.path.display()))?;
-    let config = write_config(&dir.path, n, &args.transport)?;
+    let config = write_config(&dir.path, n, &args.transport, &args.timeouts)?;
     let net = Net::create(&tag, n)?;
     let bin = std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?;
     let mut daemons = Daemons::start(bin, config, dir.path.clone(), (0..n).map(|i| net.host(i)).collect())?;
@@ -322,7 +338,12 @@ fn run(args: &NetfaultArgs) -> Result<Outcome, String> {
     if wait_for(Duration::from_secs(60), whole).is_none() {
         return Err(format!("the {n} clients were not in one whole view within 60 s of the start"));
     }
+    // Quiet intervals: no fault in force and the clients whole for a
+    // while; a view change there is a false suspicion.
+    let mut quiet = Vec::new();
+    let whole_at = t0.elapsed();
     std::thread::sleep(Duration::from_secs(1));
+    quiet.push((whole_at + QUIET_AFTER_WHOLE, t0.elapsed()));
 
     let mut windows = Vec::new();
     let mut whole_after = Vec::new();
@@ -370,8 +391,13 @@ fn run(args: &NetfaultArgs) -> Result<Outcome, String> {
         // Let the views move before measuring the way back.
         let healed = Instant::now();
         std::thread::sleep(Duration::from_millis(50));
-        whole_after.push(wait_for(settle, whole).map(|_| healed.elapsed()));
+        let back = wait_for(settle, whole).map(|_| healed.elapsed());
+        whole_after.push(back);
         std::thread::sleep(settle.saturating_sub(healed.elapsed()));
+        if let Some(back) = back {
+            let healed_at = t0.elapsed() - healed.elapsed();
+            quiet.push((healed_at + back + QUIET_AFTER_WHOLE, t0.elapsed()));
+        }
         windows.push(Window { name, start, end: t0.elapsed(), excluded });
     }
     // Heal everything, then drain: no more sending, every own message back.
@@ -385,6 +411,8 @@ fn run(args: &NetfaultArgs) -> Result<Outcome, String> {
         logs.extend(t.join().map_err(|_| "a client thread panicked".to_string())?);
     }
     let mut report = check::check(&logs, &[VS], &windows);
+    let quiet: Vec<_> = quiet.into_iter().filter(|(a, b)| a < b).collect();
+    check::spurious_changes(&logs, &quiet, &mut report);
     if final_whole.is_none() {
         report.add(
             Kind::FinalView,
