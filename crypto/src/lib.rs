@@ -25,4 +25,5 @@ pub mod envelope;
 pub mod group;
 pub mod identity;
 pub mod kdf;
+pub mod layered;
 pub mod tgdh;
