@@ -78,7 +78,8 @@ impl Msg {
             KIND_KEY_DIST => {
                 let controller = r.array()?;
                 let n = r.count(0)?;
-                let entries = (0..n).map(|_| Ok((r.u32()?, r.array()?))).collect::<Result<_, DecodeError>>()?;
+                let entries =
+                    (0..n).map(|_| Ok((r.u32()?, r.array()?))).collect::<Result<_, DecodeError>>()?;
                 Self::KeyDist { controller, entries }
             }
             k => return Err(DecodeError::UnknownKind(k)),
@@ -147,7 +148,14 @@ impl CkdCore {
         bytes.zeroize();
         costs.exponentiations += 1;
         let share_pk = PublicKey::from(&share).to_bytes();
-        Self { share, share_pk, downward: BTreeMap::new(), upward: BTreeMap::new(), last: BTreeSet::new(), run: None }
+        Self {
+            share,
+            share_pk,
+            downward: BTreeMap::new(),
+            upward: BTreeMap::new(),
+            last: BTreeSet::new(),
+            run: None,
+        }
     }
 
     pub(crate) fn start(&mut self, ctx: &mut Ctx<'_>) -> Step {
@@ -163,11 +171,9 @@ impl CkdCore {
         };
         let mut run = Run::default();
         if ctx.me == controller {
-            let lacking: Vec<u32> = ctx.view.members[1..]
-                .iter()
-                .copied()
-                .filter(|m| !joined.contains(m) && !(self.last.contains(m) && self.downward.contains_key(m)))
-                .collect();
+            let cached = |m: &u32| self.last.contains(m) && self.downward.contains_key(m);
+            let lacking: Vec<u32> =
+                ctx.view.members[1..].iter().copied().filter(|m| !joined.contains(m) && !cached(m)).collect();
             run.waiting = joined.iter().chain(&lacking).copied().collect();
             if !lacking.is_empty() {
                 let (kind, body) = Msg::Request(lacking.clone()).encode();
@@ -227,7 +233,9 @@ impl CkdCore {
                 if from != controller {
                     return Err(fault(from, Fault::WrongSender));
                 }
-                if entries.len() + 1 != ctx.n() || entries.iter().zip(&ctx.view.members[1..]).any(|((m, _), v)| m != v) {
+                if entries.len() + 1 != ctx.n()
+                    || entries.iter().zip(&ctx.view.members[1..]).any(|((m, _), v)| m != v)
+                {
                     return Err(fault(from, Fault::WrongMembers));
                 }
                 if ctx.me == controller {
@@ -269,7 +277,8 @@ impl CkdCore {
         let mut entries = Vec::with_capacity(ctx.n() - 1);
         let nonce = Nonce::new(ctx.me, ctx.view.epoch);
         for &m in &ctx.view.members[1..] {
-            let (_, key) = self.downward.get(&m).ok_or(LayeredError::RunFailed("no pairwise key for a member"))?;
+            let (_, key) =
+                self.downward.get(&m).ok_or(LayeredError::RunFailed("no pairwise key for a member"))?;
             let mut buf = secret.to_vec();
             RingAesGcm::new(&Key32::from_bytes(**key))
                 .seal_in_place(&nonce, &aad(ctx.view.epoch, m), &mut buf)
@@ -291,7 +300,8 @@ fn pairwise(shared: &[u8; 32], c: u32, c_pk: &Pk, m: u32, m_pk: &Pk) -> Zeroizin
     info.extend_from_slice(&m.to_be_bytes());
     info.extend_from_slice(m_pk);
     let mut key = Zeroizing::new([0; 32]);
-    crate::kdf::hkdf_sha256(shared, PAIRWISE_LABEL, &info, key.as_mut()).expect("32 bytes is a valid HKDF length");
+    crate::kdf::hkdf_sha256(shared, PAIRWISE_LABEL, &info, key.as_mut())
+        .expect("32 bytes is a valid HKDF length");
     key
 }
 

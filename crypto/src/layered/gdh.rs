@@ -374,7 +374,8 @@ impl GdhCore {
         if factors.iter().any(Option::is_none) {
             return;
         }
-        let mut partials: Vec<RistrettoPoint> = factors.iter().map(|f| *run.r * f.expect("all known")).collect();
+        let mut partials: Vec<RistrettoPoint> =
+            factors.iter().map(|f| *run.r * f.expect("all known")).collect();
         partials.push(*c);
         ctx.costs.exponentiations += partials.len() as u64 - 1;
         let (kind, body) = Msg::Final { base: [0; 32], partials }.encode();
@@ -383,7 +384,12 @@ impl GdhCore {
     }
 
     /// Takes the key `r·P_me` and keeps the state for the next incremental run.
-    fn complete(&mut self, ctx: &mut Ctx<'_>, r: Zeroizing<Scalar>, partials: Vec<RistrettoPoint>) -> super::Secret {
+    fn complete(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        r: Zeroizing<Scalar>,
+        partials: Vec<RistrettoPoint>,
+    ) -> super::Secret {
         ctx.costs.exponentiations += 1;
         let key = *r * partials[ctx.pos()];
         self.done = Some(Done { members: ctx.view.members.clone(), r, partials });

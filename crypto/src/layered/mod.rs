@@ -414,7 +414,7 @@ pub(crate) struct Ctx<'a> {
     pub(crate) rng: &'a mut dyn CryptoRng,
     pub(crate) costs: &'a mut Costs,
     /// Messages to sign and send: destination, kind, body.
-    pub(crate) out: Vec<(Dest, u8, Vec<u8>)>,
+    pub(crate) out: Outbox,
     /// Digest of the last completed state of this agreement, for incremental runs.
     pub(crate) base: [u8; 32],
 }
@@ -437,6 +437,9 @@ impl Ctx<'_> {
         self.view.members.iter().position(|&m| m == member)
     }
 }
+
+/// Messages a core sent, to be signed: destination, kind, body.
+pub(crate) type Outbox = Vec<(Dest, u8, Vec<u8>)>;
 
 /// A run's result: the group secret, to be hashed into the key.
 pub(crate) type Secret = Zeroizing<Vec<u8>>;
@@ -577,8 +580,11 @@ impl Agreement {
         if me == BROADCAST {
             return Err(LayeredError::ApiMisuse("member id 0xffff_ffff is reserved"));
         }
-        let digest =
-            Sha256::new().chain_update(b"ringfence layered group v1").chain_update([protocol.code()]).chain_update(group).finalize();
+        let digest = Sha256::new()
+            .chain_update(b"ringfence layered group v1")
+            .chain_update([protocol.code()])
+            .chain_update(group)
+            .finalize();
         let mut context = [0; 8];
         context.copy_from_slice(&digest[..8]);
         let mut costs = Costs::default();
@@ -630,7 +636,8 @@ impl Agreement {
     /// agreeing or before the first view.
     pub fn key(&self) -> Option<(u64, &LayeredKey)> {
         let done = self.done.as_ref()?;
-        (!self.agreeing && self.view.as_ref().map(|v| v.epoch) == Some(done.epoch)).then_some((done.epoch, &done.key))
+        (!self.agreeing && self.view.as_ref().map(|v| v.epoch) == Some(done.epoch))
+            .then_some((done.epoch, &done.key))
     }
 
     /// The expensive operations done so far.
@@ -660,8 +667,14 @@ impl Agreement {
         self.agreeing = true;
         let view = self.view.take().expect("just set");
         let base = self.done.as_ref().map_or([0; 32], |d| d.base);
-        let mut ctx =
-            Ctx { me: self.me, view: &view, rng: &mut *self.rng, costs: &mut self.costs, out: Vec::new(), base };
+        let mut ctx = Ctx {
+            me: self.me,
+            view: &view,
+            rng: &mut *self.rng,
+            costs: &mut self.costs,
+            out: Vec::new(),
+            base,
+        };
         let step = self.core.start(&mut ctx, &start);
         let out = std::mem::take(&mut ctx.out);
         let result = (step, out);
@@ -705,7 +718,7 @@ impl Agreement {
         header: &Header,
         envelope: &UnverifiedEnvelope<'_>,
         keys: &(impl KeyLookup + ?Sized),
-    ) -> Result<(Step, Vec<(Dest, u8, Vec<u8>)>), LayeredError> {
+    ) -> Result<(Step, Outbox), LayeredError> {
         let from = header.signer;
         if !view.members.contains(&from) {
             return Err(LayeredError::NotAMember { from });
@@ -739,7 +752,7 @@ impl Agreement {
     }
 
     /// Signs what the core sent and records a completed run.
-    fn finish(&mut self, (step, out): (Step, Vec<(Dest, u8, Vec<u8>)>)) -> Result<(), LayeredError> {
+    fn finish(&mut self, (step, out): (Step, Outbox)) -> Result<(), LayeredError> {
         let view = self.view.as_ref().expect("a view is set");
         for (dest, kind, body) in out {
             let to = match dest {
@@ -751,7 +764,12 @@ impl Agreement {
             ring[8..12].copy_from_slice(&to.to_be_bytes());
             ring[12..].copy_from_slice(&self.next_seq.to_be_bytes());
             self.next_seq += 1;
-            let header = Header { msg_type: self.protocol.code() << 4 | kind, signer: self.me, ring, round: view.epoch };
+            let header = Header {
+                msg_type: self.protocol.code() << 4 | kind,
+                signer: self.me,
+                ring,
+                round: view.epoch,
+            };
             let mut bytes = Vec::new();
             Envelope::seal_into(&self.identity, &header, &body, &mut bytes)
                 .map_err(|_| LayeredError::ApiMisuse("message too large"))?;
@@ -802,7 +820,8 @@ impl Agreement {
             }
             Change::Leave { left } | Change::Partition { left } => {
                 let kept: Vec<u32> = done.members.iter().copied().filter(|m| !left.contains(m)).collect();
-                let fits = !left.is_empty() && left.iter().all(|m| done.members.contains(m)) && kept == view.members;
+                let fits =
+                    !left.is_empty() && left.iter().all(|m| done.members.contains(m)) && kept == view.members;
                 if fits { Start::Leave { old: done.members.clone() } } else { Start::Full }
             }
             Change::Refresh if view.members == done.members => Start::Refresh,
@@ -839,7 +858,8 @@ fn derive_key(protocol: Protocol, context: &[u8; 8], view: &View, secret: &[u8])
         info.extend_from_slice(&m.to_be_bytes());
     }
     let mut key = [0; 32];
-    crate::kdf::hkdf_sha256(secret, b"ringfence layered key v1", &info, &mut key).expect("32 bytes is a valid HKDF length");
+    crate::kdf::hkdf_sha256(secret, b"ringfence layered key v1", &info, &mut key)
+        .expect("32 bytes is a valid HKDF length");
     let out = LayeredKey(key);
     key.zeroize();
     out

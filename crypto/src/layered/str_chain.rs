@@ -174,7 +174,11 @@ impl StrCore {
                 }
                 let mut brs = Vec::with_capacity(n);
                 for m in &ctx.view.members {
-                    let i = done.members.iter().position(|d| d == m).ok_or(LayeredError::RunFailed("no leaf key"))?;
+                    let i = done
+                        .members
+                        .iter()
+                        .position(|d| d == m)
+                        .ok_or(LayeredError::RunFailed("no leaf key"))?;
                     brs.push(done.brs[i]);
                 }
                 brs[p] = blind(&r, ctx);
@@ -206,7 +210,11 @@ impl StrCore {
         below: &[Bk],
     ) -> Result<Run, LayeredError> {
         let (n, s) = (ctx.n(), ctx.pos());
-        let mut k = if s == 0 { r.clone() } else { node(&r, &below[s - 1], ctx).ok_or(LayeredError::RunFailed("weak key"))? };
+        let mut k = if s == 0 {
+            r.clone()
+        } else {
+            node(&r, &below[s - 1], ctx).ok_or(LayeredError::RunFailed("weak key"))?
+        };
         let mut bks = below.to_vec();
         for br in &brs[s + 1..n] {
             bks.push(blind(&k, ctx));
@@ -327,7 +335,8 @@ fn node(k: &StaticSecret, other: &Bk, ctx: &mut Ctx<'_>) -> Option<StaticSecret>
     if !shared.was_contributory() {
         return None;
     }
-    let mut bytes: [u8; 32] = Sha256::new().chain_update(NODE_LABEL).chain_update(shared.as_bytes()).finalize().into();
+    let mut bytes: [u8; 32] =
+        Sha256::new().chain_update(NODE_LABEL).chain_update(shared.as_bytes()).finalize().into();
     let secret = StaticSecret::from(bytes);
     bytes.zeroize();
     Some(secret)

@@ -88,7 +88,12 @@ impl World {
     }
 
     fn new_group(&mut self, members: Vec<u32>) -> usize {
-        self.groups.push(Group { members: Vec::new(), epoch: 0, queue: VecDeque::new(), removed: Vec::new() });
+        self.groups.push(Group {
+            members: Vec::new(),
+            epoch: 0,
+            queue: VecDeque::new(),
+            removed: Vec::new(),
+        });
         let g = self.groups.len() - 1;
         self.install(g, members, Change::Merge);
         g
@@ -117,8 +122,9 @@ impl World {
             }
             for m in to {
                 let a = self.agreements.get_mut(&m).unwrap();
-                a.handle_message(from, &t.bytes, &self.directory)
-                    .unwrap_or_else(|e| panic!("{} member {m} refused a message from {from}: {e}", self.protocol));
+                a.handle_message(from, &t.bytes, &self.directory).unwrap_or_else(|e| {
+                    panic!("{} member {m} refused a message from {from}: {e}", self.protocol)
+                });
                 if self.replay {
                     let err = a.handle_message(from, &t.bytes, &self.directory).unwrap_err();
                     assert!(matches!(err, LayeredError::Replay { from: f, .. } if f == from), "{err:?}");
@@ -143,7 +149,8 @@ impl World {
     fn check(&mut self, g: usize) {
         let group = &self.groups[g];
         let first = self.agreements[&group.members[0]].key().map(|(e, k)| (e, *k.expose_secret()));
-        let (epoch, key) = first.unwrap_or_else(|| panic!("{}: no key for epoch {}", self.protocol, group.epoch));
+        let (epoch, key) =
+            first.unwrap_or_else(|| panic!("{}: no key for epoch {}", self.protocol, group.epoch));
         assert_eq!(epoch, group.epoch);
         for m in &group.members {
             let a = &self.agreements[m];
@@ -151,7 +158,11 @@ impl World {
             assert_eq!(a.key().map(|(e, k)| (e, *k.expose_secret())), Some((epoch, key)), "member {m}");
         }
         for (e, members, k) in &self.keys {
-            assert_ne!(*k, key, "{}: epoch {epoch} repeats the key of epoch {e} ({members:?})", self.protocol);
+            assert_ne!(
+                *k, key,
+                "{}: epoch {epoch} repeats the key of epoch {e} ({members:?})",
+                self.protocol
+            );
         }
         for (m, a) in &self.agreements {
             if !group.members.contains(m) {
@@ -232,7 +243,12 @@ fn history(protocol: Protocol, seed: u64, initial: usize, steps: &[(Op, Option<u
                 let members = w.groups[0].members.clone();
                 let Some(away) = pick(&members, *mask) else { continue };
                 let kept: Vec<u32> = members.iter().copied().filter(|m| !away.contains(m)).collect();
-                w.groups.push(Group { members: away.clone(), epoch: 0, queue: VecDeque::new(), removed: Vec::new() });
+                w.groups.push(Group {
+                    members: away.clone(),
+                    epoch: 0,
+                    queue: VecDeque::new(),
+                    removed: Vec::new(),
+                });
                 w.install(0, kept.clone(), Change::Partition { left: away.clone() });
                 w.install(1, away, Change::Partition { left: kept });
                 vec![0, 1]
@@ -342,8 +358,14 @@ fn start_kinds() {
     let view = |members: &[u32], change| View { epoch: 9, members: members.to_vec(), change };
     assert_eq!(a.start_kind(&view(&ids, Change::Refresh)), Start::Refresh);
     assert_eq!(a.start_kind(&view(&ids, Change::Merge)), Start::Full);
-    assert_eq!(a.start_kind(&view(&[ids[0], ids[1], ids[2], 9], Change::Join { joined: vec![9] })), Start::Join { old: 3 });
-    assert_eq!(a.start_kind(&view(&[9, ids[0], ids[1], ids[2]], Change::Join { joined: vec![9] })), Start::Full);
+    assert_eq!(
+        a.start_kind(&view(&[ids[0], ids[1], ids[2], 9], Change::Join { joined: vec![9] })),
+        Start::Join { old: 3 }
+    );
+    assert_eq!(
+        a.start_kind(&view(&[9, ids[0], ids[1], ids[2]], Change::Join { joined: vec![9] })),
+        Start::Full
+    );
     assert_eq!(
         a.start_kind(&view(&[ids[0], ids[2]], Change::Leave { left: vec![ids[1]] })),
         Start::Leave { old: ids.clone() }
@@ -355,7 +377,15 @@ fn start_kinds() {
 }
 
 /// A message built by hand: signed by `signer` with its agreement's context.
-fn forge(a: &Agreement, identity: &SecretIdentity, epoch: u64, dest: u32, seq: u32, kind: u8, body: &[u8]) -> Vec<u8> {
+fn forge(
+    a: &Agreement,
+    identity: &SecretIdentity,
+    epoch: u64,
+    dest: u32,
+    seq: u32,
+    kind: u8,
+    body: &[u8],
+) -> Vec<u8> {
     let mut ring = [0; 16];
     ring[..8].copy_from_slice(&a.context);
     ring[8..12].copy_from_slice(&dest.to_be_bytes());
@@ -389,7 +419,11 @@ fn bad_messages_are_refused_by_name() {
         let mut flipped = bytes.clone();
         let at = flipped.len() - 70;
         flipped[at] ^= 1;
-        assert_eq!(a.handle_message(from, &flipped, &dir), Err(LayeredError::BadSignature { from }), "{protocol}");
+        assert_eq!(
+            a.handle_message(from, &flipped, &dir),
+            Err(LayeredError::BadSignature { from }),
+            "{protocol}"
+        );
         let mut bad_sig = bytes.clone();
         *bad_sig.last_mut().unwrap() ^= 0x80;
         assert_eq!(a.handle_message(from, &bad_sig, &dir), Err(LayeredError::BadSignature { from }));
@@ -418,24 +452,38 @@ fn bad_messages_are_refused_by_name() {
         let a_from = &w.agreements[&from];
         let stale = forge(a_from, &sender, epoch - 1, u32::MAX, 0, 1, &[0; 32]);
         let future = forge(a_from, &sender, epoch + 1, u32::MAX, 0, 1, &[0; 32]);
-        let unicast_other = forge(a_from, &sender, epoch, other, 77, first.bytes[1] & 0x0f, &bytes[34..bytes.len() - 64]);
+        let unicast_other =
+            forge(a_from, &sender, epoch, other, 77, first.bytes[1] & 0x0f, &bytes[34..bytes.len() - 64]);
         let garbage = forge(a_from, &sender, epoch, u32::MAX, 78, first.bytes[1] & 0x0f, &[1, 2, 3]);
         let unknown_kind = forge(a_from, &sender, epoch, u32::MAX, 79, 15, &[0; 32]);
         let mut wrong_protocol = forge(a_from, &sender, epoch, u32::MAX, 80, 1, &[0; 32]);
         wrong_protocol[1] = (protocol.code() % 5 + 1) << 4 | 1;
         let a = w.agreements.get_mut(&to).unwrap();
-        assert_eq!(a.handle_message(from, &stale, &dir), Err(LayeredError::WrongEpoch { got: epoch - 1, current: Some(epoch) }));
-        assert_eq!(a.handle_message(from, &future, &dir), Err(LayeredError::WrongEpoch { got: epoch + 1, current: Some(epoch) }));
-        let mut other_group_now = forge(w.agreements.get(&from).unwrap(), &sender, epoch, u32::MAX, 81, 1, &[0; 32]);
+        assert_eq!(
+            a.handle_message(from, &stale, &dir),
+            Err(LayeredError::WrongEpoch { got: epoch - 1, current: Some(epoch) })
+        );
+        assert_eq!(
+            a.handle_message(from, &future, &dir),
+            Err(LayeredError::WrongEpoch { got: epoch + 1, current: Some(epoch) })
+        );
+        let mut other_group_now =
+            forge(w.agreements.get(&from).unwrap(), &sender, epoch, u32::MAX, 81, 1, &[0; 32]);
         other_group_now[6] ^= 1;
         let a = w.agreements.get_mut(&to).unwrap();
         assert_eq!(a.handle_message(from, &other_group_now, &dir), Err(DecodeError::WrongGroup.into()));
-        assert_eq!(a.handle_message(from, &wrong_protocol, &dir), Err(DecodeError::WrongProtocol(protocol.code() % 5 + 1).into()));
+        assert_eq!(
+            a.handle_message(from, &wrong_protocol, &dir),
+            Err(DecodeError::WrongProtocol(protocol.code() % 5 + 1).into())
+        );
         assert_eq!(a.handle_message(from, &unicast_other, &dir), Err(LayeredError::NotForMe { to: other }));
         let err = a.handle_message(from, &garbage, &dir).unwrap_err();
         assert!(matches!(err, LayeredError::Malformed(_)), "{protocol}: {err:?}");
         let err = a.handle_message(from, &unknown_kind, &dir).unwrap_err();
-        assert!(matches!(err, LayeredError::Malformed(DecodeError::UnknownKind(15) | DecodeError::Tgdh(_))), "{protocol}: {err:?}");
+        assert!(
+            matches!(err, LayeredError::Malformed(DecodeError::UnknownKind(15) | DecodeError::Tgdh(_))),
+            "{protocol}: {err:?}"
+        );
 
         // Replay: the same message twice.
         w.replay = true;
@@ -517,7 +565,10 @@ fn debug_shows_no_key() {
 fn api_misuse() {
     let id = SecretIdentity::from_bytes(&[1; 32]);
     let rng = || Box::new(ChaCha20Rng::seed_from_u64(1));
-    assert!(matches!(Agreement::new(Protocol::Bd, b"g", u32::MAX, id, rng()), Err(LayeredError::ApiMisuse(_))));
+    assert!(matches!(
+        Agreement::new(Protocol::Bd, b"g", u32::MAX, id, rng()),
+        Err(LayeredError::ApiMisuse(_))
+    ));
     let mut a = Agreement::new(Protocol::Bd, b"g", 1, SecretIdentity::from_bytes(&[1; 32]), rng()).unwrap();
     let bad = [
         View { epoch: 1, members: vec![], change: Change::Merge },
@@ -532,7 +583,11 @@ fn api_misuse() {
     assert_eq!(a.key().map(|(e, _)| e), Some(5));
     let again = View { epoch: 5, members: vec![1], change: Change::Refresh };
     assert!(matches!(a.handle_view(again), Err(LayeredError::ApiMisuse(_))));
-    assert_eq!(a.handle_message(1, &[], &BTreeMap::new()), Err(DecodeError::Envelope(envelope::DecodeError::Truncated { len: 0, needed: envelope::OVERHEAD }).into()));
+    assert_eq!(
+        a.handle_message(1, &[], &BTreeMap::new()),
+        Err(DecodeError::Envelope(envelope::DecodeError::Truncated { len: 0, needed: envelope::OVERHEAD })
+            .into())
+    );
 }
 
 /// Each member's operations for one join or leave in a group of `n`.

@@ -58,12 +58,7 @@ impl TgdhCore {
     }
 
     /// Sends what TGDH returned and takes the key once the run is complete.
-    fn after(
-        &mut self,
-        ctx: &mut Ctx<'_>,
-        before: u64,
-        result: Result<Vec<Message>, TgdhError>,
-    ) -> Step {
+    fn after(&mut self, ctx: &mut Ctx<'_>, before: u64, result: Result<Vec<Message>, TgdhError>) -> Step {
         ctx.costs.exponentiations += self.tgdh.x25519_ops() - before;
         let msgs = result.map_err(|e| match e {
             TgdhError::Peer { from, fault: f } => fault(from, Fault::Tgdh(f)),
@@ -73,6 +68,10 @@ impl TgdhCore {
         for msg in msgs {
             ctx.send(Dest::All, KIND, msg.to_bytes());
         }
-        Ok(self.tgdh.key().filter(|_| self.tgdh.round().is_none()).map(|(_, key)| zeroize::Zeroizing::new(key.as_bytes().to_vec())))
+        Ok(self
+            .tgdh
+            .key()
+            .filter(|_| self.tgdh.round().is_none())
+            .map(|(_, key)| zeroize::Zeroizing::new(key.as_bytes().to_vec())))
     }
 }
