@@ -299,10 +299,15 @@ fn steps() -> impl Strategy<Value = Vec<(Op, Option<usize>)>> {
     proptest::collection::vec((op(), proptest::option::weighted(0.2, 0usize..6)), 1..7)
 }
 
+/// Cases per protocol: 64, or `RINGFENCE_LAYERED_CASES` for a long run by hand.
+fn history_cases() -> u32 {
+    std::env::var("RINGFENCE_LAYERED_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(64)
+}
+
 macro_rules! histories {
     ($name:ident, $protocol:expr) => {
         proptest! {
-            #![proptest_config(ProptestConfig { cases: 40, ..ProptestConfig::default() })]
+            #![proptest_config(ProptestConfig { cases: history_cases(), ..ProptestConfig::default() })]
             /// After any history of joins, leaves, merges, partitions,
             /// refreshes and cascades, delivered as VS allows, every member
             /// of a view holds the same key, no key repeats, removed members
