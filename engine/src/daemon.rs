@@ -201,6 +201,8 @@ impl Daemon {
                 Some(snapshot)
             }
         };
+        // Who may send operator requests: `[clients] admin`, or by default
+        // local clients of this user and root.
         let admin_patterns = if cfg.clients.admin.is_empty() {
             let uid = nix::unistd::geteuid().as_raw();
             let mut v = vec![format!("unix:{uid}")];
@@ -211,15 +213,13 @@ impl Daemon {
         } else {
             cfg.clients.admin.clone()
         };
-        // Who may send operator requests: `[clients] admin`, or by default
-        // local clients of this user and root.
         let mut core = ServerConfig::new(cfg.me.name.clone());
         core.policy = Arc::new(cfg.policy.clone());
         core.client_limits = limits;
         core.admins = admin_patterns;
         core.persisted_ring_seq = state.ring_seq;
-        // Encrypted links (a node mode `encrypt`) let state exchanges carry
-        // `optimized-evs` view keys: the core reads that from the node.
+        // Encrypted links (link mode `encrypt`) let state exchanges carry
+        // `optimized-evs` view keys: the core reads the mode from the node.
         let server = Server::new(node, core);
         info!(
             daemon = %cfg.me.name,
