@@ -1,33 +1,28 @@
-//! The ring thread: the protocol core driven over one of the socket I/O
-//! backends of `crate::backend` (io_uring or portable).
+//! The ring thread: the daemon core ([`Server`]) driven over one of the
+//! socket I/O backends of `crate::backend` (io_uring or portable). The
+//! runtime owns the sockets, the threads, the clock and the state file;
+//! every decision is the core's.
 
 use crate::backend::{self, Backend};
 use crate::config::{CorePin, DaemonConfig, Multicast, Transport};
-use crate::session::{ClientOut, Encoder, RING_QUEUE, SessionConfig, Sessions, ToRing, Waker};
+use crate::session::{ClientOut, RING_QUEUE, SessionConfig, Sessions, ToRing, Waker};
 use crate::state::{Lock, State};
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, bounded};
-use ringfence_proto::groups::{
-    Cause, ClientEvent, ClientGroups, ClientId, GroupKind, GroupsError, Refusal, Submit,
-};
-use ringfence_proto::ring::{ConfigKind, Dest, Event, SubmitError};
+use ringfence_proto::groups::{ClientId, GroupsError};
+use ringfence_proto::ring::{ConfigKind, Configuration, Dest};
 use ringfence_proto::security::{LinkMode, SecurityConfig};
-use ringfence_proto::wire::client::{
-    self as cp, AdminRequest, ByeReason, CLIENT_VERSION, ClientFrame, DaemonFrame, ErrorCode, Limits,
-    RefuseCode, ViewCause, ViewKind,
-};
+use ringfence_proto::server::{Handled, Server, ServerConfig, ServerEvent};
+use ringfence_proto::wire::client::{AdminRequest, Limits};
 use ringfence_proto::{Node, Time};
 use socket2::{Domain, Protocol, Socket, Type};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tracing::{info, warn};
-
-/// How often the ring thread asks the groups layer for its next deadline.
-const GROUPS_CHECK: Duration = Duration::from_millis(10);
 
 /// Socket buffer sizes asked of the kernel.
 const SOCKET_BUFFER: usize = 4 << 20;
@@ -54,31 +49,24 @@ pub struct DaemonStats {
     pub received_bytes: u64,
 }
 
-/// A running daemon: the protocol core, its socket and its clock.
+/// A running daemon: the daemon core, its sockets and its clock.
 #[derive(Debug)]
 pub struct Daemon {
     cfg: DaemonConfig,
-    node: Node,
+    /// Node, client groups and client sessions: every decision.
+    server: Server,
     backend: Box<dyn Backend>,
     start: Instant,
     state: State,
     stats: DaemonStats,
-    groups: ClientGroups,
     requests: Receiver<ToRing>,
+    /// Where each connected client's frames go.
     clients: HashMap<u64, ClientOut>,
     /// The session threads, woken once per turn when given frames.
     sessions: Sessions,
-    /// Encodes frames for clients once, into buffers shared by receivers.
-    encoder: Encoder,
     /// Sessions wake the ring thread through it while it is parked.
     waker: Waker,
-    /// A group message the ring refused for backpressure, retried first.
-    held: Option<Submit>,
-    limits: Limits,
     status_at: Instant,
-    /// The groups layer's next deadline, as last asked (`GROUPS_CHECK`).
-    groups_due: Option<Time>,
-    groups_checked: Instant,
     /// The multicast group `Dest::All` goes to (multicast transport).
     group: Option<SocketAddr>,
     /// Failed client authentications and TLS handshakes (session threads
@@ -88,15 +76,8 @@ pub struct Daemon {
     _lock: Lock,
     /// The last metrics rendering (`[daemon] metrics`), if the endpoint runs.
     metrics: Option<Arc<Mutex<String>>>,
-    /// Clients that may send operator requests (`[clients] admin`).
-    admins: HashSet<u64>,
-    /// Who may send operator requests: `[clients] admin`, or by default
-    /// local clients of this user and root.
-    admin_patterns: Vec<String>,
     /// An operator asked the daemon to stop (`ringfence ctl shutdown`).
     stop_requested: bool,
-    /// The daemon left the ring (`ringfence ctl leave`, or stopping).
-    left: bool,
     /// Systemd was told the daemon is ready (first regular configuration).
     ready: bool,
 }
@@ -220,6 +201,8 @@ impl Daemon {
                 Some(snapshot)
             }
         };
+        // Who may send operator requests: `[clients] admin`, or by default
+        // local clients of this user and root.
         let admin_patterns = if cfg.clients.admin.is_empty() {
             let uid = nix::unistd::geteuid().as_raw();
             let mut v = vec![format!("unix:{uid}")];
@@ -230,12 +213,14 @@ impl Daemon {
         } else {
             cfg.clients.admin.clone()
         };
-        let groups = ClientGroups::with_policy(
-            cfg.me.id,
-            ringfence_proto::groups::Limits::default(),
-            Arc::new(cfg.policy.clone()),
-            cfg.security.mode == LinkMode::Encrypt,
-        );
+        let mut core = ServerConfig::new(cfg.me.name.clone());
+        core.policy = Arc::new(cfg.policy.clone());
+        core.client_limits = limits;
+        core.admins = admin_patterns;
+        core.persisted_ring_seq = state.ring_seq;
+        // Encrypted links (link mode `encrypt`) let state exchanges carry
+        // `optimized-evs` view keys: the core reads the mode from the node.
+        let server = Server::new(node, core);
         info!(
             daemon = %cfg.me.name,
             id = cfg.me.id.0,
@@ -250,36 +235,32 @@ impl Daemon {
                 Transport::Unicast => None,
             },
             cfg,
-            node,
+            server,
             backend,
             start,
             state,
             stats: DaemonStats::default(),
-            groups,
             requests,
             clients: HashMap::new(),
             sessions,
-            encoder: Encoder::new(limits),
             waker,
-            held: None,
-            limits,
             status_at: Instant::now(),
-            groups_due: None,
-            groups_checked: Instant::now(),
             auth_failures,
             _lock: lock,
             metrics,
-            admins: HashSet::new(),
-            admin_patterns,
             stop_requested: false,
-            left: false,
             ready: false,
         })
     }
 
     /// The protocol core.
     pub fn node(&self) -> &Node {
-        &self.node
+        self.server.node()
+    }
+
+    /// The daemon core the runtime drives.
+    pub fn server(&self) -> &Server {
+        &self.server
     }
 
     /// Runtime counters.
@@ -307,39 +288,25 @@ impl Daemon {
                 self.write_status();
             }
             let now = self.now();
-            // The groups' deadlines (key refresh by time, old key expiry)
-            // are seconds apart: asked for every 10 ms, not per batch (the
-            // question walks every group).
-            if self.groups_checked.elapsed() >= GROUPS_CHECK {
-                self.groups_checked = Instant::now();
-                self.groups_due = self.groups.poll_timeout();
-            }
-            if self.groups_due.is_some_and(|d| d <= now) {
-                self.groups.handle_timeout(now);
-                self.groups_due = self.groups.poll_timeout();
-                continue;
-            }
-            let next = match (self.node.poll_timeout(), self.groups_due) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            let next = self.server.poll_timeout(now);
             let wait = next.map_or(MAX_WAIT, |d| d.saturating_since(now)).min(MAX_WAIT);
             if wait.is_zero() {
-                self.node.handle_timeout(now);
+                self.server.handle_timeout(now);
                 continue;
             }
             // Parked: a session that hands over requests from here on
             // writes the eventfd; requests handed over before are seen here.
             self.waker.park();
-            let wait = if self.held.is_none() && !self.requests.is_empty() { Duration::ZERO } else { wait };
-            let Self { backend, node, stats, cfg, start, .. } = self;
+            let wait =
+                if !self.server.backlogged() && !self.requests.is_empty() { Duration::ZERO } else { wait };
+            let Self { backend, server, stats, cfg, start, .. } = self;
             let r =
-                backend.wait(wait, &mut |from, bytes| Self::receive(node, stats, cfg, *start, from, bytes));
+                backend.wait(wait, &mut |from, bytes| Self::receive(server, stats, cfg, *start, from, bytes));
             self.waker.unpark();
             r?;
             let now = self.now();
-            if self.node.poll_timeout().is_some_and(|d| d <= now) {
-                self.node.handle_timeout(now);
+            if self.server.poll_timeout(now).is_some_and(|d| d <= now) {
+                self.server.handle_timeout(now);
             }
         }
         self.stop();
@@ -362,32 +329,15 @@ impl Daemon {
         info!(daemon = %self.cfg.me.name, "daemon stopped");
     }
 
-    /// Leaves the ring for good: the leave goes out, every client gets
-    /// `Bye { Shutdown }` saying `why`, and new clients are refused.
+    /// Leaves the ring for good (see [`Server::leave`]): the leave goes
+    /// out, every client gets `Bye { Shutdown }` saying `why`, and new
+    /// clients other than operators are refused.
     fn leave_ring(&mut self, why: &str) {
-        if self.left {
-            return;
-        }
-        self.left = true;
         let now = self.now();
-        self.node.leave(now);
-        self.flush_ring();
-        let bye = DaemonFrame::Bye {
-            reason: ByeReason::Shutdown,
-            text: format!("daemon `{}` left the ring: {why}", self.cfg.me.name),
-        };
-        if let Some(b) = self.encoder.frame(&bye) {
-            for out in self.clients.values() {
-                out.send_last(b.clone());
-            }
+        if self.server.leave(now, why) {
+            self.flush_ring();
+            info!(daemon = %self.cfg.me.name, "left the ring: {why}");
         }
-        for id in self.clients.keys().copied().collect::<Vec<_>>() {
-            let _ = self.groups.disconnect(ClientId(id));
-        }
-        self.clients.clear();
-        self.admins.clear();
-        self.sessions.wake();
-        info!(daemon = %self.cfg.me.name, "left the ring: {why}");
     }
 
     /// Pins the calling thread (the ring thread) to the core `[daemon]
@@ -430,7 +380,8 @@ impl Daemon {
     /// `ringfence ctl status`) and `status.json` give it: membership phase,
     /// ring, members (ids and names), clients, queues and every counter.
     pub fn status(&self) -> serde_json::Value {
-        let ring = self.node.ring().map(|(id, members)| {
+        let node = self.server.node();
+        let ring = node.ring().map(|(id, members)| {
             serde_json::json!({
                 "seq": id.seq,
                 "rep": id.rep.0,
@@ -438,8 +389,8 @@ impl Daemon {
                 "names": members.iter().map(|&m| self.name_of(m)).collect::<Vec<_>>(),
             })
         });
-        let g = self.groups.stats();
-        let mut list = self.groups.report();
+        let g = self.server.groups().stats();
+        let mut list = self.server.groups().report();
         let groups_total = list.len();
         // A reply is one frame: the busiest daemons list their first 200 groups.
         list.truncate(200);
@@ -452,19 +403,19 @@ impl Daemon {
             "address": self.cfg.me.address.to_string(),
             "incarnation": self.state.incarnation,
             "uptime_ms": u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX),
-            "phase": format!("{:?}", self.node.phase()),
-            "operational": self.node.phase() == ringfence_proto::Phase::Operational,
+            "phase": format!("{:?}", node.phase()),
+            "operational": node.phase() == ringfence_proto::Phase::Operational,
             "ring": ring,
-            "ring_size": self.node.ring().map_or(0, |(_, m)| m.len()),
-            "clients": self.clients.len(),
+            "ring_size": node.ring().map_or(0, |(_, m)| m.len()),
+            "clients": self.server.client_count(),
             "queues": {
                 "ring_requests": self.requests.len(),
                 "client_frames": self.sessions.queued(),
-                "pending_messages": self.node.pending(),
+                "pending_messages": node.pending(),
             },
             "auth_failures": self.auth_failures.load(Ordering::Relaxed),
-            "protocol": self.node.stats(),
-            "security": self.node.security_stats(),
+            "protocol": node.stats(),
+            "security": node.security_stats(),
             "runtime": self.stats,
             "groups": {
                 "messages_delivered": g.messages_delivered,
@@ -483,7 +434,7 @@ impl Daemon {
     }
 
     fn receive(
-        node: &mut Node,
+        server: &mut Server,
         stats: &mut DaemonStats,
         cfg: &DaemonConfig,
         start: Instant,
@@ -500,340 +451,123 @@ impl Daemon {
             return;
         }
         let now = Time::from_nanos(u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX));
-        node.handle_datagram(now, Bytes::copy_from_slice(bytes));
+        server.handle_datagram(now, Bytes::copy_from_slice(bytes));
     }
 
-    /// Takes client requests, hands group messages to the ring, sends what
-    /// the core produced and delivers what it ordered.
+    /// Takes client requests, sends what the core produced and delivers
+    /// what it ordered.
     fn flush(&mut self) {
-        let now = self.now();
         // Requests from sessions, unless the ring is refusing messages
         // (then the bounded channel fills and the sessions block).
-        // (Bounded by the channel's capacity: sessions block when it is full.)
-        while self.held.is_none() {
+        while !self.server.backlogged() {
             let Ok(req) = self.requests.try_recv() else { break };
             self.request(req);
-            self.submit(now);
         }
-        self.submit(now);
         self.flush_ring();
     }
 
-    fn submit(&mut self, now: Time) {
-        loop {
-            let Some(s) = self.held.take().or_else(|| self.groups.poll_submit()) else { return };
-            match self.node.submit(now, s.service, s.groups.clone(), s.payload.clone()) {
-                Ok(_) => {}
-                Err(SubmitError::Backlogged) => {
-                    self.held = Some(s);
-                    return;
-                }
-                Err(e) => warn!(error = %e, "group message refused by the ring"),
-            }
-        }
-    }
-
+    /// Hands one session request to the core and logs what became of it.
     fn request(&mut self, req: ToRing) {
+        let now = self.now();
         match req {
             ToRing::Connect { id, hello_name, principal, out } => {
                 let who = principal.policy_name();
-                let admin = self.admin_patterns.iter().any(|p| match p.strip_suffix('*') {
-                    Some(prefix) => who.starts_with(prefix),
-                    None => *p == who,
-                });
-                // After a leave only operators get in (status, shutdown).
-                if self.left && !admin {
-                    let refused = DaemonFrame::Refused {
-                        code: RefuseCode::ShuttingDown,
-                        text: format!(
-                            "daemon `{}` has left the ring (`ringfence ctl leave` or stopping); restart it to \
-                             rejoin, or connect to another daemon",
-                            self.cfg.me.name
-                        ),
-                    };
-                    if let Some(b) = self.encoder.frame(&refused) {
-                        out.send_last(b);
-                    }
-                    return;
-                }
-                match self.groups.connect_secure(
-                    ClientId(id),
-                    hello_name.as_bytes(),
-                    &who,
-                    principal.secure(),
-                ) {
-                    Ok(name) => {
-                        // The groups layer will take the principal for its
-                        // access policy; for now it is logged.
-                        let policy = principal.policy_name();
-                        info!(client = id, name = %name, %principal, policy = %policy, "client connected");
-                        let welcome = cp::Welcome {
-                            version: CLIENT_VERSION,
-                            daemon_id: self.cfg.me.id.0,
-                            private_name: name.to_string(),
-                            max_frame_len: self.limits.max_frame_len,
-                            max_payload: self.limits.max_payload,
-                            max_groups: self.limits.max_groups,
-                        };
-                        if let Some(b) = self.encoder.frame(&DaemonFrame::Welcome(welcome)) {
-                            out.send(b);
-                        }
-                        self.clients.insert(id, out);
-                        if admin {
-                            self.admins.insert(id);
-                        }
-                    }
-                    Err(e) => {
-                        let code = match e {
-                            GroupsError::DuplicateName => RefuseCode::NameInUse,
-                            GroupsError::TooManyClients => RefuseCode::TooManyClients,
-                            _ => RefuseCode::ProtocolViolation,
-                        };
-                        let refused = DaemonFrame::Refused { code, text: e.to_string() };
-                        if let Some(b) = self.encoder.frame(&refused) {
-                            out.send_last(b);
-                        }
-                    }
+                // Its answer (Welcome, or Refused and a close) goes here.
+                self.clients.insert(id, out);
+                let r = self.server.handle_connect(now, ClientId(id), &hello_name, &who, principal.secure());
+                if let Ok(name) = r {
+                    info!(client = id, name = %name, %principal, policy = %who, "client connected");
                 }
             }
             ToRing::Gone { id } => {
-                let _ = self.groups.disconnect(ClientId(id));
+                self.server.handle_disconnect(now, ClientId(id));
                 self.clients.remove(&id);
-                self.admins.remove(&id);
             }
-            ToRing::Frame { id, frame: ClientFrame::Admin { tag, request } } => self.admin(id, tag, request),
-            ToRing::Frame { id, frame } => {
-                let c = ClientId(id);
-                let r = match frame {
-                    ClientFrame::Join { group } => self.groups.join(c, group.as_bytes(), GroupKind::Open),
-                    ClientFrame::JoinVs { group } => self.groups.join(c, group.as_bytes(), GroupKind::Vs),
-                    ClientFrame::JoinMode { group, vs, mode } => {
-                        let kind = if vs { GroupKind::Vs } else { GroupKind::Open };
-                        self.groups.join_mode(c, group.as_bytes(), kind, mode)
-                    }
-                    ClientFrame::Leave { group } => self.groups.leave(c, group.as_bytes()),
-                    ClientFrame::Multicast(m) => self.groups.multicast(
-                        c,
-                        m.service,
-                        &m.groups,
-                        m.msg_type,
-                        m.payload,
-                        m.self_discard,
-                        m.sealed,
-                    ),
-                    ClientFrame::FlushOk { group, .. } => self.groups.flush_ok(c, group.as_bytes()),
-                    ClientFrame::Hello(_) | ClientFrame::Bye | ClientFrame::Admin { .. } => Ok(()),
-                };
-                if let Err(e) = r {
-                    let code = match e {
-                        GroupsError::NotMember => ErrorCode::NotMember,
-                        GroupsError::AlreadyMember => ErrorCode::AlreadyMember,
-                        GroupsError::Denied => ErrorCode::Denied,
-                        GroupsError::ModeMismatch => ErrorCode::ModeMismatch,
-                        GroupsError::NoServerKey => ErrorCode::NoServerKey,
-                        GroupsError::WrongKey | GroupsError::KeyedMultiDestination => ErrorCode::WrongKey,
-                        GroupsError::InsecureTransport => ErrorCode::InsecureTransport,
-                        GroupsError::NoFlush => ErrorCode::StaleView,
-                        GroupsError::TooManyGroups => ErrorCode::TooManyGroups,
-                        GroupsError::Flushing => ErrorCode::Flushing,
-                        // Names and destination lists the decoder let through
-                        // but the groups do not take; the connect-time errors
-                        // cannot come from a request.
-                        _ => ErrorCode::BadRequest,
-                    };
-                    if matches!(
-                        e,
-                        GroupsError::Denied | GroupsError::ModeMismatch | GroupsError::InsecureTransport
-                    ) {
-                        info!(client = id, error = %e, "client request denied");
-                    }
-                    if let Some(out) = self.clients.get(&id) {
-                        let error = DaemonFrame::Error { code, text: e.to_string() };
-                        if let Some(b) = self.encoder.frame(&error) {
-                            out.send(b);
-                        }
-                    }
+            ToRing::Frame { id, frame } => match self.server.handle_client(now, ClientId(id), frame) {
+                Handled::Refused(
+                    e @ (GroupsError::Denied | GroupsError::ModeMismatch | GroupsError::InsecureTransport),
+                ) => info!(client = id, error = %e, "client request denied"),
+                Handled::NotOperator(request) => {
+                    info!(client = id, request = request.name(), "operator request denied");
                 }
-            }
-        }
-    }
-
-    /// Carries out an operator's request from client `id` and answers it.
-    fn admin(&mut self, id: u64, tag: u32, request: AdminRequest) {
-        let Some(out) = self.clients.get(&id).cloned() else { return };
-        if !self.admins.contains(&id) {
-            info!(client = id, request = request.name(), "operator request denied");
-            let error = DaemonFrame::Error {
-                code: ErrorCode::Denied,
-                text: format!(
-                    "`{}` is for operators: this client is not in `[clients] admin` of daemon `{}` (default: \
-                     local clients of the daemon's user and root)",
-                    request.name(),
-                    self.cfg.me.name
-                ),
-            };
-            if let Some(b) = self.encoder.frame(&error) {
-                out.send(b);
-            }
-            return;
-        }
-        let now = self.now();
-        let (ok, text) = match request {
-            AdminRequest::Status => (true, self.status().to_string()),
-            AdminRequest::Rekey => match self.node.request_refresh(now) {
-                Ok(()) => {
+                Handled::Status { tag } => {
+                    let text = self.status().to_string();
+                    self.server.admin_reply(ClientId(id), tag, true, text);
+                }
+                Handled::Operator { request: AdminRequest::Rekey, ok: true } => {
                     info!(daemon = %self.cfg.me.name, client = id, "server key refresh asked by an operator");
-                    (true, format!("daemon `{}` asked the ring for a new server key", self.cfg.me.name))
                 }
-                Err(why) => (false, format!("daemon `{}` cannot rekey now: {why}", self.cfg.me.name)),
+                Handled::Operator { request: AdminRequest::Leave, .. } => {
+                    info!(daemon = %self.cfg.me.name, client = id, "leaving the ring: asked by an operator");
+                    info!(daemon = %self.cfg.me.name, "left the ring: asked by an operator (`ringfence ctl leave`)");
+                }
+                Handled::Operator { request: AdminRequest::Shutdown, .. } => {
+                    info!(daemon = %self.cfg.me.name, client = id, "shutting down: asked by an operator");
+                    self.stop_requested = true;
+                }
+                _ => {}
             },
-            AdminRequest::Leave => {
-                info!(daemon = %self.cfg.me.name, client = id, "leaving the ring: asked by an operator");
-                (true, format!("daemon `{}` left the ring; restart it to rejoin", self.cfg.me.name))
-            }
-            AdminRequest::Shutdown => {
-                info!(daemon = %self.cfg.me.name, client = id, "shutting down: asked by an operator");
-                self.stop_requested = true;
-                (true, format!("daemon `{}` is leaving the ring and stopping", self.cfg.me.name))
-            }
-        };
-        let reply = DaemonFrame::AdminReply { tag, ok, text };
-        if let Some(b) = self.encoder.frame(&reply) {
-            out.send(b);
-        }
-        if request == AdminRequest::Leave {
-            self.leave_ring("asked by an operator (`ringfence ctl leave`)");
         }
     }
 
-    /// Gives a client event to its session thread, encoded: a message once
-    /// for all the local clients it goes to in a row (one shared buffer). A
-    /// client whose queue is full is disconnected by its session thread,
-    /// which says why and sends `ToRing::Gone`.
-    fn deliver_to_client(&mut self, id: ClientId, ev: ClientEvent) {
-        let Some(out) = self.clients.get(&id.0) else { return };
-        let frame = match ev {
-            ClientEvent::Message { sender, groups, service, msg_type, sealed, payload } => {
-                let Some(b) = self.encoder.message(&sender, &groups, service, msg_type, sealed, &payload)
-                else {
-                    return;
-                };
-                if !out.send(b) {
-                    self.session_gone(id);
-                }
-                return;
-            }
-            ClientEvent::Membership { group, view_id, members, cause, kind, mode, key } => {
-                DaemonFrame::Membership(cp::Membership {
-                    group: String::from_utf8_lossy(&group).into_owned(),
-                    view_id: cp::ViewId {
-                        ring_seq: view_id.ring_id.seq,
-                        ring_rep: view_id.ring_id.rep.0,
-                        counter: view_id.counter,
-                    },
-                    kind: match kind {
-                        ConfigKind::Regular => ViewKind::Regular,
-                        ConfigKind::Transitional => ViewKind::Transitional,
-                    },
-                    cause: match cause {
-                        Cause::Join => ViewCause::Join,
-                        Cause::Leave => ViewCause::Leave,
-                        Cause::Disconnect => ViewCause::Disconnect,
-                        Cause::Network => ViewCause::Network,
-                        Cause::Rekey => ViewCause::Rekey,
-                    },
-                    members: members.iter().map(ToString::to_string).collect(),
-                    mode,
-                    key: key.map(|k| (k.id(), k.0.secret().clone())),
-                })
-            }
-            ClientEvent::Undecipherable { sender, group, msg_type, key_id, reason } => {
-                DaemonFrame::Undecipherable {
-                    sender: sender.to_string(),
-                    group: String::from_utf8_lossy(&group).into_owned(),
-                    msg_type,
-                    key_id,
-                    reason,
-                }
-            }
-            ClientEvent::FlushRequest { group, flush } => DaemonFrame::FlushRequest {
-                group: String::from_utf8_lossy(&group).into_owned(),
-                view_id: cp::ViewId {
-                    ring_seq: flush.ring_id.seq,
-                    ring_rep: flush.ring_id.rep.0,
-                    counter: flush.seq,
-                },
-            },
-            ClientEvent::JoinRefused { group, reason } => DaemonFrame::Error {
-                code: match reason {
-                    Refusal::ModeMismatch => ErrorCode::ModeMismatch,
-                    Refusal::NoServerKey => ErrorCode::NoServerKey,
-                    _ => ErrorCode::Denied,
-                },
-                text: format!("join {} refused: {reason:?}", String::from_utf8_lossy(&group)),
-            },
-            ClientEvent::Left { .. } => return,
-        };
-        let Some(b) = self.encoder.frame(&frame) else { return };
-        if !out.send(b) {
-            self.session_gone(id);
-        }
-    }
-
-    /// The client's session thread is gone (the daemon is stopping): forget
-    /// the client.
-    fn session_gone(&mut self, id: ClientId) {
-        warn!(client = id.0, "client session thread gone; disconnecting");
-        self.clients.remove(&id.0);
-        let _ = self.groups.disconnect(id);
-    }
-
-    /// Sends what the core produced and logs what it delivered.
+    /// Gives the core's outputs to the world: frames to the session
+    /// threads (one shared buffer per frame, whatever the number of
+    /// receivers), events to the log, the ring sequence to disk, datagrams
+    /// to the sockets.
     fn flush_ring(&mut self) {
         let now = self.now();
-        while let Some(ev) = self.node.poll_event() {
-            self.groups.handle_event(now, &ev);
-            if let Event::Configuration(c) = ev {
-                let names: Vec<String> = c.members.iter().map(|&m| self.name_of(m)).collect();
-                let members = names.join(", ");
-                let kind = match c.kind {
-                    ConfigKind::Regular => "regular",
-                    ConfigKind::Transitional => "transitional",
-                };
-                info!(daemon = %self.cfg.me.name, ring = %c.ring_id, members = %format!("[{members}]"), "{kind} configuration");
-                if c.kind == ConfigKind::Regular {
-                    let status = format!("STATUS=ring {} of [{members}]", c.ring_id);
-                    if self.ready {
-                        crate::notify::notify(&status);
-                    } else {
-                        self.ready = true;
-                        crate::notify::notify(&format!("READY=1\n{status}"));
+        loop {
+            // Clients whose session thread is gone (the daemon is stopping).
+            let mut gone = Vec::new();
+            while let Some(o) = self.server.poll_client() {
+                for &id in o.to {
+                    let Some(out) = self.clients.get(&id.0) else { continue };
+                    if o.close.is_some() {
+                        // A refusal or a goodbye: the session closes the
+                        // connection once it is written.
+                        out.send_last(o.frame.clone());
+                        self.clients.remove(&id.0);
+                    } else if !out.send(o.frame.clone()) {
+                        gone.push(id);
                     }
                 }
             }
+            if gone.is_empty() {
+                break;
+            }
+            for id in gone {
+                warn!(client = id.0, "client session thread gone; disconnecting");
+                self.clients.remove(&id.0);
+                self.server.handle_disconnect(now, id);
+            }
         }
-        while let Some(a) = self.node.poll_alert() {
-            warn!(daemon = %self.cfg.me.name, peer = %self.name_of(a.peer), "{}", a.text);
-        }
-        while let Some((id, ev)) = self.groups.poll_client() {
-            self.deliver_to_client(id, ev);
+        while let Some(ev) = self.server.poll_event() {
+            match ev {
+                ServerEvent::Configuration(c) => self.configuration(&c),
+                ServerEvent::Alert(a) => {
+                    warn!(daemon = %self.cfg.me.name, peer = %self.name_of(a.peer), "{}", a.text);
+                }
+                ServerEvent::Undeliverable { client, error } => {
+                    warn!(client = client.0, error = %error, "a frame for a client could not be encoded; dropped");
+                }
+                ServerEvent::SubmitRefused(e) => warn!(error = %e, "group message refused by the ring"),
+                _ => {}
+            }
         }
         // One wake-up per session thread for all it was given this turn.
         self.sessions.wake();
-        // Group control produced by the events (state exchange, views).
-        self.submit(now);
         // The sequence of a ring this daemon numbered (announced in a
         // commit token) is on disk before any datagram leaves: a restart
         // never numbers a ring it already used. A sequence only claimed by
         // a datagram is not persisted.
-        let seq = self.node.ring_seq_to_persist();
-        if seq > self.state.ring_seq {
+        if let Some(seq) = self.server.poll_persist() {
             if let Err(e) = self.state.set_ring_seq(seq) {
                 warn!(error = %e, "could not persist the ring sequence; not sending");
                 return;
             }
+            self.server.persisted(seq);
         }
-        while let Some(t) = self.node.poll_transmit() {
+        while let Some(t) = self.server.poll_transmit() {
             match t.dest {
                 Dest::All => match self.group {
                     Some(group) => self.backend.send(group, &t.bytes),
@@ -858,6 +592,27 @@ impl Daemon {
         }
         (self.stats.sent, self.stats.send_errors) = self.backend.counters();
         self.stats.oversize = self.backend.oversize();
+    }
+
+    /// Logs a configuration; tells the service manager about regular ones
+    /// (the first makes the daemon ready).
+    fn configuration(&mut self, c: &Configuration) {
+        let names: Vec<String> = c.members.iter().map(|&m| self.name_of(m)).collect();
+        let members = names.join(", ");
+        let kind = match c.kind {
+            ConfigKind::Regular => "regular",
+            ConfigKind::Transitional => "transitional",
+        };
+        info!(daemon = %self.cfg.me.name, ring = %c.ring_id, members = %format!("[{members}]"), "{kind} configuration");
+        if c.kind == ConfigKind::Regular {
+            let status = format!("STATUS=ring {} of [{members}]", c.ring_id);
+            if self.ready {
+                crate::notify::notify(&status);
+            } else {
+                self.ready = true;
+                crate::notify::notify(&format!("READY=1\n{status}"));
+            }
+        }
     }
 }
 

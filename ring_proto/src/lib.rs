@@ -22,6 +22,9 @@
 //! - [`ring`]: ordering within one ring (token rules, flow control, packing,
 //!   delivery); [`Node`] adds membership and Extended Virtual Synchrony.
 //! - [`groups`]: light-weight client groups over the ring.
+//! - [`server`]: the daemon core, [`server::Server`]: node, client groups
+//!   and client sessions in one object, driven by the daemon runtime and
+//!   the harnesses alike.
 //! - [`sim`]: the deterministic simulator, network model, invariant checker
 //!   and trace writer.
 
@@ -31,10 +34,11 @@ pub mod groups;
 mod node;
 pub mod ring;
 pub mod security;
+pub mod server;
 pub mod sim;
 mod time;
 pub mod wire;
 
-pub use node::{Incarnation, MAX_RING_STEP, Node, Phase};
+pub use node::{Alert, Incarnation, MAX_RING_STEP, Node, Phase};
 pub use time::Time;
 pub use wire::{MsgId, NodeId, RingId, Service};

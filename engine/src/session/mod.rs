@@ -19,7 +19,7 @@
 //!  client ─frames─► read ─► FrameDecoder ─► Hello check ─► ToRing ──┐ bounded, shared by the
 //!  client ─frames─► ...                                             │ session threads; one wake
 //!                                                                   ▼ datagram per loop turn
-//!                                                       ring thread (Daemon)
+//!                                                  ring thread (Daemon: Server)
 //!                                                                   │ each frame encoded once
 //!                                                                   │ into Bytes; the same Bytes
 //!                                                                   │ for every local receiver
@@ -63,10 +63,8 @@
 
 mod auth;
 mod conn;
-mod encode;
 mod event_loop;
 
-pub(crate) use encode::Encoder;
 pub(crate) use event_loop::bind_hint;
 
 use crate::config::{ClientCaps, Clients};
@@ -272,7 +270,7 @@ pub(crate) struct ClientOut {
 }
 
 impl ClientOut {
-    /// Queues an encoded frame (see [`Encoder`]); false if the client's
+    /// Queues an encoded frame (see `ringfence_proto::server`); false if the client's
     /// session thread is gone. A client that reads too slowly is disconnected
     /// by its session thread, which then sends `ToRing::Gone`.
     pub(crate) fn send(&self, bytes: Bytes) -> bool {

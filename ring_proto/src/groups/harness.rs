@@ -1,11 +1,20 @@
-//! A deterministic multi-daemon harness for the groups layer: N `Node`s and
-//! N `ClientGroups` on a virtual clock, a seeded network with partitions,
-//! scripted clients that answer flush requests after a seeded delay, and a
+//! A deterministic multi-daemon harness for the groups layer: N daemon
+//! cores ([`Server`]: node, client groups, client sessions) on a virtual
+//! clock, a seeded network with partitions, scripted clients that speak the
+//! client protocol and answer flush requests after a seeded delay, and a
 //! checker of the group invariants over every client's event stream.
+//!
+//! Clients talk to their daemon in client protocol frames, as a real
+//! client does, and every frame a daemon encodes for them is decoded; the
+//! checks read the groups layer's events as the core observed them before
+//! encoding (they say more than the frames: a leave taking effect, why a
+//! join was refused).
 
 use super::*;
 use crate::ring::{Config, Dest};
 use crate::security::LinkMode;
+use crate::server::{Handled, Observed, Server, ServerConfig};
+use crate::wire::client::{self as cp, ClientFrame, DaemonFrame, FrameDecoder};
 use crate::{Incarnation, Node};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -18,17 +27,15 @@ pub(super) type Who = (usize, ClientId);
 
 pub(super) struct World {
     pub(super) now: Time,
-    pub(super) nodes: Vec<Node>,
-    pub(super) groups: Vec<ClientGroups>,
-    backlog: Vec<VecDeque<Submit>>,
+    pub(super) servers: Vec<Server>,
     net: BinaryHeap<Reverse<(Time, u64, usize, Bytes)>>,
     order: u64,
     reach: Vec<Vec<bool>>,
     rng: ChaCha8Rng,
     /// Every event each client received, in order.
     pub(super) log: BTreeMap<Who, Vec<ClientEvent>>,
-    /// Flush answers due: (time, order) -> (client, group).
-    actions: BTreeMap<(Time, u64), (Who, Bytes)>,
+    /// Flush answers due: (time, order) -> (client, group, flush).
+    actions: BTreeMap<(Time, u64), (Who, Bytes, FlushId)>,
     /// Longest delay before a client answers a flush request.
     pub(super) flush_delay: Duration,
     /// Clients hold their flush answers while set (they are sent, in
@@ -41,6 +48,8 @@ pub(super) struct World {
     /// Groups joined as VS (the virtual synchrony check applies to them).
     vs_groups: BTreeSet<Bytes>,
     pub(super) violations: Vec<String>,
+    /// Frames the daemons encoded for clients (each decoded once).
+    pub(super) frames: u64,
     /// With link security and keyed groups: what the clients hold.
     pub(super) secure: Option<Secure>,
 }
@@ -108,27 +117,32 @@ impl World {
                     .expect("valid config")
             })
             .collect();
-        let groups = (0..n)
-            .map(|i| ClientGroups::with_policy(NodeId(i as u16), Limits::default(), policy.clone(), true))
-            .collect();
-        let mut w = Self::build_with(nodes, groups, seed);
+        let mut w = Self::build_with(nodes, policy, seed);
         w.secure = Some(Secure::default());
         w
     }
 
     fn build(nodes: Vec<Node>, seed: u64) -> Self {
-        let n = nodes.len();
-        let groups = (0..n).map(|i| ClientGroups::new(NodeId(i as u16))).collect();
-        Self::build_with(nodes, groups, seed)
+        Self::build_with(nodes, Arc::new(Policy::default()), seed)
     }
 
-    fn build_with(nodes: Vec<Node>, groups: Vec<ClientGroups>, seed: u64) -> Self {
+    /// Each node in a daemon core; the groups layer's deadlines asked at
+    /// every step (exact timing), every event observed for the checks.
+    fn build_with(nodes: Vec<Node>, policy: Arc<Policy>, seed: u64) -> Self {
         let n = nodes.len();
+        let servers = nodes
+            .into_iter()
+            .map(|node| {
+                let mut cfg = ServerConfig::new(format!("d{}", node.id().0));
+                cfg.policy = policy.clone();
+                cfg.groups_check = Duration::ZERO;
+                cfg.observe = true;
+                Server::new(node, cfg)
+            })
+            .collect();
         let mut w = Self {
             now: Time::ZERO,
-            groups,
-            nodes,
-            backlog: vec![VecDeque::new(); n],
+            servers,
             net: BinaryHeap::new(),
             order: 0,
             reach: vec![vec![true; n]; n],
@@ -142,6 +156,7 @@ impl World {
             next_msg: 1,
             vs_groups: BTreeSet::new(),
             violations: Vec::new(),
+            frames: 0,
             secure: None,
         };
         for i in 0..n {
@@ -170,12 +185,38 @@ impl World {
     }
 
     pub(super) fn connect_as(&mut self, d: usize, c: u64, name: &str, principal: &str) -> Who {
-        let pn = self.groups[d].connect_as(ClientId(c), name.as_bytes(), principal).expect("connect");
+        let pn = self.try_connect_as(d, c, name, principal).expect("connect");
         self.log.entry((d, ClientId(c))).or_default();
         if let Some(s) = &mut self.secure {
             s.names.insert((d, ClientId(c)), pn);
         }
         (d, ClientId(c))
+    }
+
+    /// A client says hello to daemon `d`; a `tcp:` principal is a plain TCP
+    /// connection (not private to the client and its daemon).
+    pub(super) fn try_connect_as(
+        &mut self,
+        d: usize,
+        c: u64,
+        name: &str,
+        principal: &str,
+    ) -> Result<PrivateName, crate::server::ConnectError> {
+        let secure = !principal.starts_with("tcp:");
+        let r = self.servers[d].handle_connect(self.now, ClientId(c), name, principal, secure);
+        self.drain(d);
+        r
+    }
+
+    /// Client `who` sends `frame`; a request the groups layer refused is the
+    /// error (the client was also sent an `Error` frame).
+    fn request(&mut self, who: Who, frame: ClientFrame) -> Result<(), GroupsError> {
+        let h = self.servers[who.0].handle_client(self.now, who.1, frame);
+        self.drain(who.0);
+        match h {
+            Handled::Refused(e) => Err(e),
+            _ => Ok(()),
+        }
     }
 
     /// Joins stating a mode (secure worlds).
@@ -190,32 +231,51 @@ impl World {
         if kind == GroupKind::Vs {
             self.vs_groups.insert(Bytes::copy_from_slice(g.as_bytes()));
         }
-        let r = self.groups[who.0].join_mode(who.1, g.as_bytes(), kind, mode);
-        self.drain(who.0);
-        r
+        self.request(who, ClientFrame::JoinMode { group: g.into(), vs: kind == GroupKind::Vs, mode })
     }
 
     pub(super) fn join(&mut self, who: Who, g: &str, kind: GroupKind) -> Result<(), GroupsError> {
         if kind == GroupKind::Vs {
             self.vs_groups.insert(Bytes::copy_from_slice(g.as_bytes()));
         }
-        let r = self.groups[who.0].join(who.1, g.as_bytes(), kind);
-        self.drain(who.0);
-        r
+        let group = g.into();
+        match kind {
+            GroupKind::Open => self.request(who, ClientFrame::Join { group }),
+            GroupKind::Vs => self.request(who, ClientFrame::JoinVs { group }),
+        }
     }
 
     pub(super) fn leave(&mut self, who: Who, g: &str) -> Result<(), GroupsError> {
         // The key stays until the leave takes effect (`Left`): messages of
         // the view may still arrive.
-        let r = self.groups[who.0].leave(who.1, g.as_bytes());
-        self.drain(who.0);
-        r
+        self.request(who, ClientFrame::Leave { group: g.into() })
     }
 
-    pub(super) fn disconnect(&mut self, who: Who) -> Result<(), GroupsError> {
-        let r = self.groups[who.0].disconnect(who.1);
+    /// The client's session ends.
+    pub(super) fn disconnect(&mut self, who: Who) {
+        self.servers[who.0].handle_disconnect(self.now, who.1);
         self.drain(who.0);
-        r
+    }
+
+    /// Client `who` multicasts `payload` as it is (sealed or not by the
+    /// caller).
+    pub(super) fn multicast(
+        &mut self,
+        who: Who,
+        service: Service,
+        groups: &[&[u8]],
+        payload: Bytes,
+        sealed: bool,
+    ) -> Result<(), GroupsError> {
+        let m = cp::Multicast {
+            service,
+            msg_type: 7,
+            self_discard: false,
+            sealed,
+            groups: groups.iter().map(|g| String::from_utf8_lossy(g).into_owned()).collect(),
+            payload,
+        };
+        self.request(who, ClientFrame::Multicast(m))
     }
 
     /// Sends a numbered message; returns its number.
@@ -240,11 +300,23 @@ impl World {
                 sealed = true;
             }
         }
-        self.groups[who.0].multicast(who.1, service, &names, 7, Bytes::from(p), self_discard, sealed)?;
+        let m = cp::Multicast {
+            service,
+            msg_type: 7,
+            self_discard,
+            sealed,
+            groups: names.iter().map(|g| String::from_utf8_lossy(g).into_owned()).collect(),
+            payload: Bytes::from(p),
+        };
+        let h = self.servers[who.0].handle_client(self.now, who.1, ClientFrame::Multicast(m));
+        if let Handled::Refused(e) = h {
+            self.drain(who.0);
+            return Err(e);
+        }
         self.next_msg += 1;
         if let [g] = groups {
             let g = Bytes::copy_from_slice(g.as_bytes());
-            let vs = self.groups[who.0].views.get(&g).is_some_and(|v| v.kind == GroupKind::Vs);
+            let vs = self.servers[who.0].groups().views.get(&g).is_some_and(|v| v.kind == GroupKind::Vs);
             if let (true, Some(v)) = (vs, self.cur_view.get(&(who, g.clone()))) {
                 self.sent_in.insert(no, (who, g, *v));
             }
@@ -258,12 +330,12 @@ impl World {
     /// before a change and ordered after it).
     pub(super) fn inject(&mut self, d: usize, group: &str, msg: GroupMsg) {
         let groups = Groups::encode(&[group.as_bytes()]).expect("group");
-        self.nodes[d].submit(self.now, Service::Agreed, groups, msg.encode()).expect("submit");
+        self.servers[d].node_mut().submit(self.now, Service::Agreed, groups, msg.encode()).expect("submit");
         self.drain(d);
     }
 
     fn transmit(&mut self, from: usize, dest: Dest, bytes: Bytes) {
-        let n = self.nodes.len();
+        let n = self.servers.len();
         let targets: Vec<usize> = match dest {
             Dest::All => (0..n).filter(|&j| j != from).collect(),
             Dest::Node(id) => vec![usize::from(id.0)],
@@ -278,34 +350,35 @@ impl World {
         }
     }
 
+    /// Takes daemon `i`'s outputs, as its runtime would: frames to the
+    /// clients (each decoded), the ring sequence made durable at once,
+    /// datagrams to the network.
     fn drain(&mut self, i: usize) {
-        loop {
-            let mut progress = false;
-            while let Some(s) = self.groups[i].poll_submit() {
-                self.backlog[i].push_back(s);
+        let s = &mut self.servers[i];
+        let limits = s.config().client_limits;
+        while let Some(o) = s.poll_client() {
+            let mut d = FrameDecoder::<DaemonFrame>::new(limits);
+            d.push(&o.frame);
+            if !matches!(d.next_frame(), Ok(Some(_))) || !matches!(d.next_frame(), Ok(None)) {
+                self.violations.push(format!("daemon {i}: a frame for {:?} is not one frame", o.to));
             }
-            while let Some(s) = self.backlog[i].front() {
-                match self.nodes[i].submit(self.now, s.service, s.groups.clone(), s.payload.clone()) {
-                    Ok(_) => {
-                        self.backlog[i].pop_front();
-                    }
-                    Err(_) => break,
-                }
+            self.frames += 1;
+        }
+        while s.poll_event().is_some() {}
+        let mut observed = Vec::new();
+        while let Some(o) = s.poll_observed() {
+            if let Observed::Client(c, ev) = o {
+                observed.push((c, ev));
             }
-            while let Some(t) = self.nodes[i].poll_transmit() {
-                self.transmit(i, t.dest, t.bytes);
-            }
-            while let Some(ev) = self.nodes[i].poll_event() {
-                self.groups[i].handle_event(self.now, &ev);
-                progress = true;
-            }
-            while let Some((c, ev)) = self.groups[i].poll_client() {
-                self.record((i, c), ev);
-                progress = true;
-            }
-            if !progress {
-                break;
-            }
+        }
+        if let Some(seq) = s.poll_persist() {
+            s.persisted(seq);
+        }
+        while let Some(t) = self.servers[i].poll_transmit() {
+            self.transmit(i, t.dest, t.bytes);
+        }
+        for (c, ev) in observed {
+            self.record((i, c), ev);
         }
     }
 
@@ -393,10 +466,11 @@ impl World {
             ClientEvent::Left { group } => {
                 self.cur_view.remove(&(who, group.clone()));
             }
-            ClientEvent::FlushRequest { group, .. } => {
+            ClientEvent::FlushRequest { group, flush } => {
                 let d = self.rng.random_range(0..=self.flush_delay.as_micros() as u64);
                 self.order += 1;
-                self.actions.insert((self.now + Duration::from_micros(d), self.order), (who, group.clone()));
+                self.actions
+                    .insert((self.now + Duration::from_micros(d), self.order), (who, group.clone(), *flush));
             }
             ClientEvent::Message { payload, .. } => {
                 let no = u64::from_be_bytes(payload[..8].try_into().expect("8 bytes"));
@@ -424,16 +498,14 @@ impl World {
                     next = Some(next.map_or(t, |n: Time| n.min(t)));
                 }
             };
-            for n in &self.nodes {
-                consider(n.poll_timeout());
-            }
-            for g in &self.groups {
-                consider(g.poll_timeout());
+            let now = self.now;
+            for s in &mut self.servers {
+                consider(s.poll_timeout(now));
             }
             if !self.hold_flushes {
                 consider(self.actions.keys().next().map(|k| k.0));
             }
-            if self.backlog.iter().any(|b| !b.is_empty()) {
+            if self.servers.iter().any(Server::backlogged) {
                 consider(Some(self.now + Duration::from_millis(1)));
             }
             let Some(next) = next.filter(|&t| t <= end) else {
@@ -444,16 +516,12 @@ impl World {
             let now = self.now;
             while self.net.peek().is_some_and(|Reverse(x)| x.0 <= now) {
                 let Some(Reverse((_, _, to, bytes))) = self.net.pop() else { break };
-                self.nodes[to].handle_datagram(now, bytes);
+                self.servers[to].handle_datagram(now, bytes);
                 self.drain(to);
             }
-            for i in 0..self.nodes.len() {
-                if self.nodes[i].poll_timeout().is_some_and(|t| t <= now) {
-                    self.nodes[i].handle_timeout(now);
-                    self.drain(i);
-                }
-                if self.groups[i].poll_timeout().is_some_and(|t| t <= now) {
-                    self.groups[i].handle_timeout(now);
+            for i in 0..self.servers.len() {
+                if self.servers[i].poll_timeout(now).is_some_and(|t| t <= now) {
+                    self.servers[i].handle_timeout(now);
                     self.drain(i);
                 }
             }
@@ -461,13 +529,21 @@ impl World {
                 if e.key().0 > now {
                     break;
                 }
-                let ((d, c), g) = e.remove();
+                let (who, g, flush) = e.remove();
                 // The client may have left or been asked again since.
-                let _ = self.groups[d].flush_ok(c, &g);
-                self.drain(d);
+                let view_id = cp::ViewId {
+                    ring_seq: flush.ring_id.seq,
+                    ring_rep: flush.ring_id.rep.0,
+                    counter: flush.seq,
+                };
+                let _ = self.request(
+                    who,
+                    ClientFrame::FlushOk { group: String::from_utf8_lossy(&g).into(), view_id },
+                );
             }
-            for i in 0..self.nodes.len() {
-                if !self.backlog[i].is_empty() {
+            for i in 0..self.servers.len() {
+                if self.servers[i].backlogged() {
+                    self.servers[i].handle_timeout(now);
                     self.drain(i);
                 }
             }

@@ -165,11 +165,12 @@ fn local_requests_are_checked() {
 fn foreign_payloads_are_counted_and_ignored() {
     let mut w = World::with_ring(2, 1);
     w.run(5 * MS);
-    w.nodes[0]
+    w.servers[0]
+        .node_mut()
         .submit(w.now, Service::Agreed, crate::wire::Groups::none(), Bytes::from_static(b"xyz"))
         .unwrap();
     w.run(20 * MS);
-    assert_eq!(w.groups[1].stats().undecodable, 1);
+    assert_eq!(w.servers[1].groups().stats().undecodable, 1);
 }
 
 fn three_clients(w: &mut World, kind: GroupKind) -> [Who; 3] {
@@ -202,13 +203,14 @@ fn views_agree_and_state_their_cause() {
     assert_eq!(last.2, Cause::Leave);
     assert_eq!(last.1.len(), 2);
     assert!(w.log[&b].iter().any(|e| matches!(e, ClientEvent::Left { .. })));
-    w.disconnect(c).unwrap();
+    assert!(w.frames > 0, "the daemons spoke to their clients in frames");
+    w.disconnect(c);
     w.run(20 * MS);
     let last = w.views_of(a, "g").last().cloned().unwrap();
     assert_eq!(last.2, Cause::Disconnect);
     assert_eq!(last.1, vec![PrivateName { daemon: NodeId(0), name: Bytes::from_static(b"a") }]);
     // The name is free again once the disconnect is ordered.
-    assert!(w.groups[2].connect(ClientId(5), b"c").is_ok());
+    assert!(w.try_connect_as(2, 5, "c", "").is_ok());
     assert_eq!(w.check(), Vec::<String>::new());
 }
 
@@ -252,7 +254,7 @@ fn multicast_semantics() {
 fn partition_then_merge() {
     let mut w = World::starting(3, 3);
     w.run(Duration::from_secs(2));
-    assert!(w.nodes.iter().all(|n| n.ring().is_some_and(|r| r.1.len() == 3)));
+    assert!(w.servers.iter().all(|n| n.node().ring().is_some_and(|r| r.1.len() == 3)));
     let [a, b, c] = three_clients(&mut w, GroupKind::Open);
     let before = w.views_of(a, "g").len();
     w.partition(&[0, 0, 1]);
@@ -316,7 +318,7 @@ fn vs_flush_gives_sending_view_delivery() {
     // Cascade: two changes in a row restart the flush.
     w.leave(b, "g").unwrap();
     w.run(MS);
-    w.disconnect(d).unwrap();
+    w.disconnect(d);
     w.run(40 * MS);
     assert_eq!(w.views_of(a, "g").last().unwrap().1.len(), 2);
     assert_eq!(w.join(outsider, "g", GroupKind::Open), Ok(()));
@@ -343,7 +345,7 @@ fn vs_flush_gives_sending_view_delivery() {
 fn vs_member_cut_off_during_a_flush_gets_no_gap_after_the_merge() {
     let mut w = World::starting(3, 11);
     w.run(Duration::from_secs(2));
-    assert!(w.nodes.iter().all(|n| n.ring().is_some_and(|r| r.1.len() == 3)));
+    assert!(w.servers.iter().all(|n| n.node().ring().is_some_and(|r| r.1.len() == 3)));
     let [a, b, x] = three_clients(&mut w, GroupKind::Vs);
     let common = w.views_of(x, "g").last().cloned().unwrap();
     assert_eq!(common.1.len(), 3);
@@ -352,13 +354,13 @@ fn vs_member_cut_off_during_a_flush_gets_no_gap_after_the_merge() {
     w.hold_flushes = true;
     w.partition(&[0, 0, 1]);
     w.run(Duration::from_secs(2));
-    assert!(w.nodes[0].ring().is_some_and(|r| r.1.len() == 2), "a's side formed its ring");
+    assert!(w.servers[0].node().ring().is_some_and(|r| r.1.len() == 2), "a's side formed its ring");
     let gap: Vec<u64> = (0..5).map(|_| w.send(a, &["g"], Service::Agreed, false).unwrap()).collect();
     w.run(20 * MS);
     assert!(gap.iter().all(|m| w.messages(b).contains(m)), "b delivers a's messages in the old view");
     w.heal();
     w.run(Duration::from_secs(3));
-    assert!(w.nodes.iter().all(|n| n.ring().is_some_and(|r| r.1.len() == 3)), "merged");
+    assert!(w.servers.iter().all(|n| n.node().ring().is_some_and(|r| r.1.len() == 3)), "merged");
     assert_eq!(w.views_of(x, "g").last(), Some(&common), "still the old view: its flush is pending");
     // Still in the old view (its flush pending): sent after the merge.
     let later = w.send(a, &["g"], Service::Agreed, false).unwrap();
@@ -420,13 +422,11 @@ fn random_runs_with_partitions() {
                 0..15 => w.join(who, g, kind(g)),
                 15..20 => w.leave(who, g),
                 20..22 => {
-                    let r = w.disconnect(who);
-                    if r.is_ok() {
-                        let i = clients.iter().position(|x| *x == who).unwrap();
-                        next_id += 1;
-                        clients[i] = w.connect(who.0, next_id, &format!("n{next_id}"));
-                    }
-                    r
+                    w.disconnect(who);
+                    let i = clients.iter().position(|x| *x == who).unwrap();
+                    next_id += 1;
+                    clients[i] = w.connect(who.0, next_id, &format!("n{next_id}"));
+                    Ok(())
                 }
                 22..30 => w.send(who, &["g1", "g2"], Service::Agreed, rng.random_bool(0.5)).map(|_| ()),
                 _ => w.send(who, &[g], Service::Agreed, false).map(|_| ()),
@@ -453,9 +453,9 @@ fn random_runs_with_partitions() {
         }
         // After the heal, every daemon agrees on every group's view.
         for g in groups {
-            let first = w.groups[0].view(g.as_bytes()).map(|(id, m)| (id, m.to_vec()));
+            let first = w.servers[0].groups().view(g.as_bytes()).map(|(id, m)| (id, m.to_vec()));
             for d in 1..n {
-                let here = w.groups[d].view(g.as_bytes()).map(|(id, m)| (id, m.to_vec()));
+                let here = w.servers[d].groups().view(g.as_bytes()).map(|(id, m)| (id, m.to_vec()));
                 if let (Some(x), Some(y)) = (&first, &here) {
                     assert_eq!(x, y, "seed {seed} group {g}");
                 }
@@ -471,8 +471,8 @@ fn random_runs_with_partitions() {
 #[test]
 fn large_states_go_in_parts() {
     let mut w = World::starting(3, 11);
-    for g in &mut w.groups {
-        g.limits.max_state_part = 48;
+    for s in &mut w.servers {
+        s.groups_mut().limits.max_state_part = 48;
     }
     w.run(Duration::from_secs(2));
     let mut clients = Vec::new();
@@ -486,12 +486,15 @@ fn large_states_go_in_parts() {
         }
     }
     w.run(50 * MS);
-    let exchanges = w.groups[0].stats().exchanges;
+    let exchanges = w.servers[0].groups().stats().exchanges;
     w.partition(&[0, 0, 1]);
     w.run(Duration::from_secs(2));
     w.heal();
     w.run(Duration::from_secs(3));
-    assert!(w.groups[0].stats().exchanges >= exchanges + 2, "the partition and the merge exchanged state");
+    assert!(
+        w.servers[0].groups().stats().exchanges >= exchanges + 2,
+        "the partition and the merge exchanged state"
+    );
     for who in &clients {
         let last = w.views_of(*who, "beta").last().cloned().unwrap();
         assert_eq!((last.1.len(), last.2), (12, Cause::Network), "{who:?}");

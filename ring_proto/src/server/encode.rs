@@ -1,4 +1,4 @@
-//! The ring thread's frame encoder: every frame for a client is encoded once
+//! The daemon core's frame encoder: every frame for a client is encoded once
 //! into a reference-counted buffer ([`Bytes`], length prefix included, as on
 //! the wire) that the session threads write as it is.
 //!
@@ -8,13 +8,12 @@
 //! message, so a fan-out to many clients costs one encoding and one
 //! allocation.
 
+use crate::Service;
+use crate::groups::PrivateName;
+use crate::wire::Groups;
+use crate::wire::client::{ClientEncodeError, DaemonFrame, FRAME_HEADER_LEN, Frame, Limits, encode_message};
 use bytes::Bytes;
-use ringfence_proto::Service;
-use ringfence_proto::groups::PrivateName;
-use ringfence_proto::wire::Groups;
-use ringfence_proto::wire::client::{DaemonFrame, FRAME_HEADER_LEN, Frame, Limits, encode_message};
 use std::fmt::Write as _;
-use tracing::warn;
 
 /// The last message encoded, and what identifies it.
 #[derive(Debug)]
@@ -51,7 +50,7 @@ impl LastMessage {
 
 /// Encodes frames for clients into shared buffers (see the module doc).
 #[derive(Debug)]
-pub(crate) struct Encoder {
+pub(super) struct Encoder {
     limits: Limits,
     /// Encoding space, reused.
     scratch: Vec<u8>,
@@ -62,26 +61,21 @@ pub(crate) struct Encoder {
 
 impl Encoder {
     /// An encoder enforcing `limits`.
-    pub(crate) fn new(limits: Limits) -> Self {
+    pub(super) fn new(limits: Limits) -> Self {
         Self { limits, scratch: Vec::with_capacity(64 * 1024), sender: String::new(), last: None }
     }
 
-    /// Encodes any frame; `None` (logged) if it breaks a limit.
-    pub(crate) fn frame(&mut self, f: &DaemonFrame) -> Option<Bytes> {
+    /// Encodes any frame; an error if it breaks a limit.
+    pub(super) fn frame(&mut self, f: &DaemonFrame) -> Result<Bytes, ClientEncodeError> {
         self.scratch.clear();
-        match f.encode(&mut self.scratch, &self.limits) {
-            Ok(()) => Some(Bytes::copy_from_slice(&self.scratch)),
-            Err(e) => {
-                warn!(error = %e, "a frame for a client could not be encoded; dropped");
-                None
-            }
-        }
+        f.encode(&mut self.scratch, &self.limits)?;
+        Ok(Bytes::copy_from_slice(&self.scratch))
     }
 
     /// Encodes a `Message` frame, or returns the buffer of the previous call
     /// if it was for the same message (same payload buffer, sender, groups,
-    /// service and type). `None` (logged) if it breaks a limit.
-    pub(crate) fn message(
+    /// service and type). An error if it breaks a limit.
+    pub(super) fn message(
         &mut self,
         sender: &PrivateName,
         groups: &Groups,
@@ -89,10 +83,10 @@ impl Encoder {
         msg_type: u16,
         sealed: bool,
         payload: &Bytes,
-    ) -> Option<Bytes> {
+    ) -> Result<Bytes, ClientEncodeError> {
         if let Some(last) = &self.last {
             if last.sealed == sealed && last.is(sender, groups, service, msg_type, payload) {
-                return Some(last.frame.clone());
+                return Ok(last.frame.clone());
             }
         }
         // The same sender as last time: its name is already written.
@@ -109,9 +103,8 @@ impl Encoder {
         if let Err(e) =
             encode_message(&mut out, &self.limits, &self.sender, names, service, msg_type, sealed, payload)
         {
-            warn!(error = %e, "a message for a client could not be encoded; dropped");
             self.last = None;
-            return None;
+            return Err(e);
         }
         let frame = Bytes::from(out);
         self.last = Some(LastMessage {
@@ -123,7 +116,7 @@ impl Encoder {
             payload: payload.clone(),
             frame: frame.clone(),
         });
-        Some(frame)
+        Ok(frame)
     }
 }
 
@@ -137,8 +130,8 @@ fn message_len(sender: &str, groups: &Groups, payload: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ringfence_proto::NodeId;
-    use ringfence_proto::wire::client::{FrameDecoder, Message};
+    use crate::NodeId;
+    use crate::wire::client::{FrameDecoder, Message};
 
     fn name(n: &str) -> PrivateName {
         PrivateName { daemon: NodeId(1), name: Bytes::copy_from_slice(n.as_bytes()) }
@@ -218,11 +211,10 @@ mod tests {
         let mut e = Encoder::new(limits);
         let groups = Groups::encode(&["g"]).unwrap();
         assert!(
-            e.message(&name("x"), &groups, Service::Agreed, 0, false, &Bytes::from_static(b"12345"))
-                .is_none()
+            e.message(&name("x"), &groups, Service::Agreed, 0, false, &Bytes::from_static(b"12345")).is_err()
         );
         assert!(
-            e.message(&name("x"), &groups, Service::Agreed, 0, false, &Bytes::from_static(b"1234")).is_some()
+            e.message(&name("x"), &groups, Service::Agreed, 0, false, &Bytes::from_static(b"1234")).is_ok()
         );
     }
 }
