@@ -80,6 +80,8 @@ pub struct Daemon {
     stop_requested: bool,
     /// Systemd was told the daemon is ready (first regular configuration).
     ready: bool,
+    /// The last membership state logged at debug level (`Node::describe`).
+    described: String,
 }
 
 impl Daemon {
@@ -217,7 +219,7 @@ impl Daemon {
         core.policy = Arc::new(cfg.policy.clone());
         core.client_limits = limits;
         core.admins = admin_patterns;
-        core.persisted_ring_seq = state.ring_seq;
+        core.persisted_ring_seq = state.reserved;
         // Encrypted links (link mode `encrypt`) let state exchanges carry
         // `optimized-evs` view keys: the core reads the mode from the node.
         let server = Server::new(node, core);
@@ -250,6 +252,7 @@ impl Daemon {
             metrics,
             stop_requested: false,
             ready: false,
+            described: String::new(),
         })
     }
 
@@ -554,18 +557,28 @@ impl Daemon {
                 _ => {}
             }
         }
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            let d = self.server.node().describe();
+            if d != self.described {
+                tracing::debug!(daemon = %self.cfg.me.name, "membership: {d}");
+                self.described = d;
+            }
+        }
         // One wake-up per session thread for all it was given this turn.
         self.sessions.wake();
         // The sequence of a ring this daemon numbered (announced in a
         // commit token) is on disk before any datagram leaves: a restart
         // never numbers a ring it already used. A sequence only claimed by
-        // a datagram is not persisted.
+        // a datagram is not persisted. One write reserves the next
+        // `RING_SEQ_RESERVE` sequences (no disk wait in most changes).
         if let Some(seq) = self.server.poll_persist() {
-            if let Err(e) = self.state.set_ring_seq(seq) {
-                warn!(error = %e, "could not persist the ring sequence; not sending");
-                return;
+            match self.state.reserve_ring_seq(seq) {
+                Ok(bound) => self.server.persisted(bound),
+                Err(e) => {
+                    warn!(error = %e, "could not persist the ring sequence; not sending");
+                    return;
+                }
             }
-            self.server.persisted(seq);
         }
         while let Some(t) = self.server.poll_transmit() {
             match t.dest {

@@ -346,6 +346,8 @@ pub struct Node {
     /// of the next gather on, so a daemon behind a lasting one-way cut is
     /// left out at once rather than after another consensus timeout.
     unheard: BTreeSet<NodeId>,
+    /// When we last echoed each unheard daemon's beacon or packet.
+    echoed: BTreeMap<NodeId, Time>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     /// Link security and the servers' key agreement (absent: plain datagrams
@@ -523,6 +525,7 @@ impl Node {
             last_token_at: now,
             quarantine: BTreeMap::new(),
             unheard: BTreeSet::new(),
+            echoed: BTreeMap::new(),
             slow_rotation: Duration::ZERO,
             slow_until: Time::ZERO,
             graced_until: Time::ZERO,
@@ -558,6 +561,46 @@ impl Node {
             State::Commit { .. } => Phase::Commit,
             State::Recovery { .. } => Phase::Recovery,
         }
+    }
+
+    /// The membership state in one line, for a debug log: phase, round,
+    /// the gather's sets, the quarantined daemons and whether the ring's
+    /// key is agreed. Changes at every step of a membership change.
+    pub fn describe(&self) -> String {
+        let ids = |s: &BTreeSet<NodeId>| s.iter().map(|n| n.0.to_string()).collect::<Vec<_>>().join(",");
+        let quarantined: BTreeSet<NodeId> =
+            self.quarantine.iter().filter(|(_, q)| q.until > self.now).map(|(n, _)| *n).collect();
+        let ring = self.ring.as_ref().map_or("none".into(), |r| r.ring_id().to_string());
+        let keyed = self
+            .sec
+            .as_ref()
+            .map(|s| s.ring_key.is_some_and(|k| Some(k.0) == self.ring.as_ref().map(|r| r.ring_id())));
+        let state = match &self.state {
+            State::Operational => "operational".to_string(),
+            State::Gather(g) => format!(
+                "gather round={} procs={{{}}} fails={{{}}} own={{{}}} stuck={{{}}} agreed={{{}}}",
+                g.round,
+                ids(&g.procs),
+                ids(&g.fails),
+                ids(&g.own),
+                ids(&g.stuck),
+                ids(&g.agreed)
+            ),
+            State::Commit { ring_id, members, .. } => {
+                format!("commit {ring_id} members={{{}}}", ids(&members.iter().copied().collect()))
+            }
+            State::Recovery { rec, .. } => format!(
+                "recovery {} members={{{}}}",
+                rec.token.ring_id,
+                ids(&rec.token.members.iter().copied().collect())
+            ),
+        };
+        format!(
+            "{state} ring={ring} keyed={keyed:?} unheard={{{}}} quarantined={{{}}} max_ring_seq={}",
+            ids(&self.unheard),
+            ids(&quarantined),
+            self.max_ring_seq
+        )
     }
 
     /// The installed ring's id and members, if any.
@@ -1176,7 +1219,7 @@ impl Node {
                     self.enter_gather(now, procs, BTreeSet::new());
                 } else if r.members()[0] == self.id && now >= self.beacon_at {
                     self.beacon_at = now + self.cfg.merge_interval;
-                    let b = Beacon { sender: self.id, ring_id: r.ring_id() };
+                    let b = Beacon { sender: self.id, ring_id: r.ring_id(), echo: false };
                     self.transmits.push_back(Transmit { dest: Dest::All, bytes: Bytes::from(b.encode()) });
                 }
             }
@@ -1338,9 +1381,18 @@ impl Node {
             Ok(Datagram::Join(j)) => self.handle_join(now, j),
             Ok(Datagram::Commit(c)) => self.handle_commit(now, c),
             Ok(Datagram::Beacon(b)) => {
-                // Only its sender sends a beacon: we hear that daemon.
-                self.unheard.remove(&b.sender);
-                self.foreign(now, b.sender, b.ring_id);
+                // Only its sender sends a beacon: we hear that daemon. One
+                // we could not hear may still not hear us (a daemon behind
+                // a one-way cut, or a host whose incoming traffic is cut):
+                // merging with it would only time out and re-form our ring,
+                // again at every beacon. We echo it instead; its echo (or a
+                // join) proves the link works both ways.
+                if self.unheard.contains(&b.sender) && !b.echo {
+                    self.echo_beacon(now, b.sender);
+                } else {
+                    self.unheard.remove(&b.sender);
+                    self.foreign(now, b.sender, b.ring_id);
+                }
             }
             Ok(Datagram::TokenRequest(t)) => {
                 if let Some(r) = self.ring.as_mut().filter(|_| matches!(self.state, State::Operational)) {
@@ -1350,6 +1402,22 @@ impl Node {
             Err(_) => self.retired.bad_datagrams += 1,
         }
         self.pump(now);
+    }
+
+    /// Tells `to`, a daemon we could not hear, that we hear it now (at most
+    /// once per half merge interval): if it hears us too, it starts the
+    /// merge.
+    fn echo_beacon(&mut self, now: Time, to: NodeId) {
+        let last = self.echoed.entry(to).or_insert(Time::ZERO);
+        if *last != Time::ZERO && now.saturating_since(*last) < self.cfg.merge_interval / 2 {
+            return;
+        }
+        *last = now.max(Time::from_nanos(1));
+        self.retired.beacon_echoes += 1;
+        let ring_id =
+            self.ring.as_ref().map_or(RingId { seq: self.max_ring_seq, rep: self.id }, Ring::ring_id);
+        let b = Beacon { sender: self.id, ring_id, echo: true };
+        self.transmits.push_back(Transmit { dest: Dest::Node(to), bytes: Bytes::from(b.encode()) });
     }
 
     fn quarantined(&self, id: NodeId, now: Time) -> bool {
@@ -1369,6 +1437,11 @@ impl Node {
     fn foreign(&mut self, now: Time, sender: NodeId, ring_id: RingId) {
         self.retired.foreign += 1;
         if self.quarantined(sender, now) {
+            return;
+        }
+        if self.unheard.contains(&sender) {
+            // A packet of a daemon we could not hear: as its beacon (above).
+            self.echo_beacon(now, sender);
             return;
         }
         let seq = self.bound_ring_seq(ring_id.seq);

@@ -156,6 +156,9 @@ pub struct Stats {
     /// Timers that fired over half a token retransmission late: the failure
     /// deadline waited one retransmission more, once, to read the socket.
     pub late_timers: u64,
+    /// Beacons and packets of daemons we could not hear, answered with an
+    /// echo instead of a merge (see `Node::echo_beacon`).
+    pub beacon_echoes: u64,
     /// Packets this node retransmitted on request.
     pub packets_retransmitted: u64,
     /// Sequence numbers this node asked to be retransmitted.
@@ -209,6 +212,7 @@ impl Stats {
         self.packets_retransmitted += o.packets_retransmitted;
         self.stalls += o.stalls;
         self.late_timers += o.late_timers;
+        self.beacon_echoes += o.beacon_echoes;
         self.quarantined_joins += o.quarantined_joins;
         self.retransmits_requested += o.retransmits_requested;
         self.tokens_received += o.tokens_received;

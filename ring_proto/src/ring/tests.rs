@@ -499,7 +499,7 @@ mod bounds {
                 let ring_id = RingId { seq, rep: sender };
                 let bytes = match kind {
                     0 => Join { sender, ring_id, max_ring_seq: seq, procs: ids(4), fails: vec![], suspects: vec![] }.encode(),
-                    1 => Beacon { sender, ring_id }.encode(),
+                    1 => Beacon { sender, ring_id, echo: false }.encode(),
                     _ => packet_of(ring_id, sender),
                 };
                 n.handle_datagram(now, Bytes::from(bytes));

@@ -178,7 +178,7 @@ fn forge(lab: &Lab, mode: LinkMode, to: usize, from: u16, own_ring: bool, f: &Fo
             }
             .encode()
         }
-        Forged::Beacon { seq } => Beacon { sender, ring_id: ring(*seq) }.encode(),
+        Forged::Beacon { seq } => Beacon { sender, ring_id: ring(*seq), echo: false }.encode(),
         Forged::Commit { seq, rotation, members } => {
             let members: Vec<NodeId> =
                 members.iter().copied().collect::<BTreeSet<_>>().into_iter().map(NodeId).collect();

@@ -30,6 +30,10 @@ pub struct FaultKinds {
     /// Scheduling stalls: every daemon is paused for short spells (up to
     /// 100 ms) for a while; no membership change may follow.
     pub stall: bool,
+    /// A lasting deaf daemon: every link into one daemon cut (4 to 7 s),
+    /// while the others still hear it; the others must keep one ring and
+    /// not re-form it at each of its beacons.
+    pub deaf: bool,
 }
 
 impl FaultKinds {
@@ -47,13 +51,14 @@ impl FaultKinds {
         cut: false,
         pause: false,
         stall: false,
+        deaf: false,
     };
 
     /// Every kind, the lasting ones included (`all`).
-    pub const EVERY: Self = Self { cut: true, pause: true, stall: true, ..Self::ALL };
+    pub const EVERY: Self = Self { cut: true, pause: true, stall: true, deaf: true, ..Self::ALL };
 
     /// Parses a comma-separated list: `partition,merge,crash,restart,loss,oneway,
-    /// cut,pause,stall` or `all`.
+    /// cut,pause,stall,deaf` or `all`.
     pub fn parse(s: &str) -> Result<Self, String> {
         let mut k = Self::default();
         for word in s.split(',').map(str::trim).filter(|w| !w.is_empty()) {
@@ -68,10 +73,11 @@ impl FaultKinds {
                 "cut" => k.cut = true,
                 "pause" => k.pause = true,
                 "stall" => k.stall = true,
+                "deaf" => k.deaf = true,
                 other => {
                     return Err(format!(
                         "unknown fault kind `{other}` (partition, merge, crash, restart, loss, oneway, \
-                         cut, pause, stall, all)"
+                         cut, pause, stall, deaf, all)"
                     ));
                 }
             }
@@ -86,10 +92,15 @@ impl FaultKinds {
 
     /// The lasting kinds (one of them runs after the heal).
     fn lasting_choices(self) -> Vec<LastingKind> {
-        [(self.cut, LastingKind::Cut), (self.pause, LastingKind::Pause), (self.stall, LastingKind::Stall)]
-            .into_iter()
-            .filter_map(|(on, k)| on.then_some(k))
-            .collect()
+        [
+            (self.cut, LastingKind::Cut),
+            (self.pause, LastingKind::Pause),
+            (self.stall, LastingKind::Stall),
+            (self.deaf, LastingKind::Deaf),
+        ]
+        .into_iter()
+        .filter_map(|(on, k)| on.then_some(k))
+        .collect()
     }
 
     fn choices(self) -> Vec<Kind> {
@@ -208,6 +219,7 @@ enum LastingKind {
     Cut,
     Pause,
     Stall,
+    Deaf,
 }
 
 /// The fault of the second phase of a run: it starts once the other faults
@@ -221,13 +233,18 @@ pub(crate) enum Lasting {
     /// Short pauses of every daemon, `(node, start offset, length)`, over
     /// `len`.
     Stall { spells: Vec<(usize, Duration, Duration)>, len: Duration },
+    /// Datagrams to `node` from every other daemon are dropped for `len`.
+    Deaf { node: usize, len: Duration },
 }
 
 impl Lasting {
     /// How long the fault lasts.
     pub(crate) fn len(&self) -> Duration {
         match self {
-            Self::Cut { len, .. } | Self::Pause { len, .. } | Self::Stall { len, .. } => *len,
+            Self::Cut { len, .. }
+            | Self::Pause { len, .. }
+            | Self::Stall { len, .. }
+            | Self::Deaf { len, .. } => *len,
         }
     }
 }
@@ -262,5 +279,9 @@ pub(crate) fn lasting(rng: &mut ChaCha8Rng, kinds: FaultKinds, nodes: usize) -> 
             spells.sort_by_key(|s| s.1);
             Lasting::Stall { spells, len }
         }
+        LastingKind::Deaf => Lasting::Deaf {
+            node: rng.random_range(0..nodes),
+            len: Duration::from_millis(rng.random_range(4000..7000)),
+        },
     })
 }

@@ -200,6 +200,10 @@ pub enum Violation {
     /// A membership change under scheduling stalls alone (no daemon
     /// failed, no datagram was lost).
     SpuriousChange { node: NodeId, ring: RingId },
+    /// During a lasting cut or deaf daemon, after the ring settled, a daemon
+    /// kept installing rings (see `CHURN_BASE`): the membership did not
+    /// settle on the links that work both ways.
+    Churn { node: NodeId, rings: u32 },
 }
 
 impl fmt::Display for Violation {
@@ -248,6 +252,10 @@ impl fmt::Display for Violation {
             Self::SpuriousChange { node, ring } => {
                 write!(f, "liveness: node {node} installed ring {ring} under scheduling stalls alone")
             }
+            Self::Churn { node, rings } => write!(
+                f,
+                "churn: node {node} installed {rings} rings while a lasting cut held, after the ring settled"
+            ),
             Self::KeyMismatch { ring, epoch, a, b } => {
                 write!(
                     f,
@@ -432,6 +440,11 @@ pub struct Sim<'t> {
     lasting_started: bool,
     /// With stalls: the ring all live daemons were in when they began.
     stall_ring: Option<RingId>,
+    /// With a lasting cut or deaf daemon: from when rings installed count as
+    /// churn, and how many each daemon installed since.
+    churn_from: Option<Time>,
+    churn_max: u32,
+    churned: Vec<u32>,
     /// Pauses to apply: (start, daemon, length), in time order.
     pause_plan: Vec<(Time, usize, Duration)>,
     next_pause: usize,
@@ -461,6 +474,13 @@ struct LiveProbe {
 const LASTING_AFTER: Duration = Duration::from_millis(1500);
 /// Liveness probes are sent this often during a lasting fault.
 const LIVE_PROBE_EVERY: Duration = Duration::from_millis(250);
+/// Rings a daemon may install during a lasting cut once the ring settled:
+/// this many, and one more per second of the cut left (the end of the cut
+/// left out is let back after a quarantine that doubles up to 3.2 s, and
+/// left out again). Re-forming the ring at every beacon of a daemon that
+/// cannot hear us (every 0.4 s) is churn.
+const CHURN_BASE: u32 = 2;
+
 /// Most datagrams a paused daemon's socket holds.
 const HELD_MAX: usize = 4096;
 
@@ -560,6 +580,9 @@ impl<'t> Sim<'t> {
             quiet_at,
             lasting_started: false,
             stall_ring: None,
+            churn_from: None,
+            churn_max: CHURN_BASE,
+            churned: vec![0; cfg_nodes],
             pause_plan,
             next_pause: 0,
             paused_until: vec![None; cfg_nodes],
@@ -742,6 +765,14 @@ impl<'t> Sim<'t> {
                     self.net.reachable[*from][*to] = false;
                     Duration::from_secs(2)
                 }
+                Some(Lasting::Deaf { node, .. }) => {
+                    for j in 0..self.nodes.len() {
+                        if j != *node {
+                            self.net.reachable[j][*node] = false;
+                        }
+                    }
+                    Duration::from_secs(2)
+                }
                 Some(Lasting::Pause { .. }) => Duration::from_millis(1000),
                 Some(Lasting::Stall { .. }) => {
                     self.stall_ring = self.converged();
@@ -750,6 +781,11 @@ impl<'t> Sim<'t> {
                 None => Duration::ZERO,
             };
             self.next_live_probe = Some(now + settle).filter(|t| *t < self.quiet_at);
+            if matches!(self.lasting, Some(Lasting::Cut { .. } | Lasting::Deaf { .. })) {
+                self.churn_from = Some(now + settle);
+                let window = self.quiet_at.saturating_since(now + settle);
+                self.churn_max = CHURN_BASE + u32::try_from(window.as_secs()).unwrap_or(u32::MAX);
+            }
         }
         if self.lasting_started && now >= self.quiet_at {
             if let Some(Lasting::Cut { from, to, .. }) = self.lasting {
@@ -757,6 +793,14 @@ impl<'t> Sim<'t> {
                     self.note_fault(|| format!("cut {from}->{to} healed"));
                 }
                 self.net.reachable[from][to] = true;
+            }
+            if let Some(Lasting::Deaf { node, .. }) = self.lasting {
+                if (0..self.nodes.len()).any(|j| j != node && !self.net.reachable[j][node]) {
+                    self.note_fault(|| format!("daemon {node} hears the others again"));
+                }
+                for j in 0..self.nodes.len() {
+                    self.net.reachable[j][node] = true;
+                }
             }
             self.next_live_probe = None;
         }
@@ -803,7 +847,7 @@ impl<'t> Sim<'t> {
     /// every running daemon must.
     fn send_live_probes(&mut self) {
         let (within, all) = match self.lasting {
-            Some(Lasting::Cut { .. }) => (Duration::from_secs(2), false),
+            Some(Lasting::Cut { .. } | Lasting::Deaf { .. }) => (Duration::from_secs(2), false),
             Some(Lasting::Pause { .. }) => (Duration::from_millis(1500), true),
             Some(Lasting::Stall { .. }) => (Duration::from_secs(1), true),
             None => return,
@@ -1060,6 +1104,15 @@ impl<'t> Sim<'t> {
                         && now < self.quiet_at
                     {
                         self.violations.push(Violation::SpuriousChange { node: me, ring: c.ring_id });
+                    }
+                    if c.kind == ConfigKind::Regular
+                        && self.churn_from.is_some_and(|t| now >= t)
+                        && now < self.quiet_at
+                    {
+                        self.churned[i] += 1;
+                        if self.churned[i] == self.churn_max + 1 {
+                            self.violations.push(Violation::Churn { node: me, rings: self.churned[i] });
+                        }
                     }
                     if let Some(w) = self.trace.as_mut() {
                         let ev = TraceEvent::Configuration {

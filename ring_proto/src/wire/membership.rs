@@ -1,8 +1,8 @@
 //! Membership messages: join, commit token and merge beacon.
 
 use super::{
-    DecodeError, HEADER_LEN, KIND_BEACON, KIND_COMMIT, KIND_JOIN, NodeId, Reader, RingId, decode_sender_ring,
-    encode_sender_ring, peek_kind, put_header, put_ring_id, read_ring_id,
+    DecodeError, HEADER_LEN, KIND_BEACON, KIND_BEACON_ECHO, KIND_COMMIT, KIND_JOIN, NodeId, Reader, RingId,
+    decode_sender_ring, encode_sender_ring, peek_kind, put_header, put_ring_id, read_ring_id,
 };
 
 /// Most daemons a membership message may name.
@@ -101,6 +101,10 @@ pub struct Beacon {
     pub sender: NodeId,
     /// The sender's ring.
     pub ring_id: RingId,
+    /// An echo: sent to one daemon whose beacon (or packet) the sender
+    /// heard although it could not hear that daemon before; it proves the
+    /// link works both ways (kind [`KIND_BEACON_ECHO`]).
+    pub echo: bool,
 }
 
 impl Beacon {
@@ -109,13 +113,14 @@ impl Beacon {
 
     /// Encodes the message.
     pub fn encode(&self) -> Vec<u8> {
-        encode_sender_ring(KIND_BEACON, self.sender, self.ring_id)
+        encode_sender_ring(if self.echo { KIND_BEACON_ECHO } else { KIND_BEACON }, self.sender, self.ring_id)
     }
 
-    /// Decodes a beacon. Total.
+    /// Decodes a beacon or an echo. Total.
     pub fn decode(buf: &[u8]) -> Result<Self, DecodeError> {
-        let (sender, ring_id) = decode_sender_ring(buf, KIND_BEACON)?;
-        Ok(Self { sender, ring_id })
+        let echo = peek_kind(buf)? == KIND_BEACON_ECHO;
+        let (sender, ring_id) = decode_sender_ring(buf, if echo { KIND_BEACON_ECHO } else { KIND_BEACON })?;
+        Ok(Self { sender, ring_id, echo })
     }
 }
 

@@ -40,6 +40,9 @@ pub const KIND_COMMIT: u8 = 4;
 pub const KIND_BEACON: u8 = 5;
 /// Kind byte of a token request.
 pub const KIND_TOKEN_REQUEST: u8 = 6;
+/// An answer to a beacon from a daemon we could not hear ([`Beacon`] with
+/// `echo` set): "I hear you".
+pub const KIND_BEACON_ECHO: u8 = 7;
 
 /// Identifies a daemon in the cluster configuration.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
@@ -178,7 +181,7 @@ impl Datagram {
             KIND_TOKEN => Token::decode(&buf).map(Self::Token),
             KIND_JOIN => Join::decode(&buf).map(Self::Join),
             KIND_COMMIT => CommitToken::decode(&buf).map(Self::Commit),
-            KIND_BEACON => Beacon::decode(&buf).map(Self::Beacon),
+            KIND_BEACON | KIND_BEACON_ECHO => Beacon::decode(&buf).map(Self::Beacon),
             KIND_TOKEN_REQUEST => TokenRequest::decode(&buf).map(Self::TokenRequest),
             _ => Err(DecodeError::UnknownKind),
         }
