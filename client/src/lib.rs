@@ -569,7 +569,8 @@ impl Client {
                      `--keys` in the tools)"
                 ))
             })?;
-            let secret = ringfence_crypto::identity::SecretIdentity::from_bytes(identity.secret.expose_secret());
+            let secret =
+                ringfence_crypto::identity::SecretIdentity::from_bytes(identity.secret.expose_secret());
             let rng = Box::new(rand_chacha::ChaCha20Rng::from_os_rng());
             let engine = LayeredGroup::new(protocol, group, &self.welcome.private_name, secret, rng)
                 .map_err(|e| ClientError::Layered(e.to_string()))?;
@@ -691,14 +692,18 @@ impl Client {
         payloads: impl IntoIterator<Item = &'a [u8]>,
     ) -> Result<(), ClientError> {
         let [group] = groups else {
-            return Err(ClientError::Layered("a message to a layered group has that group as its only destination".into()));
+            return Err(ClientError::Layered(
+                "a message to a layered group has that group as its only destination".into(),
+            ));
         };
         let engine = self.layered.groups.get_mut(*group).expect("checked by the caller");
         let mut sealed_buf = Vec::new();
         for p in payloads {
             sealed_buf.clear();
             let sealed = engine.ready()
-                && engine.seal_into(msg_type, p, &mut sealed_buf).map_err(|e| ClientError::Layered(e.to_string()))?;
+                && engine
+                    .seal_into(msg_type, p, &mut sealed_buf)
+                    .map_err(|e| ClientError::Layered(e.to_string()))?;
             if !sealed {
                 engine.hold(service, msg_type, p).map_err(|e| ClientError::Layered(e.to_string()))?;
                 continue;
@@ -727,19 +732,32 @@ impl Client {
         self.out.clear();
         while let Some(t) = engine.poll_transmit() {
             let (service, msg_type, self_discard, sealed, payload) = match &t {
-                LayeredTransmit::Protocol(b) => (Service::Agreed, layered::PROTOCOL_MSG_TYPE, false, false, b),
+                LayeredTransmit::Protocol(b) => {
+                    (Service::Agreed, layered::PROTOCOL_MSG_TYPE, false, false, b)
+                }
                 LayeredTransmit::Data { service, msg_type, payload } => {
                     (*service, *msg_type, self.self_discard, true, payload)
                 }
             };
-            encode_multicast(&mut self.out, &self.limits, service, msg_type, self_discard, sealed, [group], payload)?;
+            encode_multicast(
+                &mut self.out,
+                &self.limits,
+                service,
+                msg_type,
+                self_discard,
+                sealed,
+                [group],
+                payload,
+            )?;
         }
         while let Some(e) = engine.poll_event() {
             self.layered.pending.push_back(match e {
                 LayeredEvent::SecureView { group, epoch, key_id, members } => {
                     Event::SecureView { group, epoch, key_id, members }
                 }
-                LayeredEvent::Refused { group, sender, reason } => Event::AgreementRefused { group, sender, reason },
+                LayeredEvent::Refused { group, sender, reason } => {
+                    Event::AgreementRefused { group, sender, reason }
+                }
             });
         }
         if !self.out.is_empty() {

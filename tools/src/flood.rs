@@ -782,7 +782,8 @@ fn run(args: &FloodArgs, spawned: &mut Option<LocalCluster>) -> Report {
     let mode = args.mode.mode();
     let names: Vec<String> =
         (0..k).map(|i| format!("flood-r{i}")).chain((0..m).map(|i| format!("flood-s{i}"))).collect();
-    let secrets: Vec<SecretIdentity> = names.iter().map(|_| SecretIdentity::generate(&mut rand::rng())).collect();
+    let secrets: Vec<SecretIdentity> =
+        names.iter().map(|_| SecretIdentity::generate(&mut rand::rng())).collect();
     let mut peers = PeerKeys::new();
     for (n, s) in names.iter().zip(&secrets) {
         peers.insert(n, s.public());

@@ -93,8 +93,14 @@ pub(crate) fn main(args: &KeygenArgs) -> ExitCode {
         What::Client { name, dir } => {
             return match ringfence_crypto::identity::write_keypair(dir, name, &mut rand::rng()) {
                 Ok((secret, public)) => {
-                    println!("secret key: {} (mode 0600; give it to client {name}: --identity)", secret.display());
-                    println!("public key: {} (copy it into every member's --keys directory)", public.display());
+                    println!(
+                        "secret key: {} (mode 0600; give it to client {name}: --identity)",
+                        secret.display()
+                    );
+                    println!(
+                        "public key: {} (copy it into every member's --keys directory)",
+                        public.display()
+                    );
                     ExitCode::SUCCESS
                 }
                 Err(e) => {

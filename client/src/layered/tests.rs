@@ -294,7 +294,10 @@ fn the_change_is_decided_alike_at_every_member() {
     let (ab, abc) = (v(&["a", "b"]), v(&["a", "b", "c"]));
     assert_eq!(decide(None, &ab, ViewCause::Join), Change::Merge);
     assert_eq!(decide(Some(&ab), &abc, ViewCause::Join), Change::Merge);
-    assert_eq!(decide(Some(&abc), &ab, ViewCause::Leave), Change::Leave { left: vec![member_id(&name("c"))] });
+    assert_eq!(
+        decide(Some(&abc), &ab, ViewCause::Leave),
+        Change::Leave { left: vec![member_id(&name("c"))] }
+    );
     assert_eq!(
         decide(Some(&abc), &ab, ViewCause::Disconnect),
         Change::Leave { left: vec![member_id(&name("c"))] }
