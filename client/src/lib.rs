@@ -390,7 +390,8 @@ pub struct Client {
     exact_reads: bool,
     /// The tag of the last operator request.
     admin_tag: u32,
-    layered: Layered,
+    /// Boxed: most clients have no layered group.
+    layered: Box<Layered>,
 }
 
 /// The layered groups of this client: one agreement engine each.
@@ -461,7 +462,7 @@ impl Client {
             keys: Keys::default(),
             exact_reads: false,
             admin_tag: 0,
-            layered: Layered::default(),
+            layered: Box::default(),
         };
         if let Err(e) = c.send(&ClientFrame::Hello(Hello::new(name, auth))) {
             // A daemon that rejected our certificate after the handshake
