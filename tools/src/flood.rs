@@ -31,7 +31,10 @@
 //! cannot be opened is counted and fails the run. `--remote-tls` gives the
 //! spawned daemons TLS listeners with a fresh CA and certificates, and every
 //! client connects over TCP+TLS with a client certificate instead of the Unix
-//! socket.
+//! socket. In the layered modes (`layered-tgdh`, ...) every client gets a
+//! fresh Ed25519 identity (all public keys known to all), the senders join
+//! as in the keyed modes, and the run starts once every client holds the
+//! secure view of all of them (the members agreed on its key).
 
 use crate::cluster::{LocalCluster, Spec, process_cpu_seconds};
 use crate::connect_opts::ConnectOpts;
