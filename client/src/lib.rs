@@ -46,9 +46,13 @@
 
 #[cfg(feature = "tokio")]
 mod async_client;
+pub mod layered;
 #[cfg(feature = "tokio")]
 pub use async_client::AsyncClient;
 
+use layered::{LayeredEvent, LayeredGroup, Transmit as LayeredTransmit};
+pub use layered::{LayeredIdentity, PeerKeys};
+use rand::SeedableRng;
 use ringfence_crypto::aead::Nonce;
 pub use ringfence_crypto::group::GroupKey;
 pub use ringfence_proto::wire::Service;
@@ -62,7 +66,7 @@ use ringfence_proto::wire::client::{
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{ClientConnection, StreamOwned};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
@@ -188,6 +192,30 @@ pub enum Event {
         /// Why.
         reason: String,
     },
+    /// A layered group's key is agreed for its current view: the members'
+    /// sends are sealed under it from now on (those held meanwhile go out
+    /// now). Follows the group's `Membership` event; every member gets it
+    /// at the same place in the agreed order. The key is never handed out.
+    SecureView {
+        /// The group.
+        group: String,
+        /// The view's epoch (`ring_seq << 32 | counter` of its view id).
+        epoch: u64,
+        /// The key's public id.
+        key_id: u32,
+        /// The members' private names.
+        members: Vec<String>,
+    },
+    /// A layered group's protocol message or view was refused (a bad
+    /// signature, an unknown signer, a broken protocol run, ...).
+    AgreementRefused {
+        /// The group.
+        group: String,
+        /// The sender (empty for a view).
+        sender: String,
+        /// Why.
+        reason: String,
+    },
     /// A request was refused (not a member, denied, too large, ...).
     Error {
         /// Why.
@@ -261,6 +289,10 @@ pub enum ClientError {
     /// A payload could not be sealed under the group's view key.
     #[error("sealing under the group key failed")]
     Crypto,
+    /// A layered group cannot take the request (no client identity set,
+    /// several destinations, too many sends held while agreeing, ...).
+    #[error("layered group: {0}")]
+    Layered(String),
 }
 
 impl Keys {
@@ -358,6 +390,17 @@ pub struct Client {
     exact_reads: bool,
     /// The tag of the last operator request.
     admin_tag: u32,
+    /// Boxed: most clients have no layered group.
+    layered: Box<Layered>,
+}
+
+/// The layered groups of this client: one agreement engine each.
+#[derive(Default)]
+struct Layered {
+    identity: Option<LayeredIdentity>,
+    groups: HashMap<String, LayeredGroup>,
+    /// Events the engines produced, handed out before the next frame's.
+    pending: VecDeque<Event>,
 }
 
 /// The view keys this client holds, by group (keyed modes).
@@ -419,6 +462,7 @@ impl Client {
             keys: Keys::default(),
             exact_reads: false,
             admin_tag: 0,
+            layered: Box::default(),
         };
         if let Err(e) = c.send(&ClientFrame::Hello(Hello::new(name, auth))) {
             // A daemon that rejected our certificate after the handshake
@@ -511,7 +555,28 @@ impl Client {
     /// `integrated-vs` is always VS and `optimized-evs` always open. In keyed
     /// modes each view arrives with its key, and this client seals what it
     /// sends to the group and opens what it receives, by itself.
+    ///
+    /// In a layered mode (`layered-tgdh`, ...) the group is VS and its
+    /// members agree on each view's key among themselves
+    /// ([`layered`](crate::layered)); this needs
+    /// [`Client::set_layered_identity`] first. Each view then arrives as a
+    /// `Membership` event and, once the key is agreed, an
+    /// [`Event::SecureView`]; sends made before it are held and sent then.
     pub fn join_with(&mut self, group: &str, vs: bool, mode: GroupMode) -> Result<(), ClientError> {
+        if let Some(protocol) = layered::protocol_of(mode) {
+            let identity = self.layered.identity.as_ref().ok_or_else(|| {
+                ClientError::Layered(format!(
+                    "mode {mode} needs a client identity (Client::set_layered_identity; `--identity` and \
+                     `--keys` in the tools)"
+                ))
+            })?;
+            let secret =
+                ringfence_crypto::identity::SecretIdentity::from_bytes(identity.secret.expose_secret());
+            let rng = Box::new(rand_chacha::ChaCha20Rng::from_os_rng());
+            let engine = LayeredGroup::new(protocol, group, &self.welcome.private_name, secret, rng)
+                .map_err(|e| ClientError::Layered(e.to_string()))?;
+            self.layered.groups.insert(group.to_string(), engine);
+        }
         self.send(&ClientFrame::JoinMode { group: group.to_string(), vs, mode })
     }
 
@@ -523,6 +588,9 @@ impl Client {
         if let Some(k) = self.keys.groups.get_mut(group) {
             k.index = None; // opens what is still on its way, seals nothing more
         }
+        if let Some(l) = self.layered.groups.get_mut(group) {
+            l.leave();
+        }
         self.send(&ClientFrame::Leave { group: group.to_string() })
     }
 
@@ -530,6 +598,23 @@ impl Client {
     /// `Debug` shows only the key id.
     pub fn view_key(&self, group: &str) -> Option<&GroupKey> {
         self.keys.groups.get(group)?.key.as_deref()
+    }
+
+    /// Sets this client's identity for layered groups: its signing key and
+    /// the public keys of the clients it may meet in them (by client name).
+    pub fn set_layered_identity(&mut self, identity: LayeredIdentity) {
+        self.layered.identity = Some(identity);
+    }
+
+    /// The epoch and key id of a layered group's secure view in force
+    /// (`None` while its key is being agreed, or for another group).
+    pub fn layered_view(&self, group: &str) -> Option<(u64, u32)> {
+        self.layered.groups.get(group)?.secure_epoch()
+    }
+
+    /// A layered group's engine counters.
+    pub fn layered_stats(&self, group: &str) -> Option<layered::LayeredStats> {
+        self.layered.groups.get(group).map(LayeredGroup::stats)
     }
 
     /// With `true`, payloads of keyed groups are handed over sealed, as the
@@ -560,6 +645,9 @@ impl Client {
         payloads: impl IntoIterator<Item = &'a [u8]>,
     ) -> Result<(), ClientError> {
         self.out.clear();
+        if groups.iter().any(|g| self.layered.groups.contains_key(*g)) {
+            return self.multicast_layered(service, groups, msg_type, payloads);
+        }
         // A keyed group this client holds a key of: seal under it (a
         // message to a keyed group has that group as its only destination).
         let mut key = match groups {
@@ -595,6 +683,90 @@ impl Client {
         Ok(())
     }
 
+    /// A send to a layered group: sealed under its key, or held until the
+    /// key is agreed.
+    fn multicast_layered<'a>(
+        &mut self,
+        service: Service,
+        groups: &[&str],
+        msg_type: u16,
+        payloads: impl IntoIterator<Item = &'a [u8]>,
+    ) -> Result<(), ClientError> {
+        let [group] = groups else {
+            return Err(ClientError::Layered(
+                "a message to a layered group has that group as its only destination".into(),
+            ));
+        };
+        let engine = self.layered.groups.get_mut(*group).expect("checked by the caller");
+        let mut sealed_buf = Vec::new();
+        for p in payloads {
+            sealed_buf.clear();
+            let sealed = engine.ready()
+                && engine
+                    .seal_into(msg_type, p, &mut sealed_buf)
+                    .map_err(|e| ClientError::Layered(e.to_string()))?;
+            if !sealed {
+                engine.hold(service, msg_type, p).map_err(|e| ClientError::Layered(e.to_string()))?;
+                continue;
+            }
+            encode_multicast(
+                &mut self.out,
+                &self.limits,
+                service,
+                msg_type,
+                self.self_discard,
+                true,
+                groups.iter().copied(),
+                &sealed_buf,
+            )?;
+        }
+        if !self.out.is_empty() {
+            self.stream.write_all(&self.out)?;
+        }
+        Ok(())
+    }
+
+    /// Sends what the layered engine of `group` wants sent and moves its
+    /// events to the pending queue.
+    fn drive_layered(&mut self, group: &str) -> Result<(), ClientError> {
+        let Some(engine) = self.layered.groups.get_mut(group) else { return Ok(()) };
+        self.out.clear();
+        while let Some(t) = engine.poll_transmit() {
+            let (service, msg_type, self_discard, sealed, payload) = match &t {
+                LayeredTransmit::Protocol(b) => {
+                    (Service::Agreed, layered::PROTOCOL_MSG_TYPE, false, false, b)
+                }
+                LayeredTransmit::Data { service, msg_type, payload } => {
+                    (*service, *msg_type, self.self_discard, true, payload)
+                }
+            };
+            encode_multicast(
+                &mut self.out,
+                &self.limits,
+                service,
+                msg_type,
+                self_discard,
+                sealed,
+                [group],
+                payload,
+            )?;
+        }
+        while let Some(e) = engine.poll_event() {
+            self.layered.pending.push_back(match e {
+                LayeredEvent::SecureView { group, epoch, key_id, members } => {
+                    Event::SecureView { group, epoch, key_id, members }
+                }
+                LayeredEvent::Refused { group, sender, reason } => {
+                    Event::AgreementRefused { group, sender, reason }
+                }
+            });
+        }
+        if !self.out.is_empty() {
+            self.stream.write_all(&self.out)?;
+        }
+        Ok(())
+    }
+
     /// Multicasts with every option: self-discard keeps the message from
     /// being delivered back to this client.
     pub fn multicast_with(&mut self, m: Multicast) -> Result<(), ClientError> {
@@ -603,6 +775,9 @@ impl Client {
 
     /// Acknowledges a flush request of a virtual-synchrony group.
     pub fn flush_ok(&mut self, group: &str, view_id: ViewId) -> Result<(), ClientError> {
+        if let Some(l) = self.layered.groups.get_mut(group) {
+            l.flush_ok();
+        }
         self.send(&ClientFrame::FlushOk { group: group.to_string(), view_id })
     }
 
@@ -661,7 +836,39 @@ impl Client {
     }
 
     fn next_event(&mut self, block: bool) -> Result<Option<Event>, ClientError> {
-        Ok(match self.next_frame(block)? {
+        loop {
+            if let Some(e) = self.layered.pending.pop_front() {
+                return Ok(Some(e));
+            }
+            let frame = self.next_frame(block)?;
+            // A layered group's protocol message is the engine's, not the application's.
+            if let Some(DaemonFrame::Message(m)) = &frame {
+                if let [g] = &m.groups[..] {
+                    if !m.sealed && m.msg_type == layered::PROTOCOL_MSG_TYPE && !self.keys.raw {
+                        if let Some(l) = self.layered.groups.get_mut(g) {
+                            let peers = &self.layered.identity.as_ref().expect("set before joining").peers;
+                            l.handle_protocol(&m.sender, &m.payload, peers);
+                            let g = g.clone();
+                            self.drive_layered(&g)?;
+                            continue;
+                        }
+                    }
+                }
+            }
+            if let Some(DaemonFrame::Membership(m)) = &frame {
+                if let Some(l) = self.layered.groups.get_mut(&m.group) {
+                    let peers = &mut self.layered.identity.as_mut().expect("set before joining").peers;
+                    l.handle_view(m, peers);
+                    let g = m.group.clone();
+                    self.drive_layered(&g)?;
+                }
+            }
+            return self.event_of(frame);
+        }
+    }
+
+    fn event_of(&mut self, frame: Option<DaemonFrame>) -> Result<Option<Event>, ClientError> {
+        Ok(match frame {
             None => None,
             Some(DaemonFrame::Message(m)) => Some(self.open(m)),
             Some(DaemonFrame::Membership(m)) => {
@@ -698,6 +905,29 @@ impl Client {
     fn open(&self, mut m: Message) -> Event {
         if self.keys.raw {
             return Event::Message(m);
+        }
+        if let [g] = &m.groups[..] {
+            if let Some(l) = self.layered.groups.get(g) {
+                let opened = if m.sealed {
+                    l.open(&m.sender, m.msg_type, &m.payload)
+                } else {
+                    Err("not sealed, in a layered group".into())
+                };
+                return match opened {
+                    Ok(plain) => {
+                        m.payload = plain.into();
+                        m.sealed = false;
+                        Event::Message(m)
+                    }
+                    Err(reason) => Event::Undecipherable {
+                        sender: m.sender,
+                        key_id: ringfence_crypto::group::key_id_of(&m.payload).unwrap_or(0),
+                        group: m.groups.into_iter().next().unwrap_or_default(),
+                        msg_type: m.msg_type,
+                        reason,
+                    },
+                };
+            }
         }
         if !m.sealed {
             // Every message of a keyed group comes sealed; one that does not

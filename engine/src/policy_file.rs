@@ -54,7 +54,9 @@ pub(crate) fn policy(
             Some(m) => {
                 let mode: GroupMode =
                     m.get_ref().parse().map_err(|e: String| invalid(m.span(), "group.mode", e))?;
-                if mode != GroupMode::None && link != LinkMode::Encrypt {
+                // Layered groups' payloads are sealed by their members under
+                // keys no daemon holds: they need no link encryption.
+                if mode != GroupMode::None && !mode.layered() && link != LinkMode::Encrypt {
                     return Err(invalid(
                         m.span(),
                         "group.mode",

@@ -31,15 +31,20 @@
 //! cannot be opened is counted and fails the run. `--remote-tls` gives the
 //! spawned daemons TLS listeners with a fresh CA and certificates, and every
 //! client connects over TCP+TLS with a client certificate instead of the Unix
-//! socket.
+//! socket. In the layered modes (`layered-tgdh`, ...) every client gets a
+//! fresh Ed25519 identity (all public keys known to all), the senders join
+//! as in the keyed modes, and the run starts once every client holds the
+//! secure view of all of them (the members agreed on its key).
 
 use crate::cluster::{LocalCluster, Spec, process_cpu_seconds};
 use crate::connect_opts::ConnectOpts;
 use clap::{Args, ValueEnum};
 use hdrhistogram::Histogram;
 use ringfence_client::{
-    Address, Client, ClientError, ConnectOptions, Event, GroupMode, Service, TlsOptions, ViewKind,
+    Address, Client, ClientError, ConnectOptions, Event, GroupMode, LayeredIdentity, PeerKeys, Service,
+    TlsOptions, ViewKind,
 };
+use ringfence_crypto::identity::SecretIdentity;
 use ringfence_engine::DaemonConfig;
 use ringfence_proto::wire::client::ErrorCode;
 use std::fmt::Write as _;
@@ -106,6 +111,16 @@ pub(crate) enum ModeArg {
     OptimizedEvs,
     /// No client keys; remote clients over TLS.
     ThreeStep,
+    /// Closed VS group; the members agree on each view's key by TGDH.
+    LayeredTgdh,
+    /// Layered, by group Diffie-Hellman (IKA.2).
+    LayeredGdh,
+    /// Layered, by Burmester-Desmedt.
+    LayeredBd,
+    /// Layered, by STR.
+    LayeredStr,
+    /// Layered, by centralized key distribution.
+    LayeredCkd,
 }
 
 impl ModeArg {
@@ -115,6 +130,11 @@ impl ModeArg {
             Self::IntegratedVs => GroupMode::IntegratedVs,
             Self::OptimizedEvs => GroupMode::OptimizedEvs,
             Self::ThreeStep => GroupMode::ThreeStep,
+            Self::LayeredTgdh => GroupMode::LayeredTgdh,
+            Self::LayeredGdh => GroupMode::LayeredGdh,
+            Self::LayeredBd => GroupMode::LayeredBd,
+            Self::LayeredStr => GroupMode::LayeredStr,
+            Self::LayeredCkd => GroupMode::LayeredCkd,
         }
     }
 }
@@ -536,7 +556,7 @@ fn wait_for_view(
     deadline: Instant,
     spawned: &mut Option<LocalCluster>,
 ) -> Result<(), String> {
-    let vs = mode == GroupMode::IntegratedVs;
+    let vs = mode == GroupMode::IntegratedVs || mode.layered();
     for c in clients[first..].iter_mut() {
         c.join_with(group, vs, mode).map_err(|e| e.to_string())?;
     }
@@ -554,7 +574,13 @@ fn wait_for_view(
                         last[i] = v.members.len();
                         ready[i] = v.kind == ViewKind::Regular
                             && v.members.len() == want
-                            && (v.key.is_some() || !mode.keyed());
+                            && (v.key.is_some() || !mode.keyed())
+                            && !mode.layered();
+                    }
+                    // Layered: the members' key is agreed for the view.
+                    Event::SecureView { group: g, members, .. } if g == group => {
+                        last[i] = members.len();
+                        ready[i] = members.len() == want;
                     }
                     Event::FlushRequest { group, view_id } => {
                         c.flush_ok(&group, view_id).map_err(|e| format!("client {i}: {e}"))?;
@@ -694,7 +720,11 @@ pub(crate) fn main(args: &FloodArgs) -> ExitCode {
         eprintln!("flood: --senders, --messages, --rate and --spawn must be at least 1");
         return ExitCode::from(2);
     }
-    if args.mode != ModeArg::None && args.config.is_none() && args.link_security != "encrypt" {
+    if args.mode != ModeArg::None
+        && !args.mode.mode().layered()
+        && args.config.is_none()
+        && args.link_security != "encrypt"
+    {
         eprintln!("flood: --mode {} needs --link-security encrypt", args.mode.mode());
         return ExitCode::from(2);
     }
@@ -750,34 +780,58 @@ fn run(args: &FloodArgs, spawned: &mut Option<LocalCluster>) -> Report {
         (0..m).map(|i| args.messages / m as u64 + u64::from((i as u64) < args.messages % m as u64)).collect();
     report.expected = args.messages * k as u64;
 
+    // Layered modes: a fresh Ed25519 identity per client, every public key
+    // known to every client (docs/security.md, "Layered groups").
+    let mode = args.mode.mode();
+    let names: Vec<String> =
+        (0..k).map(|i| format!("flood-r{i}")).chain((0..m).map(|i| format!("flood-s{i}"))).collect();
+    let secrets: Vec<SecretIdentity> =
+        names.iter().map(|_| SecretIdentity::generate(&mut rand::rng())).collect();
+    let mut peers = PeerKeys::new();
+    for (n, s) in names.iter().zip(&secrets) {
+        peers.insert(n, s.public());
+    }
+    let identify = |c: &mut Client, i: usize| {
+        if mode.layered() {
+            let secret = SecretIdentity::from_bytes(secrets[i].expose_secret());
+            c.set_layered_identity(LayeredIdentity::new(secret, peers.clone()));
+        }
+    };
+
     // Receivers first, one per daemon; then wait until they see one ring.
     let mut receivers = Vec::with_capacity(k);
     for (i, s) in sockets.iter().enumerate() {
-        match connect(s, &opts, &format!("flood-r{i}"), deadline, spawned) {
-            Ok(c) => receivers.push(c),
+        match connect(s, &opts, &names[i], deadline, spawned) {
+            Ok(mut c) => {
+                identify(&mut c, i);
+                receivers.push(c);
+            }
             Err(e) => {
                 report.errors.push(e);
                 return report;
             }
         }
     }
-    let mode = args.mode.mode();
     if let Err(e) = wait_for_view(&mut receivers, 0, &args.group, mode, deadline, spawned) {
         report.errors.push(e);
         return report;
     }
     for i in 0..m {
-        match connect(&sockets[i % k], &opts, &format!("flood-s{i}"), deadline, spawned) {
-            Ok(c) => receivers.push(c),
+        match connect(&sockets[i % k], &opts, &names[k + i], deadline, spawned) {
+            Ok(mut c) => {
+                identify(&mut c, k + i);
+                receivers.push(c);
+            }
             Err(e) => {
                 report.errors.push(e);
                 return report;
             }
         }
     }
-    // Keyed modes: the senders join (as members they hold the view key),
-    // and every client waits for the view with all of them and its key.
-    if mode.keyed() {
+    // Keyed and layered modes: the senders join (as members they hold the
+    // view key), and every client waits for the view with all of them and
+    // its key.
+    if mode.keyed() || mode.layered() {
         for c in &mut receivers[k..] {
             c.set_self_discard(true);
         }

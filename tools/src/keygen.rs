@@ -6,6 +6,12 @@
 //! and prints the line to paste into the cluster config:
 //! `public_key = "HEX"` under that daemon's `[[cluster.daemon]]`.
 //!
+//! `ringfence keygen client NAME`: a client's Ed25519 identity for layered
+//! groups, in the same two files (`NAME.key`, `NAME.pub`); the client
+//! signs its key agreement messages with it (`ringfence user --identity`)
+//! and the members find its public key as `NAME.pub` in their `--keys`
+//! directory.
+//!
 //! `ringfence keygen ca --dir D`: a certificate authority for client
 //! authentication (TLS): `ca.crt` and `ca.key` (mode 0600; keep it
 //! offline). `ringfence keygen cert NAME --ca-dir D --dir OUT [--san ...]`:
@@ -46,6 +52,17 @@ enum What {
         #[arg(long, default_value = ".")]
         dir: PathBuf,
     },
+    /// A client identity for layered groups: NAME.key (secret) and NAME.pub
+    /// (the same format as a daemon's; NAME is the client's name). Give
+    /// the client its .key (`--identity`) and every member the .pub files
+    /// (`--keys DIR`).
+    Client {
+        /// The client's name, as it connects (`--name`).
+        name: String,
+        /// Where to write the files.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
     /// A certificate authority for TLS clients and daemons: ca.crt, ca.key.
     Ca {
         /// Where to write the files.
@@ -73,6 +90,25 @@ enum What {
 pub(crate) fn main(args: &KeygenArgs) -> ExitCode {
     let (name, dir) = match &args.what {
         What::Daemon { name, dir } => (name, dir),
+        What::Client { name, dir } => {
+            return match ringfence_crypto::identity::write_keypair(dir, name, &mut rand::rng()) {
+                Ok((secret, public)) => {
+                    println!(
+                        "secret key: {} (mode 0600; give it to client {name}: --identity)",
+                        secret.display()
+                    );
+                    println!(
+                        "public key: {} (copy it into every member's --keys directory)",
+                        public.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("keygen: {e}");
+                    ExitCode::from(1)
+                }
+            };
+        }
         What::Ca { dir } => return report(make_ca(dir)),
         What::Cert { name, ca_dir, dir, san } => return report(make_cert(name, ca_dir, dir, san)),
     };

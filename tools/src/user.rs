@@ -7,7 +7,11 @@
 //! printed as a line (`[chat] #alice#d0: hello`, `view chat: ...`); flush
 //! requests of VS groups are answered at once. In keyed modes the client
 //! library seals and opens payloads by itself; views show the mode and the
-//! key id.
+//! key id. In the layered modes (`layered-tgdh`, ...) the members agree on
+//! each view's key among themselves, signing with `--identity` and checking
+//! each other against `--keys`; a `secure view` line follows each view once
+//! its key is agreed (epoch and key id, never the key), and lines sent
+//! before it are held and sent then.
 //!
 //! At `q` or the end of its input, `user` sends itself a marker through the
 //! ring and prints what arrives until the marker does, so a piped session
@@ -58,9 +62,18 @@ pub(crate) struct UserArgs {
     /// gives the group.
     #[arg(long, default_value = "none")]
     mode: GroupMode,
-    /// Join closed virtual-synchrony groups (implied by `integrated-vs`).
+    /// Join closed virtual-synchrony groups (implied by `integrated-vs` and
+    /// the layered modes).
     #[arg(long)]
     vs: bool,
+    /// Layered modes: this client's secret key file (`ringfence keygen
+    /// client NAME`, the name being `--name`).
+    #[arg(long, value_name = "FILE")]
+    identity: Option<PathBuf>,
+    /// Layered modes: the directory of the members' public keys, one
+    /// `NAME.pub` per client name.
+    #[arg(long, value_name = "DIR")]
+    keys: Option<PathBuf>,
 }
 
 const HELP: &str =
@@ -149,6 +162,17 @@ fn describe(ev: &Event) -> String {
             format!("[{group}] {sender}: (undecipherable under key {key_id:08x}: {reason})")
         }
         Event::FlushRequest { group, .. } => format!("view {group}: flush requested (answered)"),
+        Event::SecureView { group, epoch, key_id, members } => format!(
+            "secure view {group}: epoch {}.{}, key {key_id:08x}, {} member{}: {}",
+            epoch >> 32,
+            epoch & 0xffff_ffff,
+            members.len(),
+            if members.len() == 1 { "" } else { "s" },
+            members.join(" ")
+        ),
+        Event::AgreementRefused { group, sender, reason } => {
+            format!("[{group}] key agreement message from {sender} refused: {reason}")
+        }
         Event::Error { code, text } => format!("error ({code:?}): {text}"),
         other => format!("{other:?}"),
     }
@@ -254,6 +278,22 @@ pub(crate) fn main(args: &UserArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    if args.mode.layered() {
+        let (Some(identity), Some(keys)) = (&args.identity, &args.keys) else {
+            eprintln!(
+                "ringfence user: --mode {} needs --identity FILE and --keys DIR (`ringfence keygen client NAME`)",
+                args.mode
+            );
+            return ExitCode::from(2);
+        };
+        match ringfence_client::LayeredIdentity::load(identity, keys) {
+            Ok(id) => c.set_layered_identity(id),
+            Err(e) => {
+                eprintln!("ringfence user: {e}");
+                return ExitCode::from(1);
+            }
+        }
+    }
     let (tx, rx) = mpsc::channel::<String>();
     let mut print = start_input(tx);
     print(format!("connected to daemon {} as {}; {HELP}", c.daemon_id(), c.private_name()));

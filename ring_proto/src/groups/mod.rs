@@ -169,11 +169,34 @@ pub enum GroupMode {
     /// No client keys: local clients over the Unix socket, remote clients
     /// over TLS; daemons carry the data over encrypted links.
     ThreeStep = 3,
+    /// Layered (closed VS group): the members agree on each view's key by
+    /// TGDH among themselves (`ringfence_client`'s agreement engine); the
+    /// daemons carry signed protocol messages and opaque payloads and hold
+    /// no key of the group.
+    LayeredTgdh = 4,
+    /// Layered, by group Diffie-Hellman (IKA.2).
+    LayeredGdh = 5,
+    /// Layered, by Burmester-Desmedt.
+    LayeredBd = 6,
+    /// Layered, by STR.
+    LayeredStr = 7,
+    /// Layered, by centralized key distribution (the oldest member).
+    LayeredCkd = 8,
 }
 
 impl GroupMode {
     /// Every mode.
-    pub const ALL: [Self; 4] = [Self::None, Self::IntegratedVs, Self::OptimizedEvs, Self::ThreeStep];
+    pub const ALL: [Self; 9] = [
+        Self::None,
+        Self::IntegratedVs,
+        Self::OptimizedEvs,
+        Self::ThreeStep,
+        Self::LayeredTgdh,
+        Self::LayeredGdh,
+        Self::LayeredBd,
+        Self::LayeredStr,
+        Self::LayeredCkd,
+    ];
 
     /// The mode's name in configs and on the command line.
     pub const fn name(self) -> &'static str {
@@ -182,10 +205,24 @@ impl GroupMode {
             Self::IntegratedVs => "integrated-vs",
             Self::OptimizedEvs => "optimized-evs",
             Self::ThreeStep => "three-step",
+            Self::LayeredTgdh => "layered-tgdh",
+            Self::LayeredGdh => "layered-gdh",
+            Self::LayeredBd => "layered-bd",
+            Self::LayeredStr => "layered-str",
+            Self::LayeredCkd => "layered-ckd",
         }
     }
 
-    /// Whether members hold view keys.
+    /// Whether the group's key is agreed by its members (a layered mode):
+    /// the daemons hold no key of it and carry its payloads as they are.
+    pub const fn layered(self) -> bool {
+        matches!(
+            self,
+            Self::LayeredTgdh | Self::LayeredGdh | Self::LayeredBd | Self::LayeredStr | Self::LayeredCkd
+        )
+    }
+
+    /// Whether members hold view keys the daemons derive.
     pub const fn keyed(self) -> bool {
         matches!(self, Self::IntegratedVs | Self::OptimizedEvs)
     }
@@ -195,7 +232,8 @@ impl GroupMode {
         match self {
             Self::IntegratedVs => Some(GroupKind::Vs),
             Self::OptimizedEvs => Some(GroupKind::Open),
-            Self::None | Self::ThreeStep => None,
+            m if m.layered() => Some(GroupKind::Vs),
+            _ => None,
         }
     }
 
@@ -206,6 +244,11 @@ impl GroupMode {
             1 => Some(Self::IntegratedVs),
             2 => Some(Self::OptimizedEvs),
             3 => Some(Self::ThreeStep),
+            4 => Some(Self::LayeredTgdh),
+            5 => Some(Self::LayeredGdh),
+            6 => Some(Self::LayeredBd),
+            7 => Some(Self::LayeredStr),
+            8 => Some(Self::LayeredCkd),
             _ => None,
         }
     }
@@ -221,7 +264,10 @@ impl std::str::FromStr for GroupMode {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Self::ALL.into_iter().find(|m| m.name() == s).ok_or_else(|| {
-            format!("unknown group mode `{s}` (none, integrated-vs, optimized-evs, three-step)")
+            format!(
+                "unknown group mode `{s}` (none, integrated-vs, optimized-evs, three-step, layered-tgdh, \
+                 layered-gdh, layered-bd, layered-str, layered-ckd)"
+            )
         })
     }
 }

@@ -43,7 +43,7 @@ const T_REKEY: u8 = 7;
 const F_VS: u8 = 1;
 /// State flag: the member holds an installed view of the group.
 const F_IN_VIEW: u8 = 2;
-/// State flags: the group's mode, two bits from this shift.
+/// State flags: the group's mode, four bits from this shift (modes 0 to 8).
 const F_MODE_SHIFT: u8 = 2;
 /// Data flag: do not deliver back to the sender.
 const F_SELF_DISCARD: u8 = 1;
@@ -400,11 +400,11 @@ impl GroupMsg {
                     for _ in 0..g {
                         let gname = read_name(&mut r, buf, false)?;
                         let f = r.u8()?;
-                        if f >> (F_MODE_SHIFT + 2) != 0 {
+                        if f >> (F_MODE_SHIFT + 4) != 0 {
                             return Err(DecodeError::BadValue("state flags"));
                         }
                         let kind = if f & F_VS != 0 { GroupKind::Vs } else { GroupKind::Open };
-                        let mode = read_mode((f >> F_MODE_SHIFT) & 3)?;
+                        let mode = read_mode((f >> F_MODE_SHIFT) & 0x0f)?;
                         groups.push(StateGroup { name: gname, kind, mode, in_view: f & F_IN_VIEW != 0 });
                     }
                     clients.push(StateEntry { name, groups });
