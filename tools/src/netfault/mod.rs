@@ -203,6 +203,11 @@ fn write_config(dir: &std::path::Path, n: usize, transport: &str, timeouts: &str
 /// a view change counts as spurious.
 const QUIET_AFTER_WHOLE: Duration = Duration::from_millis(500);
 
+/// And at least this long after the heal: a fault's views may come after
+/// the first look found the clients whole (a paused daemon is taken out,
+/// then merged back, after it runs again).
+const QUIET_AFTER_HEAL: Duration = Duration::from_millis(1500);
+
 /// What a run found, besides the checker's report.
 struct Outcome {
     report: Report,
@@ -396,7 +401,7 @@ fn run(args: &NetfaultArgs) -> Result<Outcome, String> {
         std::thread::sleep(settle.saturating_sub(healed.elapsed()));
         if let Some(back) = back {
             let healed_at = t0.elapsed() - healed.elapsed();
-            quiet.push((healed_at + back + QUIET_AFTER_WHOLE, t0.elapsed()));
+            quiet.push((healed_at + (back + QUIET_AFTER_WHOLE).max(QUIET_AFTER_HEAL), t0.elapsed()));
         }
         windows.push(Window { name, start, end: t0.elapsed(), excluded });
     }
