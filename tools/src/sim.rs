@@ -56,7 +56,8 @@ pub(crate) struct SimArgs {
     #[arg(long)]
     no_packing: bool,
     /// Fault kinds, comma-separated: partition, merge, crash, restart, loss,
-    /// oneway, or all. Without faults the daemons form one fixed ring.
+    /// oneway; lasting ones after the heal: cut, pause, stall, deaf; or all.
+    /// Without faults the daemons form one fixed ring.
     #[arg(long)]
     faults: Option<String>,
     /// Faults drawn per run (with --faults).
