@@ -177,6 +177,27 @@ fn lasting_one_way_cuts_keep_delivering() {
     assert!(failed.is_empty(), "failing seeds: {failed:?}");
 }
 
+/// Seed 14413 of `sim --nodes 5 --faults all --security encrypt` (the
+/// one failing seed of 20,000 at 7c9914c; at d2b2c5a, before beacon
+/// echoes, it passed): after the heal, daemons 0 and 1 merged at daemon 2's
+/// beacon while 2 held them in quarantine and ignored their joins; 2 was
+/// left out again, and with quarantines on both sides and echoes answered
+/// only after them, the three took until 3.78 s to merge. Scheduling
+/// stalls began at 3.1 s with the ring split, and probes missed their 1 s
+/// bound (`NotLive`, 6 violations; no safety violation). Known failing:
+/// a daemon should not start merges (beacons) with daemons it holds in
+/// quarantine, or should let a merge it started through (issue 15).
+#[test]
+#[ignore = "known failing: quarantine on both sides delays a merge past the stall probes' 1 s bound (issue 15)"]
+fn all_seed_14413_encrypt_quarantine_on_both_sides_delays_the_merge() {
+    let r = run(&SimConfig {
+        faults: FaultKinds::EVERY,
+        security: Some(LinkMode::Encrypt),
+        ..SimConfig::with_faults(14413, 5)
+    });
+    assert!(r.violations.is_empty(), "{:?}", r.violations);
+}
+
 /// A lasting deaf daemon (every link into it cut for 4 to 7 s; it is still
 /// heard): the others formed a ring without it, then heard its beacon,
 /// merged, timed it out and formed their ring again, every 0.4 s for the
