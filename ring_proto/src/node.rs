@@ -1219,8 +1219,14 @@ impl Node {
                     self.enter_gather(now, procs, BTreeSet::new());
                 } else if r.members()[0] == self.id && now >= self.beacon_at {
                     self.beacon_at = now + self.cfg.merge_interval;
-                    let b = Beacon { sender: self.id, ring_id: r.ring_id(), echo: false };
-                    self.transmits.push_back(Transmit { dest: Dest::All, bytes: Bytes::from(b.encode()) });
+                    // While we hold daemons in quarantine we would refuse
+                    // the merge our beacon starts at them (seed 14413): no
+                    // beacon until the quarantine ends. Others' beacons and
+                    // echoes still start merges with daemons not held.
+                    if !self.quarantine.values().any(|q| q.until > now) {
+                        let b = Beacon { sender: self.id, ring_id: r.ring_id(), echo: false };
+                        self.transmits.push_back(Transmit { dest: Dest::All, bytes: Bytes::from(b.encode()) });
+                    }
                 }
             }
             State::Gather(g) => {

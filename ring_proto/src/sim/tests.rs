@@ -184,11 +184,10 @@ fn lasting_one_way_cuts_keep_delivering() {
 /// left out again, and with quarantines on both sides and echoes answered
 /// only after them, the three took until 3.78 s to merge. Scheduling
 /// stalls began at 3.1 s with the ring split, and probes missed their 1 s
-/// bound (`NotLive`, 6 violations; no safety violation). Known failing:
-/// a daemon should not start merges (beacons) with daemons it holds in
-/// quarantine, or should let a merge it started through (issue 15).
+/// bound (`NotLive`, 6 violations; no safety violation). Now a
+/// representative holding daemons in quarantine sends no beacon (it would
+/// refuse the merge its beacon starts).
 #[test]
-#[ignore = "known failing: quarantine on both sides delays a merge past the stall probes' 1 s bound (issue 15)"]
 fn all_seed_14413_encrypt_quarantine_on_both_sides_delays_the_merge() {
     let r = run(&SimConfig {
         faults: FaultKinds::EVERY,
