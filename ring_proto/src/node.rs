@@ -1225,7 +1225,8 @@ impl Node {
                     // echoes still start merges with daemons not held.
                     if !self.quarantine.values().any(|q| q.until > now) {
                         let b = Beacon { sender: self.id, ring_id: r.ring_id(), echo: false };
-                        self.transmits.push_back(Transmit { dest: Dest::All, bytes: Bytes::from(b.encode()) });
+                        self.transmits
+                            .push_back(Transmit { dest: Dest::All, bytes: Bytes::from(b.encode()) });
                     }
                 }
             }
