@@ -568,8 +568,7 @@ impl Node {
     /// key is agreed. Changes at every step of a membership change.
     pub fn describe(&self) -> String {
         let ids = |s: &BTreeSet<NodeId>| s.iter().map(|n| n.0.to_string()).collect::<Vec<_>>().join(",");
-        let quarantined: BTreeSet<NodeId> =
-            self.quarantine.iter().filter(|(_, q)| q.until > self.now).map(|(n, _)| *n).collect();
+        let quarantined: BTreeSet<NodeId> = self.held_in_quarantine(self.now).collect();
         let ring = self.ring.as_ref().map_or("none".into(), |r| r.ring_id().to_string());
         let keyed = self
             .sec
@@ -1425,6 +1424,11 @@ impl Node {
             self.ring.as_ref().map_or(RingId { seq: self.max_ring_seq, rep: self.id }, Ring::ring_id);
         let b = Beacon { sender: self.id, ring_id, echo: true };
         self.transmits.push_back(Transmit { dest: Dest::Node(to), bytes: Bytes::from(b.encode()) });
+    }
+
+    /// The daemons held in quarantine at `now`.
+    fn held_in_quarantine(&self, now: Time) -> impl Iterator<Item = NodeId> + '_ {
+        self.quarantine.iter().filter(move |(_, q)| q.until > now).map(|(n, _)| *n)
     }
 
     fn quarantined(&self, id: NodeId, now: Time) -> bool {
