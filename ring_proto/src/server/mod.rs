@@ -64,6 +64,7 @@ use crate::wire::client::{
     self as cp, AdminRequest, ByeReason, CLIENT_VERSION, ClientEncodeError, ClientFrame, DaemonFrame,
     ErrorCode, Limits, RefuseCode, ViewCause, ViewKind,
 };
+use crate::wire::{MsgId, Service};
 use crate::{Node, Time};
 use bytes::Bytes;
 use encode::Encoder;
@@ -171,6 +172,17 @@ pub enum Observed {
     /// An event the groups layer gave a local client (before encoding;
     /// events that have no frame, such as `Left`, too).
     Client(ClientId, ClientEvent),
+    /// A message the node took for ordering: its id, service and the
+    /// payload as the ring carries it (the groups layer's encoding), so a
+    /// checker can tell every delivery from a phantom.
+    Submitted {
+        /// The message's id in the ring.
+        id: MsgId,
+        /// Its delivery service.
+        service: Service,
+        /// The ring payload.
+        payload: Bytes,
+    },
 }
 
 /// Why a client was not admitted by [`Server::handle_connect`] (it was sent
@@ -288,6 +300,11 @@ impl Server {
     /// The protocol node.
     pub fn node(&self) -> &Node {
         &self.node
+    }
+
+    /// The node, the server given up (to drive the node alone).
+    pub fn into_node(self) -> Node {
+        self.node
     }
 
     /// The client groups layer.
@@ -645,7 +662,11 @@ impl Server {
         loop {
             let Some(s) = self.held.take().or_else(|| self.groups.poll_submit()) else { return };
             match self.node.submit(now, s.service, s.groups.clone(), s.payload.clone()) {
-                Ok(_) => {}
+                Ok(id) => {
+                    if self.cfg.observe {
+                        self.observed.push_back(Observed::Submitted { id, service: s.service, payload: s.payload });
+                    }
+                }
                 Err(SubmitError::Backlogged) => {
                     self.held = Some(s);
                     return;
