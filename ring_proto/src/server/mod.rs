@@ -121,6 +121,17 @@ impl ServerConfig {
     }
 }
 
+/// `limits` with the payload bound lowered, if need be, so that every
+/// client message fits a ring message of `max_message` bytes once the
+/// groups layer wrapped it ([`crate::groups::max_data_overhead`]). The
+/// daemon announces these in `Welcome` and its session threads enforce
+/// them, so a client never sends what the ring would refuse.
+pub fn fit_client_limits(limits: Limits, max_message: usize, groups: &crate::groups::Limits) -> Limits {
+    let overhead = crate::groups::max_data_overhead(groups.max_name, groups.max_destinations);
+    let fits = u32::try_from(max_message.saturating_sub(overhead)).unwrap_or(u32::MAX);
+    Limits { max_payload: limits.max_payload.min(fits), ..limits }
+}
+
 /// Why the connection of the clients of a [`ClientOutput`] ends after its
 /// frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -275,7 +286,8 @@ impl Server {
     /// `Node::with_security` or `Node::with_ring`). Its groups layer shares
     /// `optimized-evs` view keys in state exchanges only when the node's
     /// links are encrypted.
-    pub fn new(node: Node, cfg: ServerConfig) -> Self {
+    pub fn new(node: Node, mut cfg: ServerConfig) -> Self {
+        cfg.client_limits = fit_client_limits(cfg.client_limits, node.config().max_message, &cfg.groups);
         let share_keys = node.security_stats().is_some_and(|s| s.mode == LinkMode::Encrypt);
         let groups = ClientGroups::with_policy(node.id(), cfg.groups.clone(), cfg.policy.clone(), share_keys);
         Self {
@@ -474,6 +486,32 @@ impl Server {
                 self.groups.join_mode(c, group.as_bytes(), kind, mode)
             }
             ClientFrame::Leave { group } => self.groups.leave(c, group.as_bytes()),
+            ClientFrame::Multicast(m) if m.payload.len() > self.cfg.client_limits.max_payload as usize => {
+                // Past what `Welcome` announced: the ring could refuse it.
+                let text = format!(
+                    "a payload of {} bytes is over this daemon's limit of {} bytes (announced in Welcome)",
+                    m.payload.len(),
+                    self.cfg.client_limits.max_payload
+                );
+                if self.clients.contains_key(&c) {
+                    self.send_frame(c, &DaemonFrame::Error { code: ErrorCode::BadRequest, text }, None);
+                }
+                return Handled::Refused(GroupsError::TooLarge);
+            }
+            ClientFrame::Multicast(m)
+                if 1 + m.groups.iter().map(|g| 1 + g.len()).sum::<usize>() > self.node.config().max_group_list() =>
+            {
+                let text = format!(
+                    "the destination list takes {} bytes, over the {} bytes a ring frame has room for \
+                     (name fewer groups, or shorter ones)",
+                    1 + m.groups.iter().map(|g| 1 + g.len()).sum::<usize>(),
+                    self.node.config().max_group_list()
+                );
+                if self.clients.contains_key(&c) {
+                    self.send_frame(c, &DaemonFrame::Error { code: ErrorCode::BadRequest, text }, None);
+                }
+                return Handled::Refused(GroupsError::BadDestinations);
+            }
             ClientFrame::Multicast(m) => self.groups.multicast(
                 c,
                 m.service,
