@@ -35,8 +35,7 @@ fn main() {
         let limit = Time::ZERO + Duration::from_secs(30);
         assert!(lab.run(limit, Lab::all_keyed), "{n} daemons: no key by {}", lab.now);
         let formed = lab.now.as_nanos() as f64 / 1e6;
-        let signed: u64 =
-            lab.live().map(|x| x.security_stats().map_or(0, |s| s.signed)).sum();
+        let signed: u64 = lab.live().map(|x| x.security_stats().map_or(0, |s| s.signed)).sum();
         // Let the ring settle, then crash the last daemon.
         lab.run(lab.now + Duration::from_millis(100), |_| false);
         let before = lab.node(0).and_then(|x| x.server_key());

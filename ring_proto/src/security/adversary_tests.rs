@@ -130,8 +130,7 @@ fn settled(l: &Lab, mode: LinkMode) -> bool {
     if mode != LinkMode::None {
         return l.all_keyed();
     }
-    let rings: BTreeSet<_> =
-        l.live().filter_map(|n| n.ring().map(|(r, m)| (r, m.len()))).collect();
+    let rings: BTreeSet<_> = l.live().filter_map(|n| n.ring().map(|(r, m)| (r, m.len()))).collect();
     rings.len() == 1
         && rings.iter().all(|(_, m)| *m == N)
         && l.live().all(|n| n.phase() == Phase::Operational)
@@ -309,7 +308,10 @@ fn attack(mode: LinkMode, actions: &[Action]) {
                         if let Some(p) = client_payload(e) {
                             assert!(submitted.contains(&p[..]), "a message nobody submitted was delivered");
                         } else {
-                            assert!(crate::groups::GroupMsg::decode(&d.payload).is_ok(), "a forged message was delivered");
+                            assert!(
+                                crate::groups::GroupMsg::decode(&d.payload).is_ok(),
+                                "a forged message was delivered"
+                            );
                         }
                         Some(d.id)
                     }

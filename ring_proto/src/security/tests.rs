@@ -126,13 +126,15 @@ fn the_representative_refreshes_the_key_by_time_out() {
         let mut sec = security(LinkMode::Encrypt, 3, i);
         sec.refresh_after = Some(Duration::from_millis(300));
         let inc = Incarnation { ring_seq: 0, first_msg_seq: 1 };
-        lab.replace(usize::from(i), Node::with_security(Config::default(), NodeId(i), Time::ZERO, inc, sec).unwrap());
+        lab.replace(
+            usize::from(i),
+            Node::with_security(Config::default(), NodeId(i), Time::ZERO, inc, sec).unwrap(),
+        );
     }
     assert!(lab.run(Time::ZERO + secs(5), Lab::all_keyed));
     let first = lab.node(0).unwrap().server_key().unwrap();
-    let refreshed = |l: &Lab| {
-        l.all_keyed() && l.live().all(|n| n.server_key().is_some_and(|k| k.1 > first.1))
-    };
+    let refreshed =
+        |l: &Lab| l.all_keyed() && l.live().all(|n| n.server_key().is_some_and(|k| k.1 > first.1));
     assert!(lab.run(lab.now + secs(2), refreshed), "no refresh by {}", lab.now);
     let second = lab.node(0).unwrap().server_key().unwrap();
     assert_eq!(second.0, first.0, "same ring");
@@ -167,8 +169,7 @@ fn a_daemon_with_a_foreign_identity_is_refused() {
     lab.replace(2, Node::with_security(Config::default(), NodeId(2), Time::ZERO, inc, impostor).unwrap());
     let pair = |l: &Lab| {
         (0..2).all(|i| {
-            l.node(i)
-                .is_some_and(|n| n.server_key().is_some() && n.ring().is_some_and(|(_, m)| m.len() == 2))
+            l.node(i).is_some_and(|n| n.server_key().is_some() && n.ring().is_some_and(|(_, m)| m.len() == 2))
         })
     };
     assert!(lab.run(Time::ZERO + secs(5), pair), "daemons 0 and 1 formed no keyed ring");
@@ -208,8 +209,7 @@ fn a_replayed_or_flipped_datagram_is_dropped_and_counted() {
 /// Whether every live daemon is operational in one ring of all of them.
 fn one_ring(l: &Lab) -> bool {
     let live = l.live().count();
-    l.live()
-        .all(|n| n.phase() == crate::Phase::Operational && n.ring().is_some_and(|(_, m)| m.len() == live))
+    l.live().all(|n| n.phase() == crate::Phase::Operational && n.ring().is_some_and(|(_, m)| m.len() == live))
 }
 
 /// Daemon `from`'s link layer as an attacker without keys would build it
@@ -280,9 +280,7 @@ fn redirected_tokens_are_refused_and_nothing_is_lost() {
             }
             lab.run(lab.now + Duration::from_micros(300), |_| false);
         }
-        let all = |l: &Lab| {
-            (0..3).all(|i| l.delivered(i).count() == sent)
-        };
+        let all = |l: &Lab| (0..3).all(|i| l.delivered(i).count() == sent);
         let delivered = lab.run(lab.now + secs(2), all);
         lab.run(lab.now + Duration::from_millis(10), |_| false); // the last copies arrive
         let n0 = lab.node(0).unwrap();

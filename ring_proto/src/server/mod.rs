@@ -499,7 +499,8 @@ impl Server {
                 return Handled::Refused(GroupsError::TooLarge);
             }
             ClientFrame::Multicast(m)
-                if 1 + m.groups.iter().map(|g| 1 + g.len()).sum::<usize>() > self.node.config().max_group_list() =>
+                if 1 + m.groups.iter().map(|g| 1 + g.len()).sum::<usize>()
+                    > self.node.config().max_group_list() =>
             {
                 let text = format!(
                     "the destination list takes {} bytes, over the {} bytes a ring frame has room for \
@@ -702,7 +703,11 @@ impl Server {
             match self.node.submit(now, s.service, s.groups.clone(), s.payload.clone()) {
                 Ok(id) => {
                     if self.cfg.observe {
-                        self.observed.push_back(Observed::Submitted { id, service: s.service, payload: s.payload });
+                        self.observed.push_back(Observed::Submitted {
+                            id,
+                            service: s.service,
+                            payload: s.payload,
+                        });
                     }
                 }
                 Err(SubmitError::Backlogged) => {

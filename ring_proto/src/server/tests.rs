@@ -3,8 +3,8 @@
 
 use super::*;
 use crate::ring::{Config, Dest};
-use crate::wire::client::{FrameDecoder, Multicast};
 use crate::wire::Groups;
+use crate::wire::client::{FrameDecoder, Multicast};
 use crate::{Incarnation, NodeId, RingId, Service};
 
 /// Daemons on a lossless network with no delay; the runtime's part
@@ -301,7 +301,8 @@ fn the_announced_payload_limit_fits_the_ring() {
     };
     assert_eq!(n.request(0, 1, big(max)), Handled::Done);
     n.run(200 * MS);
-    let got = n.frames(1, 2).iter().filter(|f| matches!(f, DaemonFrame::Message(m) if m.payload.len() == max));
+    let got =
+        n.frames(1, 2).iter().filter(|f| matches!(f, DaemonFrame::Message(m) if m.payload.len() == max));
     assert_eq!(got.count(), 1, "the largest payload was delivered");
     assert_eq!(n.request(0, 1, big(max + 1)), Handled::Refused(GroupsError::TooLarge));
     assert!(matches!(n.frames(0, 1).last(), Some(DaemonFrame::Error { code: ErrorCode::BadRequest, .. })));

@@ -34,12 +34,12 @@ pub use faults::FaultKinds;
 pub use net::NetConfig;
 pub use trace::TraceEvent;
 
+use crate::groups::{Body, ClientId, GroupMsg};
 use crate::ring::{Config, ConfigKind, Dest, Event};
 use crate::security::{KeyId, LinkMode, SecurityConfig};
-use crate::wire::{MsgId, NodeId, RingId, Service};
-use crate::groups::{Body, ClientId, GroupMsg};
 use crate::server::{Observed, Server, ServerConfig};
 use crate::wire::client::Multicast;
+use crate::wire::{MsgId, NodeId, RingId, Service};
 use crate::{Incarnation, Node, Phase, Time};
 use bytes::Bytes;
 use check::{Entry, Log};
@@ -1063,7 +1063,8 @@ impl<'t> Sim<'t> {
             match o {
                 Observed::Node(ev) => events.push(ev),
                 Observed::Submitted { id, service, payload } => {
-                    let data = matches!(GroupMsg::decode(&payload), Ok(GroupMsg { body: Body::Data { .. }, .. }));
+                    let data =
+                        matches!(GroupMsg::decode(&payload), Ok(GroupMsg { body: Body::Data { .. }, .. }));
                     self.sent.insert(id, Sent { service, digest: digest(&payload), len: payload.len() });
                     self.logs[self.current[i]].submitted.push(id);
                     if let Some(w) = self.trace.as_mut() {
@@ -1308,7 +1309,11 @@ impl<'t> Sim<'t> {
             wire_bytes: self.wire_bytes,
             faults: self.faults_applied,
             configurations,
-            stats: self.nodes.iter().map(|n| n.as_ref().map(|s| s.node().stats()).unwrap_or_default()).collect(),
+            stats: self
+                .nodes
+                .iter()
+                .map(|n| n.as_ref().map(|s| s.node().stats()).unwrap_or_default())
+                .collect(),
         }
     }
 }

@@ -137,8 +137,7 @@ fn the_plaintext_check_sees_payloads_on_plain_links_only() {
     for (mode, visible) in [(LinkMode::None, true), (LinkMode::Encrypt, false)] {
         let mut lab = Lab::new(3, mode);
         let formed = |l: &Lab| {
-            l.live()
-                .all(|n| n.phase() == Phase::Operational && n.ring().is_some_and(|(_, m)| m.len() == 3))
+            l.live().all(|n| n.phase() == Phase::Operational && n.ring().is_some_and(|(_, m)| m.len() == 3))
         };
         assert!(lab.run(Time::ZERO + Duration::from_secs(5), formed));
         let keyed = |l: &Lab| mode == LinkMode::None || l.all_keyed();
