@@ -9,10 +9,10 @@ use crate::session::{ClientOut, RING_QUEUE, SessionConfig, Sessions, ToRing, Wak
 use crate::state::{Lock, State};
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, bounded};
-use ringfence_proto::groups::{ClientId, GroupsError};
+use ringfence_proto::groups::{ClientId, GroupsError, Limits as GroupLimits};
 use ringfence_proto::ring::{ConfigKind, Configuration, Dest};
 use ringfence_proto::security::{LinkMode, SecurityConfig};
-use ringfence_proto::server::{Handled, Server, ServerConfig, ServerEvent};
+use ringfence_proto::server::{Handled, Server, ServerConfig, ServerEvent, fit_client_limits};
 use ringfence_proto::wire::client::{AdminRequest, Limits};
 use ringfence_proto::{Node, Time};
 use socket2::{Domain, Protocol, Socket, Type};
@@ -163,7 +163,9 @@ impl Daemon {
         let node =
             Node::with_security(cfg.ring.clone(), cfg.me.id, Time::ZERO, state.incarnation(), security)
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
-        let limits = Limits::default();
+        // Payloads the ring can always carry once the groups layer wrapped
+        // them: announced in Welcome, enforced by the session threads.
+        let limits = fit_client_limits(Limits::default(), cfg.ring.max_message, &GroupLimits::default());
         let (to_ring, requests) = bounded::<ToRing>(RING_QUEUE);
         let mut backend = backend::open(cfg.backend, sockets, cfg.ring.mtu)?;
         let waker = Waker::new()?;

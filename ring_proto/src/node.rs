@@ -670,6 +670,10 @@ impl Node {
         if payload.len() > self.cfg.max_message || service.is_control() {
             return Err(SubmitError::TooLarge(payload.len()));
         }
+        // A list that cannot ride in a frame would wedge the send queue.
+        if groups.encoded_len() > self.cfg.max_group_list() {
+            return Err(SubmitError::GroupListTooLong(groups.encoded_len()));
+        }
         if self.out.user.len() >= self.cfg.max_pending_messages
             || self.out.user.bytes() + payload.len() > self.cfg.max_pending_bytes
         {

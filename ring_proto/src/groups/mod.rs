@@ -40,7 +40,9 @@ mod msg;
 #[cfg(test)]
 mod tests;
 
-pub use msg::{Body, GroupMsg, MSG_MAGIC, MSG_VERSION, StateEntry, StateGroup, StateKey, StateView};
+pub use msg::{
+    Body, GroupMsg, MSG_MAGIC, MSG_VERSION, StateEntry, StateGroup, StateKey, StateView, max_data_overhead,
+};
 
 use crate::Time;
 use crate::ring::{ConfigKind, Configuration, Delivery, Event, ServerKey};
@@ -520,6 +522,10 @@ pub enum GroupsError {
     /// Keyed and three-step groups: the client's connection is plain TCP.
     #[error("keyed and three-step groups need a local socket or TLS")]
     InsecureTransport,
+    /// The payload is over the limit the daemon announced (it would not
+    /// fit a ring message).
+    #[error("payload over the daemon's limit")]
+    TooLarge,
 }
 
 /// A message for the daemon to pass to `Node::submit`.

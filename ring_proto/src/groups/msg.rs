@@ -183,6 +183,19 @@ pub struct StateEntry {
     pub groups: Vec<StateGroup>,
 }
 
+/// The most a client message grows on its way into the ring: a data
+/// message's header with a sender name of `max_name` bytes and a sending
+/// view for each of `max_destinations` groups, and the daemon's seal of a
+/// payload a client did not seal (`optimized-evs`). A client payload of at
+/// most the ring's `max_message` less this always fits the ring.
+pub const fn max_data_overhead(max_name: usize, max_destinations: usize) -> usize {
+    let name = if max_name < 255 { max_name } else { 255 };
+    let views = if max_destinations < 255 { max_destinations } else { 255 };
+    // magic, version, type; name length and name; flags, type, view count;
+    // per view its index and id.
+    3 + 1 + name + 4 + views * 19 + ringfence_crypto::group::OVERHEAD
+}
+
 fn put_name(out: &mut Vec<u8>, name: &[u8]) {
     // Callers validate lengths; a longer name is cut rather than panicking.
     let n = name.len().min(255);

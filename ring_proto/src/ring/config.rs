@@ -1,6 +1,6 @@
 //! Ring configuration, with LAN defaults.
 
-use crate::wire::{PACKET_OVERHEAD, RTR_RANGE_LEN, TOKEN_FIXED_LEN};
+use crate::wire::{CHUNK_OVERHEAD, PACKET_OVERHEAD, RTR_RANGE_LEN, TOKEN_FIXED_LEN};
 use std::time::Duration;
 
 /// IPv4 header bytes, reserved out of the MTU.
@@ -155,6 +155,15 @@ impl Config {
     /// Bytes available to one data packet on the wire (the frame budget).
     pub fn frame_budget(&self) -> usize {
         self.mtu.saturating_sub(IP_HEADER + UDP_HEADER + SECURITY_OVERHEAD)
+    }
+
+    /// Longest encoded destination list (`Groups`) a message may carry:
+    /// the list rides in its first chunk, which must fit one frame with
+    /// room for some payload. A longer one could never be sent.
+    pub fn max_group_list(&self) -> usize {
+        // The first chunk of a fragmented message: header, list, total
+        // length, and at least 64 payload bytes.
+        self.frame_budget().saturating_sub(PACKET_OVERHEAD + CHUNK_OVERHEAD + 4 + 64)
     }
 
     /// Most retransmission ranges a token may carry so it always fits one

@@ -130,6 +130,10 @@ pub enum SubmitError {
     /// The message exceeds `max_message` (the caller's misuse).
     #[error("message of {0} bytes exceeds the configured maximum")]
     TooLarge(usize),
+    /// The destination list is too long to fit a frame
+    /// (`Config::max_group_list`; the caller's misuse).
+    #[error("a destination list of {0} bytes does not fit a frame")]
+    GroupListTooLong(usize),
 }
 
 /// Counters; all only grow.

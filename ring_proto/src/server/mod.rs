@@ -64,6 +64,7 @@ use crate::wire::client::{
     self as cp, AdminRequest, ByeReason, CLIENT_VERSION, ClientEncodeError, ClientFrame, DaemonFrame,
     ErrorCode, Limits, RefuseCode, ViewCause, ViewKind,
 };
+use crate::wire::{MsgId, Service};
 use crate::{Node, Time};
 use bytes::Bytes;
 use encode::Encoder;
@@ -120,6 +121,17 @@ impl ServerConfig {
     }
 }
 
+/// `limits` with the payload bound lowered, if need be, so that every
+/// client message fits a ring message of `max_message` bytes once the
+/// groups layer wrapped it ([`crate::groups::max_data_overhead`]). The
+/// daemon announces these in `Welcome` and its session threads enforce
+/// them, so a client never sends what the ring would refuse.
+pub fn fit_client_limits(limits: Limits, max_message: usize, groups: &crate::groups::Limits) -> Limits {
+    let overhead = crate::groups::max_data_overhead(groups.max_name, groups.max_destinations);
+    let fits = u32::try_from(max_message.saturating_sub(overhead)).unwrap_or(u32::MAX);
+    Limits { max_payload: limits.max_payload.min(fits), ..limits }
+}
+
 /// Why the connection of the clients of a [`ClientOutput`] ends after its
 /// frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -171,6 +183,17 @@ pub enum Observed {
     /// An event the groups layer gave a local client (before encoding;
     /// events that have no frame, such as `Left`, too).
     Client(ClientId, ClientEvent),
+    /// A message the node took for ordering: its id, service and the
+    /// payload as the ring carries it (the groups layer's encoding), so a
+    /// checker can tell every delivery from a phantom.
+    Submitted {
+        /// The message's id in the ring.
+        id: MsgId,
+        /// Its delivery service.
+        service: Service,
+        /// The ring payload.
+        payload: Bytes,
+    },
 }
 
 /// Why a client was not admitted by [`Server::handle_connect`] (it was sent
@@ -263,7 +286,8 @@ impl Server {
     /// `Node::with_security` or `Node::with_ring`). Its groups layer shares
     /// `optimized-evs` view keys in state exchanges only when the node's
     /// links are encrypted.
-    pub fn new(node: Node, cfg: ServerConfig) -> Self {
+    pub fn new(node: Node, mut cfg: ServerConfig) -> Self {
+        cfg.client_limits = fit_client_limits(cfg.client_limits, node.config().max_message, &cfg.groups);
         let share_keys = node.security_stats().is_some_and(|s| s.mode == LinkMode::Encrypt);
         let groups = ClientGroups::with_policy(node.id(), cfg.groups.clone(), cfg.policy.clone(), share_keys);
         Self {
@@ -288,6 +312,11 @@ impl Server {
     /// The protocol node.
     pub fn node(&self) -> &Node {
         &self.node
+    }
+
+    /// The node, the server given up (to drive the node alone).
+    pub fn into_node(self) -> Node {
+        self.node
     }
 
     /// The client groups layer.
@@ -457,6 +486,33 @@ impl Server {
                 self.groups.join_mode(c, group.as_bytes(), kind, mode)
             }
             ClientFrame::Leave { group } => self.groups.leave(c, group.as_bytes()),
+            ClientFrame::Multicast(m) if m.payload.len() > self.cfg.client_limits.max_payload as usize => {
+                // Past what `Welcome` announced: the ring could refuse it.
+                let text = format!(
+                    "a payload of {} bytes is over this daemon's limit of {} bytes (announced in Welcome)",
+                    m.payload.len(),
+                    self.cfg.client_limits.max_payload
+                );
+                if self.clients.contains_key(&c) {
+                    self.send_frame(c, &DaemonFrame::Error { code: ErrorCode::BadRequest, text }, None);
+                }
+                return Handled::Refused(GroupsError::TooLarge);
+            }
+            ClientFrame::Multicast(m)
+                if 1 + m.groups.iter().map(|g| 1 + g.len()).sum::<usize>()
+                    > self.node.config().max_group_list() =>
+            {
+                let text = format!(
+                    "the destination list takes {} bytes, over the {} bytes a ring frame has room for \
+                     (name fewer groups, or shorter ones)",
+                    1 + m.groups.iter().map(|g| 1 + g.len()).sum::<usize>(),
+                    self.node.config().max_group_list()
+                );
+                if self.clients.contains_key(&c) {
+                    self.send_frame(c, &DaemonFrame::Error { code: ErrorCode::BadRequest, text }, None);
+                }
+                return Handled::Refused(GroupsError::BadDestinations);
+            }
             ClientFrame::Multicast(m) => self.groups.multicast(
                 c,
                 m.service,
@@ -645,7 +701,15 @@ impl Server {
         loop {
             let Some(s) = self.held.take().or_else(|| self.groups.poll_submit()) else { return };
             match self.node.submit(now, s.service, s.groups.clone(), s.payload.clone()) {
-                Ok(_) => {}
+                Ok(id) => {
+                    if self.cfg.observe {
+                        self.observed.push_back(Observed::Submitted {
+                            id,
+                            service: s.service,
+                            payload: s.payload,
+                        });
+                    }
+                }
                 Err(SubmitError::Backlogged) => {
                     self.held = Some(s);
                     return;

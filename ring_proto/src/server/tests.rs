@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::ring::{Config, Dest};
+use crate::wire::Groups;
 use crate::wire::client::{FrameDecoder, Multicast};
 use crate::{Incarnation, NodeId, RingId, Service};
 
@@ -270,4 +271,73 @@ fn nothing_is_sent_before_the_ring_sequence_is_persisted() {
     n.run(Duration::from_secs(3));
     assert!(n.durable[0] >= seq);
     assert!(n.servers.iter().all(|s| s.node().ring().is_some_and(|r| r.1.len() == 3)));
+}
+
+/// A payload as large as `Welcome` announces fits the ring once wrapped
+/// (before, a 1 MiB payload passed the client limit and the ring refused
+/// it, so it was dropped with only a log line); one byte more is answered
+/// with an error.
+#[test]
+fn the_announced_payload_limit_fits_the_ring() {
+    let mut n = Net::with_ring(2);
+    let name = "c".repeat(crate::groups::Limits::default().max_name);
+    n.connect(0, 1, &name, "unix:1000").expect("connect");
+    n.connect(1, 2, "far", "unix:1000").expect("connect");
+    n.request(1, 2, ClientFrame::Join { group: "g".into() });
+    n.run(30 * MS);
+    let Some(DaemonFrame::Welcome(w)) = n.frames(0, 1).first() else { panic!("no welcome") };
+    let max = w.max_payload as usize;
+    assert!(max < Config::default().max_message, "{max}");
+    assert_eq!(n.servers[0].config().client_limits.max_payload as usize, max);
+    let big = |len: usize| {
+        ClientFrame::Multicast(Multicast {
+            service: Service::Agreed,
+            msg_type: 1,
+            self_discard: false,
+            sealed: false,
+            groups: vec!["g".into()],
+            payload: Bytes::from(vec![7u8; len]),
+        })
+    };
+    assert_eq!(n.request(0, 1, big(max)), Handled::Done);
+    n.run(200 * MS);
+    let got =
+        n.frames(1, 2).iter().filter(|f| matches!(f, DaemonFrame::Message(m) if m.payload.len() == max));
+    assert_eq!(got.count(), 1, "the largest payload was delivered");
+    assert_eq!(n.request(0, 1, big(max + 1)), Handled::Refused(GroupsError::TooLarge));
+    assert!(matches!(n.frames(0, 1).last(), Some(DaemonFrame::Error { code: ErrorCode::BadRequest, .. })));
+}
+
+/// A destination list too long to ride in a frame (64 groups of 32-byte
+/// names: 2 KiB) is refused with an error. Before, the node took it and
+/// could never send it: the daemon's every later message waited behind it
+/// for good.
+#[test]
+fn a_destination_list_longer_than_a_frame_is_refused_and_the_ring_goes_on() {
+    let mut n = Net::with_ring(2);
+    n.connect(0, 1, "a", "unix:1000").expect("connect");
+    n.connect(1, 2, "far", "unix:1000").expect("connect");
+    n.request(1, 2, ClientFrame::Join { group: "g".into() });
+    n.run(30 * MS);
+    let to = |groups: Vec<String>| {
+        ClientFrame::Multicast(Multicast {
+            service: Service::Agreed,
+            msg_type: 1,
+            self_discard: false,
+            sealed: false,
+            groups,
+            payload: Bytes::from_static(b"x"),
+        })
+    };
+    let long: Vec<String> = (0..63).map(|i| format!("{i:0>32}")).chain(["g".to_owned()]).collect();
+    assert_eq!(n.request(0, 1, to(long)), Handled::Refused(GroupsError::BadDestinations));
+    assert!(matches!(n.frames(0, 1).last(), Some(DaemonFrame::Error { code: ErrorCode::BadRequest, .. })));
+    // The node refuses such a list from any caller.
+    let groups = Groups::encode(&vec![[b'n'; 32]; 64]).expect("encodes");
+    let r = n.servers[0].node_mut().submit(n.now, Service::Agreed, groups, Bytes::from_static(b"x"));
+    assert!(matches!(r, Err(SubmitError::GroupListTooLong(_))), "{r:?}");
+    // And the daemon's next message goes through.
+    assert_eq!(n.request(0, 1, to(vec!["g".into()])), Handled::Done);
+    n.run(30 * MS);
+    assert!(n.frames(1, 2).iter().any(|f| matches!(f, DaemonFrame::Message(m) if m.payload == "x")));
 }
