@@ -657,6 +657,13 @@ impl Node {
         s
     }
 
+    /// Whether [`Node::submit`] would refuse a message of `len` payload
+    /// bytes for backpressure ([`SubmitError::Backlogged`]) now.
+    pub fn backlogged_for(&self, len: usize) -> bool {
+        self.out.user.len() >= self.cfg.max_pending_messages
+            || self.out.user.bytes() + len > self.cfg.max_pending_bytes
+    }
+
     /// Submits a message for ordered delivery to every member (this one
     /// included). It waits while membership changes; it is never lost unless
     /// this daemon crashes. Returns its id.
@@ -670,9 +677,7 @@ impl Node {
         if payload.len() > self.cfg.max_message || service.is_control() {
             return Err(SubmitError::TooLarge(payload.len()));
         }
-        if self.out.user.len() >= self.cfg.max_pending_messages
-            || self.out.user.bytes() + payload.len() > self.cfg.max_pending_bytes
-        {
+        if self.backlogged_for(payload.len()) {
             return Err(SubmitError::Backlogged);
         }
         let msg_seq = self.next_msg_seq;

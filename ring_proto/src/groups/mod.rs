@@ -884,6 +884,9 @@ pub struct ClientGroups {
     /// and expired key ids (see `bury`).
     graveyard: BTreeMap<Bytes, Buried>,
     now: Time,
+    /// A message's local receivers while it is delivered: kept, so
+    /// delivering allocates nothing.
+    receivers: Vec<ClientId>,
 }
 
 fn one_group(groups: &Groups) -> Option<Bytes> {
@@ -932,6 +935,7 @@ impl ClientGroups {
             incoming_expired: BTreeMap::new(),
             graveyard: BTreeMap::new(),
             now: Time::ZERO,
+            receivers: Vec::new(),
         }
     }
 
@@ -1142,10 +1146,32 @@ impl ClientGroups {
         self_discard: bool,
         sealed: bool,
     ) -> Result<(), GroupsError> {
+        if groups.is_empty() || groups.len() > self.limits.max_destinations {
+            return Err(GroupsError::BadDestinations);
+        }
+        let groups = Groups::encode(groups).map_err(|_| GroupsError::BadName)?;
+        self.multicast_to(client, service, groups, msg_type, payload, self_discard, sealed)
+    }
+
+    /// As [`ClientGroups::multicast`], with the destinations already
+    /// encoded (as a decoded client frame holds them): they are ordered as
+    /// they are, with no copy.
+    #[allow(clippy::too_many_arguments)]
+    pub fn multicast_to(
+        &mut self,
+        client: ClientId,
+        service: Service,
+        groups: Groups,
+        msg_type: u16,
+        payload: Bytes,
+        self_discard: bool,
+        sealed: bool,
+    ) -> Result<(), GroupsError> {
         if service.is_control() {
             return Err(GroupsError::BadDestinations);
         }
-        if groups.is_empty() || groups.len() > self.limits.max_destinations {
+        let count = groups.count();
+        if count == 0 || count > self.limits.max_destinations {
             return Err(GroupsError::BadDestinations);
         }
         let max_name = self.limits.max_name;
@@ -1154,7 +1180,6 @@ impl ClientGroups {
         let mut keyed = None;
         let mut denied = None;
         for (i, g) in groups.iter().enumerate() {
-            let g = g.as_ref();
             if PrivateName::parse(g).is_some() {
                 continue;
             }
@@ -1168,7 +1193,7 @@ impl ClientGroups {
                 denied = Some(GroupsError::Denied);
             } else if (rule.mode == GroupMode::ThreeStep || rule.mode.keyed()) && !l.secure {
                 denied = Some(GroupsError::InsecureTransport);
-            } else if rule.mode == GroupMode::ThreeStep && groups.len() > 1 {
+            } else if rule.mode == GroupMode::ThreeStep && count > 1 {
                 // Nor may a three-step message also go to groups whose
                 // members may be on plain TCP.
                 denied = Some(GroupsError::KeyedMultiDestination);
@@ -1198,7 +1223,7 @@ impl ClientGroups {
         let sender_pn = l.name.clone();
         let (mut payload, mut sealed) = (payload, sealed);
         if let Some((g, mode, _member)) = keyed {
-            if groups.len() != 1 {
+            if count != 1 {
                 return Err(GroupsError::KeyedMultiDestination);
             }
             let current = self.views.get(g).and_then(|v| v.key.as_ref()).map(|k| k.id());
@@ -1229,7 +1254,6 @@ impl ClientGroups {
                 }
             }
         }
-        let groups = Groups::encode(groups).map_err(|_| GroupsError::BadName)?;
         self.push(service, groups, sender, Body::Data { self_discard, sealed, msg_type, views, payload });
         Ok(())
     }
@@ -2137,7 +2161,24 @@ impl ClientGroups {
         views: &[(u8, ViewId)],
         payload: Bytes,
     ) {
-        let mut to: Vec<ClientId> = Vec::new();
+        let mut to = std::mem::take(&mut self.receivers);
+        to.clear();
+        self.deliver_to(&mut to, d, sender, self_discard, sealed, msg_type, views, payload);
+        self.receivers = to;
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn deliver_to(
+        &mut self,
+        to: &mut Vec<ClientId>,
+        d: &Delivery,
+        sender: &PrivateName,
+        self_discard: bool,
+        sealed: bool,
+        msg_type: u16,
+        views: &[(u8, ViewId)],
+        payload: Bytes,
+    ) {
         let mut evs_group = None;
         for (i, g) in d.groups.iter().enumerate() {
             if let Some(p) = PrivateName::parse(g) {
@@ -2182,7 +2223,7 @@ impl ClientGroups {
                     if let Some(v) = self.views.get_mut(&g) {
                         v.undecipherable += 1;
                     }
-                    for c in to {
+                    for &c in to.iter() {
                         if self_discard && self.clients.get(&c).is_some_and(|l| &l.name == sender) {
                             continue;
                         }
@@ -2202,7 +2243,7 @@ impl ClientGroups {
         }
         to.sort_unstable();
         to.dedup();
-        for c in to {
+        for &c in to.iter() {
             if self_discard && self.clients.get(&c).is_some_and(|l| &l.name == sender) {
                 continue;
             }

@@ -238,7 +238,13 @@ impl GroupMsg {
     /// Encodes the message. For `Data` the payload is copied once, after
     /// the header, into the returned buffer.
     pub fn encode(&self) -> Bytes {
-        let mut out = Vec::with_capacity(16 + self.sender.len());
+        // Data: the exact size, so the payload is copied once and the
+        // buffer never grows.
+        let body = match &self.body {
+            Body::Data { views, payload, .. } => 4 + views.len().min(255) * 19 + payload.len(),
+            _ => 16,
+        };
+        let mut out = Vec::with_capacity(4 + self.sender.len().min(255) + body);
         out.push(MSG_MAGIC);
         out.push(MSG_VERSION);
         out.push(match &self.body {
@@ -253,7 +259,6 @@ impl GroupMsg {
         put_name(&mut out, &self.sender);
         match &self.body {
             Body::Data { self_discard, sealed, msg_type, views, payload } => {
-                out.reserve(4 + views.len() * 19 + payload.len());
                 let mut f = if *self_discard { F_SELF_DISCARD } else { 0 };
                 if *sealed {
                     f |= F_SEALED;

@@ -457,10 +457,10 @@ impl Server {
                 self.groups.join_mode(c, group.as_bytes(), kind, mode)
             }
             ClientFrame::Leave { group } => self.groups.leave(c, group.as_bytes()),
-            ClientFrame::Multicast(m) => self.groups.multicast(
+            ClientFrame::Multicast(m) => self.groups.multicast_to(
                 c,
                 m.service,
-                &m.groups,
+                m.groups,
                 m.msg_type,
                 m.payload,
                 m.self_discard,
@@ -644,12 +644,14 @@ impl Server {
     fn submit(&mut self, now: Time) {
         loop {
             let Some(s) = self.held.take().or_else(|| self.groups.poll_submit()) else { return };
-            match self.node.submit(now, s.service, s.groups.clone(), s.payload.clone()) {
+            // Asked first, so the message moves into the node whole (a
+            // clone of a fresh buffer would allocate its shared count).
+            if self.node.backlogged_for(s.payload.len()) {
+                self.held = Some(s);
+                return;
+            }
+            match self.node.submit(now, s.service, s.groups, s.payload) {
                 Ok(_) => {}
-                Err(SubmitError::Backlogged) => {
-                    self.held = Some(s);
-                    return;
-                }
                 Err(e) => self.events.push_back(ServerEvent::SubmitRefused(e)),
             }
         }

@@ -155,7 +155,7 @@ fn multicast(group: &str, payload: &'static [u8]) -> ClientFrame {
         msg_type: 1,
         self_discard: false,
         sealed: false,
-        groups: vec![group.into()],
+        groups: crate::wire::Groups::encode(&[group]).unwrap(),
         payload: Bytes::from_static(payload),
     })
 }

@@ -65,6 +65,7 @@ fn client_frame() -> impl Strategy<Value = ClientFrame> {
             .prop_map(|(group, vs, mode)| ClientFrame::JoinMode { group, vs, mode }),
         (service(), any::<u16>(), any::<(bool, bool)>(), groups(), payload()).prop_map(
             |(service, msg_type, (self_discard, sealed), groups, payload)| {
+                let groups = crate::wire::Groups::encode(&groups).unwrap();
                 ClientFrame::Multicast(Multicast { service, msg_type, self_discard, sealed, groups, payload })
             }
         ),
@@ -461,7 +462,7 @@ fn multicast(groups: Vec<String>, payload: Bytes) -> ClientFrame {
         msg_type: 0,
         self_discard: true,
         sealed: false,
-        groups,
+        groups: crate::wire::Groups::encode(&groups).unwrap(),
         payload,
     })
 }
@@ -503,7 +504,7 @@ fn encoder_limits_name_the_field_and_leave_the_buffer() {
                 msg_type: 0,
                 self_discard: false,
                 sealed: false,
-                groups: vec!["a".into()],
+                groups: crate::wire::Groups::encode(&["a"]).unwrap(),
                 payload: Bytes::new(),
             }),
             ClientEncodeError::Invalid("service"),
