@@ -46,7 +46,7 @@ use crate::Time;
 use crate::ring::{ConfigKind, Configuration, Delivery, Event, ServerKey};
 use crate::security::policy::{Action, Policy};
 use crate::wire::{Groups, NodeId, RingId, Service};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use ringfence_crypto::aead::Nonce;
 use ringfence_crypto::group::{DAEMON_NONCE_BIT, GroupKey, key_id_of};
 use ringfence_crypto::kdf::{group_key, group_key_id};
@@ -887,7 +887,16 @@ pub struct ClientGroups {
     /// A message's local receivers while it is delivered: kept, so
     /// delivering allocates nothing.
     receivers: Vec<ClientId>,
+    /// The free rest of the block data messages are encoded into.
+    block: BytesMut,
+    /// A data message's header while it is encoded.
+    scratch: Vec<u8>,
 }
+
+/// Bytes of a block that encoded data messages share.
+const DATA_BLOCK: usize = 256 * 1024;
+/// The largest encoded data message written into a shared block.
+const DATA_SHARED: usize = DATA_BLOCK / 4;
 
 fn one_group(groups: &Groups) -> Option<Bytes> {
     let mut it = groups.iter();
@@ -936,6 +945,8 @@ impl ClientGroups {
             graveyard: BTreeMap::new(),
             now: Time::ZERO,
             receivers: Vec::new(),
+            block: BytesMut::new(),
+            scratch: Vec::new(),
         }
     }
 
@@ -998,7 +1009,20 @@ impl ClientGroups {
     }
 
     fn push(&mut self, service: Service, groups: Groups, sender: Bytes, body: Body) {
-        let payload = GroupMsg { sender, body }.encode();
+        let msg = GroupMsg { sender, body };
+        let payload = match msg.data_len() {
+            // Data up to DATA_SHARED bytes: split off a shared block, so a
+            // message allocates nothing in steady state. The block lives
+            // until the ring has sent every message in it.
+            Some(len) if len <= DATA_SHARED => {
+                if self.block.capacity() - self.block.len() < len {
+                    self.block = BytesMut::with_capacity(DATA_BLOCK);
+                }
+                msg.encode_into(&mut self.scratch, &mut self.block);
+                self.block.split().freeze()
+            }
+            _ => msg.encode(),
+        };
         self.submits.push_back(Submit { service, groups, payload });
     }
 

@@ -122,7 +122,9 @@ impl Encoder {
         let len = message_len(&self.sender, groups, payload.len());
         // Group names went through the client decoder (UTF-8); a name of
         // another kind is written as its lossy text, rather than refused.
-        let names = groups.iter().map(|g| std::str::from_utf8(g).map_or_else(|_| String::from_utf8_lossy(g), Into::into));
+        let names = groups
+            .iter()
+            .map(|g| std::str::from_utf8(g).map_or_else(|_| String::from_utf8_lossy(g), Into::into));
         let (l, s) = (&self.limits, &self.sender);
         let frame = if len <= SMALL_FRAME {
             if self.block.capacity() - self.block.len() < len + SLACK {
@@ -131,7 +133,7 @@ impl Encoder {
             let r = encode_message(&mut self.block, l, s, names, service, msg_type, sealed, payload);
             r.map(|()| self.block.split().freeze())
         } else {
-            let mut out = Vec::with_capacity(len);
+            let mut out = Vec::with_capacity(len + SLACK);
             let r = encode_message(&mut out, l, s, names, service, msg_type, sealed, payload);
             r.map(|()| Bytes::from(out))
         };

@@ -65,7 +65,7 @@ use crate::wire::client::{
     ErrorCode, Limits, RefuseCode, ViewCause, ViewKind,
 };
 use crate::{Node, Time};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use encode::Encoder;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -334,6 +334,14 @@ impl Server {
     /// daemon of the cluster).
     pub fn handle_datagram(&mut self, now: Time, bytes: Bytes) {
         self.node.handle_datagram(now, bytes);
+        self.pump(now);
+    }
+
+    /// As [`Server::handle_datagram`], for a datagram in a buffer of its
+    /// own (the runtime's receive path): opened in place, and what is kept
+    /// of it (chunks, delivered payloads) are slices of this buffer.
+    pub fn handle_datagram_owned(&mut self, now: Time, buf: BytesMut) {
+        self.node.handle_datagram_owned(now, buf);
         self.pump(now);
     }
 

@@ -935,7 +935,11 @@ fn limit(field: &'static str, len: usize, max: usize) -> Result<(), ClientEncode
     if len > max { Err(ClientEncodeError::LimitExceeded { field, len, max }) } else { Ok(()) }
 }
 
-fn put_group<O: FrameBuf + ?Sized>(out: &mut O, field: &'static str, name: &str) -> Result<(), ClientEncodeError> {
+fn put_group<O: FrameBuf + ?Sized>(
+    out: &mut O,
+    field: &'static str,
+    name: &str,
+) -> Result<(), ClientEncodeError> {
     if name.is_empty() || name.as_bytes().contains(&0) {
         return Err(ClientEncodeError::Invalid(field));
     }
@@ -1004,7 +1008,11 @@ fn put_groups<G: AsRef<str>, O: FrameBuf + ?Sized>(
     Ok(())
 }
 
-fn put_payload<O: FrameBuf + ?Sized>(out: &mut O, limits: &Limits, payload: &[u8]) -> Result<(), ClientEncodeError> {
+fn put_payload<O: FrameBuf + ?Sized>(
+    out: &mut O,
+    limits: &Limits,
+    payload: &[u8],
+) -> Result<(), ClientEncodeError> {
     limit("payload", payload.len(), limits.max_payload as usize)?;
     out.put_bytes(&(payload.len() as u32).to_be_bytes());
     out.put_bytes(payload);
