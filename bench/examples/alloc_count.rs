@@ -77,7 +77,7 @@ fn print_traces() {
         *sites.entry(frames.join(" <- ")).or_default() += 1;
     }
     let mut sites: Vec<_> = sites.into_iter().collect();
-    sites.sort_by(|a, b| b.1.cmp(&a.1));
+    sites.sort_by_key(|s| std::cmp::Reverse(s.1));
     eprintln!("{} sampled allocations", traces.len());
     for (site, n) in sites.iter().take(40) {
         eprintln!("{n:6}  {site}");

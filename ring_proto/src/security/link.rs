@@ -588,6 +588,52 @@ mod destination_tests {
         })
     }
 
+    /// The receive path's owned buffer opens as the shared one does, in
+    /// every mode; sealed, in place: the body is a slice of that buffer.
+    #[test]
+    fn an_owned_datagram_opens_as_a_shared_one_and_in_place() {
+        for (mode, keyed) in [
+            (LinkMode::None, false),
+            (LinkMode::Encrypt, false),
+            (LinkMode::Encrypt, true),
+            (LinkMode::Authenticate, true),
+        ] {
+            let mut l = links(mode, 2);
+            if keyed {
+                let key = Key32::from_bytes([9; 32]);
+                for link in &mut l {
+                    let id = link.add_key(&key);
+                    link.send_with(Some(id));
+                }
+            }
+            let mut stats = SecurityStats::default();
+            let a = l[0].seal(b"packet one", None, keyed, &mut stats);
+            let b = l[0].seal(b"packet two", None, keyed, &mut stats);
+            let shared = l[1].open(a).unwrap();
+            assert_eq!((shared.0, &shared.1[..]), (NodeId(0), &b"packet one"[..]), "{mode:?}");
+            // In a block, after another datagram, as the runtime does.
+            let mut block = BytesMut::with_capacity(4096);
+            block.extend_from_slice(b"other datagram");
+            let _other = block.split().freeze();
+            block.extend_from_slice(&b);
+            let owned = block.split();
+            let range = owned.as_ptr() as usize..owned.as_ptr() as usize + owned.len();
+            let (from, body, key) = l[1].open_owned(owned).unwrap();
+            assert_eq!((from, &body[..], key.is_some()), (NodeId(0), &b"packet two"[..], keyed), "{mode:?}");
+            assert!(range.contains(&(body.as_ptr() as usize)), "{mode:?}: a slice of the buffer handed over");
+            // A replay of the same datagram, owned, is refused as before.
+            let again = l[0].seal(b"x", None, keyed, &mut stats);
+            assert!(l[1].open_owned(BytesMut::from(&again[..])).is_ok());
+            if mode != LinkMode::None {
+                assert_eq!(
+                    l[1].open_owned(BytesMut::from(&again[..])).unwrap_err(),
+                    Reject::Replay,
+                    "{mode:?}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn a_datagram_for_one_daemon_is_refused_by_another_in_every_mode() {
         for (mode, keyed) in [
