@@ -13,13 +13,21 @@
 //! ```text
 //! cargo run --release -p ringfence-bench --example alloc_count -- [SIZE] [N] [none|encrypt]
 //! ```
+//!
+//! With `ALLOC_TRACE=K` in the environment, every K-th allocation in the
+//! window also records its backtrace; the sites (the first frames in
+//! ringfence code) are printed on stderr by count, to find each allocation.
 
 use ringfence_client::{Address, Client, Event, Service};
 use ringfence_engine::{Daemon, DaemonConfig};
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::backtrace::Backtrace;
+use std::cell::Cell;
+use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// The system allocator, counting calls and bytes.
@@ -28,13 +36,61 @@ struct Counting;
 static ALLOCS: AtomicU64 = AtomicU64::new(0);
 static BYTES: AtomicU64 = AtomicU64::new(0);
 static REALLOCS: AtomicU64 = AtomicU64::new(0);
+/// Sample every this many allocations (0: off).
+static TRACE_EVERY: AtomicUsize = AtomicUsize::new(0);
+static TRACES: Mutex<Vec<Backtrace>> = Mutex::new(Vec::new());
+
+thread_local! {
+    /// This thread is inside the sampler (its own allocations are not sampled).
+    static IN_TRACE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Records a backtrace for every `TRACE_EVERY`-th call.
+fn sample(count: u64) {
+    let every = TRACE_EVERY.load(Ordering::Relaxed) as u64;
+    if every == 0 || count % every != 0 || IN_TRACE.with(Cell::get) {
+        return;
+    }
+    IN_TRACE.with(|t| t.set(true));
+    let bt = Backtrace::force_capture();
+    if let Ok(mut v) = TRACES.lock() {
+        v.push(bt);
+    }
+    IN_TRACE.with(|t| t.set(false));
+}
+
+/// Prints the sampled allocation sites by count: the first frames of each
+/// backtrace that are ringfence code.
+fn print_traces() {
+    IN_TRACE.with(|t| t.set(true));
+    let traces = std::mem::take(&mut *TRACES.lock().expect("traces"));
+    let mut sites: HashMap<String, usize> = HashMap::new();
+    for bt in &traces {
+        let text = bt.to_string();
+        let frames: Vec<&str> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.starts_with("at ") && l.contains("ring"))
+            .filter(|l| !l.contains("alloc_count::"))
+            .take(4)
+            .collect();
+        *sites.entry(frames.join(" <- ")).or_default() += 1;
+    }
+    let mut sites: Vec<_> = sites.into_iter().collect();
+    sites.sort_by_key(|s| std::cmp::Reverse(s.1));
+    eprintln!("{} sampled allocations", traces.len());
+    for (site, n) in sites.iter().take(40) {
+        eprintln!("{n:6}  {site}");
+    }
+}
 
 // SAFETY: every call is forwarded unchanged to `System`.
 #[allow(unsafe_code)]
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        let n = ALLOCS.fetch_add(1, Ordering::Relaxed);
         BYTES.fetch_add(layout.size() as u64, Ordering::Relaxed);
+        sample(n);
         // SAFETY: the caller's contract is `System`'s.
         unsafe { System.alloc(layout) }
     }
@@ -43,8 +99,9 @@ unsafe impl GlobalAlloc for Counting {
         unsafe { System.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        REALLOCS.fetch_add(1, Ordering::Relaxed);
+        let n = REALLOCS.fetch_add(1, Ordering::Relaxed);
         BYTES.fetch_add(new_size as u64, Ordering::Relaxed);
+        sample(n);
         // SAFETY: as above.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
@@ -156,6 +213,8 @@ fn main() {
     std::thread::sleep(Duration::from_millis(500));
     let (a0, r0, b0) =
         (ALLOCS.load(Ordering::Relaxed), REALLOCS.load(Ordering::Relaxed), BYTES.load(Ordering::Relaxed));
+    let trace: usize = std::env::var("ALLOC_TRACE").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+    TRACE_EVERY.store(trace, Ordering::Relaxed);
     let t = Instant::now();
     send(&mut sender, n);
     for h in handles {
@@ -164,6 +223,10 @@ fn main() {
     let elapsed = t.elapsed();
     let (a1, r1, b1) =
         (ALLOCS.load(Ordering::Relaxed), REALLOCS.load(Ordering::Relaxed), BYTES.load(Ordering::Relaxed));
+    TRACE_EVERY.store(0, Ordering::Relaxed);
+    if trace > 0 {
+        print_traces();
+    }
     let per = |x: u64| x as f64 / n as f64;
     println!(
         "{{\"size\":{size},\"messages\":{n},\"link_security\":\"{link}\",\"allocs_per_msg\":{:.2},\"reallocs_per_msg\":{:.2},\"alloc_bytes_per_msg\":{:.0},\"elapsed_s\":{:.2}}}",

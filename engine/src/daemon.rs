@@ -7,7 +7,7 @@ use crate::backend::{self, Backend};
 use crate::config::{CorePin, DaemonConfig, Multicast, Transport};
 use crate::session::{ClientOut, RING_QUEUE, SessionConfig, Sessions, ToRing, Waker};
 use crate::state::{Lock, State};
-use bytes::Bytes;
+use bytes::BytesMut;
 use crossbeam_channel::{Receiver, bounded};
 use ringfence_proto::groups::{ClientId, GroupsError, Limits as GroupLimits};
 use ringfence_proto::ring::{ConfigKind, Configuration, Dest};
@@ -27,6 +27,8 @@ use tracing::{info, warn};
 /// Socket buffer sizes asked of the kernel.
 const SOCKET_BUFFER: usize = 4 << 20;
 /// Longest sleep in one wait, so a stop request is seen promptly.
+/// Bytes of a block received datagrams are copied into.
+const RX_BLOCK: usize = 256 * 1024;
 const MAX_WAIT: Duration = Duration::from_millis(100);
 
 /// How often the daemon writes its status file for `ringfence monitor`.
@@ -56,6 +58,9 @@ pub struct Daemon {
     /// Node, client groups and client sessions: every decision.
     server: Server,
     backend: Box<dyn Backend>,
+    /// The free rest of the block received datagrams are copied into (see
+    /// `receive`).
+    rx_block: BytesMut,
     start: Instant,
     state: State,
     stats: DaemonStats,
@@ -241,6 +246,7 @@ impl Daemon {
             cfg,
             server,
             backend,
+            rx_block: BytesMut::new(),
             start,
             state,
             stats: DaemonStats::default(),
@@ -304,9 +310,10 @@ impl Daemon {
             self.waker.park();
             let wait =
                 if !self.server.backlogged() && !self.requests.is_empty() { Duration::ZERO } else { wait };
-            let Self { backend, server, stats, cfg, start, .. } = self;
-            let r =
-                backend.wait(wait, &mut |from, bytes| Self::receive(server, stats, cfg, *start, from, bytes));
+            let Self { backend, server, stats, cfg, start, rx_block, .. } = self;
+            let r = backend.wait(wait, &mut |from, bytes| {
+                Self::receive(server, stats, cfg, rx_block, *start, from, bytes);
+            });
             self.waker.unpark();
             r?;
             let now = self.now();
@@ -442,6 +449,7 @@ impl Daemon {
         server: &mut Server,
         stats: &mut DaemonStats,
         cfg: &DaemonConfig,
+        block: &mut BytesMut,
         start: Instant,
         from: SocketAddr,
         bytes: &[u8],
@@ -456,7 +464,15 @@ impl Daemon {
             return;
         }
         let now = Time::from_nanos(u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX));
-        server.handle_datagram(now, Bytes::copy_from_slice(bytes));
+        // Copied out of the backend's buffer into a shared block and handed
+        // over as a buffer of its own, opened in place: no allocation per
+        // datagram (one per block). What the ring keeps of a datagram
+        // (until stable) keeps its block alive.
+        if block.capacity() - block.len() < bytes.len() {
+            *block = BytesMut::with_capacity(RX_BLOCK.max(bytes.len()));
+        }
+        block.extend_from_slice(bytes);
+        server.handle_datagram_owned(now, block.split());
     }
 
     /// Takes client requests, sends what the core produced and delivers

@@ -25,12 +25,13 @@ use crate::ring::{
     Config, ConfigError, ConfigKind, Configuration, Delivery, Dest, Event, Outboxes, Pending, Ring,
     ServerKey, Stats, SubmitError, Transmit,
 };
+use crate::security::link::Received;
 use crate::security::{Agreement, KeyId, Link, LinkMode, Reject, SecurityConfig, SecurityStats};
 use crate::wire::{
     Beacon, CommitToken, Datagram, ENTRY_EMPTY, ENTRY_FRESH, Groups, Join, MsgId, NodeId, OldRing, RingId,
     Service,
 };
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
@@ -657,6 +658,13 @@ impl Node {
         s
     }
 
+    /// Whether [`Node::submit`] would refuse a message of `len` payload
+    /// bytes for backpressure ([`SubmitError::Backlogged`]) now.
+    pub fn backlogged_for(&self, len: usize) -> bool {
+        self.out.user.len() >= self.cfg.max_pending_messages
+            || self.out.user.bytes() + len > self.cfg.max_pending_bytes
+    }
+
     /// Submits a message for ordered delivery to every member (this one
     /// included). It waits while membership changes; it is never lost unless
     /// this daemon crashes. Returns its id.
@@ -674,9 +682,7 @@ impl Node {
         if groups.encoded_len() > self.cfg.max_group_list() {
             return Err(SubmitError::GroupListTooLong(groups.encoded_len()));
         }
-        if self.out.user.len() >= self.cfg.max_pending_messages
-            || self.out.user.bytes() + payload.len() > self.cfg.max_pending_bytes
-        {
+        if self.backlogged_for(payload.len()) {
             return Err(SubmitError::Backlogged);
         }
         let msg_seq = self.next_msg_seq;
@@ -1263,6 +1269,17 @@ impl Node {
     /// datagrams of rings this daemon has no business with, are dropped and
     /// counted.
     pub fn handle_datagram(&mut self, now: Time, bytes: Bytes) {
+        self.handle_received(now, Received::Shared(bytes));
+    }
+
+    /// As [`Node::handle_datagram`], for a datagram in a buffer of its own
+    /// (the runtime's receive path): a sealed datagram is opened in place
+    /// and what the node keeps of it are slices of this one buffer.
+    pub fn handle_datagram_owned(&mut self, now: Time, buf: BytesMut) {
+        self.handle_received(now, Received::Owned(buf));
+    }
+
+    fn handle_received(&mut self, now: Time, bytes: Received) {
         if self.left {
             return;
         }
@@ -1270,13 +1287,14 @@ impl Node {
         let mut seen_key = None;
         let mut from = None;
         let bytes = match &mut self.sec {
-            None => bytes,
+            None => bytes.freeze(),
             Some(sec) => {
+                let raw = bytes.as_slice();
                 let peer = NodeId(u16::from_be_bytes([
-                    bytes.get(9).copied().unwrap_or(0xff),
-                    bytes.get(10).copied().unwrap_or(0xff),
+                    raw.get(9).copied().unwrap_or(0xff),
+                    raw.get(10).copied().unwrap_or(0xff),
                 ]));
-                match sec.link.open(bytes) {
+                match sec.link.open_received(bytes) {
                     Ok((sender, inner, None)) => {
                         from = Some(sender);
                         inner

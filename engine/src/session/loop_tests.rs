@@ -410,7 +410,7 @@ fn the_input_budget_holds_a_second_big_frame_until_the_first_is_done() {
         let mut out = Vec::new();
         let m = ClientFrame::Multicast(ringfence_proto::wire::client::Multicast {
             service: ringfence_proto::Service::Agreed,
-            groups: vec!["g".into()],
+            groups: ringfence_proto::wire::Groups::encode(&["g"]).unwrap(),
             msg_type: 0,
             payload: Bytes::from(vec![byte; 1 << 20]),
             self_discard: false,

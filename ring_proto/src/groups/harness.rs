@@ -272,7 +272,7 @@ impl World {
             msg_type: 7,
             self_discard: false,
             sealed,
-            groups: groups.iter().map(|g| String::from_utf8_lossy(g).into_owned()).collect(),
+            groups: Groups::encode(groups).unwrap_or_default(),
             payload,
         };
         self.request(who, ClientFrame::Multicast(m))
@@ -305,7 +305,7 @@ impl World {
             msg_type: 7,
             self_discard,
             sealed,
-            groups: names.iter().map(|g| String::from_utf8_lossy(g).into_owned()).collect(),
+            groups: Groups::encode(&names).unwrap_or_default(),
             payload: Bytes::from(p),
         };
         let h = self.servers[who.0].handle_client(self.now, who.1, ClientFrame::Multicast(m));

@@ -48,7 +48,7 @@ use crate::Time;
 use crate::ring::{ConfigKind, Configuration, Delivery, Event, ServerKey};
 use crate::security::policy::{Action, Policy};
 use crate::wire::{Groups, NodeId, RingId, Service};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use ringfence_crypto::aead::Nonce;
 use ringfence_crypto::group::{DAEMON_NONCE_BIT, GroupKey, key_id_of};
 use ringfence_crypto::kdf::{group_key, group_key_id};
@@ -890,7 +890,19 @@ pub struct ClientGroups {
     /// and expired key ids (see `bury`).
     graveyard: BTreeMap<Bytes, Buried>,
     now: Time,
+    /// A message's local receivers while it is delivered: kept, so
+    /// delivering allocates nothing.
+    receivers: Vec<ClientId>,
+    /// The free rest of the block data messages are encoded into.
+    block: BytesMut,
+    /// A data message's header while it is encoded.
+    scratch: Vec<u8>,
 }
+
+/// Bytes of a block that encoded data messages share.
+const DATA_BLOCK: usize = 256 * 1024;
+/// The largest encoded data message written into a shared block.
+const DATA_SHARED: usize = DATA_BLOCK / 4;
 
 fn one_group(groups: &Groups) -> Option<Bytes> {
     let mut it = groups.iter();
@@ -938,6 +950,9 @@ impl ClientGroups {
             incoming_expired: BTreeMap::new(),
             graveyard: BTreeMap::new(),
             now: Time::ZERO,
+            receivers: Vec::new(),
+            block: BytesMut::new(),
+            scratch: Vec::new(),
         }
     }
 
@@ -1000,7 +1015,20 @@ impl ClientGroups {
     }
 
     fn push(&mut self, service: Service, groups: Groups, sender: Bytes, body: Body) {
-        let payload = GroupMsg { sender, body }.encode();
+        let msg = GroupMsg { sender, body };
+        let payload = match msg.data_len() {
+            // Data up to DATA_SHARED bytes: split off a shared block, so a
+            // message allocates nothing in steady state. The block lives
+            // until the ring has sent every message in it.
+            Some(len) if len <= DATA_SHARED => {
+                if self.block.capacity() - self.block.len() < len {
+                    self.block = BytesMut::with_capacity(DATA_BLOCK);
+                }
+                msg.encode_into(&mut self.scratch, &mut self.block);
+                self.block.split().freeze()
+            }
+            _ => msg.encode(),
+        };
         self.submits.push_back(Submit { service, groups, payload });
     }
 
@@ -1148,10 +1176,32 @@ impl ClientGroups {
         self_discard: bool,
         sealed: bool,
     ) -> Result<(), GroupsError> {
+        if groups.is_empty() || groups.len() > self.limits.max_destinations {
+            return Err(GroupsError::BadDestinations);
+        }
+        let groups = Groups::encode(groups).map_err(|_| GroupsError::BadName)?;
+        self.multicast_to(client, service, groups, msg_type, payload, self_discard, sealed)
+    }
+
+    /// As [`ClientGroups::multicast`], with the destinations already
+    /// encoded (as a decoded client frame holds them): they are ordered as
+    /// they are, with no copy.
+    #[allow(clippy::too_many_arguments)]
+    pub fn multicast_to(
+        &mut self,
+        client: ClientId,
+        service: Service,
+        groups: Groups,
+        msg_type: u16,
+        payload: Bytes,
+        self_discard: bool,
+        sealed: bool,
+    ) -> Result<(), GroupsError> {
         if service.is_control() {
             return Err(GroupsError::BadDestinations);
         }
-        if groups.is_empty() || groups.len() > self.limits.max_destinations {
+        let count = groups.count();
+        if count == 0 || count > self.limits.max_destinations {
             return Err(GroupsError::BadDestinations);
         }
         let max_name = self.limits.max_name;
@@ -1160,7 +1210,6 @@ impl ClientGroups {
         let mut keyed = None;
         let mut denied = None;
         for (i, g) in groups.iter().enumerate() {
-            let g = g.as_ref();
             if PrivateName::parse(g).is_some() {
                 continue;
             }
@@ -1174,7 +1223,7 @@ impl ClientGroups {
                 denied = Some(GroupsError::Denied);
             } else if (rule.mode == GroupMode::ThreeStep || rule.mode.keyed()) && !l.secure {
                 denied = Some(GroupsError::InsecureTransport);
-            } else if rule.mode == GroupMode::ThreeStep && groups.len() > 1 {
+            } else if rule.mode == GroupMode::ThreeStep && count > 1 {
                 // Nor may a three-step message also go to groups whose
                 // members may be on plain TCP.
                 denied = Some(GroupsError::KeyedMultiDestination);
@@ -1204,7 +1253,7 @@ impl ClientGroups {
         let sender_pn = l.name.clone();
         let (mut payload, mut sealed) = (payload, sealed);
         if let Some((g, mode, _member)) = keyed {
-            if groups.len() != 1 {
+            if count != 1 {
                 return Err(GroupsError::KeyedMultiDestination);
             }
             let current = self.views.get(g).and_then(|v| v.key.as_ref()).map(|k| k.id());
@@ -1235,7 +1284,6 @@ impl ClientGroups {
                 }
             }
         }
-        let groups = Groups::encode(groups).map_err(|_| GroupsError::BadName)?;
         self.push(service, groups, sender, Body::Data { self_discard, sealed, msg_type, views, payload });
         Ok(())
     }
@@ -2143,7 +2191,24 @@ impl ClientGroups {
         views: &[(u8, ViewId)],
         payload: Bytes,
     ) {
-        let mut to: Vec<ClientId> = Vec::new();
+        let mut to = std::mem::take(&mut self.receivers);
+        to.clear();
+        self.deliver_to(&mut to, d, sender, self_discard, sealed, msg_type, views, payload);
+        self.receivers = to;
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn deliver_to(
+        &mut self,
+        to: &mut Vec<ClientId>,
+        d: &Delivery,
+        sender: &PrivateName,
+        self_discard: bool,
+        sealed: bool,
+        msg_type: u16,
+        views: &[(u8, ViewId)],
+        payload: Bytes,
+    ) {
         let mut evs_group = None;
         for (i, g) in d.groups.iter().enumerate() {
             if let Some(p) = PrivateName::parse(g) {
@@ -2188,7 +2253,7 @@ impl ClientGroups {
                     if let Some(v) = self.views.get_mut(&g) {
                         v.undecipherable += 1;
                     }
-                    for c in to {
+                    for &c in to.iter() {
                         if self_discard && self.clients.get(&c).is_some_and(|l| &l.name == sender) {
                             continue;
                         }
@@ -2208,7 +2273,7 @@ impl ClientGroups {
         }
         to.sort_unstable();
         to.dedup();
-        for c in to {
+        for &c in to.iter() {
             if self_discard && self.clients.get(&c).is_some_and(|l| &l.name == sender) {
                 continue;
             }

@@ -248,10 +248,45 @@ fn read_kind(b: u8) -> Result<GroupKind, DecodeError> {
 }
 
 impl GroupMsg {
+    /// The encoded length of a `Data` message (`None` for other kinds).
+    pub fn data_len(&self) -> Option<usize> {
+        match &self.body {
+            Body::Data { views, payload, .. } => {
+                Some(4 + self.sender.len().min(255) + 4 + views.len().min(255) * 19 + payload.len())
+            }
+            _ => None,
+        }
+    }
+
+    /// Appends the encoded message to `out`, as [`GroupMsg::encode`] gives
+    /// it; `scratch` is working space for the header (the payload is
+    /// copied once, straight into `out`).
+    pub fn encode_into(&self, scratch: &mut Vec<u8>, out: &mut bytes::BytesMut) {
+        scratch.clear();
+        self.write(scratch, false);
+        out.extend_from_slice(scratch);
+        if let Body::Data { payload, .. } = &self.body {
+            out.extend_from_slice(payload);
+        }
+    }
+
     /// Encodes the message. For `Data` the payload is copied once, after
     /// the header, into the returned buffer.
     pub fn encode(&self) -> Bytes {
-        let mut out = Vec::with_capacity(16 + self.sender.len());
+        // Data: the exact size, so the payload is copied once and the
+        // buffer never grows.
+        let body = match &self.body {
+            Body::Data { views, payload, .. } => 4 + views.len().min(255) * 19 + payload.len(),
+            _ => 16,
+        };
+        let mut out = Vec::with_capacity(4 + self.sender.len().min(255) + body);
+        self.write(&mut out, true);
+        Bytes::from(out)
+    }
+
+    /// Appends the encoded message to `out`; a data message's payload only
+    /// if `payload`.
+    fn write(&self, out: &mut Vec<u8>, payload_too: bool) {
         out.push(MSG_MAGIC);
         out.push(MSG_VERSION);
         out.push(match &self.body {
@@ -263,10 +298,9 @@ impl GroupMsg {
             Body::State { .. } => T_STATE,
             Body::Rekey { .. } => T_REKEY,
         });
-        put_name(&mut out, &self.sender);
+        put_name(out, &self.sender);
         match &self.body {
             Body::Data { self_discard, sealed, msg_type, views, payload } => {
-                out.reserve(4 + views.len() * 19 + payload.len());
                 let mut f = if *self_discard { F_SELF_DISCARD } else { 0 };
                 if *sealed {
                     f |= F_SEALED;
@@ -277,32 +311,34 @@ impl GroupMsg {
                 out.push(k as u8);
                 for (idx, v) in &views[..k] {
                     out.push(*idx);
-                    put_view(&mut out, *v);
+                    put_view(out, *v);
                 }
-                out.extend_from_slice(payload);
+                if payload_too {
+                    out.extend_from_slice(payload);
+                }
             }
             Body::Join { kind, mode } => {
                 out.push(*kind as u8);
                 out.push(*mode as u8);
             }
-            Body::Rekey { view } => put_view(&mut out, *view),
+            Body::Rekey { view } => put_view(out, *view),
             Body::Leave | Body::Disconnect => {}
             Body::FlushOk { flush } => {
-                put_ring_id(&mut out, flush.ring_id);
+                put_ring_id(out, flush.ring_id);
                 out.extend_from_slice(&flush.seq.to_be_bytes());
             }
             Body::State { ring_id, part, parts, clients, keys, expired, views } => {
-                put_ring_id(&mut out, *ring_id);
+                put_ring_id(out, *ring_id);
                 out.extend_from_slice(&part.to_be_bytes());
                 out.extend_from_slice(&parts.to_be_bytes());
                 let c = clients.len().min(usize::from(u16::MAX));
                 out.extend_from_slice(&(c as u16).to_be_bytes());
                 for e in &clients[..c] {
-                    put_name(&mut out, &e.name);
+                    put_name(out, &e.name);
                     let g = e.groups.len().min(255);
                     out.push(g as u8);
                     for sg in &e.groups[..g] {
-                        put_name(&mut out, &sg.name);
+                        put_name(out, &sg.name);
                         let mut f = (sg.mode as u8) << F_MODE_SHIFT;
                         if sg.kind == GroupKind::Vs {
                             f |= F_VS;
@@ -316,23 +352,23 @@ impl GroupMsg {
                 let k = keys.len().min(usize::from(u16::MAX));
                 out.extend_from_slice(&(k as u16).to_be_bytes());
                 for key in &keys[..k] {
-                    put_name(&mut out, &key.group);
-                    put_view(&mut out, key.view);
+                    put_name(out, &key.group);
+                    put_view(out, key.view);
                     out.extend_from_slice(&key.key_id.to_be_bytes());
                     out.extend_from_slice(&key.key);
                 }
                 let x = expired.len().min(usize::from(u16::MAX));
                 out.extend_from_slice(&(x as u16).to_be_bytes());
                 for (group, id, why) in &expired[..x] {
-                    put_name(&mut out, group);
+                    put_name(out, group);
                     out.extend_from_slice(&id.to_be_bytes());
                     out.push(if *why == KeyLoss::TimeOut { 1 } else { 2 });
                 }
                 let n = views.len().min(usize::from(u16::MAX));
                 out.extend_from_slice(&(n as u16).to_be_bytes());
                 for sv in &views[..n] {
-                    put_name(&mut out, &sv.group);
-                    put_view(&mut out, sv.view);
+                    put_name(out, &sv.group);
+                    put_view(out, sv.view);
                     let p = sv.peers.len().min(usize::from(u16::MAX));
                     out.extend_from_slice(&(p as u16).to_be_bytes());
                     for id in &sv.peers[..p] {
@@ -341,7 +377,6 @@ impl GroupMsg {
                 }
             }
         }
-        Bytes::from(out)
     }
 
     /// Decodes a message; names and the data payload are slices of `buf`.

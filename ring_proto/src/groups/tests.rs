@@ -82,7 +82,16 @@ proptest! {
     fn group_msg_round_trips(sender in name(), body in body()) {
         let sender = if matches!(body, Body::State { .. }) { Bytes::new() } else { sender };
         let m = GroupMsg { sender, body };
-        prop_assert_eq!(GroupMsg::decode(&m.encode()), Ok(m));
+        prop_assert_eq!(GroupMsg::decode(&m.encode()), Ok(m.clone()));
+        // Into a shared block, after whatever is there: the same bytes.
+        let mut block = bytes::BytesMut::from(&b"earlier"[..]);
+        let _ = block.split();
+        let mut scratch = vec![1, 2, 3];
+        m.encode_into(&mut scratch, &mut block);
+        prop_assert_eq!(&block[..], &m.encode()[..]);
+        if let Some(len) = m.data_len() {
+            prop_assert_eq!(len, block.len());
+        }
     }
 
     #[test]

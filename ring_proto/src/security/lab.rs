@@ -166,7 +166,7 @@ impl Lab {
             msg_type: 0,
             self_discard: false,
             sealed: false,
-            groups: vec![LAB_GROUP.to_owned()],
+            groups: crate::wire::Groups::encode(&[LAB_GROUP]).expect("a valid name"),
             payload,
         };
         s.handle_client(now, LAB_CLIENT, ClientFrame::Multicast(m));

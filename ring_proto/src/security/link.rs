@@ -358,7 +358,27 @@ impl Link {
 
     /// Unwraps an incoming datagram: its sender, the protocol datagram and
     /// the link key it was sealed with (if sealed), or why it was dropped.
+    /// A sealed datagram is opened in place if `bytes` is not shared, else
+    /// in a copy.
     pub fn open(&mut self, bytes: Bytes) -> Result<(NodeId, Bytes, Option<KeyId>), Reject> {
+        self.open_received(Received::Shared(bytes))
+    }
+
+    /// As [`Link::open`], for a datagram in a buffer of its own: a sealed
+    /// one is opened in place, and the protocol datagram returned is a
+    /// slice of the same buffer.
+    pub fn open_owned(&mut self, buf: BytesMut) -> Result<(NodeId, Bytes, Option<KeyId>), Reject> {
+        self.open_received(Received::Owned(buf))
+    }
+
+    pub(crate) fn open_received(
+        &mut self,
+        received: Received,
+    ) -> Result<(NodeId, Bytes, Option<KeyId>), Reject> {
+        let bytes: &[u8] = match &received {
+            Received::Shared(b) => b,
+            Received::Owned(b) => b,
+        };
         if bytes.len() < HEADER {
             return Err(Reject::Malformed);
         }
@@ -373,6 +393,11 @@ impl Link {
         // Checked once the datagram authenticates (a forged `to` is an
         // authentication failure); a misdirected one moves no window.
         let misdirected = to != self.me && to != NodeId::NONE;
+        let len = bytes.len();
+        if kind == SEALED && self.mode == LinkMode::Encrypt {
+            return self.open_sealed(received.into_mut(), sender, counter, key_id, misdirected);
+        }
+        let bytes = received.freeze();
         match (kind, self.mode) {
             (PLAIN, LinkMode::None) if misdirected => Err(Reject::Misdirected),
             (PLAIN, LinkMode::None) => Ok((sender, bytes.slice(HEADER..), None)),
@@ -394,7 +419,7 @@ impl Link {
                 }
                 Ok((sender, bytes.slice(HEADER..bytes.len() - SIGNATURE), None))
             }
-            (SEALED, LinkMode::Encrypt) | (AUTHENTICATED, LinkMode::Authenticate) => {
+            (AUTHENTICATED, LinkMode::Authenticate) => {
                 if !self.peers.contains_key(&sender) {
                     return Err(Reject::UnknownSender);
                 }
@@ -405,22 +430,14 @@ impl Link {
                 if bytes.len() < HEADER + TAG_LEN {
                     return Err(Reject::Malformed);
                 }
-                let plain = if kind == SEALED {
-                    // In place when the buffer is ours alone (the runtime
-                    // hands over each received datagram in its own buffer).
-                    let mut buf = bytes.try_into_mut().unwrap_or_else(|b| BytesMut::from(&b[..]));
-                    let n =
-                        key.aead.open_frame(&nonce, &mut buf, HEADER).map_err(|_| Reject::AuthFailure)?.len();
-                    buf.truncate(HEADER + n);
-                    buf.freeze().slice(HEADER..)
-                } else {
-                    let (text, tag) = bytes.split_at(bytes.len() - TAG_LEN);
+                let plain = {
+                    let (text, tag) = bytes.split_at(len - TAG_LEN);
                     let tag: &[u8; TAG_LEN] = tag.try_into().map_err(|_| Reject::Malformed)?;
                     self.scratch.clear();
                     key.aead
                         .open_detached(&nonce, text, &mut self.scratch, tag)
                         .map_err(|_| Reject::AuthFailure)?;
-                    bytes.slice(HEADER..bytes.len() - TAG_LEN)
+                    bytes.slice(HEADER..len - TAG_LEN)
                 };
                 if misdirected {
                     return Err(Reject::Misdirected);
@@ -433,6 +450,74 @@ impl Link {
             }
             (PLAIN | SIGNED | SEALED | AUTHENTICATED, _) => Err(Reject::SettingsMismatch),
             _ => Err(Reject::Malformed),
+        }
+    }
+
+    /// Opens a sealed datagram (mode `encrypt`) in place: the protocol
+    /// datagram returned is a slice of `buf`.
+    fn open_sealed(
+        &mut self,
+        mut buf: BytesMut,
+        sender: NodeId,
+        counter: u64,
+        key_id: KeyId,
+        misdirected: bool,
+    ) -> Result<(NodeId, Bytes, Option<KeyId>), Reject> {
+        if !self.peers.contains_key(&sender) {
+            return Err(Reject::UnknownSender);
+        }
+        let Some(key) = self.keys.iter_mut().find(|k| k.id == key_id) else {
+            return Err(Reject::UnknownKey);
+        };
+        let nonce = Nonce::new(u32::from(sender.0), counter);
+        if buf.len() < HEADER + TAG_LEN {
+            return Err(Reject::Malformed);
+        }
+        let n = key.aead.open_frame(&nonce, &mut buf, HEADER).map_err(|_| Reject::AuthFailure)?.len();
+        if misdirected {
+            return Err(Reject::Misdirected);
+        }
+        // Only after the tag checked: a forged counter moves no window.
+        if !key.windows.entry(sender).or_default().accept(counter) {
+            return Err(Reject::Replay);
+        }
+        buf.truncate(HEADER + n);
+        // Moves the start; splitting would share (and allocate) instead.
+        bytes::Buf::advance(&mut buf, HEADER);
+        Ok((sender, buf.freeze(), Some(key_id)))
+    }
+}
+
+/// A received datagram as the caller hands it over.
+pub(crate) enum Received {
+    /// Possibly shared: opened in place only if it turns out not to be.
+    Shared(Bytes),
+    /// The caller's alone.
+    Owned(BytesMut),
+}
+
+impl Received {
+    /// The buffer to open in place (a copy if it is shared).
+    fn into_mut(self) -> BytesMut {
+        match self {
+            Self::Shared(b) => b.try_into_mut().unwrap_or_else(|b| BytesMut::from(&b[..])),
+            Self::Owned(b) => b,
+        }
+    }
+
+    /// The bytes.
+    pub(crate) fn as_slice(&self) -> &[u8] {
+        match self {
+            Self::Shared(b) => b,
+            Self::Owned(b) => b,
+        }
+    }
+
+    /// The buffer, shared.
+    pub(crate) fn freeze(self) -> Bytes {
+        match self {
+            Self::Shared(b) => b,
+            Self::Owned(b) => b.freeze(),
         }
     }
 }
@@ -501,6 +586,52 @@ mod destination_tests {
                 body.to_vec()
             })
         })
+    }
+
+    /// The receive path's owned buffer opens as the shared one does, in
+    /// every mode; sealed, in place: the body is a slice of that buffer.
+    #[test]
+    fn an_owned_datagram_opens_as_a_shared_one_and_in_place() {
+        for (mode, keyed) in [
+            (LinkMode::None, false),
+            (LinkMode::Encrypt, false),
+            (LinkMode::Encrypt, true),
+            (LinkMode::Authenticate, true),
+        ] {
+            let mut l = links(mode, 2);
+            if keyed {
+                let key = Key32::from_bytes([9; 32]);
+                for link in &mut l {
+                    let id = link.add_key(&key);
+                    link.send_with(Some(id));
+                }
+            }
+            let mut stats = SecurityStats::default();
+            let a = l[0].seal(b"packet one", None, keyed, &mut stats);
+            let b = l[0].seal(b"packet two", None, keyed, &mut stats);
+            let shared = l[1].open(a).unwrap();
+            assert_eq!((shared.0, &shared.1[..]), (NodeId(0), &b"packet one"[..]), "{mode:?}");
+            // In a block, after another datagram, as the runtime does.
+            let mut block = BytesMut::with_capacity(4096);
+            block.extend_from_slice(b"other datagram");
+            let _other = block.split().freeze();
+            block.extend_from_slice(&b);
+            let owned = block.split();
+            let range = owned.as_ptr() as usize..owned.as_ptr() as usize + owned.len();
+            let (from, body, key) = l[1].open_owned(owned).unwrap();
+            assert_eq!((from, &body[..], key.is_some()), (NodeId(0), &b"packet two"[..], keyed), "{mode:?}");
+            assert!(range.contains(&(body.as_ptr() as usize)), "{mode:?}: a slice of the buffer handed over");
+            // A replay of the same datagram, owned, is refused as before.
+            let again = l[0].seal(b"x", None, keyed, &mut stats);
+            assert!(l[1].open_owned(BytesMut::from(&again[..])).is_ok());
+            if mode != LinkMode::None {
+                assert_eq!(
+                    l[1].open_owned(BytesMut::from(&again[..])).unwrap_err(),
+                    Reject::Replay,
+                    "{mode:?}"
+                );
+            }
+        }
     }
 
     #[test]

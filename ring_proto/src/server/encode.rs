@@ -5,15 +5,28 @@
 //! A delivered message goes to every local member of its groups; the groups
 //! layer yields it once per member, in a row. The encoder remembers the last
 //! message it encoded and hands out the same buffer again for the same
-//! message, so a fan-out to many clients costs one encoding and one
-//! allocation.
+//! message, so a fan-out to many clients costs one encoding.
+//!
+//! `Message` frames of up to [`SMALL_FRAME`] bytes are written one after
+//! another into a shared block of [`BLOCK`] bytes and split off it, so in
+//! steady state a message costs no allocation (one per block). The price: a
+//! slow client's queued frame keeps its whole block alive, at most
+//! `BLOCK / frame length` times the frame's own size. Larger frames get a
+//! buffer of their own.
 
 use crate::Service;
 use crate::groups::PrivateName;
 use crate::wire::Groups;
 use crate::wire::client::{ClientEncodeError, DaemonFrame, FRAME_HEADER_LEN, Frame, Limits, encode_message};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use std::fmt::Write as _;
+
+/// Bytes of a block that small `Message` frames share.
+const BLOCK: usize = 64 * 1024;
+/// The largest frame written into a shared block.
+const SMALL_FRAME: usize = BLOCK / 16;
+/// What [`encode_message`] may reserve beyond the frame's exact length.
+const SLACK: usize = 128;
 
 /// The last message encoded, and what identifies it.
 #[derive(Debug)]
@@ -56,13 +69,21 @@ pub(super) struct Encoder {
     scratch: Vec<u8>,
     /// The sender's private name as text, reused.
     sender: String,
+    /// The free rest of the block small frames are split off.
+    block: BytesMut,
     last: Option<LastMessage>,
 }
 
 impl Encoder {
     /// An encoder enforcing `limits`.
     pub(super) fn new(limits: Limits) -> Self {
-        Self { limits, scratch: Vec::with_capacity(64 * 1024), sender: String::new(), last: None }
+        Self {
+            limits,
+            scratch: Vec::with_capacity(64 * 1024),
+            sender: String::new(),
+            block: BytesMut::new(),
+            last: None,
+        }
     }
 
     /// Encodes any frame; an error if it breaks a limit.
@@ -94,19 +115,35 @@ impl Encoder {
             self.sender.clear();
             let _ = write!(self.sender, "{sender}");
         }
-        // One allocation of exactly the frame's size (header, sender,
-        // service, type, groups, payload), written once and shared by every
-        // receiver: a slow client pins only its own frames. Were the size
-        // wrong, the frame would still be right, in a buffer a little larger.
-        let mut out = Vec::with_capacity(message_len(&self.sender, groups, payload.len()));
-        let names = groups.iter().map(String::from_utf8_lossy);
-        if let Err(e) =
-            encode_message(&mut out, &self.limits, &self.sender, names, service, msg_type, sealed, payload)
-        {
-            self.last = None;
-            return Err(e);
-        }
-        let frame = Bytes::from(out);
+        // Written once and shared by every receiver: a small frame into the
+        // shared block, a large one into a buffer of exactly its size. Were
+        // the size wrong, the frame would still be right, in a buffer a
+        // little larger.
+        let len = message_len(&self.sender, groups, payload.len());
+        // Group names went through the client decoder (UTF-8); a name of
+        // another kind is written as its lossy text, rather than refused.
+        let names = groups
+            .iter()
+            .map(|g| std::str::from_utf8(g).map_or_else(|_| String::from_utf8_lossy(g), Into::into));
+        let (l, s) = (&self.limits, &self.sender);
+        let frame = if len <= SMALL_FRAME {
+            if self.block.capacity() - self.block.len() < len + SLACK {
+                self.block = BytesMut::with_capacity(BLOCK);
+            }
+            let r = encode_message(&mut self.block, l, s, names, service, msg_type, sealed, payload);
+            r.map(|()| self.block.split().freeze())
+        } else {
+            let mut out = Vec::with_capacity(len + SLACK);
+            let r = encode_message(&mut out, l, s, names, service, msg_type, sealed, payload);
+            r.map(|()| Bytes::from(out))
+        };
+        let frame = match frame {
+            Ok(f) => f,
+            Err(e) => {
+                self.last = None;
+                return Err(e);
+            }
+        };
         self.last = Some(LastMessage {
             sender: sender.clone(),
             groups: groups.clone(),

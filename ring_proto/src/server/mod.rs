@@ -66,7 +66,7 @@ use crate::wire::client::{
 };
 use crate::wire::{MsgId, Service};
 use crate::{Node, Time};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use encode::Encoder;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -366,6 +366,14 @@ impl Server {
         self.pump(now);
     }
 
+    /// As [`Server::handle_datagram`], for a datagram in a buffer of its
+    /// own (the runtime's receive path): opened in place, and what is kept
+    /// of it (chunks, delivered payloads) are slices of this buffer.
+    pub fn handle_datagram_owned(&mut self, now: Time, buf: BytesMut) {
+        self.node.handle_datagram_owned(now, buf);
+        self.pump(now);
+    }
+
     /// Acts on every deadline that is due at `now` (the groups layer's and
     /// the node's) and retries a message the ring refused.
     pub fn handle_timeout(&mut self, now: Time) {
@@ -498,14 +506,11 @@ impl Server {
                 }
                 return Handled::Refused(GroupsError::TooLarge);
             }
-            ClientFrame::Multicast(m)
-                if 1 + m.groups.iter().map(|g| 1 + g.len()).sum::<usize>()
-                    > self.node.config().max_group_list() =>
-            {
+            ClientFrame::Multicast(m) if m.groups.encoded_len() > self.node.config().max_group_list() => {
                 let text = format!(
                     "the destination list takes {} bytes, over the {} bytes a ring frame has room for \
                      (name fewer groups, or shorter ones)",
-                    1 + m.groups.iter().map(|g| 1 + g.len()).sum::<usize>(),
+                    m.groups.encoded_len(),
                     self.node.config().max_group_list()
                 );
                 if self.clients.contains_key(&c) {
@@ -513,10 +518,10 @@ impl Server {
                 }
                 return Handled::Refused(GroupsError::BadDestinations);
             }
-            ClientFrame::Multicast(m) => self.groups.multicast(
+            ClientFrame::Multicast(m) => self.groups.multicast_to(
                 c,
                 m.service,
-                &m.groups,
+                m.groups,
                 m.msg_type,
                 m.payload,
                 m.self_discard,
@@ -700,19 +705,18 @@ impl Server {
     fn submit(&mut self, now: Time) {
         loop {
             let Some(s) = self.held.take().or_else(|| self.groups.poll_submit()) else { return };
-            match self.node.submit(now, s.service, s.groups.clone(), s.payload.clone()) {
+            // Asked first, so the message moves into the node whole (a
+            // clone of a fresh buffer would allocate its shared count).
+            if self.node.backlogged_for(s.payload.len()) {
+                self.held = Some(s);
+                return;
+            }
+            let copy = self.cfg.observe.then(|| s.payload.clone());
+            match self.node.submit(now, s.service, s.groups, s.payload) {
                 Ok(id) => {
-                    if self.cfg.observe {
-                        self.observed.push_back(Observed::Submitted {
-                            id,
-                            service: s.service,
-                            payload: s.payload,
-                        });
+                    if let Some(payload) = copy {
+                        self.observed.push_back(Observed::Submitted { id, service: s.service, payload });
                     }
-                }
-                Err(SubmitError::Backlogged) => {
-                    self.held = Some(s);
-                    return;
                 }
                 Err(e) => self.events.push_back(ServerEvent::SubmitRefused(e)),
             }

@@ -156,7 +156,7 @@ fn multicast(group: &str, payload: &'static [u8]) -> ClientFrame {
         msg_type: 1,
         self_discard: false,
         sealed: false,
-        groups: vec![group.into()],
+        groups: crate::wire::Groups::encode(&[group]).unwrap(),
         payload: Bytes::from_static(payload),
     })
 }
@@ -295,7 +295,7 @@ fn the_announced_payload_limit_fits_the_ring() {
             msg_type: 1,
             self_discard: false,
             sealed: false,
-            groups: vec!["g".into()],
+            groups: Groups::encode(&["g"]).unwrap(),
             payload: Bytes::from(vec![7u8; len]),
         })
     };
@@ -320,6 +320,7 @@ fn a_destination_list_longer_than_a_frame_is_refused_and_the_ring_goes_on() {
     n.request(1, 2, ClientFrame::Join { group: "g".into() });
     n.run(30 * MS);
     let to = |groups: Vec<String>| {
+        let groups = Groups::encode(&groups).unwrap();
         ClientFrame::Multicast(Multicast {
             service: Service::Agreed,
             msg_type: 1,

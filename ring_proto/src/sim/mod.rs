@@ -983,7 +983,7 @@ impl<'t> Sim<'t> {
             msg_type: 0,
             self_discard: false,
             sealed: false,
-            groups: vec![SIM_GROUP.to_owned()],
+            groups: crate::wire::Groups::encode(&[SIM_GROUP]).expect("a valid name"),
             payload,
         };
         n.handle_client(now, SIM_CLIENT, crate::wire::client::ClientFrame::Multicast(m));

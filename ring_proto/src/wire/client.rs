@@ -27,6 +27,7 @@
 //! ```
 //! use bytes::Bytes;
 //! use ringfence_proto::Service;
+//! use ringfence_proto::wire::Groups;
 //! use ringfence_proto::wire::client::{ClientFrame, Frame, FrameDecoder, Limits, Multicast};
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -40,7 +41,7 @@
 //!     msg_type: 7,
 //!     self_discard: false,
 //!     sealed: false,
-//!     groups: vec!["chat".into()],
+//!     groups: Groups::encode(&["chat"])?,
 //!     payload: Bytes::from_static(b"hello"),
 //! };
 //! ClientFrame::Multicast(hello.clone()).encode(&mut out, &limits)?;
@@ -57,7 +58,7 @@
 //! # }
 //! ```
 
-use super::{DecodeError, Reader, Service};
+use super::{DecodeError, Groups, Reader, Service};
 pub use crate::groups::GroupMode;
 use bytes::{Bytes, BytesMut};
 use ringfence_crypto::aead::Key32;
@@ -341,8 +342,10 @@ pub struct Multicast {
     /// The payload is sealed under the view key of the (one) destination
     /// group (`ringfence_crypto::group`).
     pub sealed: bool,
-    /// Destination groups, 1..=[`Limits::max_groups`].
-    pub groups: Vec<String>,
+    /// Destination groups, 1..=[`Limits::max_groups`], kept encoded: when
+    /// decoded, a slice of the frame (no allocation per message), which the
+    /// daemon orders as it is.
+    pub groups: Groups,
     /// The message; at most [`Limits::max_payload`] bytes.
     pub payload: Bytes,
 }
@@ -861,14 +864,14 @@ impl<F: Frame> FrameDecoder<F> {
 
 /// Writes one frame: length placeholder, type, body from `body`, then the
 /// length. Restores `out` if `body` or the frame length check fails.
-fn put_frame(
-    out: &mut Vec<u8>,
+fn put_frame<O: FrameBuf + ?Sized>(
+    out: &mut O,
     limits: &Limits,
     frame_type: u8,
-    body: impl FnOnce(&mut Vec<u8>) -> Result<(), ClientEncodeError>,
+    body: impl FnOnce(&mut O) -> Result<(), ClientEncodeError>,
 ) -> Result<(), ClientEncodeError> {
     let start = out.len();
-    out.extend_from_slice(&[0, 0, 0, 0, frame_type]);
+    out.put_bytes(&[0, 0, 0, 0, frame_type]);
     let result = body(out).and_then(|()| {
         let len = out.len() - start - 4;
         match u32::try_from(len) {
@@ -880,28 +883,75 @@ fn put_frame(
         }
     });
     if result.is_err() {
-        out.truncate(start);
+        out.cut(start);
     }
     result
+}
+
+/// A growable byte buffer the frame encoders append to: a `Vec<u8>`, or a
+/// `BytesMut` that frames are split off and shared from.
+pub trait FrameBuf: std::ops::DerefMut<Target = [u8]> {
+    /// Appends one byte.
+    fn put_byte(&mut self, b: u8);
+    /// Appends bytes.
+    fn put_bytes(&mut self, b: &[u8]);
+    /// Cuts the buffer back to `len` bytes.
+    fn cut(&mut self, len: usize);
+    /// Makes room for `n` more bytes.
+    fn room(&mut self, n: usize);
+}
+
+impl FrameBuf for Vec<u8> {
+    fn put_byte(&mut self, b: u8) {
+        self.push(b);
+    }
+    fn put_bytes(&mut self, b: &[u8]) {
+        self.extend_from_slice(b);
+    }
+    fn cut(&mut self, len: usize) {
+        self.truncate(len);
+    }
+    fn room(&mut self, n: usize) {
+        self.reserve(n);
+    }
+}
+
+impl FrameBuf for bytes::BytesMut {
+    fn put_byte(&mut self, b: u8) {
+        self.extend_from_slice(&[b]);
+    }
+    fn put_bytes(&mut self, b: &[u8]) {
+        self.extend_from_slice(b);
+    }
+    fn cut(&mut self, len: usize) {
+        self.truncate(len);
+    }
+    fn room(&mut self, n: usize) {
+        self.reserve(n);
+    }
 }
 
 fn limit(field: &'static str, len: usize, max: usize) -> Result<(), ClientEncodeError> {
     if len > max { Err(ClientEncodeError::LimitExceeded { field, len, max }) } else { Ok(()) }
 }
 
-fn put_group(out: &mut Vec<u8>, field: &'static str, name: &str) -> Result<(), ClientEncodeError> {
+fn put_group<O: FrameBuf + ?Sized>(
+    out: &mut O,
+    field: &'static str,
+    name: &str,
+) -> Result<(), ClientEncodeError> {
     if name.is_empty() || name.as_bytes().contains(&0) {
         return Err(ClientEncodeError::Invalid(field));
     }
     limit(field, name.len(), MAX_GROUP_NAME)?;
-    out.push(name.len() as u8);
-    out.extend_from_slice(name.as_bytes());
+    out.put_byte(name.len() as u8);
+    out.put_bytes(name.as_bytes());
     Ok(())
 }
 
 /// Writes a name of printable ASCII (`0x21..=0x7e`), optionally without `#`.
-fn put_ascii_name(
-    out: &mut Vec<u8>,
+fn put_ascii_name<O: FrameBuf + ?Sized>(
+    out: &mut O,
     field: &'static str,
     name: &str,
     max: usize,
@@ -911,8 +961,8 @@ fn put_ascii_name(
         return Err(ClientEncodeError::Invalid(field));
     }
     limit(field, name.len(), max)?;
-    out.push(name.len() as u8);
-    out.extend_from_slice(name.as_bytes());
+    out.put_byte(name.len() as u8);
+    out.put_bytes(name.as_bytes());
     Ok(())
 }
 
@@ -929,22 +979,22 @@ fn put_view_id(out: &mut Vec<u8>, v: ViewId) {
     out.extend_from_slice(&v.counter.to_be_bytes());
 }
 
-fn put_service(out: &mut Vec<u8>, service: Service) -> Result<(), ClientEncodeError> {
+fn put_service<O: FrameBuf + ?Sized>(out: &mut O, service: Service) -> Result<(), ClientEncodeError> {
     if service.is_control() {
         return Err(ClientEncodeError::Invalid("service"));
     }
-    out.push(service as u8);
+    out.put_byte(service as u8);
     Ok(())
 }
 
 /// Writes the group count and names, counting as it goes.
-fn put_groups<G: AsRef<str>>(
-    out: &mut Vec<u8>,
+fn put_groups<G: AsRef<str>, O: FrameBuf + ?Sized>(
+    out: &mut O,
     limits: &Limits,
     groups: impl IntoIterator<Item = G>,
 ) -> Result<(), ClientEncodeError> {
     let at = out.len();
-    out.push(0);
+    out.put_byte(0);
     let mut count = 0usize;
     for g in groups {
         count += 1;
@@ -958,20 +1008,25 @@ fn put_groups<G: AsRef<str>>(
     Ok(())
 }
 
-fn put_payload(out: &mut Vec<u8>, limits: &Limits, payload: &[u8]) -> Result<(), ClientEncodeError> {
+fn put_payload<O: FrameBuf + ?Sized>(
+    out: &mut O,
+    limits: &Limits,
+    payload: &[u8],
+) -> Result<(), ClientEncodeError> {
     limit("payload", payload.len(), limits.max_payload as usize)?;
-    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-    out.extend_from_slice(payload);
+    out.put_bytes(&(payload.len() as u32).to_be_bytes());
+    out.put_bytes(payload);
     Ok(())
 }
 
 /// Appends a `Message` frame built from borrowed parts, with no allocation
-/// besides growing `out`: the daemon's fan-out path. The bytes are the same
+/// besides growing `out` (a `Vec<u8>`, or the `BytesMut` the daemon splits
+/// frames off): the daemon's fan-out path. The bytes are the same
 /// as those of [`DaemonFrame::Message`].
 // One argument per frame field: the borrowed-parts encoder of the hot path.
 #[allow(clippy::too_many_arguments)]
-pub fn encode_message<G: AsRef<str>>(
-    out: &mut Vec<u8>,
+pub fn encode_message<G: AsRef<str>, O: FrameBuf + ?Sized>(
+    out: &mut O,
     limits: &Limits,
     sender: &str,
     groups: impl IntoIterator<Item = G>,
@@ -980,12 +1035,12 @@ pub fn encode_message<G: AsRef<str>>(
     sealed: bool,
     payload: &[u8],
 ) -> Result<(), ClientEncodeError> {
-    out.reserve(FRAME_HEADER_LEN + 1 + sender.len() + 5 + payload.len() + 64);
+    out.room(FRAME_HEADER_LEN + 1 + sender.len() + 5 + payload.len() + 64);
     put_frame(out, limits, TYPE_MESSAGE, |out| {
         put_ascii_name(out, "sender", sender, MAX_PRIVATE_NAME, true)?;
         put_service(out, service)?;
-        out.push(u8::from(sealed));
-        out.extend_from_slice(&msg_type.to_be_bytes());
+        out.put_byte(u8::from(sealed));
+        out.put_bytes(&msg_type.to_be_bytes());
         put_groups(out, limits, groups)?;
         put_payload(out, limits, payload)
     })
@@ -1074,7 +1129,7 @@ impl Frame for ClientFrame {
                 }
                 let (self_discard, sealed) = (flags & 1 != 0, flags & 2 != 0);
                 let msg_type = r.u16()?;
-                let groups = read_groups(&mut r, limits)?;
+                let groups = read_group_list(&mut r, &body, limits)?;
                 let payload = read_payload(&mut r, &body, limits)?;
                 Self::Multicast(Multicast { service, msg_type, self_discard, sealed, groups, payload })
             }
@@ -1120,7 +1175,9 @@ impl Frame for ClientFrame {
                 m.msg_type,
                 m.self_discard,
                 m.sealed,
-                &m.groups,
+                // A name that is not UTF-8 (only a hand-built list can hold
+                // one) is refused as empty.
+                m.groups.iter().map(|g| std::str::from_utf8(g).unwrap_or("")),
                 &m.payload,
             ),
             Self::FlushOk { group, view_id } => put_frame(out, limits, TYPE_FLUSH_OK, |out| {
@@ -1380,6 +1437,34 @@ fn read_groups(r: &mut Reader<'_>, limits: &Limits) -> Result<Vec<String>, Clien
         });
     }
     (0..count).map(|_| read_group(r)).collect()
+}
+
+/// Reads and checks a group list as [`read_groups`] does, returning it as a
+/// slice of `body` (the same encoding as [`Groups`]): no allocation.
+fn read_group_list(r: &mut Reader<'_>, body: &Bytes, limits: &Limits) -> Result<Groups, ClientDecodeError> {
+    let start = r.pos();
+    let count = r.u8()?;
+    if count == 0 {
+        return Err(ClientDecodeError::BadValue("groups"));
+    }
+    if count > limits.max_groups {
+        return Err(ClientDecodeError::LimitExceeded {
+            field: "groups",
+            len: count.into(),
+            max: limits.max_groups.into(),
+        });
+    }
+    for _ in 0..count {
+        let len = r.u8()? as usize;
+        if len > MAX_GROUP_NAME {
+            return Err(ClientDecodeError::LimitExceeded { field: "group", len, max: MAX_GROUP_NAME });
+        }
+        let b = r.take(len)?;
+        if b.is_empty() || b.contains(&0) || std::str::from_utf8(b).is_err() {
+            return Err(ClientDecodeError::BadValue("group"));
+        }
+    }
+    Ok(Groups::from_checked(body.slice(start..r.pos())))
 }
 
 fn read_text(r: &mut Reader<'_>) -> Result<String, ClientDecodeError> {

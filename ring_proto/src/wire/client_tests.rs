@@ -65,6 +65,7 @@ fn client_frame() -> impl Strategy<Value = ClientFrame> {
             .prop_map(|(group, vs, mode)| ClientFrame::JoinMode { group, vs, mode }),
         (service(), any::<u16>(), any::<(bool, bool)>(), groups(), payload()).prop_map(
             |(service, msg_type, (self_discard, sealed), groups, payload)| {
+                let groups = crate::wire::Groups::encode(&groups).unwrap();
                 ClientFrame::Multicast(Multicast { service, msg_type, self_discard, sealed, groups, payload })
             }
         ),
@@ -452,6 +453,37 @@ fn message_known_answer() {
     assert_eq!(got.payload.as_ptr(), buf[buf.len() - 2..].as_ptr());
 }
 
+/// The daemon's hot path: a decoded `Multicast`'s groups are a slice of the
+/// frame (no allocation), in the ring's `Groups` encoding; a name that is
+/// not UTF-8 is refused.
+#[test]
+fn multicast_groups_decode_as_a_slice_of_the_frame() {
+    let m = Multicast {
+        service: Service::Agreed,
+        msg_type: 1,
+        self_discard: false,
+        sealed: false,
+        groups: crate::wire::Groups::encode(&["chat", "news"]).unwrap(),
+        payload: Bytes::from_static(b"hi"),
+    };
+    let mut out = Vec::new();
+    ClientFrame::Multicast(m.clone()).encode(&mut out, &LIMITS).unwrap();
+    let buf = Bytes::from(out.clone());
+    let Ok(ClientFrame::Multicast(got)) = decode_frame::<ClientFrame>(buf.clone(), &LIMITS) else {
+        panic!("not a multicast");
+    };
+    assert_eq!(got, m);
+    assert!(buf.as_ptr_range().contains(&got.groups.as_bytes().as_ptr()));
+    assert_eq!(got.groups.iter().collect::<Vec<_>>(), [&b"chat"[..], &b"news"[..]]);
+    // 0xff in place of 'c': not UTF-8.
+    let at = out.windows(4).position(|w| w == b"chat").unwrap();
+    out[at] = 0xff;
+    assert_eq!(
+        decode_frame::<ClientFrame>(Bytes::from(out), &LIMITS),
+        Err(ClientDecodeError::BadValue("group"))
+    );
+}
+
 // ---------------------------------------------------------------------------
 // Limits and misuse
 
@@ -461,7 +493,7 @@ fn multicast(groups: Vec<String>, payload: Bytes) -> ClientFrame {
         msg_type: 0,
         self_discard: true,
         sealed: false,
-        groups,
+        groups: crate::wire::Groups::encode(&groups).unwrap(),
         payload,
     })
 }
@@ -503,7 +535,7 @@ fn encoder_limits_name_the_field_and_leave_the_buffer() {
                 msg_type: 0,
                 self_discard: false,
                 sealed: false,
-                groups: vec!["a".into()],
+                groups: crate::wire::Groups::encode(&["a"]).unwrap(),
                 payload: Bytes::new(),
             }),
             ClientEncodeError::Invalid("service"),

@@ -71,6 +71,31 @@ impl Groups {
         Ok(Self(Bytes::from(out)))
     }
 
+    /// A list already checked to be in this encoding (count, then each
+    /// name as a length of 1..=255 and its bytes): a decoder's slice.
+    pub(crate) fn from_checked(encoded: Bytes) -> Self {
+        debug_assert!(Self::check(&encoded));
+        Self(encoded)
+    }
+
+    /// Whether `b` is a well-formed list (debug checks).
+    fn check(b: &[u8]) -> bool {
+        let Some((&count, mut rest)) = b.split_first() else { return false };
+        for _ in 0..count {
+            let Some((&len, tail)) = rest.split_first() else { return false };
+            if len == 0 || tail.len() < len as usize {
+                return false;
+            }
+            rest = &tail[len as usize..];
+        }
+        rest.is_empty()
+    }
+
+    /// Number of names.
+    pub fn count(&self) -> usize {
+        usize::from(self.as_bytes()[0])
+    }
+
     /// The encoded bytes (count, then names).
     pub fn as_bytes(&self) -> &[u8] {
         if self.0.is_empty() { &[0] } else { &self.0 }
