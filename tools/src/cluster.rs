@@ -255,6 +255,11 @@ impl LocalCluster {
         }
     }
 
+    /// The process ids of the running daemons.
+    pub(crate) fn pids(&self) -> Vec<u32> {
+        self.children.iter().flatten().map(Child::id).collect()
+    }
+
     /// Daemon `i`'s Unix client socket.
     pub(crate) fn socket(&self, i: usize) -> PathBuf {
         self.dir.join(format!("d{i}")).join("client.sock")

@@ -17,6 +17,7 @@
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use ringfence_client::{Client, Event, GroupMode, ViewKind};
+use ringfence_proto::wire::client::ErrorCode;
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
@@ -50,6 +51,12 @@ pub(crate) enum Seen {
     View { group: String, members: BTreeSet<String> },
     /// A secure view: the members hold the view's key.
     Secure { group: String, view: String, key: u64, members: BTreeSet<String> },
+    /// The daemon refused one of the client's sends because it had already
+    /// answered the group's flush (`ErrorCode::Flushing`): a layered
+    /// engine's protocol message racing the end of a view. Counted, not a
+    /// failure: the next view restarts the agreement, and the event still
+    /// has to end with every member holding one key.
+    RefusedWhileFlushing,
     /// Something that must not happen in a run (a refused agreement, an
     /// undecipherable message, an error from the daemon, a lost connection).
     Problem(String),
@@ -256,6 +263,7 @@ fn handle(c: &mut Client, e: Event) -> Option<Seen> {
             Some(Seen::Problem(format!("undecipherable message in {group}: {reason}")))
         }
         Event::Error { text, .. } if stale_flush_ok(&text) => None,
+        Event::Error { code: ErrorCode::Flushing, .. } => Some(Seen::RefusedWhileFlushing),
         Event::Error { code, text } => Some(Seen::Problem(format!("daemon error {code:?}: {text}"))),
         _ => None,
     }
@@ -270,6 +278,8 @@ pub(crate) struct Book {
     views: HashMap<(usize, String), (Instant, BTreeSet<String>)>,
     /// Problems per client, not yet claimed.
     problems: Vec<(usize, String)>,
+    /// [`Seen::RefusedWhileFlushing`] reports, over the whole run.
+    pub(crate) refused_while_flushing: u64,
 }
 
 struct Secure {
@@ -315,13 +325,15 @@ impl Book {
                 }
                 self.secure.insert((r.client, group), Secure { at: r.at, view, key, members });
             }
+            Seen::RefusedWhileFlushing => self.refused_while_flushing += 1,
             Seen::Problem(p) => self.problems.push((r.client, p)),
         }
     }
 
-    /// Forgets everything (between trials).
+    /// Forgets what the clients saw (between trials); keeps the run's
+    /// counter.
     pub(crate) fn clear(&mut self) {
-        *self = Self::default();
+        *self = Self { refused_while_flushing: self.refused_while_flushing, ..Self::default() };
     }
 
     /// `Some` once every side's members all hold one secure view (the same

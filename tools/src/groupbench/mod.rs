@@ -33,6 +33,7 @@ mod split;
 use crate::cluster::{LocalCluster, Spec, process_cpu_seconds};
 use clap::{Args, ValueEnum};
 use clients::{Book, Done, Side, Workers};
+use nix::sys::signal::{SigSet, Signal};
 use ringfence_client::{Address, Client, GroupMode, LayeredIdentity, PeerKeys};
 use ringfence_crypto::identity::SecretIdentity;
 use split::Splitter;
@@ -569,8 +570,46 @@ fn check_args(args: &GroupbenchArgs) -> Result<(), String> {
     Ok(())
 }
 
+/// Held by the signal thread while it cleans up; `main` takes it before
+/// returning, so the process does not end halfway through the clean-up.
+static CLEANING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// On SIGINT, SIGTERM or SIGHUP: remove the iptables chain, kill the
+/// daemons, remove their directory and exit 130. The signals are blocked in
+/// this thread before any other starts (threads inherit the mask) and taken
+/// by a thread of their own; the daemons, already started, keep theirs.
+fn clean_up_on_signal(chain: Option<String>, daemons: Vec<u32>, dir: PathBuf) -> Result<(), String> {
+    let mut signals = SigSet::empty();
+    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        signals.add(s);
+    }
+    signals.thread_block().map_err(|e| format!("cannot block signals: {e}"))?;
+    std::thread::Builder::new()
+        .name("groupbench-signals".into())
+        .spawn(move || {
+            let Ok(sig) = signals.wait() else { return };
+            // Held until the process exits: `main` waits for it before returning.
+            let _cleaning = CLEANING.lock();
+            eprintln!("groupbench: {sig}: removing the partition rules and stopping the daemons");
+            if let Some(c) = &chain {
+                split::remove(c);
+            }
+            for pid in daemons {
+                if let Ok(pid) = i32::try_from(pid) {
+                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+                }
+            }
+            let _ = std::fs::remove_dir_all(&dir);
+            std::process::exit(130);
+        })
+        .map_err(|e| format!("cannot start the signal thread: {e}"))?;
+    Ok(())
+}
+
 pub(crate) fn main(args: &GroupbenchArgs) -> ExitCode {
-    match run(args) {
+    let result = run(args);
+    let _wait_for_a_clean_up = CLEANING.lock();
+    match result {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(e) => {
@@ -601,6 +640,11 @@ fn run(args: &GroupbenchArgs) -> Result<bool, String> {
     }
     let mut cluster = LocalCluster::start("groupbench", &spec)?;
     cluster.keep_dir = args.keep_logs;
+    clean_up_on_signal(
+        splitter.as_ref().map(|s| s.chain().to_string()),
+        cluster.pids(),
+        cluster.dir.clone(),
+    )?;
     let json = match &args.json {
         Some(p) => Some(std::fs::File::create(p).map_err(|e| format!("{}: {e}", p.display()))?),
         None => None,
@@ -638,7 +682,11 @@ fn run(args: &GroupbenchArgs) -> Result<bool, String> {
         }
     }
     print!("{}", tables(args, &bench.samples));
-    println!("\n(wall clock {:.0} s)", start.elapsed().as_secs_f64());
+    println!(
+        "\n(wall clock {:.0} s; sends the daemons refused because the client had answered the flush: {})",
+        start.elapsed().as_secs_f64(),
+        bench.book.refused_while_flushing
+    );
     let ok = bench.samples.iter().all(|s| s.result.is_ok());
     if !ok {
         bench.cluster.keep_dir = true;

@@ -113,10 +113,22 @@ impl Splitter {
     }
 }
 
+/// Removes chain `chain` and the jump to it.
+pub(crate) fn remove(chain: &str) {
+    let _ = iptables(&["-D", "INPUT", "-i", "lo", "-j", chain]);
+    let _ = iptables(&["-F", chain]);
+    let _ = iptables(&["-X", chain]);
+}
+
+impl Splitter {
+    /// The chain's name.
+    pub(crate) fn chain(&self) -> &str {
+        &self.chain
+    }
+}
+
 impl Drop for Splitter {
     fn drop(&mut self) {
-        let _ = iptables(&["-D", "INPUT", "-i", "lo", "-j", &self.chain]);
-        let _ = iptables(&["-F", &self.chain]);
-        let _ = iptables(&["-X", &self.chain]);
+        remove(&self.chain);
     }
 }
