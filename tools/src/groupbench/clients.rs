@@ -374,6 +374,15 @@ impl Book {
         for side in sides {
             let mut keys = BTreeSet::new();
             let mut missing = 0;
+            let viewed = side
+                .clients
+                .iter()
+                .filter(|&&c| {
+                    self.views
+                        .get(&(c, side.group.clone()))
+                        .is_some_and(|(at, m)| *at >= t0 && *m == side.names)
+                })
+                .count();
             for &c in &side.clients {
                 match self.secure.get(&(c, side.group.clone())) {
                     Some(s) if s.at >= t0 && s.members == side.names => {
@@ -383,7 +392,8 @@ impl Book {
                 }
             }
             out.push(format!(
-                "{}: {missing} of {} members without the expected secure view, {} distinct keys among the rest",
+                "{}: {missing} of {} members without the expected secure view, {} distinct keys among the rest, \
+                 {viewed} with the expected regular view",
                 side.group,
                 side.clients.len(),
                 keys.len()
