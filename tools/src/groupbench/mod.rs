@@ -135,6 +135,16 @@ pub(crate) struct GroupbenchArgs {
     keep_logs: bool,
 }
 
+/// What a trial is: its experiment, mode, size or number of groups, and
+/// repetition.
+#[derive(Clone, Copy)]
+struct Trial {
+    experiment: &'static str,
+    mode: GroupMode,
+    n: usize,
+    rep: usize,
+}
+
 /// One timed event.
 struct Sample {
     experiment: &'static str,
@@ -221,16 +231,14 @@ impl Bench<'_> {
         r
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn record(
         &mut self,
-        (experiment, event): (&'static str, &'static str),
-        mode: GroupMode,
-        n: usize,
-        rep: usize,
+        t: Trial,
+        event: &'static str,
         (t0, cpu0): (Instant, (f64, f64)),
         r: Result<Done, String>,
     ) {
+        let Trial { experiment, mode, n, rep } = t;
         let members = r.as_ref().map_or(0, |d| d.members);
         let result = r.map(|d| (ms(d.last_secure - t0), ms(d.agreement)));
         let cpu1 = self.cpu();
@@ -297,10 +305,7 @@ impl Bench<'_> {
     /// rules in force or gone). `Ok` if it completed.
     fn event(
         &mut self,
-        what: (&'static str, &'static str),
-        mode: GroupMode,
-        n: usize,
-        rep: usize,
+        (t, event): (Trial, &'static str),
         cause: impl FnOnce(&Self) -> Result<(), String>,
         sides: &[Side],
         record: bool,
@@ -311,13 +316,14 @@ impl Bench<'_> {
         let r = caused.and_then(|()| self.wait(sides, t0));
         let ok = r.is_ok();
         if record || !ok {
-            self.record(what, mode, n, rep, (t0, cpu0), r);
+            self.record(t, event, (t0, cpu0), r);
         }
         ok
     }
 
     /// The size experiment, one group of `n` in `mode`.
     fn size_trial(&mut self, n: usize, mode: GroupMode, rep: usize) {
+        let t = Trial { experiment: "size", mode, n, rep };
         self.book.clear();
         let d = self.args.daemons;
         let h = d / 2;
@@ -327,7 +333,7 @@ impl Bench<'_> {
         let members = match self.connect(&on) {
             Ok(m) => m,
             Err(e) => {
-                self.record(("size", "setup"), mode, n, rep, (Instant::now(), self.cpu()), Err(e));
+                self.record(t, "setup", (Instant::now(), self.cpu()), Err(e));
                 return;
             }
         };
@@ -344,10 +350,7 @@ impl Bench<'_> {
         let first = side(&group, &members[..n - 1]);
         let newcomer = members[n - 1].0;
         let ok = self.event(
-            ("size", "setup"),
-            mode,
-            n,
-            rep,
+            (t, "setup"),
             |b| {
                 for (id, _) in &members[..n - 1] {
                     b.workers.join(*id, &group, mode);
@@ -357,10 +360,7 @@ impl Bench<'_> {
             std::slice::from_ref(&first),
             false,
         ) && self.event(
-            ("size", "join"),
-            mode,
-            n,
-            rep,
+            (t, "join"),
             |b| {
                 b.workers.join(newcomer, &group, mode);
                 Ok(())
@@ -374,26 +374,15 @@ impl Bench<'_> {
                 let in_a: Vec<_> = (0..n).filter(|&k| on[k] < h).map(|k| members[k].clone()).collect();
                 let in_b: Vec<_> = (0..n).filter(|&k| on[k] >= h).map(|k| members[k].clone()).collect();
                 let sides = [side(&group, &in_a), side(&group, &in_b)];
-                let ok = self.event(("size", "partition"), mode, n, rep, |s| s.split(&a, &b), &sides, part);
+                let ok = self.event((t, "partition"), |s| s.split(&a, &b), &sides, part);
                 // Healed whatever happened; the merge is timed only after a
                 // partition that completed.
-                ok && self.event(
-                    ("size", "merge"),
-                    mode,
-                    n,
-                    rep,
-                    Self::heal,
-                    std::slice::from_ref(&all),
-                    merge,
-                )
+                ok && self.event((t, "merge"), Self::heal, std::slice::from_ref(&all), merge)
             });
         let _ = self.heal();
         if ok && leave {
             self.event(
-                ("size", "leave"),
-                mode,
-                n,
-                rep,
+                (t, "leave"),
                 |b| {
                     b.workers.leave(newcomer, &group);
                     Ok(())
@@ -408,6 +397,7 @@ impl Bench<'_> {
     /// The rekey experiment: `g` groups in `mode`, the last daemon cut off
     /// and reconnected.
     fn rekey_trial(&mut self, g: usize, mode: GroupMode, rep: usize) {
+        let t = Trial { experiment: "rekey", mode, n: g, rep };
         self.book.clear();
         let d = self.args.daemons;
         let s = self.args.group_size;
@@ -417,7 +407,7 @@ impl Bench<'_> {
         let members = match self.connect(&on) {
             Ok(m) => m,
             Err(e) => {
-                self.record(("rekey", "setup"), mode, g, rep, (Instant::now(), self.cpu()), Err(e));
+                self.record(t, "setup", (Instant::now(), self.cpu()), Err(e));
                 return;
             }
         };
@@ -438,9 +428,9 @@ impl Bench<'_> {
             }
             Ok(())
         };
-        let _ = self.event(("rekey", "setup"), mode, g, rep, join_all, &whole, false)
-            && self.event(("rekey", "cut-off"), mode, g, rep, |b| b.split(&last, &rest), &cut, true)
-            && self.event(("rekey", "back"), mode, g, rep, Self::heal, &whole, true);
+        let _ = self.event((t, "setup"), join_all, &whole, false)
+            && self.event((t, "cut-off"), |b| b.split(&last, &rest), &cut, true)
+            && self.event((t, "back"), Self::heal, &whole, true);
         let _ = self.heal();
         self.workers.drop_all();
     }
