@@ -75,6 +75,8 @@ pub(crate) struct LocalCluster {
     pub(crate) client_tls: Option<ClientTls>,
     /// Keep the directory (and the daemons' logs) when dropped.
     pub(crate) keep_dir: bool,
+    /// Each daemon's UDP port on 127.0.0.1 (it sends from it too).
+    pub(crate) ports: Vec<u16>,
 }
 
 /// `n` free UDP ports on 127.0.0.1 (free when asked; the daemons bind them
@@ -207,8 +209,15 @@ impl LocalCluster {
         text += &spec.groups;
         let config = dir.join("cluster.toml");
         std::fs::write(&config, text).map_err(|e| format!("{}: {e}", config.display()))?;
-        let mut me =
-            Self { dir, config, children: (0..n).map(|_| None).collect(), tcp, client_tls, keep_dir: false };
+        let mut me = Self {
+            dir,
+            config,
+            children: (0..n).map(|_| None).collect(),
+            tcp,
+            client_tls,
+            keep_dir: false,
+            ports: ports[..n].to_vec(),
+        };
         for i in 0..n {
             me.spawn(i)?;
         }
@@ -244,6 +253,11 @@ impl LocalCluster {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// The process ids of the running daemons.
+    pub(crate) fn pids(&self) -> Vec<u32> {
+        self.children.iter().flatten().map(Child::id).collect()
     }
 
     /// Daemon `i`'s Unix client socket.

@@ -1,7 +1,8 @@
 //! `ringfence`: the command line of the ringfence group communication system.
 //!
 //! Subcommands: `daemon`, `user`, `flood`, `monitor`, `ctl`, `demo`, `keygen`,
-//! `sim` (the deterministic simulator) and `netfault` (real daemons in
+//! `sim` (the deterministic simulator), `groupbench` (the paper's key
+//! management experiments) and `netfault` (real daemons in
 //! network namespaces under faults, histories checked).
 
 mod cluster;
@@ -10,6 +11,7 @@ mod ctl;
 mod daemon;
 mod demo;
 mod flood;
+mod groupbench;
 mod keygen;
 mod logging;
 mod monitor;
@@ -50,6 +52,10 @@ enum Command {
     Ctl(ctl::CtlArgs),
     /// Measure throughput and latency with N messages of size S.
     Flood(flood::FloodArgs),
+    /// The paper's Figure 5/6 experiments: time from join, leave,
+    /// partition and merge to every member's new secure view, and rekeying
+    /// many groups after a daemon change, integrated against layered.
+    Groupbench(groupbench::GroupbenchArgs),
     /// Make a daemon identity (Ed25519, link security), or a CA and
     /// certificates for TLS clients.
     Keygen(keygen::KeygenArgs),
@@ -69,6 +75,7 @@ fn main() -> ExitCode {
         Command::Monitor(args) => monitor::main(&args),
         Command::Ctl(args) => ctl::main(&args),
         Command::Flood(args) => flood::main(&args),
+        Command::Groupbench(args) => groupbench::main(&args),
         Command::Keygen(args) => keygen::main(&args),
         Command::Netfault(args) => netfault::main(&args),
     }
