@@ -94,6 +94,11 @@ impl SimArgs {
             return Err(format!("--max-size must be between 1 and {}", ring.max_message));
         }
         let faults = self.faults.as_deref().map(FaultKinds::parse).transpose()?.unwrap_or_default();
+        if faults.is_empty() && self.security.is_some() {
+            return Err("--security needs --faults: without faults the daemons form one fixed ring, with no \
+                        key agreement and plain datagrams"
+                .into());
+        }
         let base = if faults.is_empty() {
             SimConfig { seed, nodes: usize::from(self.nodes), ..SimConfig::default() }
         } else {

@@ -2,19 +2,10 @@
 //! tests and for measuring how long key agreement takes (`ringfence-bench`'s
 //! `keytime` example). Every hop takes [`Lab::hop`]; CPU time is not
 //! modelled, so what it measures is the protocol's rounds.
-//!
-//! Each daemon is the daemons' own core ([`Server`]: node, client groups,
-//! client sessions) with one client, which sends what [`Lab::submit`] is
-//! given to the group [`LAB_GROUP`]. The node's events (the groups layer's
-//! own messages among them) are kept in [`Lab::events`].
 
 use super::{LinkMode, SecurityConfig};
-use crate::groups::{Body, ClientId, GroupMsg};
-use crate::node::Alert;
 use crate::ring::{Config, Dest, Event};
-use crate::server::{Observed, Server, ServerConfig, ServerEvent};
-use crate::wire::client::{ClientFrame, Multicast};
-use crate::wire::{MsgId, NodeId, Service};
+use crate::wire::NodeId;
 use crate::{Incarnation, Node, Phase, Time};
 use bytes::Bytes;
 use ringfence_crypto::aead::Backend;
@@ -46,37 +37,11 @@ pub fn security(mode: LinkMode, n: u16, me: u16) -> SecurityConfig {
     }
 }
 
-/// The group the lab's clients send to (no client is a member).
-pub const LAB_GROUP: &str = "lab";
-/// The client of every lab daemon.
-const LAB_CLIENT: ClientId = ClientId(1);
-
-/// A lab daemon's core around `node`, with its client connected.
-fn server(node: Node) -> Server {
-    let name = format!("d{}", node.id().0);
-    let cfg = ServerConfig { groups_check: Duration::ZERO, observe: true, ..ServerConfig::new(name) };
-    let mut s = Server::new(node, cfg);
-    let _ = s.handle_connect(Time::ZERO, LAB_CLIENT, "lab", "unix:0", true);
-    s
-}
-
-/// The client payload a delivered ring message carries, if it is a client
-/// multicast (not one of the groups layer's own messages).
-pub fn client_payload(e: &Event) -> Option<Bytes> {
-    let Event::Deliver(d) = e else { return None };
-    match GroupMsg::decode(&d.payload) {
-        Ok(GroupMsg { body: Body::Data { payload, .. }, .. }) => Some(payload),
-        _ => None,
-    }
-}
-
 /// Secured daemons on a lossless network that delivers in send order.
 #[derive(Debug)]
 pub struct Lab {
     /// The daemons; `None` once crashed.
-    nodes: Vec<Option<Server>>,
-    /// Alerts each daemon raised.
-    pub alerts: Vec<Vec<Alert>>,
+    pub nodes: Vec<Option<Node>>,
     /// Virtual time.
     pub now: Time,
     /// Time one datagram takes.
@@ -111,14 +76,11 @@ impl Lab {
         let nodes = (0..n)
             .map(|i| {
                 let inc = Incarnation { ring_seq: 0, first_msg_seq: 1 };
-                Node::with_security(Config::default(), NodeId(i), Time::ZERO, inc, security(mode, n, i))
-                    .ok()
-                    .map(server)
+                Node::with_security(Config::default(), NodeId(i), Time::ZERO, inc, security(mode, n, i)).ok()
             })
             .collect();
         Self {
             nodes,
-            alerts: vec![Vec::new(); usize::from(n)],
             now: Time::ZERO,
             hop: Duration::from_micros(50),
             queue: VecDeque::new(),
@@ -135,79 +97,18 @@ impl Lab {
         self.queue.push_back((self.now + self.hop, to, bytes));
     }
 
-    /// Daemon `i`'s node, unless it crashed.
-    pub fn node(&self, i: usize) -> Option<&Node> {
-        self.nodes[i].as_ref().map(Server::node)
-    }
-
-    /// The nodes of the live daemons.
-    pub fn live(&self) -> impl Iterator<Item = &Node> {
-        self.nodes.iter().flatten().map(Server::node)
-    }
-
-    /// Daemon `i` runs `node` from now on (another incarnation, other
-    /// settings).
-    pub fn replace(&mut self, i: usize, node: Node) {
-        self.nodes[i] = Some(server(node));
-    }
-
-    /// Takes daemon `i`'s node out of the lab, to drive it by hand.
-    pub fn take(&mut self, i: usize) -> Option<Node> {
-        self.nodes[i].take().map(Server::into_node)
-    }
-
-    /// Daemon `i`'s client sends `payload` (agreed) to [`LAB_GROUP`];
-    /// false if the daemon is down or its ring is backlogged.
-    pub fn submit(&mut self, i: usize, payload: Bytes) -> bool {
-        let now = self.now;
-        let Some(s) = self.nodes[i].as_mut().filter(|s| !s.backlogged()) else { return false };
-        let m = Multicast {
-            service: Service::Agreed,
-            msg_type: 0,
-            self_discard: false,
-            sealed: false,
-            groups: crate::wire::Groups::encode(&[LAB_GROUP]).expect("a valid name"),
-            payload,
-        };
-        s.handle_client(now, LAB_CLIENT, ClientFrame::Multicast(m));
-        self.drain(i);
-        true
-    }
-
-    /// The client payloads daemon `i` delivered, with their ids, in order.
-    pub fn delivered(&self, i: usize) -> impl Iterator<Item = (MsgId, Bytes)> + '_ {
-        self.events[i].iter().filter_map(|e| match e {
-            Event::Deliver(d) => client_payload(e).map(|p| (d.id, p)),
-            _ => None,
-        })
-    }
-
-    /// Whether every daemon (crashed ones included) delivered `payload`.
-    pub fn delivered_everywhere(&self, payload: &[u8]) -> bool {
-        (0..self.events.len()).all(|i| self.delivered(i).any(|(_, p)| p == payload))
-    }
-
-    /// Daemon `i` hands `bytes` to its node now, as from the network.
-    pub fn receive(&mut self, i: usize, bytes: Bytes) {
-        let now = self.now;
-        if let Some(s) = self.nodes[i].as_mut() {
-            s.handle_datagram(now, bytes);
-        }
-        self.drain(i);
-    }
-
     /// Stops daemon `i` for good (its datagrams in flight still arrive).
     pub fn crash(&mut self, i: usize) {
         self.nodes[i] = None;
     }
 
-    /// Daemon `i` leaves cleanly ([`Server::leave`]): its leave goes on the
+    /// Daemon `i` leaves cleanly ([`Node::leave`]): its leave goes on the
     /// wire, then it is gone.
     pub fn leave(&mut self, i: usize) {
         let now = self.now;
         if let Some(n) = self.nodes[i].as_mut() {
-            n.leave(now, "the lab's leave");
-            debug_assert_eq!(n.node().phase(), Phase::Left);
+            n.leave(now);
+            debug_assert_eq!(n.phase(), Phase::Left);
         }
         self.drain(i);
         self.nodes[i] = None;
@@ -215,15 +116,6 @@ impl Lab {
 
     fn drain(&mut self, i: usize) {
         let Some(node) = self.nodes[i].as_mut() else { return };
-        while node.poll_client().is_some() {}
-        while let Some(e) = node.poll_event() {
-            if let ServerEvent::Alert(a) = e {
-                self.alerts[i].push(a);
-            }
-        }
-        if let Some(seq) = node.poll_persist() {
-            node.persisted(seq);
-        }
         while let Some(t) = node.poll_transmit() {
             self.wire.push(t.bytes.clone());
             let at = self.now + self.hop;
@@ -248,10 +140,8 @@ impl Lab {
                 }
             }
         }
-        while let Some(o) = node.poll_observed() {
-            if let Observed::Node(e) = o {
-                self.events[i].push(e);
-            }
+        while let Some(e) = node.poll_event() {
+            self.events[i].push(e);
         }
     }
 
@@ -266,8 +156,7 @@ impl Lab {
                 return true;
             }
             let next_datagram = self.queue.front().map(|(t, _, _)| *t);
-            let now = self.now;
-            let next_timer = self.nodes.iter_mut().flatten().filter_map(|s| s.poll_timeout(now)).min();
+            let next_timer = self.nodes.iter().flatten().filter_map(Node::poll_timeout).min();
             let next = match (next_datagram, next_timer) {
                 (Some(a), Some(b)) => a.min(b),
                 (Some(a), None) | (None, Some(a)) => a,
@@ -276,13 +165,17 @@ impl Lab {
             self.now = self.now.max(next).min(until);
             while self.queue.front().is_some_and(|(t, _, _)| *t <= self.now) {
                 let Some((_, to, bytes)) = self.queue.pop_front() else { break };
-                self.receive(to, bytes);
+                if let Some(n) = self.nodes[to].as_mut() {
+                    n.handle_datagram(self.now, bytes);
+                    self.drain(to);
+                }
             }
             for i in 0..self.nodes.len() {
-                let now = self.now;
-                let Some(s) = self.nodes[i].as_mut() else { continue };
-                if s.poll_timeout(now).is_some_and(|t| t <= now) {
-                    s.handle_timeout(now);
+                let due = self.nodes[i].as_ref().and_then(Node::poll_timeout).is_some_and(|t| t <= self.now);
+                if due {
+                    if let Some(n) = self.nodes[i].as_mut() {
+                        n.handle_timeout(self.now);
+                    }
                     self.drain(i);
                 }
             }
@@ -293,7 +186,7 @@ impl Lab {
     /// Whether every live daemon is operational in one ring of all live
     /// daemons and holds that ring's server key, the same everywhere.
     pub fn all_keyed(&self) -> bool {
-        let live: Vec<&Node> = self.live().collect();
+        let live: Vec<&Node> = self.nodes.iter().flatten().collect();
         let Some(first) = live.first() else { return false };
         let Some((ring, _, kid)) = first.server_key() else { return false };
         live.iter().all(|n| {

@@ -1,9 +1,7 @@
 //! The deterministic simulator: the judge of every protocol change.
 //!
 //! A run is a pure function of its [`SimConfig`] (which holds the seed):
-//! N daemons on virtual time, each the daemons' own sans-IO core
-//! ([`Server`]: node, client groups, client sessions) with one simulated
-//! client that sends the workload to a group, a seeded [`NetConfig`] network model (loss,
+//! N [`Node`]s on virtual time, a seeded [`NetConfig`] network model (loss,
 //! duplication, reordering, variable delay), a seeded workload (several
 //! senders, sizes from 1 B to 64 KiB, agreed and safe) and, optionally, a
 //! seeded fault schedule (partitions, merges, crashes, restarts, bursty and
@@ -12,18 +10,12 @@
 //! replays bit for bit.
 //!
 //! ```text
-//!  workload ──client multicast──► Server i ──poll_transmit──► Network (loss/dup/delay, ──► Server j
-//!  faults ──crash/restart──────────┘ │ poll_observed          partitions, one-way)
-//!                                    ▼
-//!                 Log per incarnation ──► check (ordering, EVS, liveness)
-//!                                     └─► JSON-lines trace (optional)
+//!  workload ──submit──► Node i ──poll_transmit──► Network (loss/dup/delay, ──► Node j
+//!  faults ──crash/restart──┘ │ poll_event          partitions, one-way)
+//!                            ▼
+//!                         Log per incarnation ──► check (ordering, EVS, liveness)
+//!                                             └─► JSON-lines trace (optional)
 //! ```
-//!
-//! The checker works on what the node ordered: every message a node took
-//! ([`Observed::Submitted`]: the workload's multicasts and the groups
-//! layer's own state exchanges alike) and every node event
-//! ([`Observed::Node`]). A daemon persists a ring sequence at once when its
-//! core asks ([`Server::poll_persist`]).
 
 mod check;
 mod faults;
@@ -34,12 +26,9 @@ pub use faults::FaultKinds;
 pub use net::NetConfig;
 pub use trace::TraceEvent;
 
-use crate::groups::{Body, ClientId, GroupMsg};
 use crate::ring::{Config, ConfigKind, Dest, Event};
 use crate::security::{KeyId, LinkMode, SecurityConfig};
-use crate::server::{Observed, Server, ServerConfig};
-use crate::wire::client::Multicast;
-use crate::wire::{MsgId, NodeId, RingId, Service};
+use crate::wire::{Groups, MsgId, NodeId, RingId, Service};
 use crate::{Incarnation, Node, Phase, Time};
 use bytes::Bytes;
 use check::{Entry, Log};
@@ -388,22 +377,6 @@ fn make_node(
     Node::with_security(cfg.ring.clone(), id, now, inc, sec)
 }
 
-/// A daemon's core around `node`, with its client connected.
-fn make_server(node: Node, now: Time, persisted: u64) -> Server {
-    let name = format!("d{}", node.id().0);
-    let cfg = ServerConfig {
-        persisted_ring_seq: persisted,
-        groups_check: Duration::ZERO,
-        observe: true,
-        ..ServerConfig::new(name)
-    };
-    let mut s = Server::new(node, cfg);
-    // The simulated client: its Welcome is read and dropped with every
-    // other client frame.
-    let _ = s.handle_connect(now, SIM_CLIENT, "sim", "unix:0", true);
-    s
-}
-
 fn draw_size(rng: &mut ChaCha8Rng, w: &Workload) -> usize {
     if let Some(s) = w.fixed_size {
         return s;
@@ -430,10 +403,7 @@ struct Planned {
 pub struct Sim<'t> {
     cfg: SimConfig,
     now: Time,
-    nodes: Vec<Option<Server>>,
-    /// Per daemon, the workload messages its client sent that its node has
-    /// not taken yet, in order.
-    awaiting: Vec<VecDeque<Awaiting>>,
+    nodes: Vec<Option<Node>>,
     /// Index into `logs` of each daemon's current incarnation.
     current: Vec<usize>,
     /// Ring sequence each daemon persisted (survives crashes).
@@ -489,24 +459,6 @@ pub struct Sim<'t> {
     trace: Option<&'t mut dyn Write>,
 }
 
-/// A workload message a simulated client sent, until its node takes it.
-#[derive(Debug)]
-enum Awaiting {
-    /// From the plan.
-    Plan,
-    /// A probe after convergence.
-    Probe,
-    /// A liveness probe during a lasting fault.
-    Live { deadline: Time, within: Duration, expect: Vec<usize> },
-}
-
-/// The group the simulated clients send the workload to (no client is a
-/// member: the messages are ordered and delivered by every node, and the
-/// groups layer hands them to nobody).
-const SIM_GROUP: &str = "sim";
-/// The simulated client of every daemon.
-const SIM_CLIENT: ClientId = ClientId(1);
-
 /// A message submitted during a lasting fault, and who must deliver it by
 /// when.
 #[derive(Debug)]
@@ -547,16 +499,13 @@ impl<'t> Sim<'t> {
             ids.iter()
                 .map(|&id| {
                     let inc = Incarnation { ring_seq: 0, first_msg_seq: 1 };
-                    make_node(&cfg, id, Time::ZERO, inc, 0).map(|n| Some(make_server(n, Time::ZERO, 0)))
+                    make_node(&cfg, id, Time::ZERO, inc, 0).map(Some)
                 })
                 .collect::<Result<Vec<_>, _>>()?
         } else {
             let ring_id = RingId { seq: 1, rep: ids[0] };
             ids.iter()
-                .map(|&id| {
-                    Node::with_ring(cfg.ring.clone(), id, &ids, ring_id, Time::ZERO)
-                        .map(|n| Some(make_server(n, Time::ZERO, 0)))
-                })
+                .map(|&id| Node::with_ring(cfg.ring.clone(), id, &ids, ring_id, Time::ZERO).map(Some))
                 .collect::<Result<Vec<_>, _>>()?
         };
         let net_rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x6e65_7477_6f72_6b00);
@@ -602,7 +551,6 @@ impl<'t> Sim<'t> {
         let mut sim = Self {
             current: (0..cfg.nodes).collect(),
             persisted: vec![0; cfg.nodes],
-            awaiting: (0..cfg.nodes).map(|_| VecDeque::new()).collect(),
             logs,
             cfg,
             now: Time::ZERO,
@@ -703,17 +651,16 @@ impl<'t> Sim<'t> {
         self.finish()
     }
 
-    fn next_time(&mut self) -> Option<Time> {
-        let now = self.now;
+    fn next_time(&self) -> Option<Time> {
         let mut t = self.net.next_time();
         let mut consider = |x: Option<Time>| {
             if let Some(x) = x {
                 t = Some(t.map_or(x, |t: Time| t.min(x)));
             }
         };
-        for (i, n) in self.nodes.iter_mut().enumerate() {
+        for (i, n) in self.nodes.iter().enumerate() {
             if self.paused_until[i].is_none() {
-                consider(n.as_mut().and_then(|n| n.poll_timeout(now)));
+                consider(n.as_ref().and_then(Node::poll_timeout));
             }
         }
         consider(self.plan.get(self.next_plan).map(|p| self.retry_at.map_or(p.at, |r| r.max(p.at))));
@@ -732,6 +679,24 @@ impl<'t> Sim<'t> {
         consider(self.paused_until.iter().flatten().copied().min());
         consider(self.next_live_probe);
         t
+    }
+
+    /// Writes a submit line: who sent what, in which ring, with its digest.
+    fn trace_submit(&mut self, i: usize, id: MsgId, service: Service, payload: &[u8]) {
+        let ring = self.nodes[i].as_ref().and_then(|n| n.ring().map(|r| r.0));
+        if let Some(w) = self.trace.as_mut() {
+            let ev = TraceEvent::Submit {
+                node: NodeId(i as u16),
+                t_ns: self.now.as_nanos(),
+                origin: id.origin,
+                seq: id.seq,
+                service,
+                size: payload.len(),
+                digest: digest(payload),
+                ring,
+            };
+            let _ = trace::write_line(w, &ev);
+        }
     }
 
     /// Writes one line of the fault schedule to the trace.
@@ -864,7 +829,7 @@ impl<'t> Sim<'t> {
     fn resume(&mut self, i: usize) {
         let now = self.now;
         if let Some(n) = self.nodes[i].as_mut() {
-            if n.poll_timeout(now).is_some_and(|t| t <= now) {
+            if n.poll_timeout().is_some_and(|t| t <= now) {
                 n.handle_timeout(now);
             }
         }
@@ -901,17 +866,22 @@ impl<'t> Sim<'t> {
         for &i in &running {
             let len = self.load_rng.random_range(1..=200);
             let p = payload(&mut self.load_rng, len);
+            let Some(n) = self.nodes[i].as_mut() else { continue };
+            let Ok(id) = n.submit(now, Service::Agreed, Groups::none(), p.clone()) else { continue };
+            self.sent.insert(id, Sent { service: Service::Agreed, digest: digest(&p), len });
+            self.trace_submit(i, id, Service::Agreed, &p);
+            self.logs[self.current[i]].submitted.push(id);
+            self.live_ids.insert(id);
             let expect = if all { expect_all.clone() } else { vec![self.current[i]] };
-            let what = Awaiting::Live { deadline: now + within, within, expect };
-            let _ = self.multicast(i, Service::Agreed, p, what);
+            self.live_probes.push(LiveProbe { id, deadline: now + within, within, expect });
+            self.drain(i);
         }
     }
 
     fn crash(&mut self, i: usize) {
         if let Some(n) = self.nodes[i].take() {
-            self.persisted[i] = n.node().ring_seq_to_persist();
+            self.persisted[i] = n.ring_seq_to_persist();
         }
-        self.awaiting[i].clear();
         self.logs[self.current[i]].crashed = true;
         if let Some(w) = self.trace.as_mut() {
             let _ = trace::write_line(
@@ -926,7 +896,7 @@ impl<'t> Sim<'t> {
         let inc =
             Incarnation { ring_seq: self.persisted[i], first_msg_seq: (u64::from(incarnation) << 32) + 1 };
         let Ok(node) = make_node(&self.cfg, NodeId(i as u16), self.now, inc, incarnation) else { return };
-        self.nodes[i] = Some(make_server(node, self.now, self.persisted[i]));
+        self.nodes[i] = Some(node);
         self.logs.push(Log::new(NodeId(i as u16), incarnation));
         self.current[i] = self.logs.len() - 1;
         if let Some(w) = self.trace.as_mut() {
@@ -947,7 +917,7 @@ impl<'t> Sim<'t> {
             .map(|(i, _)| NodeId(i as u16))
             .collect();
         let mut ring = None;
-        for n in self.nodes.iter().flatten().map(Server::node) {
+        for n in self.nodes.iter().flatten() {
             if n.phase() != Phase::Operational {
                 return None;
             }
@@ -967,30 +937,17 @@ impl<'t> Sim<'t> {
             for _ in 0..3 {
                 let len = self.load_rng.random_range(1..=2000);
                 let p = payload(&mut self.load_rng, len);
-                let _ = self.multicast(i, Service::Agreed, p, Awaiting::Probe);
+                let now = self.now;
+                let Some(n) = self.nodes[i].as_mut() else { continue };
+                if let Ok(id) = n.submit(now, Service::Agreed, Groups::none(), p.clone()) {
+                    self.sent.insert(id, Sent { service: Service::Agreed, digest: digest(&p), len });
+                    self.trace_submit(i, id, Service::Agreed, &p);
+                    self.logs[self.current[i]].submitted.push(id);
+                    self.probes.push(id);
+                }
             }
+            self.drain(i);
         }
-    }
-
-    /// Daemon `i`'s client multicasts `payload` to the workload's group.
-    /// `Err`: the daemon is down, or its core is backlogged (try later).
-    fn multicast(&mut self, i: usize, service: Service, payload: Bytes, what: Awaiting) -> Result<(), ()> {
-        let now = self.now;
-        let Some(n) = self.nodes[i].as_mut().filter(|n| !n.backlogged()) else { return Err(()) };
-        let len = payload.len() as u64;
-        let m = Multicast {
-            service,
-            msg_type: 0,
-            self_discard: false,
-            sealed: false,
-            groups: crate::wire::Groups::encode(&[SIM_GROUP]).expect("a valid name"),
-            payload,
-        };
-        n.handle_client(now, SIM_CLIENT, crate::wire::client::ClientFrame::Multicast(m));
-        self.payload_bytes += len;
-        self.awaiting[i].push_back(what);
-        self.drain(i);
-        Ok(())
     }
 
     fn step(&mut self) {
@@ -1012,7 +969,7 @@ impl<'t> Sim<'t> {
                 continue;
             }
             let Some(n) = self.nodes[i].as_mut() else { continue };
-            if n.poll_timeout(now).is_some_and(|t| t <= now) {
+            if n.poll_timeout().is_some_and(|t| t <= now) {
                 n.handle_timeout(now);
                 self.drain(i);
             }
@@ -1028,13 +985,20 @@ impl<'t> Sim<'t> {
                 self.retry_at = Some(until);
                 break;
             }
-            if self.nodes[node].is_none() {
+            let Some(n) = self.nodes[node].as_mut() else {
                 self.next_plan += 1; // its sender is down
                 continue;
-            }
-            match self.multicast(node, service, payload, Awaiting::Plan) {
-                Ok(()) => self.next_plan += 1,
-                Err(()) => {
+            };
+            match n.submit(now, service, Groups::none(), payload.clone()) {
+                Ok(id) => {
+                    self.payload_bytes += payload.len() as u64;
+                    self.sent.insert(id, Sent { service, digest: digest(&payload), len: payload.len() });
+                    self.trace_submit(node, id, service, &payload);
+                    self.logs[self.current[node]].submitted.push(id);
+                    self.next_plan += 1;
+                    self.drain(node);
+                }
+                Err(_) => {
                     // Backpressure: the workload waits a little and tries
                     // again (the plan keeps its order).
                     self.retry_at = Some(now + Duration::from_millis(1));
@@ -1046,56 +1010,16 @@ impl<'t> Sim<'t> {
 
     fn drain(&mut self, i: usize) {
         let now = self.now;
-        let Some(server) = self.nodes[i].as_mut() else { return };
-        // No client is a member of anything: its frames (Welcome) are dropped.
-        while server.poll_client().is_some() {}
-        while server.poll_event().is_some() {}
-        // The daemon persists at once what its core asks.
-        if let Some(seq) = server.poll_persist() {
-            server.persisted(seq);
-        }
+        let Some(node) = self.nodes[i].as_mut() else { return };
+        let me = node.id();
         let mut out = Vec::new();
-        while let Some(t) = server.poll_transmit() {
+        while let Some(t) = node.poll_transmit() {
             out.push(t);
         }
         let mut events = Vec::new();
-        while let Some(o) = server.poll_observed() {
-            match o {
-                Observed::Node(ev) => events.push(ev),
-                Observed::Submitted { id, service, payload } => {
-                    let data =
-                        matches!(GroupMsg::decode(&payload), Ok(GroupMsg { body: Body::Data { .. }, .. }));
-                    self.sent.insert(id, Sent { service, digest: digest(&payload), len: payload.len() });
-                    self.logs[self.current[i]].submitted.push(id);
-                    if let Some(w) = self.trace.as_mut() {
-                        let ring = server.node().ring().map(|r| r.0);
-                        let ev = TraceEvent::Submit {
-                            node: server.node().id(),
-                            t_ns: now.as_nanos(),
-                            origin: id.origin,
-                            seq: id.seq,
-                            service,
-                            size: payload.len(),
-                            digest: digest(&payload),
-                            ring,
-                        };
-                        let _ = trace::write_line(w, &ev);
-                    }
-                    // The client's messages are the only data of this node.
-                    match if data { self.awaiting[i].pop_front() } else { None } {
-                        Some(Awaiting::Plan) | None => {}
-                        Some(Awaiting::Probe) => self.probes.push(id),
-                        Some(Awaiting::Live { deadline, within, expect }) => {
-                            self.live_ids.insert(id);
-                            self.live_probes.push(LiveProbe { id, deadline, within, expect });
-                        }
-                    }
-                }
-                Observed::Client(..) => {}
-            }
+        while let Some(ev) = node.poll_event() {
+            events.push(ev);
         }
-        let node = server.node();
-        let me = node.id();
         if let Some((ring, epoch, kid)) = node.server_key() {
             // Every member of a ring derives the same key; no one else has it.
             let member = node.ring().is_some_and(|(r, m)| r == ring && m.contains(&me));
@@ -1141,7 +1065,6 @@ impl<'t> Sim<'t> {
                             if let Some(m) = members.iter().find(|m| {
                                 self.nodes[usize::from(m.0)]
                                     .as_ref()
-                                    .map(Server::node)
                                     .is_some_and(|n| n.keeps(*ring_id) && !n.holds(*ring_id, d.ring_seq))
                             }) {
                                 self.violations.push(Violation::UnsafeDelivery {
@@ -1265,10 +1188,8 @@ impl<'t> Sim<'t> {
             check::evs(&self.logs, &mut v);
             if self.converged_at.is_some() && !v.iter().any(|x| matches!(x, Violation::Stalled { .. })) {
                 for (i, n) in self.nodes.iter().enumerate() {
-                    if let Some(n) = n
-                        .as_ref()
-                        .map(Server::node)
-                        .filter(|_| self.cfg.security.is_some_and(|m| m != LinkMode::None))
+                    if let Some(n) =
+                        n.as_ref().filter(|_| self.cfg.security.is_some_and(|m| m != LinkMode::None))
                     {
                         if n.server_key().is_none_or(|(r, _, _)| n.ring().is_none_or(|(nr, _)| nr != r)) {
                             v.push(Violation::NoKey { node: NodeId(i as u16) });
@@ -1309,11 +1230,7 @@ impl<'t> Sim<'t> {
             wire_bytes: self.wire_bytes,
             faults: self.faults_applied,
             configurations,
-            stats: self
-                .nodes
-                .iter()
-                .map(|n| n.as_ref().map(|s| s.node().stats()).unwrap_or_default())
-                .collect(),
+            stats: self.nodes.iter().map(|n| n.as_ref().map(Node::stats).unwrap_or_default()).collect(),
         }
     }
 }
