@@ -776,7 +776,7 @@ impl Client {
     /// Acknowledges a flush request of a virtual-synchrony group.
     pub fn flush_ok(&mut self, group: &str, view_id: ViewId) -> Result<(), ClientError> {
         if let Some(l) = self.layered.groups.get_mut(group) {
-            l.flush_ok();
+            l.flush_ok(view_id);
         }
         self.send(&ClientFrame::FlushOk { group: group.to_string(), view_id })
     }
@@ -885,6 +885,9 @@ impl Client {
                 })
             }
             Some(DaemonFrame::FlushRequest { group, view_id }) => {
+                if let Some(l) = self.layered.groups.get_mut(&group) {
+                    l.flush_request(view_id);
+                }
                 Some(Event::FlushRequest { group, view_id })
             }
             Some(DaemonFrame::Error { code, text }) => Some(Event::Error { code, text }),
