@@ -33,7 +33,7 @@
 //! views in it, so a view id names one membership forever.
 
 #[cfg(any(test, feature = "test-support"))]
-#[cfg_attr(not(test), allow(dead_code))]
+#[cfg_attr(not(all(test, feature = "test-support")), allow(dead_code))]
 mod harness;
 #[cfg(test)]
 mod key_tests;
