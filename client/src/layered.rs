@@ -430,6 +430,11 @@ impl LayeredGroup {
         }
     }
 
+    /// Whether this member left ([`leave`](Self::leave)).
+    pub fn has_left(&self) -> bool {
+        self.left
+    }
+
     /// This member left: it seals nothing more (it still opens what is on
     /// its way) and its held sends are dropped.
     pub fn leave(&mut self) {

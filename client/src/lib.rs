@@ -562,7 +562,18 @@ impl Client {
     /// [`Client::set_layered_identity`] first. Each view then arrives as a
     /// `Membership` event and, once the key is agreed, an
     /// [`Event::SecureView`]; sends made before it are held and sent then.
+    ///
+    /// A layered group this connection left cannot be joined again on it
+    /// (`ClientError::Layered`; connect again): the daemons may resolve the
+    /// leave and the new join in one view, in which the other members take
+    /// the new engine for the old one (found by the simulator, seed 884;
+    /// docs/security.md, "Layered groups, end to end").
     pub fn join_with(&mut self, group: &str, vs: bool, mode: GroupMode) -> Result<(), ClientError> {
+        if self.layered.groups.get(group).is_some_and(LayeredGroup::has_left) {
+            return Err(ClientError::Layered(format!(
+                "this connection left layered group {group}: connect again to rejoin it"
+            )));
+        }
         if let Some(protocol) = layered::protocol_of(mode) {
             let identity = self.layered.identity.as_ref().ok_or_else(|| {
                 ClientError::Layered(format!(
