@@ -128,15 +128,6 @@ impl Sim {
         self.w.restart(d);
     }
 
-    /// Whether every daemon not crashed is in one ring of them all, with
-    /// the server key.
-    pub fn one_ring(&self, up: &[usize]) -> bool {
-        up.iter().all(|&d| {
-            let s = &self.w.servers[d];
-            s.node().ring().is_some_and(|r| r.1.len() == up.len()) && s.node().server_key().is_some()
-        })
-    }
-
     /// The frames daemon `c.0` encoded for client `c` since the last call,
     /// each with its decoding (`None`: not exactly one frame, a defect also
     /// listed by [`Sim::violations`]).
