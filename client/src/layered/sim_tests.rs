@@ -56,16 +56,7 @@ const MODES: [(&str, GroupMode); 5] = [
 
 fn policy() -> Policy {
     Policy::new(
-        MODES
-            .iter()
-            .map(|(g, mode)| Rule {
-                pattern: (*g).into(),
-                mode: *mode,
-                // One mode also refreshes its key by time (cause `rekey`).
-                rekey_interval: (*mode == GroupMode::LayeredStr).then_some(Duration::from_millis(400)),
-                ..Rule::default()
-            })
-            .collect(),
+        MODES.iter().map(|(g, mode)| Rule { pattern: (*g).into(), mode: *mode, ..Rule::default() }).collect(),
     )
 }
 
