@@ -323,6 +323,8 @@ pub struct LayeredGroup {
     epoch: Option<u64>,
     index: Option<u32>,
     flushing: bool,
+    /// The flush requests of the current view.
+    flush_asked: Vec<ViewId>,
     left: bool,
     sealer: Option<Sealer>,
     keys: VecDeque<Arc<GroupKey>>,
@@ -369,6 +371,7 @@ impl LayeredGroup {
             epoch: None,
             index: None,
             flushing: false,
+            flush_asked: Vec::new(),
             left: false,
             sealer: None,
             keys: VecDeque::new(),
@@ -409,11 +412,27 @@ impl LayeredGroup {
         self.events.pop_front()
     }
 
-    /// This member answered the group's flush request: the view is ending,
+    /// The daemon asks this member to stop sending in the current view
+    /// (`FlushRequest`; its `view_id` names the flush).
+    pub fn flush_request(&mut self, flush: ViewId) {
+        self.flush_asked.push(flush);
+    }
+
+    /// This member answered the flush request `flush`: the view is ending,
     /// so nothing more is sent in it (protocol messages of a run that goes
-    /// on are dropped: the next view restarts it; sends are held).
-    pub fn flush_ok(&mut self) {
-        self.flushing = true;
+    /// on are dropped: the next view restarts it; sends are held). An
+    /// answer to a request of a view already replaced (a network change
+    /// does not wait for flush answers) changes nothing: it must not
+    /// silence the next view's run.
+    pub fn flush_ok(&mut self, flush: ViewId) {
+        if self.flush_asked.contains(&flush) {
+            self.flushing = true;
+        }
+    }
+
+    /// Whether this member left ([`leave`](Self::leave)).
+    pub fn has_left(&self) -> bool {
+        self.left
     }
 
     /// This member left: it seals nothing more (it still opens what is on
@@ -457,6 +476,7 @@ impl LayeredGroup {
         self.epoch = Some(epoch);
         self.index = u32::try_from(index).ok();
         self.flushing = false;
+        self.flush_asked.clear();
         if let Err(e) = self.agreement.handle_view(view) {
             return self.refuse_view(&e.to_string());
         }
@@ -634,5 +654,7 @@ fn decide(prev: Option<&[String]>, members: &[String], cause: ViewCause) -> Chan
     }
 }
 
+#[cfg(test)]
+mod sim_tests;
 #[cfg(test)]
 mod tests;

@@ -562,7 +562,18 @@ impl Client {
     /// [`Client::set_layered_identity`] first. Each view then arrives as a
     /// `Membership` event and, once the key is agreed, an
     /// [`Event::SecureView`]; sends made before it are held and sent then.
+    ///
+    /// A layered group this connection left cannot be joined again on it
+    /// (`ClientError::Layered`; connect again): the daemons may resolve the
+    /// leave and the new join in one view, in which the other members take
+    /// the new engine for the old one (found by the simulator, seed 884;
+    /// docs/security.md, "Layered groups, end to end").
     pub fn join_with(&mut self, group: &str, vs: bool, mode: GroupMode) -> Result<(), ClientError> {
+        if self.layered.groups.get(group).is_some_and(LayeredGroup::has_left) {
+            return Err(ClientError::Layered(format!(
+                "this connection left layered group {group}: connect again to rejoin it"
+            )));
+        }
         if let Some(protocol) = layered::protocol_of(mode) {
             let identity = self.layered.identity.as_ref().ok_or_else(|| {
                 ClientError::Layered(format!(
@@ -776,7 +787,7 @@ impl Client {
     /// Acknowledges a flush request of a virtual-synchrony group.
     pub fn flush_ok(&mut self, group: &str, view_id: ViewId) -> Result<(), ClientError> {
         if let Some(l) = self.layered.groups.get_mut(group) {
-            l.flush_ok();
+            l.flush_ok(view_id);
         }
         self.send(&ClientFrame::FlushOk { group: group.to_string(), view_id })
     }
@@ -885,6 +896,9 @@ impl Client {
                 })
             }
             Some(DaemonFrame::FlushRequest { group, view_id }) => {
+                if let Some(l) = self.layered.groups.get_mut(&group) {
+                    l.flush_request(view_id);
+                }
                 Some(Event::FlushRequest { group, view_id })
             }
             Some(DaemonFrame::Error { code, text }) => Some(Event::Error { code, text }),

@@ -349,6 +349,86 @@ fn every_operation_every_protocol() {
     }
 }
 
+/// Messages sent by every member so far.
+fn messages_sent(w: &World) -> u64 {
+    w.agreements.values().map(|a| a.costs().messages).sum()
+}
+
+/// TGDH's join and leave are sponsored (Kim, Perrig, Tsudik, sections 4.1,
+/// 4.2, 4.4): on a leave only the sponsor sends (its refreshed path's
+/// blinded keys), on a partition only the sponsors of the nodes that
+/// changed; on a join the lowest old member sends
+/// the tree, each newcomer announces, and the sponsor sends its path; no
+/// other member says anything. A merge still runs in full (every member
+/// announces).
+#[test]
+fn tgdh_join_and_leave_are_sponsored() {
+    let mut w = World::new(Protocol::Tgdh, 11);
+    let ids: Vec<u32> = (0..16).map(|_| w.spawn()).collect();
+    let g = w.new_group(ids.clone());
+    w.settle(g);
+    // Leave: one message, the sponsor's.
+    let kept: Vec<u32> = ids.iter().copied().filter(|&m| m != ids[5]).collect();
+    let before = messages_sent(&w);
+    w.install(g, kept.clone(), Change::Leave { left: vec![ids[5]] });
+    w.settle(g);
+    assert_eq!(messages_sent(&w) - before, 1, "a leave");
+    // Partition of two members: the sponsors of the nodes that changed
+    // (one per promoted subtree, at most one more up to the root).
+    let side: Vec<u32> = kept.iter().copied().filter(|&m| m != ids[0] && m != ids[9]).collect();
+    let before = messages_sent(&w);
+    w.install(g, side.clone(), Change::Partition { left: vec![ids[0], ids[9]] });
+    w.settle(g);
+    let sent = messages_sent(&w) - before;
+    assert!((1..=3).contains(&sent), "a partition sent {sent} messages");
+    // Join of one: the speaker's tree, the newcomer's announcement, the
+    // sponsor's keys.
+    let joined = vec![w.spawn()];
+    let members = [side.clone(), joined.clone()].concat();
+    let before = messages_sent(&w);
+    w.install(g, members.clone(), Change::Join { joined: joined.clone() });
+    w.settle(g);
+    assert_eq!(messages_sent(&w) - before, 3, "a join");
+    // Join of two: each newcomer enters on its own, with its sponsors.
+    let joined = vec![w.spawn(), w.spawn()];
+    let members = [members, joined.clone()].concat();
+    let before = messages_sent(&w);
+    w.install(g, members.clone(), Change::Join { joined: joined.clone() });
+    w.settle(g);
+    let sent = messages_sent(&w) - before;
+    assert!(sent <= 1 + 2 + 5, "a join of two sent {sent} messages");
+    // A merge: every member announces.
+    let before = messages_sent(&w);
+    w.install(g, members.clone(), Change::Merge);
+    w.settle(g);
+    assert!(messages_sent(&w) - before > members.len() as u64, "a merge runs in full");
+}
+
+/// A sponsored join's shared-tree message (kind 1) is refused by name in
+/// any other run, and nothing changes: the run still completes.
+#[test]
+fn tgdh_shared_tree_outside_a_join_is_refused() {
+    let mut w = World::new(Protocol::Tgdh, 12);
+    let ids: Vec<u32> = (0..4).map(|_| w.spawn()).collect();
+    let g = w.new_group(ids.clone());
+    w.settle(g);
+    w.install(g, ids.clone(), Change::Merge);
+    let epoch = w.groups[g].epoch;
+    // A well-formed TGDH announcement of this run, sent as a shared tree.
+    let mut rng = ChaCha20Rng::seed_from_u64(5);
+    let mut t = crate::tgdh::Tgdh::new(ids[0], &mut rng);
+    let body = t.start(epoch, &ids, &mut rng).unwrap().remove(0).to_bytes();
+    let sender = SecretIdentity::from_bytes(w.agreements[&ids[0]].identity.expose_secret());
+    let shared = forge(&w.agreements[&ids[0]], &sender, epoch, u32::MAX, 90, 1, &body);
+    let dir = w.directory.clone();
+    let a = w.agreements.get_mut(&ids[1]).unwrap();
+    assert_eq!(
+        a.handle_message(ids[0], &shared, &dir),
+        Err(fault(ids[0], Fault::Tgdh(crate::tgdh::PeerFault::NotASharedTree)))
+    );
+    w.settle(g);
+}
+
 /// The views a member sees decide its start: the incremental operations
 /// only when its last completed view fits, otherwise from scratch.
 #[test]

@@ -9,16 +9,32 @@
 //! robust to cascades), and refreshes one leaf for a refresh. The view's
 //! epoch is its round. Its group key (SHA-256 of the root secret) is the
 //! secret hashed into the [`LayeredKey`](super::LayeredKey).
+//!
+//! **Sponsored join and leave** (the paper's sections 4.1, 4.2 and 4.4:
+//! only the sponsor does the work). When the view is an incremental change
+//! of this member's last completed view (`Start::Leave`, `Start::Join`),
+//! the members that held that view do not announce: they all hold the same
+//! tree (virtual synchrony), so on a leave or partition each computes the
+//! announcements alone ([`Tgdh::start_leave`]) and the sponsor's `Keys` is
+//! the only message; on a join the lowest old member (the speaker) sends
+//! its announcement with the tree (message kind [`KIND_SHARED`]), the
+//! newcomers announce, and the others' announcements are read from the
+//! tree ([`Tgdh::handle_shared_tree`]). The tree, sponsors and key are those
+//! of the full run. Merges, first views and cascades (a run cut short) run
+//! in full, as before.
 
 use super::wire::DecodeError;
-use super::{Costs, Ctx, Dest, Fault, LayeredError, Start, Step, fault};
-use crate::tgdh::{Message, Tgdh, TgdhError};
+use super::{Change, Costs, Ctx, Dest, Fault, LayeredError, Start, Step, fault};
+use crate::tgdh::{Message, PeerFault, Tgdh, TgdhError};
 
-/// The only message kind: the TGDH message carries its own tag.
+/// A TGDH message (it carries its own tag).
 const KIND: u8 = 0;
+/// The speaker's announcement of a sponsored join: the old members'
+/// announcements are to be read from its tree.
+const KIND_SHARED: u8 = 1;
 
 pub(crate) fn decode(kind: u8, body: &[u8]) -> Result<Message, DecodeError> {
-    if kind != KIND {
+    if kind != KIND && kind != KIND_SHARED {
         return Err(DecodeError::UnknownKind(kind));
     }
     Message::decode(body).map_err(DecodeError::Tgdh)
@@ -40,25 +56,50 @@ impl TgdhCore {
         let before = self.tgdh.x25519_ops();
         let mut sorted = ctx.view.members.clone();
         sorted.sort_unstable();
-        let refresh = *start == Start::Refresh && self.tgdh.is_done() && self.tgdh.members() == sorted;
+        let done = self.tgdh.is_done();
         let epoch = ctx.view.epoch;
-        let result = if refresh {
-            self.tgdh.refresh(epoch, &mut ctx.rng)
-        } else {
-            self.tgdh.start(epoch, &ctx.view.members, &mut ctx.rng)
+        let members = &ctx.view.members;
+        let (result, kind) = match start {
+            Start::Refresh if done && self.tgdh.members() == sorted => {
+                (self.tgdh.refresh(epoch, &mut ctx.rng), KIND)
+            }
+            Start::Leave { .. } if done => match self.tgdh.start_leave(epoch, members, &mut ctx.rng) {
+                Err(TgdhError::ApiMisuse(_)) => (self.tgdh.start(epoch, members, &mut ctx.rng), KIND),
+                r => (r, KIND),
+            },
+            Start::Join { .. } if done => match self.tgdh.start_join(epoch, members, &mut ctx.rng) {
+                Err(TgdhError::ApiMisuse(_)) => (self.tgdh.start(epoch, members, &mut ctx.rng), KIND),
+                r => (r, KIND_SHARED),
+            },
+            _ => (self.tgdh.start(epoch, members, &mut ctx.rng), KIND),
         };
-        self.after(ctx, before, result)
+        self.after(ctx, before, result, kind)
     }
 
     pub(crate) fn handle(&mut self, ctx: &mut Ctx<'_>, from: u32, kind: u8, body: &[u8]) -> Step {
         let msg = decode(kind, body)?;
         let before = self.tgdh.x25519_ops();
-        let result = self.tgdh.handle(from, &msg, &mut ctx.rng);
-        self.after(ctx, before, result)
+        let result = if kind == KIND_SHARED {
+            // The old members of a join: everyone not listed as joined.
+            let Change::Join { joined } = &ctx.view.change else {
+                return Err(fault(from, Fault::Tgdh(PeerFault::NotASharedTree)));
+            };
+            let old: Vec<u32> = ctx.view.members.iter().copied().filter(|m| !joined.contains(m)).collect();
+            self.tgdh.handle_shared_tree(from, &msg, &old, &mut ctx.rng)
+        } else {
+            self.tgdh.handle(from, &msg, &mut ctx.rng)
+        };
+        self.after(ctx, before, result, KIND)
     }
 
     /// Sends what TGDH returned and takes the key once the run is complete.
-    fn after(&mut self, ctx: &mut Ctx<'_>, before: u64, result: Result<Vec<Message>, TgdhError>) -> Step {
+    fn after(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        before: u64,
+        result: Result<Vec<Message>, TgdhError>,
+        kind: u8,
+    ) -> Step {
         ctx.costs.exponentiations += self.tgdh.x25519_ops() - before;
         let msgs = result.map_err(|e| match e {
             TgdhError::Peer { from, fault: f } => fault(from, Fault::Tgdh(f)),
@@ -66,7 +107,7 @@ impl TgdhCore {
             TgdhError::ApiMisuse(why) => LayeredError::ApiMisuse(why),
         })?;
         for msg in msgs {
-            ctx.send(Dest::All, KIND, msg.to_bytes());
+            ctx.send(Dest::All, kind, msg.to_bytes());
         }
         Ok(self
             .tgdh

@@ -235,6 +235,10 @@ pub enum PeerFault {
     /// A blinded key for a node whose children's blinded keys are not known yet.
     #[error("a blinded key before its children's")]
     MissingChild,
+    /// A join's shared tree that is not the lowest old member's
+    /// announcement of a tree holding every old member.
+    #[error("not the speaker's announcement of the shared tree")]
+    NotASharedTree,
 }
 
 fn peer(from: u32, fault: PeerFault) -> TgdhError {
@@ -472,19 +476,146 @@ impl Tgdh {
                 if got.len() < run.members.len() {
                     return Ok(Vec::new());
                 }
-                let mut merged = merge(got);
-                let refreshed = plan_refresh(&mut merged);
-                let fresh = run.fresh_leaf.take();
-                let (tree, epoch) = (merged.tree, merged.epoch);
-                let keying = Keying::new(self.me, run.round, epoch, tree, &refreshed, fresh, &self.done, rng);
-                run.phase = Phase::Keying(Box::new(keying));
-                self.progress()
+                self.key_merged(rng)
             }
             (Message::Keys(keys), Phase::Keying(keying)) => {
                 keying.apply(from, keys)?;
                 self.progress()
             }
         }
+    }
+
+    /// Every member's announcement is in: merges the trees and starts the
+    /// sponsor phase.
+    fn key_merged(&mut self, rng: &mut impl RngCore) -> Result<Vec<Message>, TgdhError> {
+        let Some(run) = self.run.as_mut() else { return Ok(Vec::new()) };
+        let Phase::Announcing(got) = &run.phase else { return Ok(Vec::new()) };
+        let mut merged = merge(got);
+        let refreshed = plan_refresh(&mut merged);
+        let fresh = run.fresh_leaf.take();
+        let (tree, epoch) = (merged.tree, merged.epoch);
+        let keying = Keying::new(self.me, run.round, epoch, tree, &refreshed, fresh, &self.done, rng);
+        run.phase = Phase::Keying(Box::new(keying));
+        self.progress()
+    }
+
+    /// Begins a run for a leave or a partition without announcements
+    /// (sections 4.2 and 4.4: only the sponsor sends): every member of
+    /// `members` holds this member's last completed tree, as the caller
+    /// guarantees (virtual synchrony: they all completed the same run and
+    /// delivered the same messages since), so each computes alone what
+    /// their announcements would have said, and the run goes on as
+    /// [`start`](Self::start)'s would after them: the tree pruned to
+    /// `members`, the sponsor's refreshed path, the same key. A member whose
+    /// tree differs is told by the sponsor's [`Keys`] (`BaseMismatch`).
+    ///
+    /// `members` must be a proper subset of the last completed run's
+    /// members, including this one, with no run in progress (else
+    /// [`TgdhError::ApiMisuse`], nothing changed: use `start`).
+    pub fn start_leave(
+        &mut self,
+        round: u64,
+        members: &[u32],
+        rng: &mut impl RngCore,
+    ) -> Result<Vec<Message>, TgdhError> {
+        let mut members = members.to_vec();
+        members.sort_unstable();
+        members.dedup();
+        let old = self.members();
+        if self.run.is_some()
+            || members.binary_search(&self.me).is_err()
+            || members.len() >= old.len()
+            || members.iter().any(|m| old.binary_search(m).is_err())
+        {
+            return Err(TgdhError::ApiMisuse("a leave keeps some members of the last completed run"));
+        }
+        let got = shared_announcements(round, self.done.epoch, &self.done.tree, self.done.id, &members, None)
+            .ok_or(TgdhError::ApiMisuse("a member without a leaf key in the last completed tree"))?;
+        self.run = Some(Run { round, members, phase: Phase::Announcing(got), fresh_leaf: None });
+        self.key_merged(rng)
+    }
+
+    /// Begins a run for a join (section 4.1) in which the members of the
+    /// last completed run do not announce: only the lowest of them (the
+    /// speaker) sends its announcement with the tree, which every member,
+    /// newcomers included, hands to [`handle_shared_tree`](Self::handle_shared_tree);
+    /// the newcomers announce as in [`start`](Self::start). The run then
+    /// goes on as `start`'s would (the same tree, sponsors and key).
+    ///
+    /// `members` must include every member of the last completed run (at
+    /// least two: a member alone announces a fresh leaf instead) and at
+    /// least one more, with no run in progress (else
+    /// [`TgdhError::ApiMisuse`], nothing changed). Returns the speaker's
+    /// announcement (nothing for the others), to be broadcast.
+    pub fn start_join(
+        &mut self,
+        round: u64,
+        members: &[u32],
+        _rng: &mut impl RngCore,
+    ) -> Result<Vec<Message>, TgdhError> {
+        let mut members = members.to_vec();
+        members.sort_unstable();
+        members.dedup();
+        let old = self.members();
+        if self.run.is_some()
+            || old.len() < 2
+            || members.len() <= old.len()
+            || members.len() > MAX_MEMBERS
+            || old.iter().any(|m| members.binary_search(m).is_err())
+        {
+            return Err(TgdhError::ApiMisuse("a join keeps every member of the last completed run"));
+        }
+        let done = &self.done;
+        let speaking = old.first() == Some(&self.me);
+        let out = speaking.then(|| {
+            Message::Announce(Announce {
+                round,
+                epoch: done.epoch,
+                tree_id: done.id,
+                leaf: done.path[0].bk,
+                held: Held::Tree(done.tree.clone()),
+            })
+        });
+        self.run = Some(Run { round, members, phase: Phase::Announcing(BTreeMap::new()), fresh_leaf: None });
+        Ok(out.into_iter().collect())
+    }
+
+    /// Takes the speaker's announcement of a join started by
+    /// [`start_join`](Self::start_join): `shared_by` are the members of the
+    /// last completed run (the speaker is the lowest), who do not announce;
+    /// their announcements are read from the tree it carries. Otherwise as
+    /// [`handle`](Self::handle).
+    pub fn handle_shared_tree(
+        &mut self,
+        from: u32,
+        msg: &Message,
+        shared_by: &[u32],
+        rng: &mut impl RngCore,
+    ) -> Result<Vec<Message>, TgdhError> {
+        let Some(run) = self.run.as_mut() else { return Ok(Vec::new()) };
+        if msg.round() != run.round {
+            return Ok(Vec::new());
+        }
+        let Phase::Announcing(got) = &mut run.phase else { return self.handle(from, msg, rng) };
+        let Message::Announce(a) = msg else { return Err(peer(from, PeerFault::NotASharedTree)) };
+        let Held::Tree(tree) = &a.held else { return Err(peer(from, PeerFault::NotASharedTree)) };
+        let mut shared: Vec<u32> = shared_by.to_vec();
+        shared.sort_unstable();
+        shared.dedup();
+        if shared.first() != Some(&from)
+            || shared.iter().any(|m| run.members.binary_search(m).is_err())
+            || tree_id(a.epoch, tree) != a.tree_id
+        {
+            return Err(peer(from, PeerFault::NotASharedTree));
+        }
+        let Some(others) = shared_announcements(a.round, a.epoch, tree, a.tree_id, &shared[1..], Some(from))
+        else {
+            return Err(peer(from, PeerFault::NotASharedTree));
+        };
+        for (m, other) in others {
+            got.entry(m).or_insert(other);
+        }
+        self.handle(from, msg, rng)
     }
 
     /// The epoch and key of the last run, once it is complete; `None` while
@@ -813,6 +944,30 @@ fn plan_refresh(m: &mut Merged) -> Vec<usize> {
         plan.push(leaf);
     }
     plan
+}
+
+/// The announcements `members`, who all hold `tree` (completed at `epoch`,
+/// id `id`), would send: each its leaf's blinded key, the lowest of them
+/// (unless `speaker`, another member, sends it) with the tree. `None` if a
+/// member has no leaf key in the tree.
+fn shared_announcements(
+    round: u64,
+    epoch: u64,
+    tree: &Tree,
+    id: [u8; 32],
+    members: &[u32],
+    speaker: Option<u32>,
+) -> Option<BTreeMap<u32, Announce>> {
+    let lowest = members.iter().min().copied();
+    members
+        .iter()
+        .map(|&m| {
+            let leaf = tree.find_leaf(m).and_then(|i| tree.node(i).bk)?;
+            let held =
+                if speaker.is_none() && Some(m) == lowest { Held::Tree(tree.clone()) } else { Held::Shared };
+            Some((m, Announce { round, epoch, tree_id: id, leaf, held }))
+        })
+        .collect()
 }
 
 /// Clears the blinded keys from each `(leaf, top)` pair's leaf up to `top`.

@@ -52,6 +52,25 @@ pub(super) struct World {
     pub(super) frames: u64,
     /// With link security and keyed groups: what the clients hold.
     pub(super) secure: Option<Secure>,
+    /// Clients that answer their flush requests themselves
+    /// ([`World::flush_ok`]); the harness does not answer for them.
+    pub(super) manual_flush: BTreeSet<Who>,
+    /// When set, every datagram and every encoded frame to a client is
+    /// kept here until taken (the layered groups' harness reads them).
+    pub(super) capture: Option<Capture>,
+    /// Daemons crashed and not restarted (they take no input).
+    down: Vec<bool>,
+    /// Restarts so far (a restarted daemon's incarnation).
+    restarts: u64,
+}
+
+/// What the daemons put on the wire and sent their clients, in order.
+#[derive(Default)]
+pub(super) struct Capture {
+    /// Datagrams between daemons.
+    pub(super) datagrams: Vec<Bytes>,
+    /// Encoded frames from the daemons, by recipient.
+    pub(super) frames: BTreeMap<Who, Vec<Bytes>>,
 }
 
 /// The clients' side of keyed groups in a secure world, and the key checks.
@@ -71,6 +90,9 @@ pub(super) struct Secure {
     /// Every (key id and nonce) seen on a delivered message, and the
     /// message: one nonce under one key must never seal two messages.
     nonces: BTreeMap<[u8; 16], u64>,
+    /// Groups in a layered mode: their keys are the members' own, so the
+    /// harness opens none of their messages.
+    layered: BTreeSet<Bytes>,
 }
 
 fn ids(n: usize) -> Vec<NodeId> {
@@ -158,6 +180,10 @@ impl World {
             violations: Vec::new(),
             frames: 0,
             secure: None,
+            manual_flush: BTreeSet::new(),
+            capture: None,
+            down: vec![false; n],
+            restarts: 0,
         };
         for i in 0..n {
             w.drain(i);
@@ -228,6 +254,9 @@ impl World {
         mode: GroupMode,
     ) -> Result<(), GroupsError> {
         let kind = mode.kind().unwrap_or(kind);
+        if let (true, Some(s)) = (mode.layered(), &mut self.secure) {
+            s.layered.insert(Bytes::copy_from_slice(g.as_bytes()));
+        }
         if kind == GroupKind::Vs {
             self.vs_groups.insert(Bytes::copy_from_slice(g.as_bytes()));
         }
@@ -276,6 +305,50 @@ impl World {
             payload,
         };
         self.request(who, ClientFrame::Multicast(m))
+    }
+
+    /// Client `who` sends the multicast `m` as it is.
+    pub(super) fn multicast_frame(&mut self, who: Who, m: cp::Multicast) -> Result<(), GroupsError> {
+        self.request(who, ClientFrame::Multicast(m))
+    }
+
+    /// Client `who` answers the flush request of `view_id` of `g` (clients
+    /// in [`World::manual_flush`]).
+    pub(super) fn flush_ok(&mut self, who: Who, g: &str, view_id: cp::ViewId) -> Result<(), GroupsError> {
+        self.request(who, ClientFrame::FlushOk { group: g.into(), view_id })
+    }
+
+    /// Daemon `d` crashes: it takes no more input and nothing reaches or
+    /// leaves it; its clients are gone with it.
+    pub(super) fn crash(&mut self, d: usize) {
+        self.down[d] = true;
+        self.net.retain(|Reverse(x)| x.2 != d);
+    }
+
+    /// Daemon `d` restarts after a crash, in a secure world: a new core
+    /// (a new incarnation, rings numbered above every ring seen) with no
+    /// clients, starting alone.
+    pub(super) fn restart(&mut self, d: usize) {
+        let n = self.servers.len();
+        self.restarts += 1;
+        let id = NodeId(d as u16);
+        let ring_seq =
+            self.servers.iter().filter_map(|s| s.node().ring()).map(|r| r.0.seq).max().unwrap_or(0);
+        let inc = Incarnation { ring_seq: ring_seq + 1, first_msg_seq: self.restarts << 40 };
+        let policy = self.servers[d].config().policy.clone();
+        let mut sec = crate::security::lab::security(LinkMode::Encrypt, n as u16, id.0);
+        sec.policy_digest = policy.digest();
+        sec.seed[1] = self.restarts as u8;
+        sec.seed[2] = 0x5a;
+        sec.incarnation = 1 + self.restarts as u32;
+        let node = Node::with_security(Config::default(), id, self.now, inc, sec).expect("valid config");
+        let mut cfg = ServerConfig::new(format!("d{d}"));
+        cfg.policy = policy;
+        cfg.groups_check = Duration::ZERO;
+        cfg.observe = true;
+        self.servers[d] = Server::new(node, cfg);
+        self.down[d] = false;
+        self.drain(d);
     }
 
     /// Sends a numbered message; returns its number.
@@ -328,6 +401,7 @@ impl World {
     /// Orders a group message from daemon `d` as its groups layer would
     /// have submitted it, bypassing that layer's checks (a message sent
     /// before a change and ordered after it).
+    #[cfg(test)]
     pub(super) fn inject(&mut self, d: usize, group: &str, msg: GroupMsg) {
         let groups = Groups::encode(&[group.as_bytes()]).expect("group");
         self.servers[d].node_mut().submit(self.now, Service::Agreed, groups, msg.encode()).expect("submit");
@@ -336,12 +410,18 @@ impl World {
 
     fn transmit(&mut self, from: usize, dest: Dest, bytes: Bytes) {
         let n = self.servers.len();
+        if self.down[from] {
+            return;
+        }
         let targets: Vec<usize> = match dest {
             Dest::All => (0..n).filter(|&j| j != from).collect(),
             Dest::Node(id) => vec![usize::from(id.0)],
         };
+        if let Some(c) = &mut self.capture {
+            c.datagrams.push(bytes.clone());
+        }
         for to in targets {
-            if to >= n || !self.reach[from][to] {
+            if to >= n || !self.reach[from][to] || self.down[to] {
                 continue;
             }
             let at = self.now + Duration::from_micros(self.rng.random_range(20..=120));
@@ -363,6 +443,11 @@ impl World {
                 self.violations.push(format!("daemon {i}: a frame for {:?} is not one frame", o.to));
             }
             self.frames += 1;
+            if let Some(c) = &mut self.capture {
+                for to in o.to {
+                    c.frames.entry((i, *to)).or_default().push(o.frame.clone());
+                }
+            }
         }
         while s.poll_event().is_some() {}
         let mut observed = Vec::new();
@@ -423,6 +508,9 @@ impl World {
             }
             ClientEvent::Message { sender, groups, msg_type, sealed: true, payload, .. } => {
                 let g = groups.iter().next().map(Bytes::copy_from_slice).unwrap_or_default();
+                if s.layered.contains(&g) {
+                    return;
+                }
                 let opened = s
                     .held
                     .get(&(who, g.clone()))
@@ -466,6 +554,7 @@ impl World {
             ClientEvent::Left { group } => {
                 self.cur_view.remove(&(who, group.clone()));
             }
+            ClientEvent::FlushRequest { .. } if self.manual_flush.contains(&who) => {}
             ClientEvent::FlushRequest { group, flush } => {
                 let d = self.rng.random_range(0..=self.flush_delay.as_micros() as u64);
                 self.order += 1;
@@ -499,13 +588,13 @@ impl World {
                 }
             };
             let now = self.now;
-            for s in &mut self.servers {
+            for (s, _) in self.servers.iter_mut().zip(&self.down).filter(|x| !*x.1) {
                 consider(s.poll_timeout(now));
             }
             if !self.hold_flushes {
                 consider(self.actions.keys().next().map(|k| k.0));
             }
-            if self.servers.iter().any(Server::backlogged) {
+            if self.servers.iter().zip(&self.down).any(|(s, down)| !down && s.backlogged()) {
                 consider(Some(self.now + Duration::from_millis(1)));
             }
             let Some(next) = next.filter(|&t| t <= end) else {
@@ -520,7 +609,7 @@ impl World {
                 self.drain(to);
             }
             for i in 0..self.servers.len() {
-                if self.servers[i].poll_timeout(now).is_some_and(|t| t <= now) {
+                if !self.down[i] && self.servers[i].poll_timeout(now).is_some_and(|t| t <= now) {
                     self.servers[i].handle_timeout(now);
                     self.drain(i);
                 }
@@ -530,6 +619,9 @@ impl World {
                     break;
                 }
                 let (who, g, flush) = e.remove();
+                if self.down[who.0] {
+                    continue;
+                }
                 // The client may have left or been asked again since.
                 let view_id = cp::ViewId {
                     ring_seq: flush.ring_id.seq,
@@ -542,7 +634,7 @@ impl World {
                 );
             }
             for i in 0..self.servers.len() {
-                if self.servers[i].backlogged() {
+                if !self.down[i] && self.servers[i].backlogged() {
                     self.servers[i].handle_timeout(now);
                     self.drain(i);
                 }

@@ -32,11 +32,14 @@
 //! Ring ids are never reused, and every daemon of a ring computes the same
 //! views in it, so a view id names one membership forever.
 
-#[cfg(test)]
+#[cfg(any(test, feature = "test-support"))]
+#[cfg_attr(not(all(test, feature = "test-support")), allow(dead_code))]
 mod harness;
 #[cfg(test)]
 mod key_tests;
 mod msg;
+#[cfg(feature = "test-support")]
+pub mod testkit;
 #[cfg(test)]
 mod tests;
 
