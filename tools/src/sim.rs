@@ -95,9 +95,11 @@ impl SimArgs {
         }
         let faults = self.faults.as_deref().map(FaultKinds::parse).transpose()?.unwrap_or_default();
         if faults.is_empty() && self.security.is_some() {
-            return Err("--security needs --faults: without faults the daemons form one fixed ring, with no \
+            return Err(
+                "--security needs --faults: without faults the daemons form one fixed ring, with no \
                         key agreement and plain datagrams"
-                .into());
+                    .into(),
+            );
         }
         let base = if faults.is_empty() {
             SimConfig { seed, nodes: usize::from(self.nodes), ..SimConfig::default() }

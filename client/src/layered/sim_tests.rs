@@ -292,7 +292,7 @@ impl Run {
                 msg_type: 7,
                 self_discard: false,
                 sealed: true,
-                groups: vec![group.to_string()],
+                groups: ringfence_proto::wire::Groups::encode(&[group]).expect("a valid group name"),
                 payload: sealed.into(),
             };
             if let Err(e) = self.sim.multicast(at, m) {
@@ -326,7 +326,7 @@ impl Run {
                 msg_type,
                 self_discard: false,
                 sealed,
-                groups: vec![group.to_string()],
+                groups: ringfence_proto::wire::Groups::encode(&[group]).expect("a valid group name"),
                 payload: payload.into(),
             };
             if let Err(e) = self.sim.multicast(at, m) {
