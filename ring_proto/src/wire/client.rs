@@ -1424,7 +1424,8 @@ fn read_group(r: &mut Reader<'_>) -> Result<String, ClientDecodeError> {
     String::from_utf8(b.to_vec()).map_err(|_| ClientDecodeError::BadValue("group"))
 }
 
-fn read_groups(r: &mut Reader<'_>, limits: &Limits) -> Result<Vec<String>, ClientDecodeError> {
+/// A destination list's count: 1..=[`Limits::max_groups`].
+fn read_group_count(r: &mut Reader<'_>, limits: &Limits) -> Result<u8, ClientDecodeError> {
     let count = r.u8()?;
     if count == 0 {
         return Err(ClientDecodeError::BadValue("groups"));
@@ -1436,6 +1437,11 @@ fn read_groups(r: &mut Reader<'_>, limits: &Limits) -> Result<Vec<String>, Clien
             max: limits.max_groups.into(),
         });
     }
+    Ok(count)
+}
+
+fn read_groups(r: &mut Reader<'_>, limits: &Limits) -> Result<Vec<String>, ClientDecodeError> {
+    let count = read_group_count(r, limits)?;
     (0..count).map(|_| read_group(r)).collect()
 }
 
@@ -1443,17 +1449,7 @@ fn read_groups(r: &mut Reader<'_>, limits: &Limits) -> Result<Vec<String>, Clien
 /// slice of `body` (the same encoding as [`Groups`]): no allocation.
 fn read_group_list(r: &mut Reader<'_>, body: &Bytes, limits: &Limits) -> Result<Groups, ClientDecodeError> {
     let start = r.pos();
-    let count = r.u8()?;
-    if count == 0 {
-        return Err(ClientDecodeError::BadValue("groups"));
-    }
-    if count > limits.max_groups {
-        return Err(ClientDecodeError::LimitExceeded {
-            field: "groups",
-            len: count.into(),
-            max: limits.max_groups.into(),
-        });
-    }
+    let count = read_group_count(r, limits)?;
     for _ in 0..count {
         let len = r.u8()? as usize;
         if len > MAX_GROUP_NAME {
