@@ -215,7 +215,7 @@ impl Daemon0 {
             let t1 = Instant::now();
             let mut ids = BTreeMap::new();
             for (g, c, id) in &flushes {
-                self.groups.flush_ok(*c, g).expect("flush_ok");
+                self.groups.flush_ok(*c, g, *id).expect("flush_ok");
                 ids.insert(g.clone(), *id);
             }
             let mut local_oks = VecDeque::new();

@@ -404,3 +404,90 @@ fn many_secure_seeds() {
 fn seed_492_vs_members_split_by_a_partition_go_straight_to_the_merged_view() {
     random_secure_runs(492..493, 64, Duration::from_secs(600));
 }
+
+/// Regression (found by `ringfence groupbench`: daemons refused a layered
+/// client's protocol message with `Flushing`): a network change replaces a
+/// pending flush request with a new one; the client's answer to the first
+/// request, on its way meanwhile, must not count as the answer to the
+/// second. Taken so, it stopped the client's sends while the client, not
+/// yet holding the second request, still sent in the view.
+#[test]
+fn an_answer_to_a_replaced_flush_request_does_not_stop_the_clients_sends() {
+    use super::testkit::{Sim, SimClient};
+    use crate::wire::client::{DaemonFrame, Multicast, ViewId};
+    use std::collections::BTreeMap;
+
+    /// Flush requests not answered, oldest first, and the size of the
+    /// latest regular view, per client.
+    #[derive(Default)]
+    struct Seen {
+        requests: BTreeMap<SimClient, Vec<ViewId>>,
+        members: BTreeMap<SimClient, usize>,
+    }
+    /// Runs 50 ms, then reads every client's frames, answering the flush
+    /// requests of the clients in `answer`.
+    fn pump(sim: &mut Sim, clients: &[SimClient], answer: &[SimClient], seen: &mut Seen) {
+        sim.run(Duration::from_millis(50));
+        for &who in clients {
+            for (_, f) in sim.take_frames(who) {
+                match f {
+                    Some(DaemonFrame::FlushRequest { group, view_id }) if answer.contains(&who) => {
+                        sim.flush_ok(who, &group, view_id).expect("answer");
+                    }
+                    Some(DaemonFrame::FlushRequest { view_id, .. }) => {
+                        seen.requests.entry(who).or_default().push(view_id);
+                    }
+                    Some(DaemonFrame::Membership(m)) if m.kind == crate::wire::client::ViewKind::Regular => {
+                        seen.members.insert(who, m.members.len());
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    let mut sim = Sim::secure(3, 7, policy(0, Duration::from_secs(600))).expect("ring and server key");
+    let (a, b, c) = ((0, 1), (1, 1), (2, 1));
+    let all = [a, b, c];
+    for (who, name) in [(a, "a"), (b, "b"), (c, "c")] {
+        sim.connect(who.0, who.1, name);
+    }
+    let mut seen = Seen::default();
+    sim.join(a, "vs", GroupMode::None).unwrap();
+    sim.join(b, "vs", GroupMode::None).unwrap();
+    for _ in 0..20 {
+        pump(&mut sim, &all, &all, &mut seen);
+    }
+    assert_eq!((seen.members.get(&a), seen.members.get(&b)), (Some(&2), Some(&2)), "a and b share a view");
+    // c's join asks a and b to flush; only b answers.
+    sim.join(c, "vs", GroupMode::None).unwrap();
+    for _ in 0..4 {
+        pump(&mut sim, &all, &[b, c], &mut seen);
+    }
+    let first = *seen.requests.get(&a).and_then(|r| r.first()).expect("a was asked to flush");
+    // d2 is cut off before a answers: the flush restarts with a new request.
+    sim.partition(&[0, 0, 1]);
+    for _ in 0..40 {
+        pump(&mut sim, &all, &[b, c], &mut seen);
+        if seen.requests[&a].len() > 1 {
+            break;
+        }
+    }
+    let second = *seen.requests[&a].last().expect("a request");
+    assert_ne!(first, second, "the network change restarted the flush with a new request");
+    let send = |sim: &mut Sim| {
+        let m = Multicast {
+            service: Service::Agreed,
+            msg_type: 1,
+            self_discard: false,
+            sealed: false,
+            groups: Groups::encode(&[b"vs"]).unwrap(),
+            payload: Bytes::from_static(b"x"),
+        };
+        sim.multicast(a, m)
+    };
+    assert_eq!(sim.flush_ok(a, "vs", first), Err(GroupsError::NoFlush), "the replaced request's answer");
+    assert_eq!(send(&mut sim), Ok(()), "a still sends in the view");
+    assert_eq!(sim.flush_ok(a, "vs", second), Ok(()));
+    assert_eq!(send(&mut sim), Err(GroupsError::Flushing), "answered: a sends no more in the view");
+}

@@ -38,7 +38,7 @@ mod harness;
 #[cfg(test)]
 mod key_tests;
 mod msg;
-#[cfg(feature = "test-support")]
+#[cfg(any(test, feature = "test-support"))]
 pub mod testkit;
 #[cfg(test)]
 mod tests;
@@ -1350,11 +1350,19 @@ impl ClientGroups {
         Ok(Some(Bytes::from(resealed)))
     }
 
-    /// VS group: the client has sent what belongs to the current view.
-    pub fn flush_ok(&mut self, client: ClientId, group: &[u8]) -> Result<(), GroupsError> {
+    /// VS group: the client has sent what belongs to the current view, in
+    /// answer to the flush request `flush`. An answer to a request that a
+    /// later one replaced (a network change restarts a flush) is refused
+    /// with [`GroupsError::NoFlush`] and changes nothing: taken as the
+    /// answer to the new request, it would stop the client's sends while
+    /// the client, which has not seen that request yet, still sends.
+    pub fn flush_ok(&mut self, client: ClientId, group: &[u8], flush: FlushId) -> Result<(), GroupsError> {
         let l = self.client(client)?;
         let m = l.groups.get_mut(group).ok_or(GroupsError::NotMember)?;
-        let flush = m.flush.take().ok_or(GroupsError::NoFlush)?;
+        if m.flush != Some(flush) {
+            return Err(GroupsError::NoFlush);
+        }
+        m.flush = None;
         m.flushed = true;
         let sender = l.name.name.clone();
         let groups = Groups::encode(&[group]).map_err(|_| GroupsError::BadName)?;

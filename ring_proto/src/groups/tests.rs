@@ -149,7 +149,8 @@ fn local_requests_are_checked() {
     assert!(g.join(ClientId(1), b"h", GroupKind::Open).is_ok());
     assert_eq!(g.join(ClientId(1), b"i", GroupKind::Open), Err(GroupsError::TooManyGroups));
     assert_eq!(g.leave(ClientId(1), b"g"), Err(GroupsError::NotMember), "the join is not ordered yet");
-    assert_eq!(g.flush_ok(ClientId(1), b"g"), Err(GroupsError::NotMember));
+    let flush = FlushId { ring_id: RingId { seq: 1, rep: NodeId(0) }, seq: 1 };
+    assert_eq!(g.flush_ok(ClientId(1), b"g", flush), Err(GroupsError::NotMember));
     let none: [&[u8]; 0] = [];
     assert_eq!(
         g.multicast(ClientId(1), Service::Agreed, &none, 0, Bytes::new(), false, false),

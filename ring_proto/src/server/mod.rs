@@ -54,7 +54,7 @@
 mod encode;
 
 use crate::groups::{
-    Cause, ClientEvent, ClientGroups, ClientId, GroupKind, GroupsError, PrivateName, Refusal, Submit,
+    Cause, ClientEvent, ClientGroups, ClientId, FlushId, GroupKind, GroupsError, PrivateName, Refusal, Submit,
 };
 use crate::node::Alert;
 use crate::ring::{ConfigKind, Configuration, Event, SubmitError, Transmit};
@@ -64,7 +64,7 @@ use crate::wire::client::{
     self as cp, AdminRequest, ByeReason, CLIENT_VERSION, ClientEncodeError, ClientFrame, DaemonFrame,
     ErrorCode, Limits, RefuseCode, ViewCause, ViewKind,
 };
-use crate::wire::{MsgId, Service};
+use crate::wire::{MsgId, NodeId, RingId, Service};
 use crate::{Node, Time};
 use bytes::{Bytes, BytesMut};
 use encode::Encoder;
@@ -527,7 +527,13 @@ impl Server {
                 m.self_discard,
                 m.sealed,
             ),
-            ClientFrame::FlushOk { group, .. } => self.groups.flush_ok(c, group.as_bytes()),
+            ClientFrame::FlushOk { group, view_id } => {
+                let flush = FlushId {
+                    ring_id: RingId { seq: view_id.ring_seq, rep: NodeId(view_id.ring_rep) },
+                    seq: view_id.counter,
+                };
+                self.groups.flush_ok(c, group.as_bytes(), flush)
+            }
             ClientFrame::Hello(_) | ClientFrame::Bye | ClientFrame::Admin { .. } => Ok(()),
         };
         let Err(e) = r else { return Handled::Done };

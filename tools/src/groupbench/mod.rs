@@ -616,7 +616,10 @@ fn run(args: &GroupbenchArgs) -> Result<bool, String> {
         || !args.groups.0.is_empty();
     let splitter = if splits {
         Some(Splitter::new().map_err(|e| {
-            format!("partitions need iptables as root ({e}); run with `--events join,leave --groups none`")
+            format!(
+                "partitions need iptables as root ({e}); `scripts/install-deps.sh` (as root) installs it, \
+                 or run with `--events join,leave --groups none`"
+            )
         })?)
     } else {
         None
