@@ -19,7 +19,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use ringfence_client::{Client, Event, GroupMode, ViewKind};
 use ringfence_proto::wire::client::ErrorCode;
 use std::collections::hash_map::DefaultHasher;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
 use std::os::fd::AsFd;
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
@@ -391,12 +391,26 @@ impl Book {
                     _ => missing += 1,
                 }
             }
+            // The regular views the members hold: (members, read after the cause) -> how many.
+            let mut held: BTreeMap<(usize, bool), usize> = BTreeMap::new();
+            for &c in &side.clients {
+                if let Some((at, m)) = self.views.get(&(c, side.group.clone())) {
+                    *held.entry((m.len(), *at >= t0)).or_default() += 1;
+                }
+            }
+            let held: Vec<String> = held
+                .iter()
+                .map(|((n, after), count)| {
+                    format!("{count} in a view of {n}{}", if *after { "" } else { " from before the cause" })
+                })
+                .collect();
             out.push(format!(
                 "{}: {missing} of {} members without the expected secure view, {} distinct keys among the rest, \
-                 {viewed} with the expected regular view",
+                 {viewed} with the expected regular view (regular views held: {})",
                 side.group,
                 side.clients.len(),
-                keys.len()
+                keys.len(),
+                if held.is_empty() { "none".to_string() } else { held.join(", ") }
             ));
         }
         out.join("; ")
