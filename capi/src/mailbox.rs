@@ -252,6 +252,7 @@ mod tests {
             members: members.iter().map(|m| m.to_string()).collect(),
             mode: GroupMode::None,
             key: None,
+            joined: Vec::new(),
         })
     }
 

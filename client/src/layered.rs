@@ -33,8 +33,12 @@
 //! The change is computed from the member's previous view, identically at
 //! every member: `Leave` (cause leave or disconnect) or `Partition` (cause
 //! network) when the view only lost members, `Refresh` for a rekey with the
-//! same members, `Merge` otherwise, a join included (a newcomer cannot know
-//! the previous view, so every join runs the protocol from scratch).
+//! same members, `Join` in `layered-tgdh` when the daemons name the members
+//! that joined ([`Membership::joined`]: a view caused by joins only, the
+//! others all from the previous view; the sponsored join), `Merge`
+//! otherwise, joins in the other four protocols included (they need the
+//! newcomers listed last in the previous order, which a newcomer cannot
+//! know, so their joins run from scratch).
 //!
 //! **Sends.** While a run is in progress, once this member answered a flush
 //! (the view is ending), or before the first key, the application's sends
@@ -467,7 +471,7 @@ impl LayeredGroup {
                 let _ = peers.get(c);
             }
         }
-        let change = decide(self.prev.as_deref(), &m.members, m.cause);
+        let change = decide(self.agreement.protocol(), self.prev.as_deref(), m);
         let view = View { epoch, members: ids.clone(), change };
         self.stats.views += 1;
         self.prev = Some(m.members.clone());
@@ -640,9 +644,16 @@ impl LayeredGroup {
     }
 }
 
-/// The change from `prev` (this member's previous view) to `members`,
+/// The change from `prev` (this member's previous view) to the view `m`,
 /// decided alike at every member (module documentation).
-fn decide(prev: Option<&[String]>, members: &[String], cause: ViewCause) -> Change {
+fn decide(protocol: Protocol, prev: Option<&[String]>, m: &Membership) -> Change {
+    let (members, cause) = (&m.members, m.cause);
+    if protocol == Protocol::Tgdh && cause == ViewCause::Join && !m.joined.is_empty() {
+        // The daemons name the newcomers (the others held the previous
+        // view): an incremental join, decided alike by the newcomers, who
+        // have no previous view, and the old members.
+        return Change::Join { joined: m.joined_names().map(member_id).collect() };
+    }
     let Some(prev) = prev else { return Change::Merge };
     let all_stayed = members.iter().all(|m| prev.contains(m));
     let left: Vec<u32> = prev.iter().filter(|p| !members.contains(p)).map(|p| member_id(p)).collect();

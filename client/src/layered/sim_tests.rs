@@ -422,7 +422,7 @@ impl Run {
             epoch >> 32,
             epoch & 0xffff_ffff,
             m.cause,
-            decide(eng.prev.as_deref(), &m.members, m.cause),
+            decide(eng.protocol(), eng.prev.as_deref(), m),
             m.members.join(" ")
         );
         self.history.entry((m.group.clone(), me.clone())).or_default().push(h);

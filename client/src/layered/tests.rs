@@ -31,6 +31,9 @@ struct Fake {
     queue: VecDeque<(String, Frame)>,
     counter: u64,
     seed: u64,
+    /// Name the joined members of a join view, as the daemons do (off: as
+    /// daemons before they did).
+    name_joins: bool,
 }
 
 fn name(n: &str) -> String {
@@ -56,6 +59,7 @@ impl Fake {
             queue: VecDeque::new(),
             counter: 0,
             seed: 10,
+            name_joins: true,
         }
     }
 
@@ -75,6 +79,14 @@ impl Fake {
             }
         }
         let view_id = ViewId { ring_seq: 4, ring_rep: 1, counter: self.counter };
+        // As the daemons: a join view names its newcomers when every member
+        // of the previous view stayed.
+        let stayed = self.view.iter().all(|m| members.contains(m));
+        let joined = if cause == ViewCause::Join && stayed && self.name_joins {
+            (0..members.len() as u16).filter(|&i| !self.view.contains(&members[usize::from(i)])).collect()
+        } else {
+            Vec::new()
+        };
         let v = Membership {
             group: GROUP.into(),
             view_id,
@@ -83,6 +95,7 @@ impl Fake {
             members: members.clone(),
             mode: GroupMode::LayeredTgdh,
             key: None,
+            joined,
         };
         self.view = members.clone();
         for m in &members {
@@ -297,24 +310,80 @@ fn forged_and_unknown_signers_are_refused_and_reported() {
 fn the_change_is_decided_alike_at_every_member() {
     let v = |xs: &[&str]| xs.iter().map(|x| name(x)).collect::<Vec<_>>();
     let (ab, abc) = (v(&["a", "b"]), v(&["a", "b", "c"]));
-    assert_eq!(decide(None, &ab, ViewCause::Join), Change::Merge);
-    assert_eq!(decide(Some(&ab), &abc, ViewCause::Join), Change::Merge);
+    let view = |members: &[String], cause, joined: Vec<u16>| Membership {
+        group: GROUP.into(),
+        view_id: ViewId { ring_seq: 1, ring_rep: 0, counter: 1 },
+        kind: ViewKind::Regular,
+        cause,
+        members: members.to_vec(),
+        mode: GroupMode::LayeredTgdh,
+        key: None,
+        joined,
+    };
+    let d = |prev, members: &[String], cause| decide(Protocol::Gdh, prev, &view(members, cause, Vec::new()));
+    assert_eq!(d(None, &ab, ViewCause::Join), Change::Merge);
+    assert_eq!(d(Some(&ab), &abc, ViewCause::Join), Change::Merge);
+    assert_eq!(d(Some(&abc), &ab, ViewCause::Leave), Change::Leave { left: vec![member_id(&name("c"))] });
     assert_eq!(
-        decide(Some(&abc), &ab, ViewCause::Leave),
+        d(Some(&abc), &ab, ViewCause::Disconnect),
         Change::Leave { left: vec![member_id(&name("c"))] }
     );
     assert_eq!(
-        decide(Some(&abc), &ab, ViewCause::Disconnect),
-        Change::Leave { left: vec![member_id(&name("c"))] }
-    );
-    assert_eq!(
-        decide(Some(&abc), &ab, ViewCause::Network),
+        d(Some(&abc), &ab, ViewCause::Network),
         Change::Partition { left: vec![member_id(&name("c"))] }
     );
-    assert_eq!(decide(Some(&ab), &ab, ViewCause::Rekey), Change::Refresh);
+    assert_eq!(d(Some(&ab), &ab, ViewCause::Rekey), Change::Refresh);
     // A leave and a join resolved in one view: from scratch.
-    assert_eq!(decide(Some(&ab), &v(&["a", "c"]), ViewCause::Leave), Change::Merge);
-    assert_eq!(decide(Some(&ab), &abc, ViewCause::Network), Change::Merge);
+    assert_eq!(d(Some(&ab), &v(&["a", "c"]), ViewCause::Leave), Change::Merge);
+    assert_eq!(d(Some(&ab), &abc, ViewCause::Network), Change::Merge);
+    // A join the daemons name (c, position 2): TGDH's incremental join at
+    // the newcomer and the old members alike; the other protocols and an
+    // unnamed join run from scratch.
+    let named = view(&abc, ViewCause::Join, vec![2]);
+    let join = Change::Join { joined: vec![member_id(&name("c"))] };
+    assert_eq!(decide(Protocol::Tgdh, None, &named), join);
+    assert_eq!(decide(Protocol::Tgdh, Some(&ab), &named), join);
+    for p in [Protocol::Gdh, Protocol::Bd, Protocol::Str, Protocol::Ckd] {
+        assert_eq!(decide(p, Some(&ab), &named), Change::Merge, "{p}");
+        assert_eq!(decide(p, None, &named), Change::Merge, "{p}");
+    }
+    assert_eq!(decide(Protocol::Tgdh, Some(&ab), &view(&abc, ViewCause::Join, vec![])), Change::Merge);
+}
+
+/// TGDH's sponsored join through the engine: with the newcomer named by
+/// the daemons, only the speaker (the lowest old member), the newcomer and
+/// the sponsor send, every member agrees one key, and the newcomer cannot
+/// open what was sealed before it joined; without the name the same join
+/// runs in full (every member announces).
+#[test]
+fn a_named_join_in_tgdh_is_sponsored() {
+    let mut sent = Vec::new();
+    for name_joins in [true, false] {
+        let mut f = Fake::new(Protocol::Tgdh, &["a", "b", "c", "d", "e"]);
+        f.name_joins = name_joins;
+        f.view(&["a", "b", "c", "d"], ViewCause::Join);
+        f.run();
+        let mut before = Vec::new();
+        assert!(f.m("b").eng.seal_into(7, b"sealed before e", &mut before).unwrap());
+        let epoch = f.view(&["a", "b", "c", "d", "e"], ViewCause::Join);
+        let mut frames = 0;
+        while let Some((_, fr)) = f.queue.front() {
+            if matches!(fr, Frame::Protocol(_)) {
+                frames += 1;
+            }
+            f.deliver_one();
+        }
+        let key = *f.secure("a").last().unwrap();
+        assert_eq!(key.0, epoch, "{name_joins}");
+        for n in ["b", "c", "d", "e"] {
+            assert_eq!(*f.secure(n).last().unwrap(), key, "{name_joins}: {n} holds the same key");
+            assert!(f.refused(n).is_empty(), "{name_joins} {n}: {:?}", f.refused(n));
+        }
+        assert!(f.m("e").eng.open(&name("b"), 7, &before).is_err(), "backward secrecy");
+        sent.push(frames);
+    }
+    assert!(sent[0] < sent[1], "the sponsored join sends fewer messages: {sent:?}");
+    assert!(sent[0] <= 3, "speaker, newcomer, sponsor: {sent:?}");
 }
 
 #[test]

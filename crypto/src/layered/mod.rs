@@ -151,7 +151,8 @@ impl fmt::Display for Protocol {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
     /// Members joined; `joined` are new to the group and listed last in the
-    /// view. The rest come from the previous view together.
+    /// view (TGDH: anywhere in it). The rest come from the previous view
+    /// together.
     Join {
         /// The members that joined.
         joined: Vec<u32>,
@@ -812,10 +813,20 @@ impl Agreement {
             Change::Join { joined } if joined.contains(&self.me) => Start::Newcomer,
             Change::Join { joined } => {
                 let old = done.members.len();
-                let fits = !joined.is_empty()
-                    && view.members.len() == old + joined.len()
-                    && view.members[..old] == done.members[..]
-                    && view.members[old..] == joined[..];
+                let fits = if self.protocol == Protocol::Tgdh {
+                    // TGDH places members by its tree, not by their order in
+                    // the view: the old members and the joined ones, in any order.
+                    let mut expect: Vec<u32> = done.members.iter().chain(joined).copied().collect();
+                    let mut got = view.members.clone();
+                    expect.sort_unstable();
+                    got.sort_unstable();
+                    !joined.is_empty() && !joined.iter().any(|j| done.members.contains(j)) && expect == got
+                } else {
+                    !joined.is_empty()
+                        && view.members.len() == old + joined.len()
+                        && view.members[..old] == done.members[..]
+                        && view.members[old..] == joined[..]
+                };
                 if fits { Start::Join { old } } else { Start::Full }
             }
             Change::Leave { left } | Change::Partition { left } => {

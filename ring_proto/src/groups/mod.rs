@@ -410,6 +410,12 @@ pub enum ClientEvent {
         /// Keyed modes, regular views: the view's key (a transitional signal
         /// keeps the key of the view in force and carries none).
         key: Option<ViewKey>,
+        /// A regular view caused by joins: the members that joined, the
+        /// others being those of the group's previous view (which they all
+        /// held); empty for any other cause and for transitional signals.
+        /// A newcomer learns from it which members are new (layered
+        /// groups' incremental joins).
+        joined: Arc<[PrivateName]>,
     },
     /// VS group: the view is about to change; send what must be delivered in
     /// the current view, then call [`ClientGroups::flush_ok`].
@@ -1487,6 +1493,7 @@ impl ClientGroups {
                         kind: ConfigKind::Transitional,
                         mode: v.mode,
                         key: None,
+                        joined: Arc::from([]),
                     },
                 ));
             }
@@ -1713,11 +1720,20 @@ impl ClientGroups {
                 kind: ConfigKind::Transitional,
                 mode,
                 key: None,
+                joined: Arc::from([]),
             };
             for c in prev.local.clone() {
                 self.emit(c, signal.clone());
             }
         }
+        let joined: Arc<[PrivateName]> = match (cause, self.views.get(g)) {
+            // Only when every member of the previous view stayed (a leave
+            // resolved in the same flush makes it a plain change).
+            (Cause::Join, Some(prev)) if prev.members.iter().all(|m| members.contains(m)) => {
+                members.iter().filter(|m| !prev.members.contains(m)).cloned().collect()
+            }
+            _ => Arc::from([]),
+        };
         for &c in &local {
             self.emit(
                 c,
@@ -1729,6 +1745,7 @@ impl ClientGroups {
                     kind: ConfigKind::Regular,
                     mode,
                     key: key.clone().map(ViewKey),
+                    joined: joined.clone(),
                 },
             );
         }
@@ -1868,6 +1885,7 @@ impl ClientGroups {
                     kind: ConfigKind::Regular,
                     mode,
                     key: key.clone().map(ViewKey),
+                    joined: Arc::from([]),
                 };
                 self.emit(c, ev);
             }

@@ -765,7 +765,13 @@ impl Server {
                 }
                 return;
             }
-            ClientEvent::Membership { group, view_id, members, cause, kind, mode, key } => {
+            ClientEvent::Membership { group, view_id, members, cause, kind, mode, key, joined } => {
+                // Positions of the joined members in `members` (both ascending).
+                let joined = if mode.layered() {
+                    joined.iter().filter_map(|j| members.binary_search(j).ok()).map(|i| i as u16).collect()
+                } else {
+                    Vec::new()
+                };
                 DaemonFrame::Membership(cp::Membership {
                     group: String::from_utf8_lossy(&group).into_owned(),
                     view_id: cp::ViewId {
@@ -787,6 +793,7 @@ impl Server {
                     members: members.iter().map(ToString::to_string).collect(),
                     mode,
                     key: key.map(|k| (k.id(), k.0.secret().clone())),
+                    joined,
                 })
             }
             ClientEvent::Undecipherable { sender, group, msg_type, key_id, reason } => {

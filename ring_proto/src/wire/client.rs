@@ -421,6 +421,19 @@ pub struct Membership {
     /// Keyed modes, regular views: the view key's id and the key (only
     /// members get it; `Debug` shows no key bytes).
     pub key: Option<(u32, Key32)>,
+    /// Layered modes, a regular view caused by joins: the positions in
+    /// `members` of the members that joined (ascending), every other member
+    /// having held the group's previous view. Empty otherwise (and always
+    /// for the other modes, whose frames do not carry the field): a
+    /// newcomer needs it to take part in an incremental join.
+    pub joined: Vec<u16>,
+}
+
+impl Membership {
+    /// The private names of the members that joined ([`Membership::joined`]).
+    pub fn joined_names(&self) -> impl Iterator<Item = &str> {
+        self.joined.iter().filter_map(|&i| self.members.get(usize::from(i)).map(String::as_str))
+    }
 }
 
 /// Why a message of an `optimized-evs` group could not be opened.
@@ -1272,7 +1285,22 @@ impl Frame for DaemonFrame {
                     }
                     _ => return Err(ClientDecodeError::BadValue("key")),
                 };
-                Self::Membership(Membership { group, view_id, kind, cause, members, mode, key })
+                let mut joined = Vec::new();
+                if mode.layered() {
+                    let count = usize::from(r.u16()?);
+                    if count > members.len() {
+                        return Err(ClientDecodeError::BadValue("joined"));
+                    }
+                    joined.reserve(count);
+                    for _ in 0..count {
+                        let i = r.u16()?;
+                        if usize::from(i) >= members.len() || joined.last().is_some_and(|&l| l >= i) {
+                            return Err(ClientDecodeError::BadValue("joined"));
+                        }
+                        joined.push(i);
+                    }
+                }
+                Self::Membership(Membership { group, view_id, kind, cause, members, mode, key, joined })
             }
             TYPE_FLUSH_REQUEST => {
                 Self::FlushRequest { group: read_group(&mut r)?, view_id: read_view_id(&mut r)? }
@@ -1359,6 +1387,18 @@ impl Frame for DaemonFrame {
                         out.push(1);
                         out.extend_from_slice(&id.to_be_bytes());
                         out.extend_from_slice(key.expose_secret());
+                    }
+                }
+                let ascending = m.joined.windows(2).all(|w| w[0] < w[1]);
+                let inside = m.joined.iter().all(|&i| usize::from(i) < m.members.len());
+                if !ascending || !inside || (!m.mode.layered() && !m.joined.is_empty()) {
+                    return Err(ClientEncodeError::Invalid("joined"));
+                }
+                if m.mode.layered() {
+                    // At most `members.len()` entries, which fit a u16 (checked above).
+                    out.extend_from_slice(&(m.joined.len() as u16).to_be_bytes());
+                    for i in &m.joined {
+                        out.extend_from_slice(&i.to_be_bytes());
                     }
                 }
                 Ok(())

@@ -104,9 +104,10 @@ fn daemon_frame() -> impl Strategy<Value = DaemonFrame> {
             0u8..5,
             proptest::collection::vec(private_name(), 0..20),
             proptest::sample::select(GroupMode::ALL.to_vec()),
-            proptest::option::of((any::<u32>(), any::<[u8; 32]>()))
+            proptest::option::of((any::<u32>(), any::<[u8; 32]>())),
+            any::<u32>()
         )
-            .prop_map(|(group, view_id, transitional, cause, members, mode, key)| {
+            .prop_map(|(group, view_id, transitional, cause, members, mode, key, picks)| {
                 let kind = if transitional { ViewKind::Transitional } else { ViewKind::Regular };
                 let cause = [
                     ViewCause::Join,
@@ -116,7 +117,22 @@ fn daemon_frame() -> impl Strategy<Value = DaemonFrame> {
                     ViewCause::Rekey,
                 ][cause as usize];
                 let key = key.map(|(id, k)| (id, ringfence_crypto::aead::Key32::from_bytes(k)));
-                DaemonFrame::Membership(Membership { group, view_id, kind, cause, members, mode, key })
+                // Layered modes: some members (bits of `picks`) joined.
+                let joined = if mode.layered() {
+                    (0..members.len() as u16).filter(|i| picks >> i & 1 == 1).collect()
+                } else {
+                    Vec::new()
+                };
+                DaemonFrame::Membership(Membership {
+                    group,
+                    view_id,
+                    kind,
+                    cause,
+                    members,
+                    mode,
+                    key,
+                    joined,
+                })
             }),
         (
             private_name(),
@@ -553,6 +569,7 @@ fn encoder_limits_name_the_field_and_leave_the_buffer() {
         members: vec!["#a#d".into(), "#b#d".into()],
         mode: GroupMode::None,
         key: None,
+        joined: Vec::new(),
     });
     assert_eq!(
         members.encode(&mut out, &limits),
@@ -593,6 +610,7 @@ fn decoder_limits_name_the_field() {
         members: vec!["#a#d".into(), "#b#d".into()],
         mode: GroupMode::None,
         key: None,
+        joined: Vec::new(),
     })
     .encode(&mut out, &LIMITS)
     .unwrap();
