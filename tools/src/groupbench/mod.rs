@@ -301,8 +301,12 @@ impl Bench<'_> {
     }
 
     /// Runs `cause`, then waits for `sides`; records the event. The clock
-    /// starts when `cause` returns (a join or leave sent, the iptables
-    /// rules in force or gone). `Ok` if it completed.
+    /// starts when `cause` starts (a join or leave to send, the iptables
+    /// call that puts the rules in force or removes them), and only views
+    /// read after that count: under CPU load an `iptables` call can take
+    /// longer than the daemons need to merge once the rules are gone, so
+    /// starting at its return missed such views (the run waited for a view
+    /// it already had). `Ok` if it completed.
     fn event(
         &mut self,
         (t, event): (Trial, &'static str),
@@ -311,8 +315,8 @@ impl Bench<'_> {
         record: bool,
     ) -> bool {
         let cpu0 = self.cpu();
-        let caused = cause(self);
         let t0 = Instant::now();
+        let caused = cause(self);
         let r = caused.and_then(|()| self.wait(sides, t0));
         let ok = r.is_ok();
         if record || !ok {
