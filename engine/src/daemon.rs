@@ -491,11 +491,13 @@ impl Daemon {
     fn request(&mut self, req: ToRing) {
         let now = self.now();
         match req {
-            ToRing::Connect { id, hello_name, principal, out } => {
+            ToRing::Connect { id, hello_name, version, principal, out } => {
                 let who = principal.policy_name();
                 // Its answer (Welcome, or Refused and a close) goes here.
                 self.clients.insert(id, out);
-                let r = self.server.handle_connect(now, ClientId(id), &hello_name, &who, principal.secure());
+                let secure = principal.secure();
+                let r =
+                    self.server.handle_connect_version(now, ClientId(id), &hello_name, &who, secure, version);
                 if let Ok(name) = r {
                     info!(client = id, name = %name, %principal, policy = %who, "client connected");
                 }

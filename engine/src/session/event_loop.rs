@@ -30,7 +30,9 @@ use crate::config::Clients;
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use mio::{Events, Interest, Poll, Token};
-use ringfence_proto::wire::client::{ByeReason, ClientFrame, DaemonFrame, Frame, Limits, RefuseCode};
+use ringfence_proto::wire::client::{
+    ByeReason, CLIENT_VERSION, ClientFrame, DaemonFrame, Frame, Limits, RefuseCode, negotiate_version,
+};
 use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
@@ -920,7 +922,9 @@ fn handle_frame(
             }
             conn.phase = Phase::Open;
             let out = ClientOut { id: conn.id, outbox: Arc::clone(&siblings.outboxes[siblings.me]) };
-            ring.send(ToRing::Connect { id: conn.id, hello_name: h.client_name, principal, out });
+            // `check_version` let it through: the ranges meet.
+            let version = negotiate_version(h.min_version, h.max_version).unwrap_or(CLIENT_VERSION);
+            ring.send(ToRing::Connect { id: conn.id, hello_name: h.client_name, version, principal, out });
         }
         (Phase::Hello, _) => {
             refuse(conn, ring, RefuseCode::ProtocolViolation, "the first frame must be Hello".into());

@@ -87,8 +87,9 @@ impl Harness {
         let mut c = self.connect();
         c.send(&ClientFrame::Hello(Hello::new(name, Auth::PeerCredentials)));
         match self.request() {
-            ToRing::Connect { id, hello_name, principal, out } => {
+            ToRing::Connect { id, hello_name, version, principal, out } => {
                 assert_eq!(hello_name, name);
+                assert_eq!(version, ringfence_proto::wire::client::CLIENT_VERSION);
                 assert!(
                     matches!(principal, Principal::Local { pid, .. } if pid == std::process::id() as i32)
                 );
@@ -174,6 +175,21 @@ fn connections_are_spread_over_the_session_threads_round_robin() {
     assert_eq!(threads, vec![0, 1, 2, 0, 1, 2]);
     for (c, name) in &mut clients {
         assert_eq!(c.next(), Some(welcome(name)));
+    }
+}
+
+/// The ring hears the version the client's `Hello` negotiated (for its
+/// `Welcome`): a client offering only version 2 gets 2.
+#[test]
+fn the_negotiated_version_reaches_the_ring() {
+    let h = Harness::new(1, RING_QUEUE);
+    let mut c = h.connect();
+    let mut hello = Hello::new("old", Auth::PeerCredentials);
+    hello.max_version = 2;
+    c.send(&ClientFrame::Hello(hello));
+    match h.request() {
+        ToRing::Connect { version, .. } => assert_eq!(version, 2),
+        _ => panic!("expected a Connect"),
     }
 }
 

@@ -182,6 +182,8 @@ pub(crate) enum ToRing {
         id: u64,
         /// The name the client asked for.
         hello_name: String,
+        /// The protocol version both sides speak (`negotiate_version`).
+        version: u8,
         /// Who the client is, authenticated.
         principal: Principal,
         /// Where its frames go.

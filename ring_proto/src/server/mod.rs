@@ -419,6 +419,21 @@ impl Server {
         principal: &str,
         secure: bool,
     ) -> Result<PrivateName, ConnectError> {
+        self.handle_connect_version(now, id, name, principal, secure, CLIENT_VERSION)
+    }
+
+    /// [`Server::handle_connect`] for a client whose `Hello` negotiated
+    /// `version` (`wire::client::negotiate_version`), which its `Welcome`
+    /// states: a client offering only older versions must see one of them.
+    pub fn handle_connect_version(
+        &mut self,
+        now: Time,
+        id: ClientId,
+        name: &str,
+        principal: &str,
+        secure: bool,
+        version: u8,
+    ) -> Result<PrivateName, ConnectError> {
         let admin = self.cfg.admins.iter().any(|p| match p.strip_suffix('*') {
             Some(prefix) => principal.starts_with(prefix),
             None => p == principal,
@@ -440,7 +455,7 @@ impl Server {
             Ok(pn) => {
                 let l = self.cfg.client_limits;
                 let welcome = cp::Welcome {
-                    version: CLIENT_VERSION,
+                    version,
                     daemon_id: self.node.id().0,
                     private_name: pn.to_string(),
                     max_frame_len: l.max_frame_len,

@@ -342,3 +342,21 @@ fn a_destination_list_longer_than_a_frame_is_refused_and_the_ring_goes_on() {
     n.run(30 * MS);
     assert!(n.frames(1, 2).iter().any(|f| matches!(f, DaemonFrame::Message(m) if m.payload == "x")));
 }
+
+/// `Welcome` states the version the client's `Hello` negotiated: a client
+/// offering only version 2 must not be told 3 (it would close the
+/// connection, as the protocol says of a version outside its range).
+#[test]
+fn the_welcome_states_the_negotiated_version() {
+    let mut n = Net::with_ring(1);
+    let now = n.now;
+    n.servers[0].handle_connect_version(now, ClientId(1), "old", "unix:0", true, 2).expect("connects");
+    n.servers[0].handle_connect(now, ClientId(2), "new", "unix:0", true).expect("connects");
+    n.settle();
+    let version = |c| match n.frames(0, c).first() {
+        Some(DaemonFrame::Welcome(w)) => w.version,
+        other => panic!("no welcome: {other:?}"),
+    };
+    assert_eq!(version(1), 2);
+    assert_eq!(version(2), CLIENT_VERSION);
+}
