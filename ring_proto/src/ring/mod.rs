@@ -37,9 +37,10 @@ use store::{Store, Stored};
 /// sent) would otherwise stop delivery for good while the token circulates.
 pub const FAIL_TO_RECEIVE: u32 = 2500;
 
-/// Bytes of the block new packets and tokens are written into and split
-/// off (two allocations per block, none per packet). What the store keeps
-/// of a block (a packet not yet stable) keeps all of it.
+/// Bytes of the block new packets, tokens and reassembled messages are
+/// written into and split off (two allocations per block, none per packet
+/// or message). Whatever keeps a part of a block (a packet not yet stable,
+/// a message not yet delivered) keeps all of it.
 const TX_BLOCK: usize = 256 << 10;
 
 /// Where a datagram goes.
@@ -320,7 +321,8 @@ pub struct Ring {
     transmits: VecDeque<Transmit>,
     deliveries: VecDeque<Delivery>,
     token_buf: Vec<u8>,
-    /// The free end of the block new packets and tokens are built in.
+    /// The free end of the block new packets, tokens and reassembled
+    /// messages are built in.
     tx_block: BytesMut,
     /// The packets of one visit (kept for its allocation).
     visit_packets: Vec<Bytes>,
@@ -1048,7 +1050,13 @@ impl Ring {
                 self.stats.reassembly_errors += 1;
                 return;
             }
-            let mut buf = Vec::with_capacity(total_len);
+            // Carved out of the block (shared): no allocation per message,
+            // and slices of the message cost no allocation either.
+            let mut block = self.take_block(total_len);
+            block.resize(total_len, 0);
+            let mut buf = block.split_to(total_len);
+            self.tx_block = block;
+            buf.clear();
             buf.extend_from_slice(&c.data);
             self.partials.push(Partial {
                 origin,
@@ -1084,7 +1092,7 @@ impl Ring {
             id,
             service: p.service,
             groups: p.groups,
-            payload: Bytes::from(p.buf),
+            payload: p.buf.freeze(),
             ring_id: self.ring_id,
             ring_seq,
         });

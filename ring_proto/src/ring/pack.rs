@@ -114,7 +114,8 @@ pub(crate) struct Partial {
     pub(crate) service: Service,
     pub(crate) groups: Groups,
     pub(crate) total_len: usize,
-    pub(crate) buf: Vec<u8>,
+    /// Room for `total_len` bytes, carved out of the ring's block.
+    pub(crate) buf: bytes::BytesMut,
 }
 
 /// The two send queues: membership control first, then client messages
