@@ -127,8 +127,8 @@ impl Mailbox {
         let d = match e {
             Event::Message(m) => Delivery {
                 service: service_flag(m.service),
-                sender: m.sender,
-                groups: m.groups,
+                sender: m.sender.to_string(),
+                groups: m.groups.to_vec(),
                 mess_type: m.msg_type as i16,
                 body: m.payload.to_vec(),
             },
@@ -333,7 +333,7 @@ mod tests {
         let mut mb = Mailbox::new("#a#d0", true);
         mb.push(Event::Message(ringfence_client::Message {
             sender: "#b#d1".into(),
-            groups: vec!["g".into(), "h".into()],
+            groups: ringfence_client::GroupNames::new(&["g", "h"]).unwrap(),
             service: Service::Safe,
             msg_type: 0xfffe,
             sealed: false,

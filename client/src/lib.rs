@@ -18,7 +18,9 @@
 //!
 //! The wire format is `ringfence_proto::wire::client` (documented in
 //! `docs/client-protocol.md`). This crate does blocking I/O on one stream and
-//! allocates nothing per received message beyond the decoded frame.
+//! allocates nothing per received message in steady state: a
+//! [`Message`]'s sender ([`Name`]), groups ([`GroupNames`]) and payload
+//! are slices of the buffer it was read into.
 //!
 //! **Event loops.** [`Client::receive`] blocks; [`Client::poll`] never does.
 //! The client is [`AsFd`]: register its socket with `poll(2)`, epoll or mio,
@@ -57,7 +59,8 @@ use ringfence_crypto::aead::Nonce;
 pub use ringfence_crypto::group::GroupKey;
 pub use ringfence_proto::wire::Service;
 pub use ringfence_proto::wire::client::{
-    AdminRequest, GroupMode, KeyLoss, Membership, Message, ViewCause, ViewId, ViewKind,
+    AdminRequest, GroupMode, GroupNames, GroupNamesIter, KeyLoss, Membership, Message, Name, ViewCause,
+    ViewId, ViewKind,
 };
 use ringfence_proto::wire::client::{
     Auth, ByeReason, ClientDecodeError, ClientEncodeError, ClientFrame, DaemonFrame, ErrorCode, Frame,
@@ -854,13 +857,12 @@ impl Client {
             let frame = self.next_frame(block)?;
             // A layered group's protocol message is the engine's, not the application's.
             if let Some(DaemonFrame::Message(m)) = &frame {
-                if let [g] = &m.groups[..] {
+                if let Some(g) = m.groups.single() {
                     if !m.sealed && m.msg_type == layered::PROTOCOL_MSG_TYPE && !self.keys.raw {
                         if let Some(l) = self.layered.groups.get_mut(g) {
                             let peers = &self.layered.identity.as_ref().expect("set before joining").peers;
                             l.handle_protocol(&m.sender, &m.payload, peers);
-                            let g = g.clone();
-                            self.drive_layered(&g)?;
+                            self.drive_layered(g)?;
                             continue;
                         }
                     }
@@ -920,58 +922,47 @@ impl Client {
         if self.keys.raw {
             return Event::Message(m);
         }
-        if let [g] = &m.groups[..] {
-            if let Some(l) = self.layered.groups.get(g) {
-                let opened = if m.sealed {
-                    l.open(&m.sender, m.msg_type, &m.payload)
-                } else {
-                    Err("not sealed, in a layered group".into())
-                };
-                return match opened {
-                    Ok(plain) => {
-                        m.payload = plain.into();
-                        m.sealed = false;
-                        Event::Message(m)
-                    }
-                    Err(reason) => Event::Undecipherable {
-                        sender: m.sender,
-                        key_id: ringfence_crypto::group::key_id_of(&m.payload).unwrap_or(0),
-                        group: m.groups.into_iter().next().unwrap_or_default(),
-                        msg_type: m.msg_type,
-                        reason,
-                    },
-                };
-            }
+        let undecipherable = |m: &Message, key_id: u32, reason: String| Event::Undecipherable {
+            sender: m.sender.to_string(),
+            group: m.groups.first().unwrap_or_default().to_string(),
+            msg_type: m.msg_type,
+            key_id,
+            reason,
+        };
+        let single = m.groups.single();
+        if let Some(l) = single.and_then(|g| self.layered.groups.get(g)) {
+            let opened = if m.sealed {
+                l.open(&m.sender, m.msg_type, &m.payload)
+            } else {
+                Err("not sealed, in a layered group".into())
+            };
+            return match opened {
+                Ok(plain) => {
+                    m.payload = plain.into();
+                    m.sealed = false;
+                    Event::Message(m)
+                }
+                Err(reason) => {
+                    undecipherable(&m, ringfence_crypto::group::key_id_of(&m.payload).unwrap_or(0), reason)
+                }
+            };
         }
+        let keys = single.and_then(|g| self.keys.groups.get(g));
         if !m.sealed {
             // Every message of a keyed group comes sealed; one that does not
             // was not made by the daemons' rules: never hand it over as if
             // it had been protected.
-            let keyed = match &m.groups[..] {
-                [g] => self.keys.groups.get(g).is_some_and(|k| k.mode.keyed()),
-                _ => false,
-            };
-            if !keyed {
+            if !keys.is_some_and(|k| k.mode.keyed()) {
                 return Event::Message(m);
             }
-            return Event::Undecipherable {
-                sender: m.sender,
-                group: m.groups.into_iter().next().unwrap_or_default(),
-                msg_type: m.msg_type,
-                key_id: 0,
-                reason: "not sealed, in a keyed group".into(),
-            };
+            return undecipherable(&m, 0, "not sealed, in a keyed group".into());
         }
         let key_id = ringfence_crypto::group::key_id_of(&m.payload).unwrap_or(0);
-        let held = match &m.groups[..] {
-            [g] => self.keys.groups.get(g).and_then(|k| k.key.as_ref()),
-            _ => None,
-        };
-        let opened = match held {
-            None => Err("this client holds no key of the group".to_string()),
-            Some(k) => k
-                .open(m.groups[0].as_bytes(), m.sender.as_bytes(), m.msg_type, &m.payload)
-                .map_err(|e| e.to_string()),
+        let opened = match (single, keys.and_then(|k| k.key.as_ref())) {
+            (Some(g), Some(k)) => {
+                k.open(g.as_bytes(), m.sender.as_bytes(), m.msg_type, &m.payload).map_err(|e| e.to_string())
+            }
+            _ => Err("this client holds no key of the group".to_string()),
         };
         match opened {
             Ok(plain) => {
@@ -979,13 +970,7 @@ impl Client {
                 m.sealed = false;
                 Event::Message(m)
             }
-            Err(reason) => Event::Undecipherable {
-                sender: m.sender,
-                group: m.groups.into_iter().next().unwrap_or_default(),
-                msg_type: m.msg_type,
-                key_id,
-                reason,
-            },
+            Err(reason) => undecipherable(&m, key_id, reason),
         }
     }
 

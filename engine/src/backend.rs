@@ -17,6 +17,7 @@
 //! `sockets[0]`.
 
 use crate::config::BackendChoice;
+use bytes::Bytes;
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::socket::{MsgFlags, SockaddrStorage, recvmsg};
@@ -41,7 +42,9 @@ pub(crate) trait Backend: std::fmt::Debug {
     /// early with none.
     fn wait(&mut self, timeout: Duration, on_datagram: &mut dyn FnMut(SocketAddr, &[u8])) -> io::Result<()>;
     /// Sends, or queues until `flush_sends`, one datagram from `sockets[0]`.
-    fn send(&mut self, to: SocketAddr, bytes: &[u8]);
+    /// A queued send holds a reference to `bytes`, not a copy: the same
+    /// datagram to every peer is one buffer.
+    fn send(&mut self, to: SocketAddr, bytes: &Bytes);
     /// Hands every queued send to the kernel (one submission on io_uring).
     fn flush_sends(&mut self) -> io::Result<()>;
     /// `(sent, send_errors)` so far.
@@ -206,7 +209,7 @@ impl Backend for Portable {
         Ok(())
     }
 
-    fn send(&mut self, to: SocketAddr, bytes: &[u8]) {
+    fn send(&mut self, to: SocketAddr, bytes: &Bytes) {
         match self.sockets[0].send_to(bytes, to) {
             Ok(_) => self.sent += 1,
             Err(_) => self.send_errors += 1,
@@ -269,7 +272,7 @@ pub(crate) mod tests {
         c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
 
         // Sends stay on sockets[0].
-        u.send(c_addr, b"hello");
+        u.send(c_addr, &Bytes::from_static(b"hello"));
         u.flush_sends().unwrap();
         let mut buf = [0u8; 64];
         let (n, from) = c.recv_from(&mut buf).unwrap();
@@ -346,7 +349,7 @@ pub(crate) mod tests {
         let mut u = open(vec![a, m]);
 
         // Our own send to the group loops back; another sender's arrives.
-        u.send(to, b"from a");
+        u.send(to, &Bytes::from_static(b"from a"));
         u.flush_sends().unwrap();
         c.send_to(b"from c", to).unwrap();
         let mut got = collect(&mut *u, 2);

@@ -1,8 +1,9 @@
 //! The io_uring backend of the ring thread.
 //!
-//! - **Sends.** `send` copies the datagram into a boxed slot (message header,
-//!   iovec, address, bytes) and puts a `SendMsg` entry on the submission
-//!   queue; `flush_sends` submits every entry of one flush with one
+//! - **Sends.** `send` takes a reference to the datagram (no copy: the
+//!   same datagram to every peer is one buffer) into a boxed slot (message
+//!   header, iovec, address, bytes) and puts a `SendMsg` entry on the
+//!   submission queue; `flush_sends` submits every entry of one flush with one
 //!   `io_uring_enter`. A slot returns to the free list only when its
 //!   completion is reaped, so the kernel never sees freed or reused memory.
 //! - **Receives.** One multishot `RecvMsg` per socket, all into one
@@ -23,6 +24,7 @@
 #![allow(unsafe_code)]
 
 use crate::backend::Backend;
+use bytes::Bytes;
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
 use socket2::SockAddr;
 use std::alloc::Layout;
@@ -88,7 +90,9 @@ struct SendOp {
     msg: libc::msghdr,
     iov: libc::iovec,
     addr: SockAddr,
-    bytes: Vec<u8>,
+    /// The datagram, shared (never written: the kernel only reads it, and
+    /// a `Bytes` never moves its memory). Dropped when the send completes.
+    bytes: Bytes,
 }
 
 /// The ring thread's eventfd (`Backend::set_waker`): one `Read` of its
@@ -516,12 +520,17 @@ impl Uring {
     /// Takes every completion: send slots go back to the free list, receive
     /// completions wait in `ready` for the next `wait`.
     fn reap(&mut self) {
-        let Self { ring, free_sends, sends_in_flight, ready, sent, send_errors, wake, .. } = self;
+        let Self { ring, sends, free_sends, sends_in_flight, ready, sent, send_errors, wake, .. } = self;
         for cqe in ring.completion() {
             let user_data = cqe.user_data();
             match user_data >> KIND_SHIFT {
                 K_SEND => {
-                    free_sends.push(index_of(user_data));
+                    let i = index_of(user_data);
+                    // The kernel is done with it: let the buffer go.
+                    if let Some(op) = sends.get_mut(i) {
+                        op.bytes = Bytes::new();
+                    }
+                    free_sends.push(i);
                     *sends_in_flight -= 1;
                     if cqe.result() < 0 {
                         *send_errors += 1;
@@ -673,7 +682,7 @@ impl Backend for Uring {
         if self.ring.submission().is_empty() { Ok(()) } else { self.submit() }
     }
 
-    fn send(&mut self, to: SocketAddr, bytes: &[u8]) {
+    fn send(&mut self, to: SocketAddr, bytes: &Bytes) {
         let index = loop {
             if let Some(i) = self.free_sends.pop() {
                 break i;
@@ -683,7 +692,7 @@ impl Backend for Uring {
                     msg: empty_msghdr(),
                     iov: libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 },
                     addr: SockAddr::from(to),
-                    bytes: Vec::new(),
+                    bytes: Bytes::new(),
                 }));
                 break self.sends.len() - 1;
             }
@@ -695,10 +704,10 @@ impl Backend for Uring {
             self.reap();
         };
         let op = &mut *self.sends[index];
-        op.bytes.clear();
-        op.bytes.extend_from_slice(bytes);
+        op.bytes = bytes.clone();
         op.addr = SockAddr::from(to);
-        op.iov = libc::iovec { iov_base: op.bytes.as_mut_ptr().cast(), iov_len: op.bytes.len() };
+        // The kernel only reads through this pointer (a send).
+        op.iov = libc::iovec { iov_base: op.bytes.as_ptr().cast_mut().cast(), iov_len: op.bytes.len() };
         op.msg = empty_msghdr();
         op.msg.msg_name = op.addr.as_ptr().cast_mut().cast();
         op.msg.msg_namelen = op.addr.len();
@@ -711,12 +720,14 @@ impl Backend for Uring {
         // SAFETY: the slot is boxed in `self.sends` (its address does not
         // change when the vector grows) and it is neither on the free list
         // nor written again until its completion is reaped in `reap`; the
-        // header, iovec, address and bytes it points to are all inside it
-        // or owned by it. `Uring::drop` waits for in-flight sends (or
+        // header, iovec and address it points to are inside it, and the
+        // bytes are held by its `Bytes` (shared memory that does not move
+        // and is freed only once every holder dropped it). `Uring::drop` waits for in-flight sends (or
         // leaks the slots).
         if unsafe { self.push(&sqe) }.is_err() {
             // Not queued: nothing refers to the slot.
             self.sends_in_flight -= 1;
+            self.sends[index].bytes = Bytes::new();
             self.free_sends.push(index);
             self.send_errors += 1;
         }
@@ -845,7 +856,7 @@ mod tests {
 
         // Sends of one flush: all arrive, in order (loopback keeps it).
         for i in 0..100u32 {
-            u.send(b_addr, &i.to_be_bytes());
+            u.send(b_addr, &Bytes::copy_from_slice(&i.to_be_bytes()));
         }
         u.flush_sends().unwrap();
         let mut buf = [0u8; 64];

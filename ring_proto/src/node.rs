@@ -28,8 +28,8 @@ use crate::ring::{
 use crate::security::link::Received;
 use crate::security::{Agreement, KeyId, Link, LinkMode, Reject, SecurityConfig, SecurityStats};
 use crate::wire::{
-    Beacon, CommitToken, Datagram, ENTRY_EMPTY, ENTRY_FRESH, Groups, Join, MsgId, NodeId, OldRing, RingId,
-    Service,
+    Beacon, CommitToken, DataPacket, Datagram, ENTRY_EMPTY, ENTRY_FRESH, Groups, Join, KIND_DATA, MsgId,
+    NodeId, OldRing, RingId, Service, peek_kind,
 };
 use bytes::{Bytes, BytesMut};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -1356,7 +1356,16 @@ impl Node {
     /// Acts on one protocol datagram (what the link layer let through;
     /// `from`: the sender its header names, `None` without a link layer).
     fn handle_plain(&mut self, now: Time, from: Option<NodeId>, bytes: Bytes) {
-        match Datagram::decode(bytes.clone()) {
+        // A data packet's chunks go into a vector recycled from the
+        // current ring's collected packets: no allocation per packet.
+        let decoded = match peek_kind(&bytes) {
+            Ok(KIND_DATA) => {
+                let spare = self.ring.as_mut().map(Ring::spare_chunks).unwrap_or_default();
+                DataPacket::decode_into(bytes.clone(), spare).map(Datagram::Data)
+            }
+            _ => Datagram::decode(bytes.clone()),
+        };
+        match decoded {
             Ok(Datagram::Data(p)) => {
                 if let Some(n) = self.next.as_mut().filter(|n| n.ring_id() == p.ring_id) {
                     n.handle_packet(bytes, p);
@@ -2146,7 +2155,7 @@ fn seal_recovered(sec: &mut Sec, old_ring: RingId, raw: &[u8]) -> Bytes {
 
 /// Whether a data packet holds a chunk of a client message.
 fn carries_client_data(raw: &[u8]) -> bool {
-    crate::wire::DataPacket::decode(Bytes::copy_from_slice(raw))
+    DataPacket::decode(Bytes::copy_from_slice(raw))
         .map_or(true, |p| p.chunks.iter().any(|c| !c.service.is_control()))
 }
 

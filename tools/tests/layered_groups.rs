@@ -88,7 +88,7 @@ impl Member {
         self.events[from..]
             .iter()
             .filter_map(|e| match e {
-                Event::Message(m) if m.groups == [group] => Some((m.sender.clone(), m.payload.to_vec())),
+                Event::Message(m) if m.groups == [group] => Some((m.sender.to_string(), m.payload.to_vec())),
                 _ => None,
             })
             .collect()

@@ -433,13 +433,12 @@ impl Run {
     }
 
     fn message(&mut self, i: usize, m: Message) {
-        let [g] = &m.groups[..] else { return };
+        let Some(g) = m.groups.single() else { return };
         let me = self.clients[i].name.clone();
         let Some(eng) = self.clients[i].groups.get_mut(g) else { return };
         if !m.sealed && m.msg_type == PROTOCOL_MSG_TYPE {
             eng.handle_protocol(&m.sender, &m.payload, &self.peers);
-            let g = g.clone();
-            return self.drive(i, &g);
+            return self.drive(i, g);
         }
         if !m.sealed {
             return self.violation(format!("{me} got an unsealed application message in {g}"));
@@ -458,9 +457,9 @@ impl Run {
                         "{me} got msg {no} in view {epoch} of {g} sealed under another view's key"
                     ));
                 }
-                self.opened.entry((g.clone(), epoch, me)).or_default().insert(no);
+                self.opened.entry((g.to_string(), epoch, me)).or_default().insert(no);
                 if self.checked.insert(no) {
-                    for d in self.departed.iter().filter(|d| d.group == *g && d.last < epoch) {
+                    for d in self.departed.iter().filter(|d| d.group == g && d.last < epoch) {
                         self.fig.departed_checks += 1;
                         if d.eng.open(&m.sender, m.msg_type, &m.payload).is_ok() {
                             let who = d.eng.me_name.clone();

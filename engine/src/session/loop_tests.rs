@@ -5,7 +5,8 @@
 use super::*;
 use crossbeam_channel::RecvTimeoutError;
 use ringfence_proto::wire::client::{
-    Auth, ByeReason, ClientFrame, DaemonFrame, Frame, FrameDecoder, Limits, Message, RefuseCode, Welcome,
+    Auth, ByeReason, ClientFrame, DaemonFrame, Frame, FrameDecoder, GroupNames, Limits, Message, RefuseCode,
+    Welcome,
 };
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -200,7 +201,7 @@ fn one_buffer_reaches_every_client_on_every_thread() {
     let msg = DaemonFrame::Message(Message {
         sealed: false,
         sender: "#c0#1".into(),
-        groups: vec!["g".into()],
+        groups: GroupNames::new(&["g"]).unwrap(),
         service: ringfence_proto::Service::Agreed,
         msg_type: 3,
         payload: Bytes::from_static(b"to everyone"),
@@ -247,7 +248,7 @@ fn a_slow_reader_gets_bye_slow_consumer_and_the_ring_hears_gone() {
     let frame = encode(&DaemonFrame::Message(Message {
         sealed: false,
         sender: "#x#1".into(),
-        groups: vec!["g".into()],
+        groups: GroupNames::new(&["g"]).unwrap(),
         service: ringfence_proto::Service::Agreed,
         msg_type: 0,
         payload: Bytes::from(vec![7u8; 64 * 1024]),

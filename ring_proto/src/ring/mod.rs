@@ -20,10 +20,10 @@ pub use config::{Config, ConfigError, IP_HEADER, SECURITY_OVERHEAD, UDP_HEADER};
 
 use crate::Time;
 use crate::wire::{
-    ChunkFlags, DataPacket, Groups, MsgId, NodeId, PacketBuilder, RingId, RtrRange, Service, Token,
+    Chunk, ChunkFlags, DataPacket, Groups, MsgId, NodeId, PacketBuilder, RingId, RtrRange, Service, Token,
     TokenRequest,
 };
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use pack::Partial;
 pub(crate) use pack::{Outboxes, Pending};
 use std::collections::VecDeque;
@@ -36,6 +36,12 @@ use store::{Store, Stored};
 /// sender that crashed with it, or a token that claimed packets never
 /// sent) would otherwise stop delivery for good while the token circulates.
 pub const FAIL_TO_RECEIVE: u32 = 2500;
+
+/// Bytes of the block new packets, tokens and reassembled messages are
+/// written into and split off (two allocations per block, none per packet
+/// or message). Whatever keeps a part of a block (a packet not yet stable,
+/// a message not yet delivered) keeps all of it.
+const TX_BLOCK: usize = 256 << 10;
 
 /// Where a datagram goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -315,6 +321,11 @@ pub struct Ring {
     transmits: VecDeque<Transmit>,
     deliveries: VecDeque<Delivery>,
     token_buf: Vec<u8>,
+    /// The free end of the block new packets, tokens and reassembled
+    /// messages are built in.
+    tx_block: BytesMut,
+    /// The packets of one visit (kept for its allocation).
+    visit_packets: Vec<Bytes>,
     stats: Stats,
 }
 
@@ -374,6 +385,8 @@ impl Ring {
             transmits: VecDeque::new(),
             deliveries: VecDeque::new(),
             token_buf: Vec::new(),
+            tx_block: BytesMut::new(),
+            visit_packets: Vec::new(),
             stats: Stats::default(),
         };
         if start_token {
@@ -740,22 +753,30 @@ impl Ring {
             .min(frames_wanted)
             .min(u32::try_from(store_room).unwrap_or(u32::MAX));
 
-        // 3. New packets, numbered after the token's seq.
-        let mut new_packets: Vec<Bytes> = Vec::with_capacity(allowed as usize);
+        // 3. New packets, numbered after the token's seq: built in the
+        //    block, their chunks kept as the packing made them (a packet of
+        //    our own is never decoded).
+        let mut new_packets = std::mem::take(&mut self.visit_packets);
+        new_packets.clear();
         for _ in 0..allowed {
             if out.is_empty() {
                 break;
             }
             let seq = token.seq + 1;
-            let mut b = PacketBuilder::new(self.ring_id, seq, self.id, self.cfg.frame_budget());
-            out.fill(&mut b, self.cfg.packing);
+            let budget = self.cfg.frame_budget();
+            let block = self.take_block(budget);
+            let mut b = PacketBuilder::in_block(block, self.ring_id, seq, self.id, budget);
+            let mut chunks = self.store.spare_chunks();
+            out.fill(&mut b, self.cfg.packing, &mut chunks);
             if b.count() == 0 {
+                self.tx_block = b.into_block();
+                self.store.recycle(chunks);
                 break;
             }
-            let raw = b.finish();
-            let Ok(packet) = DataPacket::decode(raw.clone()) else {
-                unreachable!("a packet this node built must decode");
-            };
+            let (raw, block) = b.finish_in_block();
+            self.tx_block = block;
+            let packet = DataPacket { ring_id: self.ring_id, seq, sender: self.id, chunks };
+            debug_assert_eq!(DataPacket::decode(raw.clone()).as_ref(), Ok(&packet), "kept chunks differ");
             // A number is never used twice: if the slot is taken the token
             // is not the one this ring started (a protocol bug), so stop.
             if !self.store.insert(seq, Stored { raw: raw.clone(), packet }) {
@@ -807,6 +828,9 @@ impl Ring {
             && token.backlog == 0
             && out.is_empty();
         if alone {
+            // Nobody to send to: the packets are only stored.
+            new_packets.clear();
+            self.visit_packets = new_packets;
             let deadline = if out.is_empty() { None } else { Some(now) };
             self.held = Some(Held { token, deadline });
             return;
@@ -824,6 +848,7 @@ impl Ring {
             let hold = self.cfg.token_hold.saturating_mul(1 << self.idle_holds.min(16)).min(cap);
             self.idle_holds = self.idle_holds.saturating_add(1);
             self.held = Some(Held { token, deadline: Some(now + hold) });
+            self.visit_packets = new_packets;
             return;
         }
         let tail = if self.cfg.accelerated {
@@ -832,23 +857,41 @@ impl Ring {
             0
         };
         let split = new_packets.len() - tail;
-        let mut packets = new_packets.into_iter();
-        for raw in packets.by_ref().take(split) {
+        for raw in new_packets.drain(..split) {
             self.emit(Dest::All, raw);
         }
         token.token_seq = self.last_token_seq.max(token.token_seq).saturating_add(1);
         self.last_token_seq = token.token_seq;
         token.encode_into(&mut self.token_buf);
-        let bytes = Bytes::copy_from_slice(&self.token_buf);
+        let mut block = self.take_block(self.token_buf.len());
+        block.extend_from_slice(&self.token_buf);
+        let bytes = block.split().freeze();
+        self.tx_block = block;
         self.sent_token = Some(SentToken {
             bytes: bytes.clone(),
             seq: token.seq,
             deadline: now + self.cfg.token_retransmit,
         });
         self.emit(Dest::Node(self.successor), bytes);
-        for raw in packets {
+        for raw in new_packets.drain(..) {
             self.emit(Dest::All, raw);
         }
+        self.visit_packets = new_packets;
+    }
+
+    /// The block to build in, with room for `len` bytes: the current one,
+    /// or a new one when it is short.
+    fn take_block(&mut self, len: usize) -> BytesMut {
+        if self.tx_block.capacity() < len {
+            self.tx_block = BytesMut::with_capacity(TX_BLOCK.max(len));
+        }
+        std::mem::take(&mut self.tx_block)
+    }
+
+    /// An empty chunk vector for a received packet (recycled from the
+    /// store's collected packets when one is spare).
+    pub(crate) fn spare_chunks(&mut self) -> Vec<Chunk> {
+        self.store.spare_chunks()
     }
 
     /// Counts token visits that find our aru stuck below what others sent.
@@ -960,13 +1003,16 @@ impl Ring {
             };
             let packet_len = stored.packet.chunks.len();
             while self.deliver_chunk < packet_len {
-                let Some(stored) = self.store.get(seq) else { unreachable!() };
-                let c = &stored.packet.chunks[self.deliver_chunk];
+                let Some(stored) = self.store.get_mut(seq) else { unreachable!() };
+                let origin = stored.packet.sender;
+                let c = &mut stored.packet.chunks[self.deliver_chunk];
                 if c.flags.last && c.service == Service::Safe && seq > self.stable {
                     return;
                 }
-                let origin = stored.packet.sender;
-                let c = c.clone();
+                // A chunk is delivered once: its slices move out (the
+                // packet stays whole in `raw` for retransmission).
+                let c =
+                    Chunk { groups: std::mem::take(&mut c.groups), data: std::mem::take(&mut c.data), ..*c };
                 self.deliver_chunk += 1;
                 self.take_chunk(origin, seq, c);
             }
@@ -1004,7 +1050,13 @@ impl Ring {
                 self.stats.reassembly_errors += 1;
                 return;
             }
-            let mut buf = Vec::with_capacity(total_len);
+            // Carved out of the block (shared): no allocation per message,
+            // and slices of the message cost no allocation either.
+            let mut block = self.take_block(total_len);
+            block.resize(total_len, 0);
+            let mut buf = block.split_to(total_len);
+            self.tx_block = block;
+            buf.clear();
             buf.extend_from_slice(&c.data);
             self.partials.push(Partial {
                 origin,
@@ -1040,7 +1092,7 @@ impl Ring {
             id,
             service: p.service,
             groups: p.groups,
-            payload: Bytes::from(p.buf),
+            payload: p.buf.freeze(),
             ring_id: self.ring_id,
             ring_seq,
         });

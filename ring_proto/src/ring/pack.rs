@@ -1,6 +1,6 @@
 //! Packing client messages into frames, and reassembling fragments.
 
-use crate::wire::{ChunkFlags, Groups, NodeId, PacketBuilder, Service};
+use crate::wire::{Chunk, ChunkFlags, Groups, NodeId, PacketBuilder, Service};
 use bytes::Bytes;
 use std::collections::VecDeque;
 
@@ -58,9 +58,10 @@ impl Outbox {
         u32::try_from(est).unwrap_or(u32::MAX)
     }
 
-    /// Fills `b` from the front of the queue; returns the number of payload
-    /// bytes packed.
-    pub(crate) fn fill(&mut self, b: &mut PacketBuilder, packing: bool) -> usize {
+    /// Fills `b` from the front of the queue, adding to `chunks` what the
+    /// packet will decode to (slices of the payloads, not of the packet);
+    /// returns the number of payload bytes packed.
+    pub(crate) fn fill(&mut self, b: &mut PacketBuilder, packing: bool, chunks: &mut Vec<Chunk>) -> usize {
         let mut packed = 0;
         while let Some(m) = self.queue.front_mut() {
             let first = m.sent == 0;
@@ -68,7 +69,10 @@ impl Outbox {
             let whole = ChunkFlags { first, last: true };
             let whole_len = PacketBuilder::chunk_header_len(whole, &m.groups) + rest;
             if rest <= u16::MAX as usize && whole_len <= b.remaining() {
-                b.push(m.msg_seq, m.service, whole, m.payload.len() as u32, &m.groups, &m.payload[m.sent..]);
+                let total = m.payload.len() as u32;
+                b.push(m.msg_seq, m.service, whole, total, &m.groups, &m.payload[m.sent..]);
+                let data = m.payload.slice(m.sent..);
+                chunks.push(Chunk::as_pushed(m.msg_seq, m.service, whole, total, &m.groups, data));
                 packed += rest;
                 self.bytes -= rest;
                 self.queue.pop_front();
@@ -90,14 +94,9 @@ impl Outbox {
             if room == 0 {
                 break;
             }
-            b.push(
-                m.msg_seq,
-                m.service,
-                part,
-                m.payload.len() as u32,
-                &m.groups,
-                &m.payload[m.sent..m.sent + room],
-            );
+            let (total, data) = (m.payload.len() as u32, m.payload.slice(m.sent..m.sent + room));
+            b.push(m.msg_seq, m.service, part, total, &m.groups, &data);
+            chunks.push(Chunk::as_pushed(m.msg_seq, m.service, part, total, &m.groups, data));
             m.sent += room;
             packed += room;
             self.bytes -= room;
@@ -115,7 +114,8 @@ pub(crate) struct Partial {
     pub(crate) service: Service,
     pub(crate) groups: Groups,
     pub(crate) total_len: usize,
-    pub(crate) buf: Vec<u8>,
+    /// Room for `total_len` bytes, carved out of the ring's block.
+    pub(crate) buf: bytes::BytesMut,
 }
 
 /// The two send queues: membership control first, then client messages
@@ -140,10 +140,10 @@ impl Outboxes {
 
     /// Fills a packet: control messages first; client messages only after
     /// every control message is out.
-    pub(crate) fn fill(&mut self, b: &mut PacketBuilder, packing: bool) -> usize {
-        let mut n = self.ctl.fill(b, packing);
+    pub(crate) fn fill(&mut self, b: &mut PacketBuilder, packing: bool, chunks: &mut Vec<Chunk>) -> usize {
+        let mut n = self.ctl.fill(b, packing, chunks);
         if self.ctl.is_empty() && self.user_allowed && (packing || b.count() == 0) {
-            n += self.user.fill(b, packing);
+            n += self.user.fill(b, packing, chunks);
         }
         n
     }

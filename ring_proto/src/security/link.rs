@@ -60,6 +60,9 @@ const KEY_ID: usize = 21;
 const KEYS_KEPT: usize = 4;
 /// Width of the replay window, in counters.
 const WINDOW: u64 = 1024;
+/// Bytes of the block [`Link::seal`] writes datagrams into and splits them
+/// off (two allocations per block, none per datagram).
+const TX_BLOCK: usize = 256 << 10;
 
 /// Identifies a link key on the wire: the first 8 bytes of an HMAC of it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -184,6 +187,8 @@ pub struct Link {
     blob_counter: u64,
     signed_windows: HashMap<NodeId, Window>,
     scratch: Vec<u8>,
+    /// The free end of the block sealed datagrams are split off.
+    tx_block: BytesMut,
 }
 
 impl std::fmt::Debug for Link {
@@ -222,6 +227,7 @@ impl Link {
             blob_counter: u64::from(incarnation) << 32,
             signed_windows: HashMap::new(),
             scratch: Vec::new(),
+            tx_block: BytesMut::new(),
         }
     }
 
@@ -281,14 +287,14 @@ impl Link {
         Some(Bytes::copy_from_slice(&buf[16..16 + n]))
     }
 
-    fn header(&self, out: &mut Vec<u8>, kind: u8, to: NodeId, counter: u64, key: KeyId) {
+    fn header(&self, out: &mut BytesMut, kind: u8, to: NodeId, counter: u64, key: KeyId) {
         write_header(out, kind, &self.digest, self.me, to, counter, key);
     }
 }
 
 /// Writes the outer header (see the module docs).
 fn write_header(
-    out: &mut Vec<u8>,
+    out: &mut BytesMut,
     kind: u8,
     digest: &[u8; 8],
     me: NodeId,
@@ -296,7 +302,7 @@ fn write_header(
     counter: u64,
     key: KeyId,
 ) {
-    out.push(kind);
+    out.extend_from_slice(&[kind]);
     out.extend_from_slice(digest);
     out.extend_from_slice(&me.0.to_be_bytes());
     out.extend_from_slice(&to.0.to_be_bytes());
@@ -308,6 +314,9 @@ impl Link {
     /// Wraps an outgoing protocol datagram for daemon `to` (`None`: for
     /// every daemon): sealed with the link key if `keyed` (it is for the
     /// members of the keyed ring only) and there is one, else signed.
+    ///
+    /// The result is split off a block the link keeps: no allocation per
+    /// datagram (see [`Link::seal_into`]).
     pub fn seal(
         &mut self,
         datagram: &[u8],
@@ -315,12 +324,37 @@ impl Link {
         keyed: bool,
         stats: &mut SecurityStats,
     ) -> Bytes {
+        let need = OVERHEAD + datagram.len();
+        let mut block = std::mem::take(&mut self.tx_block);
+        if block.capacity() < need {
+            block = BytesMut::with_capacity(TX_BLOCK.max(need));
+        }
+        self.seal_into(datagram, to, keyed, stats, &mut block);
+        let sealed = block.split().freeze();
+        self.tx_block = block;
+        sealed
+    }
+
+    /// As [`Link::seal`], appending the wrapped datagram to `out`, a
+    /// buffer the caller lends (the datagram is copied once, then sealed
+    /// in place; the caller keeps its plain datagram, e.g. for
+    /// retransmission). `out` grows if its free room is short of the
+    /// datagram and [`OVERHEAD`].
+    pub fn seal_into(
+        &mut self,
+        datagram: &[u8],
+        to: Option<NodeId>,
+        keyed: bool,
+        stats: &mut SecurityStats,
+        out: &mut BytesMut,
+    ) {
         let to = to.unwrap_or(NodeId::NONE);
-        let mut out = Vec::with_capacity(OVERHEAD + datagram.len());
+        let start = out.len();
+        out.reserve(OVERHEAD + datagram.len());
         if self.mode == LinkMode::None {
-            self.header(&mut out, PLAIN, to, 0, KeyId([0; 8]));
+            self.header(out, PLAIN, to, 0, KeyId([0; 8]));
             out.extend_from_slice(datagram);
-            return Bytes::from(out);
+            return;
         }
         let (digest, me, mode) = (self.digest, self.me, self.mode);
         if let Some(id) = self.send.filter(|_| keyed) {
@@ -329,31 +363,32 @@ impl Link {
                 key.counter += 1;
                 let nonce = Nonce::new(u32::from(me.0), counter);
                 let kind = if mode == LinkMode::Encrypt { SEALED } else { AUTHENTICATED };
-                write_header(&mut out, kind, &digest, me, to, counter, id);
+                write_header(out, kind, &digest, me, to, counter, id);
                 out.extend_from_slice(datagram);
-                let sealed = if kind == SEALED {
-                    key.aead.seal_frame(&nonce, &mut out, HEADER)
+                let tag = if kind == SEALED {
+                    let (header, body) = out[start..].split_at_mut(HEADER);
+                    key.aead.seal_detached(&nonce, header, body)
                 } else {
                     // Everything is associated data; nothing is encrypted.
-                    key.aead.seal_detached(&nonce, &out, &mut []).map(|tag| out.extend_from_slice(&tag))
+                    key.aead.seal_detached(&nonce, &out[start..], &mut [])
                 };
-                if sealed.is_ok() {
+                if let Ok(tag) = tag {
+                    out.extend_from_slice(&tag);
                     stats.sealed += 1;
-                    return Bytes::from(out);
+                    return;
                 }
-                out.clear();
+                out.truncate(start);
             }
         }
         let counter = self.signed_counter;
         self.signed_counter += 1;
-        self.header(&mut out, SIGNED, to, counter, KeyId([0; 8]));
+        self.header(out, SIGNED, to, counter, KeyId([0; 8]));
         out.extend_from_slice(datagram);
         if let Some(identity) = &self.identity {
-            let sig = identity.sign(&out);
+            let sig = identity.sign(&out[start..]);
             out.extend_from_slice(&sig);
         }
         stats.signed += 1;
-        Bytes::from(out)
     }
 
     /// Unwraps an incoming datagram: its sender, the protocol datagram and

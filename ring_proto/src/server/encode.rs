@@ -168,7 +168,7 @@ fn message_len(sender: &str, groups: &Groups, payload: usize) -> usize {
 mod tests {
     use super::*;
     use crate::NodeId;
-    use crate::wire::client::{FrameDecoder, Message};
+    use crate::wire::client::{FrameDecoder, GroupNames, Message};
 
     fn name(n: &str) -> PrivateName {
         PrivateName { daemon: NodeId(1), name: Bytes::copy_from_slice(n.as_bytes()) }
@@ -190,8 +190,8 @@ mod tests {
         let b = e.message(&name("x"), &groups, Service::Agreed, 7, false, &payload).unwrap();
         let want = DaemonFrame::Message(Message {
             sealed: false,
-            sender: name("x").to_string(),
-            groups: vec!["a".into(), "b".into()],
+            sender: name("x").to_string().into(),
+            groups: GroupNames::new(&["a", "b"]).unwrap(),
             service: Service::Agreed,
             msg_type: 7,
             payload,

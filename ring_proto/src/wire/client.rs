@@ -351,12 +351,15 @@ pub struct Multicast {
 }
 
 /// A message delivered to a client.
+///
+/// When decoded, the sender, the groups and the payload are all slices of
+/// the received frame: receiving a message allocates nothing.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Message {
     /// The sender's private name.
-    pub sender: String,
+    pub sender: Name,
     /// The destination groups the sender named, 1..=[`Limits::max_groups`].
-    pub groups: Vec<String>,
+    pub groups: GroupNames,
     /// Delivery service; the control services are rejected.
     pub service: Service,
     /// Application-defined message type.
@@ -365,6 +368,273 @@ pub struct Message {
     pub sealed: bool,
     /// The message; a slice of the received buffer when decoded.
     pub payload: Bytes,
+}
+
+/// A name in a received frame (a message's sender): a checked slice of
+/// the frame, so decoding it allocates nothing. It reads as a `&str`
+/// ([`as_str`](Self::as_str), `Deref`, `Display`) and compares with `str`,
+/// `&str` and `String`.
+#[derive(Clone, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Name(Bytes);
+
+impl Name {
+    /// A name holding a copy of `s`.
+    pub fn new(s: &str) -> Self {
+        Self(Bytes::copy_from_slice(s.as_bytes()))
+    }
+
+    /// A name of a `'static` string, with no copy.
+    pub const fn from_static(s: &'static str) -> Self {
+        Self(Bytes::from_static(s.as_bytes()))
+    }
+
+    /// A slice of `buf` the caller checked to be UTF-8.
+    fn from_checked(b: Bytes) -> Self {
+        debug_assert!(std::str::from_utf8(&b).is_ok());
+        Self(b)
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        // Checked when made: a `Name` only ever holds UTF-8.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+
+    /// The name's bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for Name {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl AsRef<str> for Name {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::borrow::Borrow<str> for Name {
+    fn borrow(&self) -> &str {
+        self.as_str()
+    }
+}
+
+/// Hashes as the `str` it holds, so a `Name` finds `&str` keys of a map.
+impl std::hash::Hash for Name {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
+impl fmt::Display for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Debug for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl From<&str> for Name {
+    fn from(s: &str) -> Self {
+        Self::new(s)
+    }
+}
+
+impl From<String> for Name {
+    fn from(s: String) -> Self {
+        Self(Bytes::from(s.into_bytes()))
+    }
+}
+
+impl From<Name> for String {
+    fn from(n: Name) -> Self {
+        n.as_str().to_string()
+    }
+}
+
+impl PartialEq<str> for Name {
+    fn eq(&self, other: &str) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl PartialEq<&str> for Name {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl PartialEq<String> for Name {
+    fn eq(&self, other: &String) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl PartialEq<Name> for str {
+    fn eq(&self, other: &Name) -> bool {
+        other == self
+    }
+}
+
+impl PartialEq<Name> for &str {
+    fn eq(&self, other: &Name) -> bool {
+        other == self
+    }
+}
+
+impl PartialEq<Name> for String {
+    fn eq(&self, other: &Name) -> bool {
+        other == self
+    }
+}
+
+/// The destination groups of a received message: a checked slice of the
+/// frame (in the encoding of [`Groups`]: a count, then each name's length
+/// and bytes), so decoding it allocates nothing. Iterates the names as
+/// `&str`; compares with arrays, slices and vectors of names.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct GroupNames(Groups);
+
+impl GroupNames {
+    /// A list of copies of `names`. Errors if a name is empty, holds a NUL
+    /// byte or is longer than [`MAX_GROUP_NAME`], or if there are more than
+    /// 255 names (the frame encoder further checks
+    /// [`Limits::max_groups`]).
+    pub fn new<S: AsRef<str>>(names: &[S]) -> Result<Self, ClientEncodeError> {
+        limit("groups", names.len(), u8::MAX.into())?;
+        for n in names {
+            let n = n.as_ref();
+            if n.is_empty() || n.as_bytes().contains(&0) {
+                return Err(ClientEncodeError::Invalid("group"));
+            }
+            limit("group", n.len(), MAX_GROUP_NAME)?;
+        }
+        Groups::encode(names.iter().map(|n| n.as_ref()).collect::<Vec<_>>().as_slice())
+            .map(Self)
+            .map_err(|_| ClientEncodeError::Invalid("groups"))
+    }
+
+    /// Number of names.
+    pub fn len(&self) -> usize {
+        self.0.count()
+    }
+
+    /// Whether there are no names (never, in a decoded message).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The names, in the sender's order.
+    pub fn iter(&self) -> GroupNamesIter<'_> {
+        let b = self.0.as_bytes();
+        GroupNamesIter { rest: &b[1..], left: b[0] }
+    }
+
+    /// The first name.
+    pub fn first(&self) -> Option<&str> {
+        self.iter().next()
+    }
+
+    /// The `i`th name.
+    pub fn get(&self, i: usize) -> Option<&str> {
+        self.iter().nth(i)
+    }
+
+    /// The name, if there is exactly one.
+    pub fn single(&self) -> Option<&str> {
+        if self.len() == 1 { self.first() } else { None }
+    }
+
+    /// Whether `name` is one of the names.
+    pub fn contains(&self, name: &str) -> bool {
+        self.iter().any(|g| g == name)
+    }
+
+    /// The names joined by `sep`.
+    pub fn join(&self, sep: &str) -> String {
+        self.iter().collect::<Vec<_>>().join(sep)
+    }
+
+    /// The names, as owned strings.
+    pub fn to_vec(&self) -> Vec<String> {
+        self.iter().map(str::to_string).collect()
+    }
+
+    /// The encoded list, as the ring carries it.
+    pub fn as_groups(&self) -> &Groups {
+        &self.0
+    }
+}
+
+/// The names of a [`GroupNames`], as `&str`.
+#[derive(Clone, Debug)]
+pub struct GroupNamesIter<'a> {
+    rest: &'a [u8],
+    left: u8,
+}
+
+impl<'a> Iterator for GroupNamesIter<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        // Well-formed by construction (checked when decoded or made).
+        let (&len, tail) = self.rest.split_first()?;
+        let (name, rest) = tail.split_at_checked(len.into())?;
+        self.rest = rest;
+        Some(std::str::from_utf8(name).unwrap_or_default())
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.left.into(), Some(self.left.into()))
+    }
+}
+
+impl ExactSizeIterator for GroupNamesIter<'_> {}
+
+impl<'a> IntoIterator for &'a GroupNames {
+    type Item = &'a str;
+    type IntoIter = GroupNamesIter<'a>;
+    fn into_iter(self) -> GroupNamesIter<'a> {
+        self.iter()
+    }
+}
+
+impl fmt::Debug for GroupNames {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+impl<S: AsRef<str>> PartialEq<[S]> for GroupNames {
+    fn eq(&self, other: &[S]) -> bool {
+        self.len() == other.len() && self.iter().zip(other).all(|(a, b)| a == b.as_ref())
+    }
+}
+
+impl<S: AsRef<str>, const N: usize> PartialEq<[S; N]> for GroupNames {
+    fn eq(&self, other: &[S; N]) -> bool {
+        *self == other[..]
+    }
+}
+
+impl<S: AsRef<str>> PartialEq<Vec<S>> for GroupNames {
+    fn eq(&self, other: &Vec<S>) -> bool {
+        *self == other[..]
+    }
 }
 
 /// Identifies a view of a group uniquely over time: the ring it was installed
@@ -1233,7 +1503,7 @@ impl Frame for DaemonFrame {
             }
             TYPE_REFUSED => Self::Refused { code: RefuseCode::from_code(r.u16()?), text: read_text(&mut r)? },
             TYPE_MESSAGE => {
-                let sender = read_ascii_name(&mut r, "sender", MAX_PRIVATE_NAME, true)?;
+                let sender = read_name(&mut r, &body, "sender", MAX_PRIVATE_NAME)?;
                 let service = read_service(&mut r)?;
                 let sealed = match r.u8()? {
                     0 => false,
@@ -1241,7 +1511,7 @@ impl Frame for DaemonFrame {
                     _ => return Err(ClientDecodeError::BadValue("flags")),
                 };
                 let msg_type = r.u16()?;
-                let groups = read_groups(&mut r, limits)?;
+                let groups = GroupNames(read_group_list(&mut r, &body, limits)?);
                 let payload = read_payload(&mut r, &body, limits)?;
                 Self::Message(Message { sender, groups, service, msg_type, sealed, payload })
             }
@@ -1357,9 +1627,16 @@ impl Frame for DaemonFrame {
                 out.extend_from_slice(&code.code().to_be_bytes());
                 put_text(out, text)
             }),
-            Self::Message(m) => {
-                encode_message(out, limits, &m.sender, &m.groups, m.service, m.msg_type, m.sealed, &m.payload)
-            }
+            Self::Message(m) => encode_message(
+                out,
+                limits,
+                &m.sender,
+                m.groups.iter(),
+                m.service,
+                m.msg_type,
+                m.sealed,
+                &m.payload,
+            ),
             Self::Undecipherable { sender, group, msg_type, key_id, reason } => {
                 put_frame(out, limits, TYPE_UNDECIPHERABLE, |out| {
                     put_ascii_name(out, "sender", sender, MAX_PRIVATE_NAME, true)?;
@@ -1452,6 +1729,25 @@ fn read_ascii_name(
     String::from_utf8(b.to_vec()).map_err(|_| ClientDecodeError::BadValue(field))
 }
 
+/// Reads a private name (printable ASCII, `#` allowed) as
+/// [`read_ascii_name`] does, returning it as a slice of `body`.
+fn read_name(
+    r: &mut Reader<'_>,
+    body: &Bytes,
+    field: &'static str,
+    max: usize,
+) -> Result<Name, ClientDecodeError> {
+    let len = r.u8()? as usize;
+    if len > max {
+        return Err(ClientDecodeError::LimitExceeded { field, len, max });
+    }
+    let start = r.pos();
+    if !is_ascii_name(r.take(len)?, true) {
+        return Err(ClientDecodeError::BadValue(field));
+    }
+    Ok(Name::from_checked(body.slice(start..start + len)))
+}
+
 fn read_group(r: &mut Reader<'_>) -> Result<String, ClientDecodeError> {
     let len = r.u8()? as usize;
     if len > MAX_GROUP_NAME {
@@ -1480,13 +1776,10 @@ fn read_group_count(r: &mut Reader<'_>, limits: &Limits) -> Result<u8, ClientDec
     Ok(count)
 }
 
-fn read_groups(r: &mut Reader<'_>, limits: &Limits) -> Result<Vec<String>, ClientDecodeError> {
-    let count = read_group_count(r, limits)?;
-    (0..count).map(|_| read_group(r)).collect()
-}
-
-/// Reads and checks a group list as [`read_groups`] does, returning it as a
-/// slice of `body` (the same encoding as [`Groups`]): no allocation.
+/// Reads and checks a destination list (a count of
+/// 1..=[`Limits::max_groups`], then names as [`read_group`] checks them),
+/// returning it as a slice of `body` (the same encoding as [`Groups`]): no
+/// allocation.
 fn read_group_list(r: &mut Reader<'_>, body: &Bytes, limits: &Limits) -> Result<Groups, ClientDecodeError> {
     let start = r.pos();
     let count = read_group_count(r, limits)?;

@@ -94,6 +94,7 @@ fn daemon_frame() -> impl Strategy<Value = DaemonFrame> {
             .prop_map(|(c, text)| DaemonFrame::Refused { code: RefuseCode::from_code(c), text }),
         (private_name(), groups(), service(), any::<u16>(), any::<bool>(), payload()).prop_map(
             |(sender, groups, service, msg_type, sealed, payload)| {
+                let (sender, groups) = (Name::from(sender), GroupNames::new(&groups).unwrap());
                 DaemonFrame::Message(Message { sender, groups, service, msg_type, sealed, payload })
             }
         ),
@@ -433,7 +434,7 @@ fn hello_known_answer() {
 fn message_known_answer() {
     let m = Message {
         sender: "#alice#d1".into(),
-        groups: vec!["chat".into()],
+        groups: GroupNames::new(&["chat"]).unwrap(),
         service: Service::Agreed,
         msg_type: 0x0102,
         sealed: false,
@@ -466,7 +467,45 @@ fn message_known_answer() {
         panic!("not a message");
     };
     assert_eq!(got, m);
+    // The sender, the groups and the payload are slices of the received
+    // buffer, not copies.
     assert_eq!(got.payload.as_ptr(), buf[buf.len() - 2..].as_ptr());
+    assert_eq!(got.sender.as_ptr(), buf[6..].as_ptr());
+    assert_eq!(got.groups.first().unwrap().as_ptr(), buf[21..].as_ptr());
+    assert_eq!(got.sender, "#alice#d1");
+    assert_eq!(got.groups, ["chat"]);
+    assert_eq!(
+        format!("{} {:?} {:?}", got.sender, got.sender, got.groups),
+        "#alice#d1 \"#alice#d1\" [\"chat\"]"
+    );
+}
+
+/// `Name` and `GroupNames` read as `&str` and refuse what a frame cannot carry.
+#[test]
+fn names_and_group_lists() {
+    let g = GroupNames::new(&["a", "bé", "c"]).unwrap();
+    assert_eq!(g.len(), 3);
+    assert_eq!(g.iter().collect::<Vec<_>>(), ["a", "bé", "c"]);
+    assert_eq!((g.first(), g.get(1), g.get(3), g.single()), (Some("a"), Some("bé"), None, None));
+    assert!(g.contains("c") && !g.contains("b"));
+    assert_eq!(g.join(","), "a,bé,c");
+    assert_eq!(g, vec!["a".to_string(), "bé".into(), "c".into()]);
+    assert_eq!(GroupNames::new(&["x"]).unwrap().single(), Some("x"));
+    assert!(GroupNames::new(&[""]).is_err());
+    assert!(GroupNames::new(&["a\0"]).is_err());
+    assert!(GroupNames::new(&["x".repeat(MAX_GROUP_NAME + 1)]).is_err());
+    assert!(GroupNames::default().is_empty());
+    let n = Name::from("#a#d0");
+    let mut map = std::collections::HashMap::new();
+    map.insert(n.clone(), 1);
+    assert_eq!(map.get("#a#d0"), Some(&1), "hashes as its str");
+    let owned = String::from("#a#d0");
+    assert_eq!(n, "#a#d0");
+    assert_eq!("#a#d0", n);
+    assert_eq!(n, owned);
+    assert_eq!(owned, n);
+    assert!(n.starts_with("#a"));
+    assert_eq!(String::from(n), "#a#d0");
 }
 
 /// The daemon's hot path: a decoded `Multicast`'s groups are a slice of the

@@ -1,10 +1,7 @@
 //! Data packets: a header and one or more packed message chunks.
 
-use super::{
-    DecodeError, HEADER_LEN, KIND_DATA, NodeId, Reader, RingId, Service, peek_kind, put_header, put_ring_id,
-    read_ring_id,
-};
-use bytes::Bytes;
+use super::{DecodeError, HEADER_LEN, KIND_DATA, NodeId, Reader, RingId, Service, peek_kind, read_ring_id};
+use bytes::{Bytes, BytesMut};
 
 /// Bytes of a data packet before its first chunk: common header (4), ring id
 /// (10), seq (8), sender (2), flags (1), chunk count (2).
@@ -152,6 +149,24 @@ pub struct Chunk {
     pub data: Bytes,
 }
 
+impl Chunk {
+    /// The chunk [`DataPacket::decode`] gives for one written by
+    /// [`PacketBuilder::push`] with these arguments and `data`'s bytes: a
+    /// sender keeps these for its own packet instead of decoding it.
+    pub fn as_pushed(
+        msg_seq: u64,
+        service: Service,
+        flags: ChunkFlags,
+        total_len: u32,
+        groups: &Groups,
+        data: Bytes,
+    ) -> Self {
+        let total_len = if flags.first && !flags.last { total_len } else { data.len() as u32 };
+        let groups = if flags.first { groups.clone() } else { Groups::default() };
+        Self { msg_seq, service, flags, total_len, groups, data }
+    }
+}
+
 /// A data packet: ring id, ring sequence number, sender and chunks.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DataPacket {
@@ -168,6 +183,14 @@ pub struct DataPacket {
 impl DataPacket {
     /// Decodes a data packet; chunk payloads are slices of `buf`. Total.
     pub fn decode(buf: Bytes) -> Result<Self, DecodeError> {
+        Self::decode_into(buf, Vec::new())
+    }
+
+    /// As [`DataPacket::decode`], with the chunks in `chunks` (cleared
+    /// first): a receiver that recycles the vectors of the packets it
+    /// dropped allocates nothing per packet.
+    pub fn decode_into(buf: Bytes, mut chunks: Vec<Chunk>) -> Result<Self, DecodeError> {
+        chunks.clear();
         if peek_kind(&buf)? != KIND_DATA {
             return Err(DecodeError::UnknownKind);
         }
@@ -189,7 +212,7 @@ impl DataPacket {
         if count as usize > r.remaining() / CHUNK_OVERHEAD {
             return Err(DecodeError::Truncated);
         }
-        let mut chunks = Vec::with_capacity(count as usize);
+        chunks.reserve(count as usize);
         for _ in 0..count {
             let msg_seq = r.u64()?;
             if msg_seq == 0 {
@@ -227,10 +250,14 @@ impl DataPacket {
     }
 }
 
-/// Builds a data packet chunk by chunk into one buffer.
+/// Builds a data packet chunk by chunk into one buffer: a buffer of its
+/// own ([`PacketBuilder::new`]), or the free end of a block the caller
+/// lends and gets back, packets being split off it
+/// ([`PacketBuilder::in_block`], [`PacketBuilder::finish_in_block`]): a
+/// sender that keeps one block allocates nothing per packet.
 #[derive(Debug)]
 pub struct PacketBuilder {
-    out: Vec<u8>,
+    out: BytesMut,
     count: u16,
     budget: usize,
 }
@@ -238,14 +265,25 @@ pub struct PacketBuilder {
 impl PacketBuilder {
     /// Starts a packet that may grow to `budget` bytes.
     pub fn new(ring_id: RingId, seq: u64, sender: NodeId, budget: usize) -> Self {
-        let mut out = Vec::with_capacity(budget.min(64 * 1024));
-        put_header(&mut out, KIND_DATA);
-        put_ring_id(&mut out, ring_id);
-        out.extend_from_slice(&seq.to_be_bytes());
-        out.extend_from_slice(&sender.0.to_be_bytes());
-        out.push(0);
-        out.extend_from_slice(&0u16.to_be_bytes());
-        Self { out, count: 0, budget }
+        Self::in_block(BytesMut::with_capacity(budget.min(64 * 1024)), ring_id, seq, sender, budget)
+    }
+
+    /// Starts a packet at the start of `block`'s free room (whatever
+    /// `block` holds is dropped); give the block back with
+    /// [`PacketBuilder::finish_in_block`] or [`PacketBuilder::into_block`].
+    /// The block grows (a new allocation) if the packet outgrows its room.
+    pub fn in_block(mut block: BytesMut, ring_id: RingId, seq: u64, sender: NodeId, budget: usize) -> Self {
+        block.clear();
+        block.extend_from_slice(&super::MAGIC);
+        block.extend_from_slice(&[super::VERSION, KIND_DATA]);
+        block.extend_from_slice(&ring_id.rep.0.to_be_bytes());
+        block.extend_from_slice(&ring_id.seq.to_be_bytes());
+        block.extend_from_slice(&seq.to_be_bytes());
+        block.extend_from_slice(&sender.0.to_be_bytes());
+        // Flags, then the chunk count (written by `finish`).
+        block.extend_from_slice(&[0, 0, 0]);
+        debug_assert_eq!(block.len(), PACKET_OVERHEAD);
+        Self { out: block, count: 0, budget }
     }
 
     /// Header bytes a chunk with these properties needs besides its data.
@@ -283,8 +321,7 @@ impl PacketBuilder {
     ) {
         debug_assert!(data.len() <= u16::MAX as usize && self.count < u16::MAX);
         self.out.extend_from_slice(&msg_seq.to_be_bytes());
-        self.out.push(service as u8);
-        self.out.push(flags.to_u8());
+        self.out.extend_from_slice(&[service as u8, flags.to_u8()]);
         if flags.first && !flags.last {
             self.out.extend_from_slice(&total_len.to_be_bytes());
         }
@@ -297,9 +334,23 @@ impl PacketBuilder {
     }
 
     /// Writes the chunk count and returns the packet.
-    pub fn finish(mut self) -> Bytes {
+    pub fn finish(self) -> Bytes {
+        self.finish_in_block().0
+    }
+
+    /// Writes the chunk count and returns the packet, split off the block,
+    /// and the block's free rest.
+    pub fn finish_in_block(mut self) -> (Bytes, BytesMut) {
         let at = PACKET_OVERHEAD - 2;
         self.out[at..at + 2].copy_from_slice(&self.count.to_be_bytes());
-        Bytes::from(self.out)
+        let packet = self.out.split().freeze();
+        (packet, self.out)
+    }
+
+    /// Drops the packet and returns the block (for a packet that got no
+    /// chunk).
+    pub fn into_block(mut self) -> BytesMut {
+        self.out.clear();
+        self.out
     }
 }

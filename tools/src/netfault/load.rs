@@ -112,14 +112,15 @@ impl Conn {
     fn record(&mut self, e: Event, at: Duration) -> Result<(), ClientError> {
         match e {
             Event::Message(m) => {
-                let group = m.groups.first().cloned().unwrap_or_default();
+                let group = m.groups.first().unwrap_or_default().to_string();
                 let text = String::from_utf8_lossy(&m.payload).into_owned();
                 match decode(&text) {
                     Some((seq, sent_view)) if m.groups.len() == 1 => {
                         if m.sender == self.log.name {
                             self.back += 1;
                         }
-                        self.log.events.push(Ev::Deliver { at, group, sender: m.sender, seq, sent_view });
+                        let sender = m.sender.to_string();
+                        self.log.events.push(Ev::Deliver { at, group, sender, seq, sent_view });
                     }
                     _ => self.log.events.push(Ev::Wrong {
                         at,
