@@ -28,7 +28,7 @@ use tracing::{info, warn};
 const SOCKET_BUFFER: usize = 4 << 20;
 /// Longest sleep in one wait, so a stop request is seen promptly.
 /// Bytes of a block received datagrams are copied into.
-const RX_BLOCK: usize = 256 * 1024;
+const RX_BLOCK: usize = ringfence_proto::block::BLOCK;
 const MAX_WAIT: Duration = Duration::from_millis(100);
 
 /// How often the daemon writes its status file for `ringfence monitor`.
@@ -468,9 +468,7 @@ impl Daemon {
         // over as a buffer of its own, opened in place: no allocation per
         // datagram (one per block). What the ring keeps of a datagram
         // (until stable) keeps its block alive.
-        if block.capacity() - block.len() < bytes.len() {
-            *block = BytesMut::with_capacity(RX_BLOCK.max(bytes.len()));
-        }
+        ringfence_proto::block::make_room(block, bytes.len(), RX_BLOCK);
         block.extend_from_slice(bytes);
         server.handle_datagram_owned(now, block.split());
     }

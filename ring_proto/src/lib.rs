@@ -30,6 +30,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod block;
 pub mod groups;
 mod node;
 pub mod ring;

@@ -30,9 +30,7 @@ use crate::config::Clients;
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use mio::{Events, Interest, Poll, Token};
-use ringfence_proto::wire::client::{
-    ByeReason, CLIENT_VERSION, ClientFrame, DaemonFrame, Frame, Limits, RefuseCode, negotiate_version,
-};
+use ringfence_proto::wire::client::{ByeReason, ClientFrame, DaemonFrame, Frame, Limits, RefuseCode};
 use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
@@ -895,10 +893,13 @@ fn handle_frame(
         (Phase::Closing, _) => {}
         (Phase::Hello, ClientFrame::Bye) => end(conn, ring, None, now),
         (Phase::Hello, ClientFrame::Hello(h)) => {
-            if let Some((code, text)) = check_version(&h) {
-                info!(client = conn.id, ?code, "client refused: {text}");
-                return refuse(conn, ring, code, text);
-            }
+            let version = match check_version(&h) {
+                Ok(v) => v,
+                Err((code, text)) => {
+                    info!(client = conn.id, ?code, "client refused: {text}");
+                    return refuse(conn, ring, code, text);
+                }
+            };
             // Unix peer credentials and certificates come from the kernel
             // and the TLS handshake, not from the client's say-so.
             let link = match conn.stream().link() {
@@ -922,8 +923,6 @@ fn handle_frame(
             }
             conn.phase = Phase::Open;
             let out = ClientOut { id: conn.id, outbox: Arc::clone(&siblings.outboxes[siblings.me]) };
-            // `check_version` let it through: the ranges meet.
-            let version = negotiate_version(h.min_version, h.max_version).unwrap_or(CLIENT_VERSION);
             ring.send(ToRing::Connect { id: conn.id, hello_name: h.client_name, version, principal, out });
         }
         (Phase::Hello, _) => {

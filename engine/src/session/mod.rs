@@ -658,16 +658,15 @@ impl Waker {
 }
 
 /// Checks a Hello's version range against ours (authentication is
-/// `auth::authenticate`). Returns why it is refused, if it is.
-fn check_version(h: &Hello) -> Option<(RefuseCode, String)> {
-    if negotiate_version(h.min_version, h.max_version).is_none() {
+/// `auth::authenticate`): the version both speak, or why it is refused.
+fn check_version(h: &Hello) -> Result<u8, (RefuseCode, String)> {
+    negotiate_version(h.min_version, h.max_version).ok_or_else(|| {
         let text = format!(
             "versions {}..={} not spoken; this daemon speaks {}",
             h.min_version, h.max_version, CLIENT_VERSION
         );
-        return Some((RefuseCode::VersionMismatch, text));
-    }
-    None
+        (RefuseCode::VersionMismatch, text)
+    })
 }
 
 #[cfg(test)]
@@ -702,11 +701,11 @@ mod tests {
 
     #[test]
     fn hello_checks_the_version() {
-        assert!(check_version(&Hello::new("a", Auth::PeerCredentials)).is_none());
+        assert_eq!(check_version(&Hello::new("a", Auth::PeerCredentials)), Ok(CLIENT_VERSION));
         let mut old = Hello::new("a", Auth::PeerCredentials);
         old.min_version = CLIENT_VERSION + 1;
         old.max_version = CLIENT_VERSION + 1;
-        assert_eq!(check_version(&old).map(|(c, _)| c), Some(RefuseCode::VersionMismatch));
+        assert_eq!(check_version(&old).map_err(|(c, _)| c), Err(RefuseCode::VersionMismatch));
     }
 }
 

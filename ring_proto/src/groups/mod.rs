@@ -909,7 +909,7 @@ pub struct ClientGroups {
 }
 
 /// Bytes of a block that encoded data messages share.
-const DATA_BLOCK: usize = 256 * 1024;
+const DATA_BLOCK: usize = crate::block::BLOCK;
 /// The largest encoded data message written into a shared block.
 const DATA_SHARED: usize = DATA_BLOCK / 4;
 
@@ -1030,9 +1030,7 @@ impl ClientGroups {
             // message allocates nothing in steady state. The block lives
             // until the ring has sent every message in it.
             Some(len) if len <= DATA_SHARED => {
-                if self.block.capacity() - self.block.len() < len {
-                    self.block = BytesMut::with_capacity(DATA_BLOCK);
-                }
+                crate::block::make_room(&mut self.block, len, DATA_BLOCK);
                 msg.encode_into(&mut self.scratch, &mut self.block);
                 self.block.split().freeze()
             }
@@ -1729,8 +1727,9 @@ impl ClientGroups {
         let joined: Arc<[PrivateName]> = match (cause, self.views.get(g)) {
             // Only when every member of the previous view stayed (a leave
             // resolved in the same flush makes it a plain change).
-            (Cause::Join, Some(prev)) if prev.members.iter().all(|m| members.contains(m)) => {
-                members.iter().filter(|m| !prev.members.contains(m)).cloned().collect()
+            // (Both lists ascending.)
+            (Cause::Join, Some(prev)) if prev.members.iter().all(|m| members.binary_search(m).is_ok()) => {
+                members.iter().filter(|m| prev.members.binary_search(m).is_err()).cloned().collect()
             }
             _ => Arc::from([]),
         };

@@ -37,12 +37,6 @@ use store::{Store, Stored};
 /// sent) would otherwise stop delivery for good while the token circulates.
 pub const FAIL_TO_RECEIVE: u32 = 2500;
 
-/// Bytes of the block new packets, tokens and reassembled messages are
-/// written into and split off (two allocations per block, none per packet
-/// or message). Whatever keeps a part of a block (a packet not yet stable,
-/// a message not yet delivered) keeps all of it.
-const TX_BLOCK: usize = 256 << 10;
-
 /// Where a datagram goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Dest {
@@ -879,12 +873,10 @@ impl Ring {
         self.visit_packets = new_packets;
     }
 
-    /// The block to build in, with room for `len` bytes: the current one,
-    /// or a new one when it is short.
+    /// The block to build in ([`crate::block`]), with room for `len`
+    /// bytes: the current one, or a new one when it is short.
     fn take_block(&mut self, len: usize) -> BytesMut {
-        if self.tx_block.capacity() < len {
-            self.tx_block = BytesMut::with_capacity(TX_BLOCK.max(len));
-        }
+        crate::block::make_room(&mut self.tx_block, len, crate::block::BLOCK);
         std::mem::take(&mut self.tx_block)
     }
 

@@ -60,9 +60,6 @@ const KEY_ID: usize = 21;
 const KEYS_KEPT: usize = 4;
 /// Width of the replay window, in counters.
 const WINDOW: u64 = 1024;
-/// Bytes of the block [`Link::seal`] writes datagrams into and splits them
-/// off (two allocations per block, none per datagram).
-const TX_BLOCK: usize = 256 << 10;
 
 /// Identifies a link key on the wire: the first 8 bytes of an HMAC of it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -324,11 +321,8 @@ impl Link {
         keyed: bool,
         stats: &mut SecurityStats,
     ) -> Bytes {
-        let need = OVERHEAD + datagram.len();
         let mut block = std::mem::take(&mut self.tx_block);
-        if block.capacity() < need {
-            block = BytesMut::with_capacity(TX_BLOCK.max(need));
-        }
+        crate::block::make_room(&mut block, OVERHEAD + datagram.len(), crate::block::BLOCK);
         self.seal_into(datagram, to, keyed, stats, &mut block);
         let sealed = block.split().freeze();
         self.tx_block = block;

@@ -127,9 +127,7 @@ impl Encoder {
             .map(|g| std::str::from_utf8(g).map_or_else(|_| String::from_utf8_lossy(g), Into::into));
         let (l, s) = (&self.limits, &self.sender);
         let frame = if len <= SMALL_FRAME {
-            if self.block.capacity() - self.block.len() < len + SLACK {
-                self.block = BytesMut::with_capacity(BLOCK);
-            }
+            crate::block::make_room(&mut self.block, len + SLACK, BLOCK);
             let r = encode_message(&mut self.block, l, s, names, service, msg_type, sealed, payload);
             r.map(|()| self.block.split().freeze())
         } else {

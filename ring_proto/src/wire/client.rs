@@ -1712,12 +1712,14 @@ fn is_ascii_name(b: &[u8], allow_hash: bool) -> bool {
     !b.is_empty() && b.iter().all(|&c| (0x21..=0x7e).contains(&c) && (allow_hash || c != b'#'))
 }
 
-fn read_ascii_name(
-    r: &mut Reader<'_>,
+/// Takes a length-prefixed name of printable ASCII (`#` only if
+/// `allow_hash`), at most `max` bytes.
+fn take_ascii_name<'a>(
+    r: &mut Reader<'a>,
     field: &'static str,
     max: usize,
     allow_hash: bool,
-) -> Result<String, ClientDecodeError> {
+) -> Result<&'a [u8], ClientDecodeError> {
     let len = r.u8()? as usize;
     if len > max {
         return Err(ClientDecodeError::LimitExceeded { field, len, max });
@@ -1726,6 +1728,16 @@ fn read_ascii_name(
     if !is_ascii_name(b, allow_hash) {
         return Err(ClientDecodeError::BadValue(field));
     }
+    Ok(b)
+}
+
+fn read_ascii_name(
+    r: &mut Reader<'_>,
+    field: &'static str,
+    max: usize,
+    allow_hash: bool,
+) -> Result<String, ClientDecodeError> {
+    let b = take_ascii_name(r, field, max, allow_hash)?;
     String::from_utf8(b.to_vec()).map_err(|_| ClientDecodeError::BadValue(field))
 }
 
@@ -1737,15 +1749,9 @@ fn read_name(
     field: &'static str,
     max: usize,
 ) -> Result<Name, ClientDecodeError> {
-    let len = r.u8()? as usize;
-    if len > max {
-        return Err(ClientDecodeError::LimitExceeded { field, len, max });
-    }
-    let start = r.pos();
-    if !is_ascii_name(r.take(len)?, true) {
-        return Err(ClientDecodeError::BadValue(field));
-    }
-    Ok(Name::from_checked(body.slice(start..start + len)))
+    let len = take_ascii_name(r, field, max, true)?.len();
+    let end = r.pos();
+    Ok(Name::from_checked(body.slice(end - len..end)))
 }
 
 fn read_group(r: &mut Reader<'_>) -> Result<String, ClientDecodeError> {
