@@ -494,8 +494,7 @@ impl Daemon {
                 // Its answer (Welcome, or Refused and a close) goes here.
                 self.clients.insert(id, out);
                 let secure = principal.secure();
-                let r =
-                    self.server.handle_connect_version(now, ClientId(id), &hello_name, &who, secure, version);
+                let r = self.server.handle_connect(now, ClientId(id), &hello_name, &who, secure, version);
                 if let Ok(name) = r {
                     info!(client = id, name = %name, %principal, policy = %who, "client connected");
                 }

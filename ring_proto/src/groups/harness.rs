@@ -229,7 +229,14 @@ impl World {
         principal: &str,
     ) -> Result<PrivateName, crate::server::ConnectError> {
         let secure = !principal.starts_with("tcp:");
-        let r = self.servers[d].handle_connect(self.now, ClientId(c), name, principal, secure);
+        let r = self.servers[d].handle_connect(
+            self.now,
+            ClientId(c),
+            name,
+            principal,
+            secure,
+            cp::CLIENT_VERSION,
+        );
         self.drain(d);
         r
     }

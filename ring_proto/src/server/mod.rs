@@ -61,8 +61,8 @@ use crate::ring::{ConfigKind, Configuration, Event, SubmitError, Transmit};
 use crate::security::LinkMode;
 use crate::security::policy::Policy;
 use crate::wire::client::{
-    self as cp, AdminRequest, ByeReason, CLIENT_VERSION, ClientEncodeError, ClientFrame, DaemonFrame,
-    ErrorCode, Limits, RefuseCode, ViewCause, ViewKind,
+    self as cp, AdminRequest, ByeReason, ClientEncodeError, ClientFrame, DaemonFrame, ErrorCode, Limits,
+    RefuseCode, ViewCause, ViewKind,
 };
 use crate::wire::{MsgId, NodeId, RingId, Service};
 use crate::{Node, Time};
@@ -410,22 +410,11 @@ impl Server {
     /// A client said hello as `name`, authenticated as `principal` (its
     /// policy name: `unix:<uid>`, `cert:<cn>`, `token:<name>`, `tcp:<addr>`);
     /// `secure`: the connection is private to it and this daemon (Unix
-    /// socket, TLS). It gets `Welcome`, or `Refused` and a close.
+    /// socket, TLS); `version`: what its `Hello` negotiated
+    /// (`wire::client::negotiate_version`), stated in its `Welcome` (a
+    /// client offering only older versions must see one of them). It gets
+    /// `Welcome`, or `Refused` and a close.
     pub fn handle_connect(
-        &mut self,
-        now: Time,
-        id: ClientId,
-        name: &str,
-        principal: &str,
-        secure: bool,
-    ) -> Result<PrivateName, ConnectError> {
-        self.handle_connect_version(now, id, name, principal, secure, CLIENT_VERSION)
-    }
-
-    /// [`Server::handle_connect`] for a client whose `Hello` negotiated
-    /// `version` (`wire::client::negotiate_version`), which its `Welcome`
-    /// states: a client offering only older versions must see one of them.
-    pub fn handle_connect_version(
         &mut self,
         now: Time,
         id: ClientId,

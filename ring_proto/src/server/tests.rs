@@ -4,7 +4,7 @@
 use super::*;
 use crate::ring::{Config, Dest};
 use crate::wire::Groups;
-use crate::wire::client::{FrameDecoder, Multicast};
+use crate::wire::client::{CLIENT_VERSION, FrameDecoder, Multicast};
 use crate::{Incarnation, NodeId, RingId, Service};
 
 /// Daemons on a lossless network with no delay; the runtime's part
@@ -129,7 +129,7 @@ impl Net {
         principal: &str,
     ) -> Result<PrivateName, ConnectError> {
         let now = self.now;
-        let r = self.servers[d].handle_connect(now, ClientId(c), name, principal, true);
+        let r = self.servers[d].handle_connect(now, ClientId(c), name, principal, true, CLIENT_VERSION);
         self.settle();
         r
     }
@@ -350,8 +350,8 @@ fn a_destination_list_longer_than_a_frame_is_refused_and_the_ring_goes_on() {
 fn the_welcome_states_the_negotiated_version() {
     let mut n = Net::with_ring(1);
     let now = n.now;
-    n.servers[0].handle_connect_version(now, ClientId(1), "old", "unix:0", true, 2).expect("connects");
-    n.servers[0].handle_connect(now, ClientId(2), "new", "unix:0", true).expect("connects");
+    n.servers[0].handle_connect(now, ClientId(1), "old", "unix:0", true, 2).expect("connects");
+    n.servers[0].handle_connect(now, ClientId(2), "new", "unix:0", true, CLIENT_VERSION).expect("connects");
     n.settle();
     let version = |c| match n.frames(0, c).first() {
         Some(DaemonFrame::Welcome(w)) => w.version,
