@@ -15,9 +15,7 @@ use ringfence_proto::security::lab::Lab;
 use std::time::Duration;
 
 fn agreement_ms(lab: &Lab, run_only: bool) -> f64 {
-    lab.nodes
-        .iter()
-        .flatten()
+    lab.nodes()
         .filter_map(|n| {
             n.security_stats().and_then(|s| if run_only { s.last_run_ns } else { s.last_agreement_ns })
         })
@@ -37,14 +35,13 @@ fn main() {
         let limit = Time::ZERO + Duration::from_secs(30);
         assert!(lab.run(limit, Lab::all_keyed), "{n} daemons: no key by {}", lab.now);
         let formed = lab.now.as_nanos() as f64 / 1e6;
-        let signed: u64 =
-            lab.nodes.iter().flatten().map(|x| x.security_stats().map_or(0, |s| s.signed)).sum();
+        let signed: u64 = lab.nodes().map(|x| x.security_stats().map_or(0, |s| s.signed)).sum();
         // Let the ring settle, then crash the last daemon.
         lab.run(lab.now + Duration::from_millis(100), |_| false);
-        let before = lab.nodes[0].as_ref().and_then(|x| x.server_key());
+        let before = lab.node(0).and_then(|x| x.server_key());
         lab.crash(usize::from(n) - 1);
         let crash_at = lab.now;
-        let rekeyed = |l: &Lab| l.all_keyed() && l.nodes[0].as_ref().and_then(|x| x.server_key()) != before;
+        let rekeyed = |l: &Lab| l.all_keyed() && l.node(0).and_then(|x| x.server_key()) != before;
         assert!(lab.run(lab.now + Duration::from_secs(30), rekeyed), "{n} daemons: no new key");
         let after_crash = lab.now.saturating_since(crash_at).as_secs_f64() * 1e3;
         println!(

@@ -125,23 +125,25 @@ fn action() -> impl Strategy<Value = Action> {
 }
 
 /// Whether every daemon is operational in one ring of all of them (keyed,
-/// with link security).
+/// with link security) and every client is in the lab's group.
 fn settled(l: &Lab, mode: LinkMode) -> bool {
+    if !l.joined() {
+        return false;
+    }
     if mode != LinkMode::None {
         return l.all_keyed();
     }
-    let rings: BTreeSet<_> =
-        l.nodes.iter().flatten().filter_map(|n| n.ring().map(|(r, m)| (r, m.len()))).collect();
+    let rings: BTreeSet<_> = l.nodes().filter_map(|n| n.ring().map(|(r, m)| (r, m.len()))).collect();
     rings.len() == 1
         && rings.iter().all(|(_, m)| *m == N)
-        && l.nodes.iter().flatten().all(|n| n.phase() == Phase::Operational)
+        && l.nodes().all(|n| n.phase() == Phase::Operational)
 }
 
 /// The protocol datagram an attacker wrote, behind the header it can
 /// write: plain, with the sender's settings digest (public: it is in every
 /// header) and the receiver.
 fn forge(lab: &Lab, mode: LinkMode, to: usize, from: u16, own_ring: bool, f: &Forged) -> Bytes {
-    let target = lab.nodes[to].as_ref().and_then(|n| n.ring().map(|(r, _)| r));
+    let target = lab.node(to).and_then(|n| n.ring().map(|(r, _)| r));
     let ring = |seq: u64| match target.filter(|_| own_ring) {
         Some(r) => r,
         None => RingId { seq, rep: NodeId(from) },
@@ -235,7 +237,6 @@ fn attack(mode: LinkMode, actions: &[Action]) {
     assert!(lab.run(Time::ZERO + Duration::from_secs(5), |l| settled(l, mode)), "no ring before the attack");
     let cfg = Config::default();
     let bound = 2 * 5 * cfg.max_unstable as usize + 2;
-    let mut submitted: BTreeSet<Vec<u8>> = BTreeSet::new();
     let mut k = 0u32;
     for a in actions {
         match a {
@@ -264,15 +265,10 @@ fn attack(mode: LinkMode, actions: &[Action]) {
                 k += 1;
                 let mut payload = format!("client message {k} ").into_bytes();
                 payload.resize(payload.len().max(*len), b'.');
-                let now = lab.now;
-                if let Some(n) = lab.nodes[*node].as_mut() {
-                    if n.submit(now, Service::Agreed, Groups::none(), Bytes::from(payload.clone())).is_ok() {
-                        submitted.insert(payload);
-                    }
-                }
+                lab.multicast(*node, Bytes::from(payload));
             }
         }
-        for n in lab.nodes.iter().flatten() {
+        for n in lab.nodes() {
             assert!(n.stored_packets() <= bound, "daemon {} stores {} packets", n.id(), n.stored_packets());
         }
     }
@@ -284,16 +280,11 @@ fn attack(mode: LinkMode, actions: &[Action]) {
     for attempt in 0..3 {
         lab.run(lab.now + Duration::from_secs(1), |_| false);
         let healed = lab.run(lab.now + Duration::from_secs(15), |l| settled(l, mode));
-        let states: Vec<_> = lab.nodes.iter().flatten().map(|n| (n.phase(), n.ring().map(|r| r.0))).collect();
+        let states: Vec<_> = lab.nodes().map(|n| (n.phase(), n.ring().map(|r| r.0))).collect();
         assert!(healed, "no ring of all {N} 15 s after the attack: {states:?}");
         let probe = Bytes::from(format!("probe {attempt} after the attack"));
-        let now = lab.now;
-        lab.nodes[0].as_mut().unwrap().submit(now, Service::Agreed, Groups::none(), probe.clone()).unwrap();
-        submitted.insert(probe.to_vec());
-        let delivered = |l: &Lab| {
-            l.events.iter().all(|ev| ev.iter().any(|e| matches!(e, Event::Deliver(d) if d.payload == probe)))
-        };
-        if lab.run(lab.now + Duration::from_secs(2), delivered) {
+        assert!(lab.multicast(0, probe.clone()), "the probe was refused");
+        if lab.run(lab.now + Duration::from_secs(2), |l| l.everywhere(&probe)) {
             delivered_everywhere = true;
             break;
         }
@@ -302,7 +293,9 @@ fn attack(mode: LinkMode, actions: &[Action]) {
     if mode == LinkMode::None {
         return; // the network is trusted: forged messages may be delivered
     }
-    // Safety with keys the attacker does not hold.
+    // Safety with keys the attacker does not hold: every delivery is a
+    // message some daemon's node took (a client's, or a groups layer's).
+    let submitted: BTreeSet<&Bytes> = lab.submitted.iter().collect();
     let orders: Vec<Vec<MsgId>> = lab
         .events
         .iter()
@@ -310,10 +303,7 @@ fn attack(mode: LinkMode, actions: &[Action]) {
             ev.iter()
                 .filter_map(|e| match e {
                     Event::Deliver(d) => {
-                        assert!(
-                            submitted.contains(&d.payload[..]),
-                            "a message nobody submitted was delivered"
-                        );
+                        assert!(submitted.contains(&d.payload), "a message nobody submitted was delivered");
                         Some(d.id)
                     }
                     _ => None,

@@ -1,21 +1,32 @@
 //! The deterministic simulator: the judge of every protocol change.
 //!
 //! A run is a pure function of its [`SimConfig`] (which holds the seed):
-//! N [`Node`]s on virtual time, a seeded [`NetConfig`] network model (loss,
-//! duplication, reordering, variable delay), a seeded workload (several
-//! senders, sizes from 1 B to 64 KiB, agreed and safe) and, optionally, a
-//! seeded fault schedule (partitions, merges, crashes, restarts, bursty and
-//! asymmetric loss, one-way reachability). After the run the checker verifies
-//! the ordering and Extended Virtual Synchrony invariants; a failing seed
-//! replays bit for bit.
+//! N daemon cores ([`Server`]: node, client groups, client sessions, the
+//! same object the daemon runtime drives) on virtual time, a seeded
+//! [`NetConfig`] network model (loss, duplication, reordering, variable
+//! delay), a seeded workload (several senders, sizes from 1 B to 64 KiB,
+//! agreed and safe) and, optionally, a seeded fault schedule (partitions,
+//! merges, crashes, restarts, bursty and asymmetric loss, one-way
+//! reachability). Each daemon has one simulated client: it connects, joins
+//! the open group [`SIM_GROUP`] and sends the workload as client protocol
+//! `Multicast` frames, so a daemon-level bug replays here bit for bit.
+//! After the run the checker verifies the ordering and Extended Virtual
+//! Synchrony invariants over every message the nodes ordered (the
+//! workload and the groups layer's own: joins, state exchanges); a failing
+//! seed replays bit for bit.
 //!
 //! ```text
-//!  workload ──submit──► Node i ──poll_transmit──► Network (loss/dup/delay, ──► Node j
-//!  faults ──crash/restart──┘ │ poll_event          partitions, one-way)
-//!                            ▼
+//!  workload ──Multicast──► Server i ──poll_transmit──► Network (loss/dup/delay, ──► Server j
+//!  faults ──crash/restart──┘ │ poll_observed: Submitted,   partitions, one-way)
+//!                            ▼               Node events
 //!                         Log per incarnation ──► check (ordering, EVS, liveness)
 //!                                             └─► JSON-lines trace (optional)
 //! ```
+//!
+//! A daemon's outputs are taken as a runtime takes them: client frames
+//! (discarded: the checks read the node's events), events, the persist gate
+//! (the ring sequence asked for is "written" at once and survives a crash,
+//! like the state file), then datagrams.
 
 mod check;
 mod faults;
@@ -26,8 +37,11 @@ pub use faults::FaultKinds;
 pub use net::NetConfig;
 pub use trace::TraceEvent;
 
+use crate::groups::{Body, ClientId, GroupMsg};
 use crate::ring::{Config, ConfigKind, Dest, Event};
 use crate::security::{KeyId, LinkMode, SecurityConfig};
+use crate::server::{Handled, Observed, Server, ServerConfig, ServerEvent};
+use crate::wire::client::{ClientFrame, Multicast};
 use crate::wire::{Groups, MsgId, NodeId, RingId, Service};
 use crate::{Incarnation, Node, Phase, Time};
 use bytes::Bytes;
@@ -204,6 +218,9 @@ pub enum Violation {
     /// kept installing rings (see `CHURN_BASE`): the membership did not
     /// settle on the links that work both ways.
     Churn { node: NodeId, rings: u32 },
+    /// A daemon refused its client's multicast, or dropped a message of its
+    /// groups layer or a frame for its client (`what` says which and why).
+    Refused { node: NodeId, what: String },
 }
 
 impl fmt::Display for Violation {
@@ -269,6 +286,7 @@ impl fmt::Display for Violation {
                 write!(f, "keys: node {node} sent a workload payload in clear with link_security = encrypt")
             }
             Self::NoKey { node } => write!(f, "keys: node {node} has no server key for the converged ring"),
+            Self::Refused { node, what } => write!(f, "daemon: node {node} {what}"),
         }
     }
 }
@@ -280,13 +298,17 @@ pub struct Report {
     pub seed: u64,
     /// Broken invariants (empty when the run is correct).
     pub violations: Vec<Violation>,
-    /// Messages accepted by `submit`.
+    /// Messages the daemons' nodes took for ordering: the clients'
+    /// multicasts and the groups layer's own (joins, state exchanges).
     pub submitted: u64,
+    /// Client multicasts among them (the workload and the probes).
+    pub multicasts: u64,
     /// Deliveries over all daemons.
     pub deliveries: u64,
     /// Virtual time at the end.
     pub end: Time,
-    /// Payload bytes of all submitted messages.
+    /// Client payload bytes of the workload's multicasts (without the
+    /// groups layer's header, as a client counts them).
     pub payload_bytes: u64,
     /// Datagrams sent (a send to all counts once, as with IP multicast).
     pub datagrams: u64,
@@ -377,9 +399,36 @@ fn make_node(
     Node::with_security(cfg.ring.clone(), id, now, inc, sec)
 }
 
-fn draw_size(rng: &mut ChaCha8Rng, w: &Workload) -> usize {
+/// Daemon `node`'s core, as the simulator drives it: every event observed
+/// (the checks read them), the groups layer's deadlines asked at every
+/// step (exact timing), ring sequences up to `persisted` durable already.
+fn make_server(node: Node, persisted: u64) -> Server {
+    let mut cfg = ServerConfig::new(format!("sim{}", node.id().0));
+    cfg.persisted_ring_seq = persisted;
+    cfg.groups_check = Duration::ZERO;
+    cfg.observe = true;
+    Server::new(node, cfg)
+}
+
+/// The open group every simulated client joins and sends the workload to.
+pub const SIM_GROUP: &[u8] = b"sim";
+
+/// The name each daemon's simulated client connects with (its private
+/// name is `#client#<daemon>`).
+pub const SIM_CLIENT: &str = "client";
+
+/// Each daemon's one simulated client.
+const CLIENT: ClientId = ClientId(1);
+
+/// Whether `ring_payload` (what the groups layer gave the ring) is a client
+/// multicast of `payload`.
+fn carries(ring_payload: &Bytes, payload: &[u8]) -> bool {
+    matches!(GroupMsg::decode(ring_payload), Ok(GroupMsg { body: Body::Data { payload: p, .. }, .. }) if p == payload)
+}
+
+fn draw_size(rng: &mut ChaCha8Rng, w: &Workload, limit: usize) -> usize {
     if let Some(s) = w.fixed_size {
-        return s;
+        return s.min(limit);
     }
     let max = w.max_size.max(1);
     let cap = match rng.random_range(0..100) {
@@ -388,7 +437,7 @@ fn draw_size(rng: &mut ChaCha8Rng, w: &Workload) -> usize {
         85..95 => 8192,
         _ => max,
     };
-    rng.random_range(1..=cap.min(max))
+    rng.random_range(1..=cap.min(max)).min(limit)
 }
 
 /// One scheduled submission.
@@ -399,14 +448,44 @@ struct Planned {
     payload: Bytes,
 }
 
+/// What a client multicast is for, kept until its daemon's node takes it
+/// (at once, or after backpressure held it).
+#[derive(Debug)]
+struct Awaiting {
+    /// The client payload.
+    payload: Bytes,
+    /// When the client sent it.
+    at: Time,
+    purpose: Purpose,
+}
+
+#[derive(Debug)]
+enum Purpose {
+    /// The seeded workload.
+    Workload,
+    /// A probe after convergence: every live daemon must deliver it.
+    Probe,
+    /// A liveness probe: the logs in `expect` must deliver it within
+    /// `within` of when it was sent.
+    Live { within: Duration, expect: Vec<usize> },
+}
+
 /// A simulation in progress. Most callers want [`run`].
 pub struct Sim<'t> {
     cfg: SimConfig,
     now: Time,
-    nodes: Vec<Option<Node>>,
+    /// The daemons; `None` while crashed.
+    daemons: Vec<Option<Server>>,
+    /// Per daemon: its client's multicast not yet taken by the node.
+    awaiting: Vec<Option<Awaiting>>,
+    /// The destination list of every multicast ([`SIM_GROUP`]).
+    group: Groups,
+    /// Client multicasts the nodes took.
+    multicasts: u64,
     /// Index into `logs` of each daemon's current incarnation.
     current: Vec<usize>,
-    /// Ring sequence each daemon persisted (survives crashes).
+    /// Ring sequence each daemon persisted, as its state file would hold
+    /// it (survives crashes).
     persisted: Vec<u64>,
     logs: Vec<Log>,
     net: Network,
@@ -499,15 +578,23 @@ impl<'t> Sim<'t> {
             ids.iter()
                 .map(|&id| {
                     let inc = Incarnation { ring_seq: 0, first_msg_seq: 1 };
-                    make_node(&cfg, id, Time::ZERO, inc, 0).map(Some)
+                    make_node(&cfg, id, Time::ZERO, inc, 0)
                 })
                 .collect::<Result<Vec<_>, _>>()?
         } else {
             let ring_id = RingId { seq: 1, rep: ids[0] };
             ids.iter()
-                .map(|&id| Node::with_ring(cfg.ring.clone(), id, &ids, ring_id, Time::ZERO).map(Some))
+                .map(|&id| Node::with_ring(cfg.ring.clone(), id, &ids, ring_id, Time::ZERO))
                 .collect::<Result<Vec<_>, _>>()?
         };
+        let daemons: Vec<Option<Server>> = nodes.into_iter().map(|n| Some(make_server(n, 0))).collect();
+        // What `Welcome` announces: the ring's largest message less the
+        // groups layer's header (the CLI keeps `max_size` within the first).
+        let limit = daemons
+            .iter()
+            .flatten()
+            .next()
+            .map_or(usize::MAX, |s| s.config().client_limits.max_payload as usize);
         let net_rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x6e65_7477_6f72_6b00);
         let mut load_rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x776f_726b_6c6f_6164);
         let mut fault_rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x6661_756c_7473_0000);
@@ -518,7 +605,7 @@ impl<'t> Sim<'t> {
                 let at = Time::from_nanos(load_rng.random_range(0..=w.span.as_nanos() as u64));
                 let service =
                     if load_rng.random_bool(w.safe_fraction) { Service::Safe } else { Service::Agreed };
-                let len = draw_size(&mut load_rng, w);
+                let len = draw_size(&mut load_rng, w, limit);
                 let payload = payload(&mut load_rng, len);
                 plan.push(Planned { at, node, service, payload });
             }
@@ -554,7 +641,10 @@ impl<'t> Sim<'t> {
             logs,
             cfg,
             now: Time::ZERO,
-            nodes,
+            awaiting: (0..cfg_nodes).map(|_| None).collect(),
+            daemons,
+            group: Groups::encode(&[SIM_GROUP]).unwrap_or_default(),
+            multicasts: 0,
             net,
             fault_rng,
             load_rng,
@@ -593,8 +683,8 @@ impl<'t> Sim<'t> {
             live_delivered: HashMap::new(),
             trace,
         };
-        for i in 0..sim.nodes.len() {
-            sim.drain(i);
+        for i in 0..sim.daemons.len() {
+            sim.connect_client(i);
         }
         Ok(sim)
     }
@@ -651,16 +741,17 @@ impl<'t> Sim<'t> {
         self.finish()
     }
 
-    fn next_time(&self) -> Option<Time> {
+    fn next_time(&mut self) -> Option<Time> {
         let mut t = self.net.next_time();
         let mut consider = |x: Option<Time>| {
             if let Some(x) = x {
                 t = Some(t.map_or(x, |t: Time| t.min(x)));
             }
         };
-        for (i, n) in self.nodes.iter().enumerate() {
+        let now = self.now;
+        for (i, s) in self.daemons.iter_mut().enumerate() {
             if self.paused_until[i].is_none() {
-                consider(n.as_ref().and_then(Node::poll_timeout));
+                consider(s.as_mut().and_then(|s| s.poll_timeout(now)));
             }
         }
         consider(self.plan.get(self.next_plan).map(|p| self.retry_at.map_or(p.at, |r| r.max(p.at))));
@@ -683,7 +774,7 @@ impl<'t> Sim<'t> {
 
     /// Writes a submit line: who sent what, in which ring, with its digest.
     fn trace_submit(&mut self, i: usize, id: MsgId, service: Service, payload: &[u8]) {
-        let ring = self.nodes[i].as_ref().and_then(|n| n.ring().map(|r| r.0));
+        let ring = self.daemons[i].as_ref().and_then(|s| s.node().ring().map(|r| r.0));
         if let Some(w) = self.trace.as_mut() {
             let ev = TraceEvent::Submit {
                 node: NodeId(i as u16),
@@ -708,7 +799,7 @@ impl<'t> Sim<'t> {
     }
 
     fn alive(&self) -> Vec<bool> {
-        self.nodes.iter().map(Option::is_some).collect()
+        self.daemons.iter().map(Option::is_some).collect()
     }
 
     fn apply_faults(&mut self) {
@@ -766,7 +857,7 @@ impl<'t> Sim<'t> {
                     Duration::from_secs(2)
                 }
                 Some(Lasting::Deaf { node, .. }) => {
-                    for j in 0..self.nodes.len() {
+                    for j in 0..self.daemons.len() {
                         if j != *node {
                             self.net.reachable[j][*node] = false;
                         }
@@ -795,10 +886,10 @@ impl<'t> Sim<'t> {
                 self.net.reachable[from][to] = true;
             }
             if let Some(Lasting::Deaf { node, .. }) = self.lasting {
-                if (0..self.nodes.len()).any(|j| j != node && !self.net.reachable[j][node]) {
+                if (0..self.daemons.len()).any(|j| j != node && !self.net.reachable[j][node]) {
                     self.note_fault(|| format!("daemon {node} hears the others again"));
                 }
-                for j in 0..self.nodes.len() {
+                for j in 0..self.daemons.len() {
                     self.net.reachable[j][node] = true;
                 }
             }
@@ -806,12 +897,12 @@ impl<'t> Sim<'t> {
         }
         while let Some(&(at, node, len)) = self.pause_plan.get(self.next_pause).filter(|p| p.0 <= now) {
             self.next_pause += 1;
-            if self.nodes[node].is_some() && self.paused_until[node].is_none() {
+            if self.daemons[node].is_some() && self.paused_until[node].is_none() {
                 self.note_fault(|| format!("pause {node} for {len:?}"));
                 self.paused_until[node] = Some(at + len);
             }
         }
-        for i in 0..self.nodes.len() {
+        for i in 0..self.daemons.len() {
             if self.paused_until[i].is_some_and(|u| u <= now) {
                 self.note_fault(|| format!("resume {i}"));
                 self.paused_until[i] = None;
@@ -828,15 +919,15 @@ impl<'t> Sim<'t> {
     /// order for it), then the datagrams its socket held.
     fn resume(&mut self, i: usize) {
         let now = self.now;
-        if let Some(n) = self.nodes[i].as_mut() {
-            if n.poll_timeout().is_some_and(|t| t <= now) {
-                n.handle_timeout(now);
+        if let Some(s) = self.daemons[i].as_mut() {
+            if s.poll_timeout(now).is_some_and(|t| t <= now) {
+                s.handle_timeout(now);
             }
         }
         self.drain(i);
         while let Some(b) = self.held[i].pop_front() {
-            if let Some(n) = self.nodes[i].as_mut() {
-                n.handle_datagram(now, b);
+            if let Some(s) = self.daemons[i].as_mut() {
+                s.handle_datagram(now, b);
             }
             self.drain(i);
         }
@@ -852,36 +943,29 @@ impl<'t> Sim<'t> {
             Some(Lasting::Stall { .. }) => (Duration::from_secs(1), true),
             None => return,
         };
-        let now = self.now;
-        let running: Vec<usize> = (0..self.nodes.len())
-            .filter(|&i| self.nodes[i].is_some() && self.paused_until[i].is_none())
+        let running: Vec<usize> = (0..self.daemons.len())
+            .filter(|&i| self.daemons[i].is_some() && self.paused_until[i].is_none())
             .collect();
         let expect_all: Vec<usize> = match self.lasting {
             // Stalled daemons are only late, not out.
-            Some(Lasting::Stall { .. }) => {
-                (0..self.nodes.len()).filter(|&i| self.nodes[i].is_some()).map(|i| self.current[i]).collect()
-            }
+            Some(Lasting::Stall { .. }) => (0..self.daemons.len())
+                .filter(|&i| self.daemons[i].is_some())
+                .map(|i| self.current[i])
+                .collect(),
             _ => running.iter().map(|&i| self.current[i]).collect(),
         };
         for &i in &running {
             let len = self.load_rng.random_range(1..=200);
             let p = payload(&mut self.load_rng, len);
-            let Some(n) = self.nodes[i].as_mut() else { continue };
-            let Ok(id) = n.submit(now, Service::Agreed, Groups::none(), p.clone()) else { continue };
-            self.sent.insert(id, Sent { service: Service::Agreed, digest: digest(&p), len });
-            self.trace_submit(i, id, Service::Agreed, &p);
-            self.logs[self.current[i]].submitted.push(id);
-            self.live_ids.insert(id);
             let expect = if all { expect_all.clone() } else { vec![self.current[i]] };
-            self.live_probes.push(LiveProbe { id, deadline: now + within, within, expect });
-            self.drain(i);
+            self.multicast(i, Service::Agreed, p, Purpose::Live { within, expect });
         }
     }
 
     fn crash(&mut self, i: usize) {
-        if let Some(n) = self.nodes[i].take() {
-            self.persisted[i] = n.ring_seq_to_persist();
-        }
+        // What it persisted stays in `persisted` (its state file).
+        self.daemons[i] = None;
+        self.awaiting[i] = None;
         self.logs[self.current[i]].crashed = true;
         if let Some(w) = self.trace.as_mut() {
             let _ = trace::write_line(
@@ -896,28 +980,73 @@ impl<'t> Sim<'t> {
         let inc =
             Incarnation { ring_seq: self.persisted[i], first_msg_seq: (u64::from(incarnation) << 32) + 1 };
         let Ok(node) = make_node(&self.cfg, NodeId(i as u16), self.now, inc, incarnation) else { return };
-        self.nodes[i] = Some(node);
+        self.daemons[i] = Some(make_server(node, self.persisted[i]));
         self.logs.push(Log::new(NodeId(i as u16), incarnation));
         self.current[i] = self.logs.len() - 1;
         if let Some(w) = self.trace.as_mut() {
             let ev = TraceEvent::Restart { node: NodeId(i as u16), t_ns: self.now.as_nanos(), incarnation };
             let _ = trace::write_line(w, &ev);
         }
+        self.connect_client(i);
+    }
+
+    /// Daemon `i`'s client connects and joins [`SIM_GROUP`] (at the start,
+    /// and after each restart: a client does not outlive its daemon).
+    fn connect_client(&mut self, i: usize) {
+        let now = self.now;
+        let me = NodeId(i as u16);
+        let Some(s) = self.daemons[i].as_mut() else { return };
+        if let Err(e) = s.handle_connect(now, CLIENT, SIM_CLIENT, "sim", true) {
+            self.violations.push(Violation::Refused { node: me, what: format!("refused its client: {e}") });
+        }
+        let join = ClientFrame::Join { group: String::from_utf8_lossy(SIM_GROUP).into_owned() };
+        if let Handled::Refused(e) = s.handle_client(now, CLIENT, join) {
+            self.violations
+                .push(Violation::Refused { node: me, what: format!("refused its client's join: {e}") });
+        }
         self.drain(i);
+    }
+
+    /// Daemon `i`'s client multicasts `payload` to [`SIM_GROUP`]. False if
+    /// the daemon is down or its ring refuses messages for now (the client
+    /// waits, as a runtime stops reading it); a multicast the node has not
+    /// taken yet is kept in `awaiting` until it does.
+    fn multicast(&mut self, i: usize, service: Service, payload: Bytes, purpose: Purpose) -> bool {
+        let now = self.now;
+        let Some(s) = self.daemons[i].as_mut() else { return false };
+        if s.backlogged() {
+            return false;
+        }
+        let m = Multicast {
+            service,
+            msg_type: 0,
+            self_discard: false,
+            sealed: false,
+            groups: self.group.clone(),
+            payload: payload.clone(),
+        };
+        self.awaiting[i] = Some(Awaiting { payload, at: now, purpose });
+        if let Handled::Refused(e) = s.handle_client(now, CLIENT, ClientFrame::Multicast(m)) {
+            self.awaiting[i] = None;
+            let what = format!("refused its client's multicast: {e}");
+            self.violations.push(Violation::Refused { node: NodeId(i as u16), what });
+        }
+        self.drain(i);
+        true
     }
 
     /// The ring, if all live daemons are operational in one ring made of
     /// exactly them.
     fn converged(&self) -> Option<RingId> {
         let live: Vec<NodeId> = self
-            .nodes
+            .daemons
             .iter()
             .enumerate()
             .filter(|(_, n)| n.is_some())
             .map(|(i, _)| NodeId(i as u16))
             .collect();
         let mut ring = None;
-        for n in self.nodes.iter().flatten() {
+        for n in self.daemons.iter().flatten().map(Server::node) {
             if n.phase() != Phase::Operational {
                 return None;
             }
@@ -933,20 +1062,12 @@ impl<'t> Sim<'t> {
     /// After convergence, every live daemon sends a few messages that every
     /// live daemon must deliver (check 8).
     fn send_probes(&mut self) {
-        for i in 0..self.nodes.len() {
+        for i in 0..self.daemons.len() {
             for _ in 0..3 {
                 let len = self.load_rng.random_range(1..=2000);
                 let p = payload(&mut self.load_rng, len);
-                let now = self.now;
-                let Some(n) = self.nodes[i].as_mut() else { continue };
-                if let Ok(id) = n.submit(now, Service::Agreed, Groups::none(), p.clone()) {
-                    self.sent.insert(id, Sent { service: Service::Agreed, digest: digest(&p), len });
-                    self.trace_submit(i, id, Service::Agreed, &p);
-                    self.logs[self.current[i]].submitted.push(id);
-                    self.probes.push(id);
-                }
+                self.multicast(i, Service::Agreed, p, Purpose::Probe);
             }
-            self.drain(i);
         }
     }
 
@@ -959,18 +1080,18 @@ impl<'t> Sim<'t> {
                 }
                 continue;
             }
-            if let Some(n) = self.nodes[to].as_mut() {
-                n.handle_datagram(now, bytes);
+            if let Some(s) = self.daemons[to].as_mut() {
+                s.handle_datagram(now, bytes);
                 self.drain(to);
             }
         }
-        for i in 0..self.nodes.len() {
+        for i in 0..self.daemons.len() {
             if self.paused_until[i].is_some() {
                 continue;
             }
-            let Some(n) = self.nodes[i].as_mut() else { continue };
-            if n.poll_timeout().is_some_and(|t| t <= now) {
-                n.handle_timeout(now);
+            let Some(s) = self.daemons[i].as_mut() else { continue };
+            if s.poll_timeout(now).is_some_and(|t| t <= now) {
+                s.handle_timeout(now);
                 self.drain(i);
             }
         }
@@ -985,41 +1106,53 @@ impl<'t> Sim<'t> {
                 self.retry_at = Some(until);
                 break;
             }
-            let Some(n) = self.nodes[node].as_mut() else {
+            if self.daemons[node].is_none() {
                 self.next_plan += 1; // its sender is down
                 continue;
-            };
-            match n.submit(now, service, Groups::none(), payload.clone()) {
-                Ok(id) => {
-                    self.payload_bytes += payload.len() as u64;
-                    self.sent.insert(id, Sent { service, digest: digest(&payload), len: payload.len() });
-                    self.trace_submit(node, id, service, &payload);
-                    self.logs[self.current[node]].submitted.push(id);
-                    self.next_plan += 1;
-                    self.drain(node);
-                }
-                Err(_) => {
-                    // Backpressure: the workload waits a little and tries
-                    // again (the plan keeps its order).
-                    self.retry_at = Some(now + Duration::from_millis(1));
-                    break;
-                }
+            }
+            if self.multicast(node, service, payload, Purpose::Workload) {
+                self.next_plan += 1;
+            } else {
+                // Backpressure: the workload waits a little and tries
+                // again (the plan keeps its order).
+                self.retry_at = Some(now + Duration::from_millis(1));
+                break;
             }
         }
     }
 
+    /// Takes daemon `i`'s outputs as its runtime would (client frames,
+    /// events, the persist gate, datagrams) and feeds what it observed to
+    /// the checks.
     fn drain(&mut self, i: usize) {
         let now = self.now;
-        let Some(node) = self.nodes[i].as_mut() else { return };
-        let me = node.id();
+        let Some(s) = self.daemons[i].as_mut() else { return };
+        let me = s.node().id();
+        while s.poll_client().is_some() {}
+        while let Some(ev) = s.poll_event() {
+            let what = match ev {
+                ServerEvent::Undeliverable { error, .. } => {
+                    format!("dropped a frame for its client: {error}")
+                }
+                ServerEvent::SubmitRefused(e) => format!("dropped a message of its groups layer: {e}"),
+                _ => continue,
+            };
+            self.violations.push(Violation::Refused { node: me, what });
+        }
+        let mut observed = Vec::new();
+        while let Some(o) = s.poll_observed() {
+            observed.push(o);
+        }
+        // The state file: written at once, confirmed, kept over a crash.
+        if let Some(seq) = s.poll_persist() {
+            s.persisted(seq);
+            self.persisted[i] = seq;
+        }
         let mut out = Vec::new();
-        while let Some(t) = node.poll_transmit() {
+        while let Some(t) = s.poll_transmit() {
             out.push(t);
         }
-        let mut events = Vec::new();
-        while let Some(ev) = node.poll_event() {
-            events.push(ev);
-        }
+        let node = s.node();
         if let Some((ring, epoch, kid)) = node.server_key() {
             // Every member of a ring derives the same key; no one else has it.
             let member = node.ring().is_some_and(|(r, m)| r == ring && m.contains(&me));
@@ -1044,7 +1177,7 @@ impl<'t> Sim<'t> {
             self.wire_bytes += t.bytes.len() as u64 + 28;
             match t.dest {
                 Dest::All => {
-                    for j in 0..self.nodes.len() {
+                    for j in 0..self.daemons.len() {
                         if j != i {
                             self.net.send(now, i, j, &t.bytes);
                         }
@@ -1053,95 +1186,127 @@ impl<'t> Sim<'t> {
                 Dest::Node(id) => self.net.send(now, i, usize::from(id.0), &t.bytes),
             }
         }
-        for ev in events {
-            match ev {
-                Event::Deliver(d) => {
-                    let log = &self.logs[self.current[i]];
-                    if d.service == Service::Safe {
-                        if let Some(Entry::Config { kind: ConfigKind::Regular, members, ring_id }) =
-                            log.current_config()
-                        {
-                            // Every member that still keeps the ring must hold the packet.
-                            if let Some(m) = members.iter().find(|m| {
-                                self.nodes[usize::from(m.0)]
-                                    .as_ref()
-                                    .is_some_and(|n| n.keeps(*ring_id) && !n.holds(*ring_id, d.ring_seq))
-                            }) {
-                                self.violations.push(Violation::UnsafeDelivery {
-                                    node: me,
-                                    id: d.id,
-                                    missing_at: *m,
-                                });
-                            }
-                        }
-                    }
-                    if !log.in_its_configuration(d.ring_id) {
-                        self.violations.push(Violation::WrongConfiguration { node: me, id: d.id });
-                    }
-                    match self.sent.get(&d.id) {
-                        None => self.violations.push(Violation::Phantom { node: me, id: d.id }),
-                        Some(s)
-                            if s.service != d.service
-                                || s.len != d.payload.len()
-                                || s.digest != digest(&d.payload) =>
-                        {
-                            self.violations.push(Violation::Corrupt { node: me, id: d.id });
-                        }
-                        Some(_) => {}
-                    }
-                    if let Some(w) = self.trace.as_mut() {
-                        let ev = TraceEvent::delivery(me, now, &d, digest(&d.payload));
-                        let _ = trace::write_line(w, &ev);
-                    }
-                    if self.live_ids.contains(&d.id) {
-                        self.live_delivered.entry((self.current[i], d.id)).or_insert(now);
-                    }
-                    self.logs[self.current[i]].push_delivery(d.id, d.ring_id, d.ring_seq);
-                }
-                Event::Configuration(c) => {
-                    if c.kind == ConfigKind::Regular
-                        && self.stall_ring.is_some_and(|r| r != c.ring_id)
-                        && now < self.quiet_at
+        for o in observed {
+            match o {
+                Observed::Node(ev) => self.on_event(i, me, ev),
+                Observed::Submitted { id, service, payload } => self.on_submitted(i, id, service, payload),
+                Observed::Client(..) => {}
+            }
+        }
+    }
+
+    /// Daemon `i`'s node took a message for ordering: its client's
+    /// multicast, or one of its groups layer's own.
+    fn on_submitted(&mut self, i: usize, id: MsgId, service: Service, payload: Bytes) {
+        self.sent.insert(id, Sent { service, digest: digest(&payload), len: payload.len() });
+        self.trace_submit(i, id, service, &payload);
+        self.logs[self.current[i]].submitted.push(id);
+        if !self.awaiting[i].as_ref().is_some_and(|a| carries(&payload, &a.payload)) {
+            return;
+        }
+        let Some(a) = self.awaiting[i].take() else { return };
+        self.multicasts += 1;
+        match a.purpose {
+            Purpose::Workload => self.payload_bytes += a.payload.len() as u64,
+            Purpose::Probe => self.probes.push(id),
+            Purpose::Live { within, expect } => {
+                self.live_ids.insert(id);
+                self.live_probes.push(LiveProbe { id, deadline: a.at + within, within, expect });
+            }
+        }
+    }
+
+    /// An event of daemon `i`'s node, in its delivery order.
+    fn on_event(&mut self, i: usize, me: NodeId, ev: Event) {
+        let now = self.now;
+        match ev {
+            Event::Deliver(d) => {
+                let log = &self.logs[self.current[i]];
+                if d.service == Service::Safe {
+                    if let Some(Entry::Config { kind: ConfigKind::Regular, members, ring_id }) =
+                        log.current_config()
                     {
-                        self.violations.push(Violation::SpuriousChange { node: me, ring: c.ring_id });
-                    }
-                    if c.kind == ConfigKind::Regular
-                        && self.churn_from.is_some_and(|t| now >= t)
-                        && now < self.quiet_at
-                    {
-                        self.churned[i] += 1;
-                        if self.churned[i] == self.churn_max + 1 {
-                            self.violations.push(Violation::Churn { node: me, rings: self.churned[i] });
+                        // Every member that still keeps the ring must hold the packet.
+                        if let Some(m) = members.iter().find(|m| {
+                            self.daemons[usize::from(m.0)]
+                                .as_ref()
+                                .map(Server::node)
+                                .is_some_and(|n| n.keeps(*ring_id) && !n.holds(*ring_id, d.ring_seq))
+                        }) {
+                            self.violations.push(Violation::UnsafeDelivery {
+                                node: me,
+                                id: d.id,
+                                missing_at: *m,
+                            });
                         }
                     }
-                    if let Some(w) = self.trace.as_mut() {
-                        let ev = TraceEvent::Configuration {
-                            node: me,
-                            t_ns: now.as_nanos(),
-                            config: c.kind,
-                            ring: c.ring_id,
-                            members: &c.members,
-                        };
-                        let _ = trace::write_line(w, &ev);
-                    }
-                    self.logs[self.current[i]].entries.push(Entry::Config {
-                        kind: c.kind,
-                        ring_id: c.ring_id,
-                        members: c.members,
-                    });
                 }
-                Event::ServerKey(k) => {
-                    // The key handed to the owner is the one every member agreed.
-                    let (ring, epoch) = (k.ring_id, k.epoch);
-                    match self.announced.get(&(ring, epoch)) {
-                        Some((first, key)) if *key != k.key => {
-                            let a = *first;
-                            self.violations.push(Violation::KeyMismatch { ring, epoch, a, b: me });
-                        }
-                        Some(_) => {}
-                        None => {
-                            self.announced.insert((ring, epoch), (me, k.key));
-                        }
+                if !log.in_its_configuration(d.ring_id) {
+                    self.violations.push(Violation::WrongConfiguration { node: me, id: d.id });
+                }
+                match self.sent.get(&d.id) {
+                    None => self.violations.push(Violation::Phantom { node: me, id: d.id }),
+                    Some(s)
+                        if s.service != d.service
+                            || s.len != d.payload.len()
+                            || s.digest != digest(&d.payload) =>
+                    {
+                        self.violations.push(Violation::Corrupt { node: me, id: d.id });
+                    }
+                    Some(_) => {}
+                }
+                if let Some(w) = self.trace.as_mut() {
+                    let ev = TraceEvent::delivery(me, now, &d, digest(&d.payload));
+                    let _ = trace::write_line(w, &ev);
+                }
+                if self.live_ids.contains(&d.id) {
+                    self.live_delivered.entry((self.current[i], d.id)).or_insert(now);
+                }
+                self.logs[self.current[i]].push_delivery(d.id, d.ring_id, d.ring_seq);
+            }
+            Event::Configuration(c) => {
+                if c.kind == ConfigKind::Regular
+                    && self.stall_ring.is_some_and(|r| r != c.ring_id)
+                    && now < self.quiet_at
+                {
+                    self.violations.push(Violation::SpuriousChange { node: me, ring: c.ring_id });
+                }
+                if c.kind == ConfigKind::Regular
+                    && self.churn_from.is_some_and(|t| now >= t)
+                    && now < self.quiet_at
+                {
+                    self.churned[i] += 1;
+                    if self.churned[i] == self.churn_max + 1 {
+                        self.violations.push(Violation::Churn { node: me, rings: self.churned[i] });
+                    }
+                }
+                if let Some(w) = self.trace.as_mut() {
+                    let ev = TraceEvent::Configuration {
+                        node: me,
+                        t_ns: now.as_nanos(),
+                        config: c.kind,
+                        ring: c.ring_id,
+                        members: &c.members,
+                    };
+                    let _ = trace::write_line(w, &ev);
+                }
+                self.logs[self.current[i]].entries.push(Entry::Config {
+                    kind: c.kind,
+                    ring_id: c.ring_id,
+                    members: c.members,
+                });
+            }
+            Event::ServerKey(k) => {
+                // The key handed to the owner is the one every member agreed.
+                let (ring, epoch) = (k.ring_id, k.epoch);
+                match self.announced.get(&(ring, epoch)) {
+                    Some((first, key)) if *key != k.key => {
+                        let a = *first;
+                        self.violations.push(Violation::KeyMismatch { ring, epoch, a, b: me });
+                    }
+                    Some(_) => {}
+                    None => {
+                        self.announced.insert((ring, epoch), (me, k.key));
                     }
                 }
             }
@@ -1158,12 +1323,13 @@ impl<'t> Sim<'t> {
                     .iter()
                     .any(|&e| !self.logs[e].crashed && !self.live_delivered.contains_key(&(e, p.id)))
         });
-        if waiting {
+        // A multicast that backpressure held counts once the node took it.
+        if waiting || self.awaiting.iter().any(Option::is_some) {
             return false;
         }
         if self.faulty() {
             let Some(_) = self.converged_at else { return false };
-            return self.nodes.iter().enumerate().filter(|(_, n)| n.is_some()).all(|(i, _)| {
+            return self.daemons.iter().enumerate().filter(|(_, n)| n.is_some()).all(|(i, _)| {
                 let log = &self.logs[self.current[i]];
                 self.probes.iter().all(|p| log.delivered(*p))
             });
@@ -1187,9 +1353,11 @@ impl<'t> Sim<'t> {
         if self.faulty() {
             check::evs(&self.logs, &mut v);
             if self.converged_at.is_some() && !v.iter().any(|x| matches!(x, Violation::Stalled { .. })) {
-                for (i, n) in self.nodes.iter().enumerate() {
-                    if let Some(n) =
-                        n.as_ref().filter(|_| self.cfg.security.is_some_and(|m| m != LinkMode::None))
+                for (i, n) in self.daemons.iter().enumerate() {
+                    if let Some(n) = n
+                        .as_ref()
+                        .map(Server::node)
+                        .filter(|_| self.cfg.security.is_some_and(|m| m != LinkMode::None))
                     {
                         if n.server_key().is_none_or(|(r, _, _)| n.ring().is_none_or(|(nr, _)| nr != r)) {
                             v.push(Violation::NoKey { node: NodeId(i as u16) });
@@ -1223,6 +1391,7 @@ impl<'t> Sim<'t> {
             seed: self.cfg.seed,
             violations: v,
             submitted: self.sent.len() as u64,
+            multicasts: self.multicasts,
             deliveries,
             end: self.now,
             payload_bytes: self.payload_bytes,
@@ -1230,7 +1399,11 @@ impl<'t> Sim<'t> {
             wire_bytes: self.wire_bytes,
             faults: self.faults_applied,
             configurations,
-            stats: self.nodes.iter().map(|n| n.as_ref().map(Node::stats).unwrap_or_default()).collect(),
+            stats: self
+                .daemons
+                .iter()
+                .map(|s| s.as_ref().map(|s| s.node().stats()).unwrap_or_default())
+                .collect(),
         }
     }
 }
