@@ -336,3 +336,27 @@ fn all_seed_1898_a_stalled_daemon_reads_the_waiting_token_before_timing_it_out()
     });
     assert!(r.violations.is_empty(), "{:?}", r.violations);
 }
+
+/// Seed 2367 of `sim --nodes 5 --faults all --security encrypt` (36
+/// `NotLive`, no safety violation; it passed while the simulator drove bare
+/// nodes). Not caused by the stalls nor by the checker's bounds: with the
+/// groups layer's own messages (joins, a state exchange at every
+/// configuration) the traffic after the heal at 1.6 s differs, and the
+/// five daemons, all running on a healed lossless network, did not merge.
+/// Daemon 0 still held daemon 1 in quarantine from a change before the
+/// heal, the others did not; in gather rounds 4 and 5 (1.87 s to 2.63 s)
+/// the two sides never agreed, each left the other out as "stuck" and
+/// quarantined it, and they formed rings {1,3,4} and {0,2} (2.63 s).
+/// Holding daemons in quarantine, neither side's representative sends a
+/// beacon, so the two rings stayed apart until the quarantines ran out
+/// (4.59 s). The lasting fault (stalls of every daemon) began at 3.1 s with
+/// the ring split, and probes from one side could not reach the other
+/// within 1 s. A protocol liveness issue (quarantine disagreements after a
+/// heal delay the merge by up to `quarantine_max`), kept here until it is
+/// fixed: `cargo test -p ringfence-proto all_seed_2367 -- --ignored`.
+#[test]
+#[ignore = "open: quarantine disagreement delays the merge after the heal (see the doc)"]
+fn all_seed_2367_encrypt_quarantine_disagreement_splits_the_healed_ring() {
+    let r = run(&SimConfig { faults: FaultKinds::EVERY, ..secure(2367, 5) });
+    assert!(r.violations.is_empty(), "{:?}", r.violations);
+}
