@@ -360,3 +360,21 @@ fn all_seed_2367_encrypt_quarantine_disagreement_splits_the_healed_ring() {
     let r = run(&SimConfig { faults: FaultKinds::EVERY, ..secure(2367, 5) });
     assert!(r.violations.is_empty(), "{:?}", r.violations);
 }
+
+/// Seed 7909 of `sim --nodes 5 --faults all` (5 `SpuriousChange`; it passed
+/// while the simulator drove bare nodes, whose traffic timing differed).
+/// Under scheduling stalls daemon 3 was paused from 4.000 s to 4.095 s;
+/// its token deadline (4.0942 s) fell in the pause, so it woke 0.8 ms past
+/// it and, timers first, timed the token out before reading the datagrams
+/// its socket held: the ring re-formed with the same members. The grace of
+/// `Node::excuse_stall` (seed 1898) needs the timer to be over half a
+/// token retransmission late; a stall that ends just after the deadline
+/// is not seen. A protocol robustness issue (not in the port), kept here
+/// until it is fixed: `cargo test -p ringfence-proto all_seed_7909 --
+/// --ignored`.
+#[test]
+#[ignore = "open: a stall ending just after the token deadline is not excused (see the doc)"]
+fn all_seed_7909_a_stall_ending_just_past_the_token_deadline_re_forms_the_ring() {
+    let r = run(&SimConfig { faults: FaultKinds::EVERY, ..SimConfig::with_faults(7909, 5) });
+    assert!(r.violations.is_empty(), "{:?}", r.violations);
+}
