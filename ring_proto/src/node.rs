@@ -347,7 +347,8 @@ pub struct Node {
     /// of the next gather on, so a daemon behind a lasting one-way cut is
     /// left out at once rather than after another consensus timeout.
     unheard: BTreeSet<NodeId>,
-    /// When we last echoed each unheard daemon's beacon or packet.
+    /// When we last echoed a beacon to each daemon (one we could not hear,
+    /// or an outsider gathering in a stale round).
     echoed: BTreeMap<NodeId, Time>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
@@ -1165,36 +1166,48 @@ impl Node {
     /// up, timed out the token first, then took the joins of the round that
     /// had left it out for current and went off alone).
     ///
-    /// A smaller lateness (over half a token retransmission) gets the same
-    /// grace once per deadline: the token may wait in our socket, sent while
-    /// we were stalled (simulator seed 1898: a daemon stalled for 90 ms woke
-    /// 21 ms past its token deadline with the token read but not yet
-    /// handled, and the ring re-formed with the same members). Once per
+    /// A smaller lateness gets a grace too, once per failure deadline: the
+    /// token (or a join, a commit token) may wait in our socket, sent while
+    /// we were stalled, and a runtime may hand over its timers before its
+    /// datagrams. Over half a token retransmission late (simulator seed
+    /// 1898: a daemon stalled for 90 ms woke 21 ms past its token deadline
+    /// with the token read but not yet handled) the deadline moves on by
+    /// the lateness plus one retransmission interval; less late, even on
+    /// time, by the lateness plus [`Node::read_grace`] (seed 7909: a daemon
+    /// stalled for 95 ms woke 0.8 ms past its token deadline, the token in
+    /// its socket, and the ring re-formed with the same members). Once per
     /// deadline, so a machine whose timers always fire late still detects a
-    /// lost token, one retransmission interval later.
+    /// lost token, soon after.
     fn excuse_stall(&mut self, now: Time) {
         let Some(due) = self.poll_timeout() else { return };
         let late = now.saturating_since(due);
         let failure = self.failure_deadline().filter(|&f| f <= now && f > self.graced_until);
-        let by = if late > self.cfg.token_timeout / 2 {
+        // Whether we did not run for a while (then our joins are stale too).
+        let (by, stalled) = if late > self.cfg.token_timeout / 2 {
             self.retired.stalls += 1;
-            late
-        } else if let Some(f) = failure.filter(|&f| now.saturating_since(f) > self.cfg.token_retransmit / 2) {
-            self.retired.late_timers += 1;
+            (late + self.cfg.token_retransmit, true)
+        } else if let Some(f) = failure {
             let by = now.saturating_since(f);
-            self.graced_until = f + by + self.cfg.token_retransmit;
-            by
+            let stalled = by > self.cfg.token_retransmit / 2;
+            let grace = if stalled {
+                self.retired.late_timers += 1;
+                self.cfg.token_retransmit
+            } else {
+                self.read_grace()
+            };
+            self.graced_until = f + by + grace;
+            (by + grace, stalled)
         } else {
             return;
         };
-        // Past the lateness, a little more: time to read what waits.
-        let by = by + self.cfg.token_retransmit;
         self.last_token_at = self.last_token_at + by;
         match &mut self.state {
             State::Operational => {}
             State::Gather(g) => {
                 g.consensus_at = g.consensus_at + by;
-                g.join_at = now;
+                if stalled {
+                    g.join_at = now;
+                }
             }
             State::Commit { deadline, .. } => *deadline = *deadline + by,
             State::Recovery { rec, .. } => rec.deadline = rec.deadline + by,
@@ -1202,6 +1215,14 @@ impl Node {
         if let Some(sec) = &mut self.sec {
             sec.run_started = sec.run_started + by;
         }
+    }
+
+    /// How long a failure deadline that fell due is put off, once, so that
+    /// the runtime hands over what waits in its sockets before this daemon
+    /// acts on the silence (see [`Node::excuse_stall`]): a tenth of the
+    /// token retransmission interval (2 ms by default), at least 100 us.
+    fn read_grace(&self) -> Duration {
+        (self.cfg.token_retransmit / 10).max(Duration::from_micros(100))
     }
 
     fn timeout(&mut self, now: Time) {
@@ -1593,6 +1614,16 @@ impl Node {
         if matches!(self.state, State::Operational)
             && self.ring.as_ref().is_some_and(|r| j.max_ring_seq < r.ring_id().seq)
         {
+            // Its sender, outside our ring, would wait for our agreement
+            // until its consensus timeout and then hold us "stuck" in
+            // quarantine (seed 2367: three daemons gathered in a round older
+            // than the ring a fourth had just formed alone, timed it out,
+            // and the quarantines kept the rings apart for 2 s). Our ring's
+            // beacon, sent to it, moves its gather to a round we take part in.
+            if self.ring.as_ref().is_some_and(|r| !r.is_member(j.sender)) && !self.quarantined(j.sender, now)
+            {
+                self.echo_beacon(now, j.sender);
+            }
             return;
         }
         // A daemon our last change left out for what others said of it (one

@@ -539,8 +539,9 @@ fn a_packet_above_a_held_token_retires_the_token() {
     a.handle_timeout(Time::ZERO + Duration::from_millis(2));
     assert!(tokens(&drain(&mut a)).is_empty());
     assert_eq!(a.stats().bad_tokens, 1);
-    // Timers fire on time (a late one would be excused once).
-    let later = Time::ZERO + cfg.token_timeout + Duration::from_millis(3);
+    // Timers fire on time (the token deadline is put off once by the read
+    // grace, a late one by a retransmission interval).
+    let later = Time::ZERO + cfg.token_timeout + Duration::from_millis(3) + cfg.token_retransmit / 10;
     while let Some(t) = a.poll_timeout().filter(|&t| t <= later && a.phase() != crate::Phase::Gather) {
         a.handle_timeout(t);
         drain(&mut a);
@@ -567,6 +568,76 @@ fn timers_that_always_fire_late_still_detect_a_lost_token() {
     }
     assert_eq!(a.stats().late_timers, 1);
     assert!(now > Time::ZERO + cfg.token_timeout + late, "the late deadline was not excused");
+}
+
+/// Simulator seed 7909: a daemon stalled across its token deadline wakes a
+/// hair past it with the token waiting in its socket, and its runtime hands
+/// over the timer first. The deadline is put off once by a read grace, the
+/// token is read, and the ring goes on; without a token the loss is still
+/// detected, one grace later.
+#[test]
+fn a_token_waiting_at_the_deadline_is_read_before_the_token_is_timed_out() {
+    let cfg = plain();
+    let deadline = Time::ZERO + cfg.token_timeout;
+    let grace = cfg.token_retransmit / 10;
+    for token_waits in [true, false] {
+        let mut a = node(&cfg, 0, 2);
+        a.handle_timeout(Time::ZERO); // the ring's first token, passed to 1
+        drain(&mut a);
+        while let Some(t) = a.poll_timeout().filter(|&t| t < deadline) {
+            a.handle_timeout(t); // retransmissions, on time
+            drain(&mut a);
+        }
+        let woke = deadline + Duration::from_micros(800);
+        a.handle_timeout(woke);
+        drain(&mut a);
+        assert_eq!(a.phase(), crate::Phase::Operational, "the token was timed out before it was read");
+        if token_waits {
+            a.handle_datagram(woke, Bytes::from(token(0, 2).encode()));
+            drain(&mut a);
+        }
+        let after = woke + grace;
+        while let Some(t) = a.poll_timeout().filter(|&t| t <= after) {
+            a.handle_timeout(t);
+            drain(&mut a);
+        }
+        let want = if token_waits { crate::Phase::Operational } else { crate::Phase::Gather };
+        assert_eq!(a.phase(), want, "token waiting: {token_waits}");
+    }
+}
+
+/// Simulator seed 2367: daemons outside our ring that gather in a round
+/// older than our ring would wait for our agreement until their consensus
+/// timeout. An operational daemon answers such a stale join with its
+/// ring's beacon, sent to the joiner alone, and does not leave its ring;
+/// a stale join of a member gets no answer.
+#[test]
+fn an_outsiders_stale_join_is_answered_with_our_rings_beacon() {
+    use crate::wire::{Beacon, Join};
+    let cfg = plain();
+    let mut a = node(&cfg, 0, 2);
+    a.handle_timeout(Time::ZERO);
+    drain(&mut a);
+    let stale = |sender: u16| {
+        let sender = NodeId(sender);
+        let ring_id = RingId { seq: 0, rep: sender };
+        Bytes::from(
+            Join { sender, ring_id, max_ring_seq: 0, procs: ids(5), fails: vec![], suspects: vec![] }
+                .encode(),
+        )
+    };
+    let now = Time::ZERO + Duration::from_millis(1);
+    a.handle_datagram(now, stale(4));
+    let out = drain(&mut a);
+    let beacons: Vec<_> =
+        out.iter().filter_map(|t| Beacon::decode(&t.bytes).ok().map(|b| (t.dest, b))).collect();
+    assert_eq!(beacons.len(), 1, "{out:?}");
+    assert_eq!(beacons[0].0, Dest::Node(NodeId(4)));
+    assert_eq!(beacons[0].1.ring_id, RING);
+    assert_eq!(a.phase(), crate::Phase::Operational);
+    a.handle_datagram(now, stale(1));
+    assert!(drain(&mut a).iter().all(|t| Beacon::decode(&t.bytes).is_err()));
+    assert_eq!(a.phase(), crate::Phase::Operational);
 }
 
 /// Three nodes on one virtual clock over a perfect, zero-delay network:

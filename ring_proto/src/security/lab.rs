@@ -129,8 +129,9 @@ impl Lab {
         cfg.observe = true;
         let mut s = Server::new(node, cfg);
         let now = self.now;
-        let joined = s.handle_connect(now, CLIENT, "client", "lab", true).is_ok()
-            && s.handle_client(now, CLIENT, ClientFrame::Join { group: "lab".into() }) == Handled::Done;
+        let joined =
+            s.handle_connect(now, CLIENT, "client", "lab", true, crate::wire::client::CLIENT_VERSION).is_ok()
+                && s.handle_client(now, CLIENT, ClientFrame::Join { group: "lab".into() }) == Handled::Done;
         debug_assert!(joined, "the lab client was refused");
         self.servers[i] = Some(s);
         self.drain(i);

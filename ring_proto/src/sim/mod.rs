@@ -996,7 +996,9 @@ impl<'t> Sim<'t> {
         let now = self.now;
         let me = NodeId(i as u16);
         let Some(s) = self.daemons[i].as_mut() else { return };
-        if let Err(e) = s.handle_connect(now, CLIENT, SIM_CLIENT, "sim", true) {
+        if let Err(e) =
+            s.handle_connect(now, CLIENT, SIM_CLIENT, "sim", true, crate::wire::client::CLIENT_VERSION)
+        {
             self.violations.push(Violation::Refused { node: me, what: format!("refused its client: {e}") });
         }
         let join = ClientFrame::Join { group: String::from_utf8_lossy(SIM_GROUP).into_owned() };
