@@ -1490,7 +1490,10 @@ impl Node {
     fn add_quarantine(&mut self, id: NodeId, now: Time) {
         let (min, max) = (self.cfg.quarantine_min, self.cfg.quarantine_max);
         let q = self.quarantine.entry(id).or_insert(Quarantine { until: now, backoff: Duration::ZERO });
-        q.backoff = if q.backoff.is_zero() { min } else { (q.backoff * 2).min(max) };
+        // A repeat doubles it; one that comes long after the last ended
+        // starts afresh.
+        let fresh = q.backoff.is_zero() || now.saturating_since(q.until) > max;
+        q.backoff = if fresh { min } else { (q.backoff * 2).min(max) };
         q.until = now + q.backoff;
     }
 
@@ -2140,8 +2143,15 @@ impl Node {
         if !gated {
             self.events.push_back(Event::Configuration(regular));
         }
+        // A member's quarantine ends, but its length is remembered: a
+        // daemon that one member cannot hear and that the ring takes back
+        // in and leaves out again and again (a one-way cut that the others'
+        // rings alternate around, simulator seed 12898) waits longer each
+        // time, as in a quarantine that was never lifted.
         for m in &rec.token.members {
-            self.quarantine.remove(m);
+            if let Some(q) = self.quarantine.get_mut(m) {
+                q.until = q.until.min(now);
+            }
         }
         self.retired.rings_installed += 1;
         self.formed_ring_seq = self.formed_ring_seq.max(rec.token.ring_id.seq);

@@ -536,6 +536,8 @@ pub struct Sim<'t> {
     /// When each current log delivered each liveness probe.
     live_delivered: HashMap<(usize, MsgId), Time>,
     trace: Option<&'t mut dyn Write>,
+    /// Each daemon's last membership state written to the trace.
+    traced_state: Vec<String>,
 }
 
 /// A message submitted during a lasting fault, and who must deliver it by
@@ -682,6 +684,7 @@ impl<'t> Sim<'t> {
             live_ids: HashSet::new(),
             live_delivered: HashMap::new(),
             trace,
+            traced_state: vec![String::new(); cfg_nodes],
         };
         for i in 0..sim.daemons.len() {
             sim.connect_client(i);
@@ -1155,6 +1158,14 @@ impl<'t> Sim<'t> {
             out.push(t);
         }
         let node = s.node();
+        if let Some(w) = self.trace.as_mut() {
+            let state = node.describe();
+            if self.traced_state[i] != state {
+                let ev = TraceEvent::Membership { node: me, t_ns: now.as_nanos(), state: state.clone() };
+                let _ = trace::write_line(w, &ev);
+                self.traced_state[i] = state;
+            }
+        }
         if let Some((ring, epoch, kid)) = node.server_key() {
             // Every member of a ring derives the same key; no one else has it.
             let member = node.ring().is_some_and(|(r, m)| r == ring && m.contains(&me));

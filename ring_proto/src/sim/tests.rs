@@ -371,3 +371,17 @@ fn all_seed_7909_a_daemon_waking_just_past_its_token_deadline_reads_the_token_fi
     let r = run(&SimConfig { faults: FaultKinds::EVERY, ..SimConfig::with_faults(7909, 5) });
     assert!(r.violations.is_empty(), "{:?}", r.violations);
 }
+
+/// Seed 12898 of `sim --nodes 5 --faults all` (2 `Churn`, found with the
+/// read grace of seed 7909 in place): behind a lasting one-way cut 0 -> 4,
+/// the rings alternated between {3,4} + {0} and {0,3} + {4} every 0.4 to
+/// 0.8 s. Daemon 3 held 0 (or 4) in quarantine, but each ring that took
+/// the daemon back in deleted its quarantine, so the next one started
+/// again at `quarantine_min`. Fixed: a member's quarantine ends when a ring
+/// takes it in, but its length is remembered, so the knocks wait longer
+/// each time (docs/protocol.md 8.4, "Quarantine").
+#[test]
+fn all_seed_12898_a_quarantine_lifted_by_a_ring_keeps_its_length() {
+    let r = run(&SimConfig { faults: FaultKinds::EVERY, ..SimConfig::with_faults(12898, 5) });
+    assert!(r.violations.is_empty(), "{:?}", r.violations);
+}

@@ -88,6 +88,16 @@ pub enum TraceEvent<'a> {
         /// `heal`, `pause 2 for 800 ms`, `resume 2`.
         fault: String,
     },
+    /// The daemon's membership state changed (`Node::describe`: phase,
+    /// gather sets, quarantines, unheard daemons); one line per change.
+    Membership {
+        /// The daemon.
+        node: NodeId,
+        /// Virtual time in nanoseconds.
+        t_ns: u64,
+        /// The state in one line.
+        state: String,
+    },
     /// The run ended here: nothing follows.
     End {
         /// Virtual time in nanoseconds.
