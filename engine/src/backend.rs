@@ -189,7 +189,10 @@ fn drain(
                 *oversize += 1; // larger than any datagram we send
                 continue;
             }
-            offload.count(udp::deliver_segments(from, r.payload, r.control, max_datagram, on_datagram), oversize);
+            offload.count(
+                udp::deliver_segments(from, r.payload, r.control, max_datagram, on_datagram),
+                oversize,
+            );
         }
         if n < udp::MMSG_BATCH {
             return; // the queue is empty
@@ -245,7 +248,7 @@ impl Backend for Portable {
         self.queue.plan(if self.offload.gso { udp::MAX_SEGMENTS } else { 1 });
         let mut next = 0;
         while next < self.queue.batches().len() {
-            match udp::send_batches(&self.sockets[0], &self.queue, next, &mut self.scratch) {
+            match udp::send_batches(&self.sockets[0], &self.queue, next, udp::MMSG_BATCH, &mut self.scratch) {
                 Sent::Batches(k) => {
                     for b in &self.queue.batches()[next..next + k] {
                         self.sent += b.len() as u64;
@@ -500,7 +503,10 @@ pub(crate) mod tests {
             let e = open(choice, Vec::new(), 1500, Offload::ON).unwrap_err();
             assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
             let many = (0..=MAX_SOCKETS).map(|_| UdpSocket::bind("127.0.0.1:0").unwrap()).collect();
-            assert_eq!(open(choice, many, 1500, Offload::ON).unwrap_err().kind(), io::ErrorKind::InvalidInput);
+            assert_eq!(
+                open(choice, many, 1500, Offload::ON).unwrap_err().kind(),
+                io::ErrorKind::InvalidInput
+            );
         }
     }
 

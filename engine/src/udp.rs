@@ -102,6 +102,7 @@ pub(crate) struct Offload {
 
 impl Offload {
     /// Both on (the default).
+    #[cfg(test)]
     pub(crate) const ON: Self = Self { gso: true, gro: true };
     /// Both off: one datagram per send and per receive.
     pub(crate) const OFF: Self = Self { gso: false, gro: false };
@@ -356,7 +357,14 @@ impl SendQueue {
                         b.total += len;
                         b.open = len == b.size;
                     }
-                    _ => batches.push(Batch { to: d, start: here, end: here + 1, size: len, total: len, open: len > 0 }),
+                    _ => batches.push(Batch {
+                        to: d,
+                        start: here,
+                        end: here + 1,
+                        size: len,
+                        total: len,
+                        open: len > 0,
+                    }),
                 }
                 order.push(i);
             }
@@ -439,12 +447,18 @@ pub(crate) struct SendScratch {
     one: Vec<libc::iovec>,
 }
 
-/// Sends batches `first..` of `queue` (at most `MMSG_BATCH` of them) in
-/// one `sendmmsg` on `socket` (blocking: it waits while the send buffer
-/// is full). Interrupted calls are retried.
-pub(crate) fn send_batches(socket: &UdpSocket, queue: &SendQueue, first: usize, s: &mut SendScratch) -> Sent {
+/// Sends batches `first..` of `queue` (at most `max` and `MMSG_BATCH` of
+/// them) in one `sendmmsg` on `socket` (blocking: it waits while the send
+/// buffer is full). Interrupted calls are retried.
+pub(crate) fn send_batches(
+    socket: &UdpSocket,
+    queue: &SendQueue,
+    first: usize,
+    max: usize,
+    s: &mut SendScratch,
+) -> Sent {
     let batches = queue.batches().get(first..).unwrap_or_default();
-    let batches = &batches[..batches.len().min(MMSG_BATCH)];
+    let batches = &batches[..batches.len().min(max).min(MMSG_BATCH)];
     if batches.is_empty() {
         return Sent::Batches(0);
     }
@@ -608,7 +622,7 @@ impl RecvBatch {
         // padding that matters to a reader of bytes) of which the kernel
         // wrote `msg_namelen` bytes.
         let name = unsafe { std::slice::from_raw_parts((&raw const self.names[k]).cast::<u8>(), name_len) };
-        let control_len = (h.msg_controllen as usize).min(RECV_CONTROL);
+        let control_len = h.msg_controllen.min(RECV_CONTROL);
         let buf = &self.bufs[k * self.slot..(k + 1) * self.slot];
         Some(Received {
             from: parse_name(name),
@@ -681,7 +695,7 @@ mod tests {
             assert_eq!(len, libc::CMSG_SPACE(2) as usize);
             assert_eq!(CMSG_HDR, libc::CMSG_LEN(0) as usize);
             let hdr = c.0.as_ptr().cast::<libc::cmsghdr>();
-            assert_eq!((*hdr).cmsg_len as usize, libc::CMSG_LEN(2) as usize);
+            assert_eq!((*hdr).cmsg_len, libc::CMSG_LEN(2) as usize);
             assert_eq!((*hdr).cmsg_level, libc::SOL_UDP);
             assert_eq!((*hdr).cmsg_type, UDP_SEGMENT);
             let data = libc::CMSG_DATA(hdr);
@@ -759,7 +773,11 @@ mod tests {
                 assert_eq!(parts.concat(), payload, "len {len} size {size}");
                 assert_eq!(parts.len(), len.div_ceil(size).max(1), "len {len} size {size}");
                 let (last, rest) = parts.split_last().unwrap();
-                assert!(rest.iter().all(|p| p.len() == size) && last.len() <= size && (len == 0 || !last.is_empty()));
+                assert!(
+                    rest.iter().all(|p| p.len() == size)
+                        && last.len() <= size
+                        && (len == 0 || !last.is_empty())
+                );
             }
         }
     }
@@ -793,7 +811,11 @@ mod tests {
         let visit = [(1, 1400), (2, 1400), (1, 1400), (2, 1400), (1, 1000), (2, 1000), (2, 80)];
         assert_eq!(
             plan(&visit, 64),
-            vec![(1, vec![1400, 1400, 1000], Some(1400)), (2, vec![1400, 1400, 1000], Some(1400)), (2, vec![80], None)]
+            vec![
+                (1, vec![1400, 1400, 1000], Some(1400)),
+                (2, vec![1400, 1400, 1000], Some(1400)),
+                (2, vec![80], None)
+            ]
         );
         // GSO off: one datagram per batch, order per destination kept.
         assert_eq!(plan(&visit, 1).len(), 7);
@@ -846,7 +868,9 @@ mod tests {
                     None => assert_eq!(sizes.len(), 1),
                     Some(s) => {
                         let (last, rest) = sizes.split_last().unwrap();
-                        assert!(rest.iter().all(|&l| l == usize::from(s)) && *last <= usize::from(s) && *last > 0);
+                        assert!(
+                            rest.iter().all(|&l| l == usize::from(s)) && *last <= usize::from(s) && *last > 0
+                        );
                     }
                 }
             }
@@ -899,5 +923,170 @@ mod tests {
         let bytes = unsafe { std::slice::from_raw_parts(s.as_ptr().cast::<u8>(), s.len() as usize) };
         assert_eq!(parse_name(bytes), Some(v6));
         assert_eq!(parse_name(&[0, 0]), None);
+    }
+
+    /// A backend under test: its name and how to open it.
+    type Open = (&'static str, fn(Vec<UdpSocket>, Offload) -> Box<dyn crate::backend::Backend>);
+
+    const BACKENDS: [Open; 3] = [
+        ("portable", |s, o| Box::new(crate::backend::Portable::new(s, 1500, o).unwrap())),
+        ("io_uring multishot", |s, o| {
+            Box::new(crate::uring::Uring::with_receive(s, 1500, false, o).unwrap())
+        }),
+        ("io_uring pool", |s, o| Box::new(crate::uring::Uring::with_receive(s, 1500, true, o).unwrap())),
+    ];
+
+    /// A loopback socket with a receive buffer large enough for a round.
+    fn socket() -> UdpSocket {
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let _ = socket2::SockRef::from(&s).set_recv_buffer_size(1 << 20);
+        s
+    }
+
+    /// Datagrams of one round as the ring sends them in a visit: full
+    /// frames split off one block (as the link seals them), one from a
+    /// buffer of its own, a shorter last frame and a token; each tagged
+    /// with its round and index.
+    fn round(r: u8) -> Vec<Bytes> {
+        let mut block = bytes::BytesMut::with_capacity(64 << 10);
+        let mut out = Vec::new();
+        let tagged =
+            |len: usize, i: u8| -> Vec<u8> { (0..len).map(|k| (k as u8) ^ r.wrapping_mul(31) ^ i).collect() };
+        for i in 0..20u8 {
+            block.extend_from_slice(&tagged(1400, i));
+            out.push(block.split().freeze());
+        }
+        out.push(Bytes::from(tagged(1400, 20)));
+        for i in 21..30u8 {
+            block.extend_from_slice(&tagged(1400, i));
+            out.push(block.split().freeze());
+        }
+        out.push(Bytes::from(tagged(900, 30)));
+        out.push(Bytes::from(tagged(80, 31)));
+        out
+    }
+
+    /// Waits (at most 10 s) until `n` datagrams arrived at `b`.
+    fn collect(b: &mut dyn crate::backend::Backend, n: usize) -> Vec<(SocketAddr, Vec<u8>)> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut got = Vec::new();
+        while got.len() < n {
+            assert!(std::time::Instant::now() < deadline, "{} of {n} datagrams after 10 s", got.len());
+            b.wait(std::time::Duration::from_millis(20), &mut |from, bytes| got.push((from, bytes.to_vec())))
+                .unwrap();
+        }
+        got
+    }
+
+    /// One sender, two receivers, each datagram one shared buffer sent
+    /// to both: every datagram arrives intact and in order at both; with
+    /// GSO the sender sent runs, with GRO (and GSO) the receivers got
+    /// them coalesced.
+    fn gso_batch(tx: Open, rx: Open, offload: Offload) {
+        let what = format!("{} to {}, {offload:?}", tx.0, rx.0);
+        let a = socket();
+        let a_addr = a.local_addr().unwrap();
+        let (r1, r2) = (socket(), socket());
+        let dests = [r1.local_addr().unwrap(), r2.local_addr().unwrap()];
+        let mut sender = (tx.1)(vec![a], offload);
+        let mut receivers = [(rx.1)(vec![r1], offload), (rx.1)(vec![r2], offload)];
+        let mut sent = 0;
+        for r in 0..4u8 {
+            let datagrams = round(r);
+            for d in &datagrams {
+                for to in dests {
+                    sender.send(to, d);
+                }
+            }
+            sender.flush_sends().unwrap();
+            sent += 2 * datagrams.len() as u64;
+            for b in &mut receivers {
+                let got = collect(&mut **b, datagrams.len());
+                assert_eq!(got.len(), datagrams.len(), "{what}");
+                for (k, (from, bytes)) in got.iter().enumerate() {
+                    assert_eq!(*from, a_addr, "{what}");
+                    assert_eq!(bytes[..], datagrams[k][..], "{what}: round {r}, datagram {k}");
+                }
+            }
+        }
+        assert_eq!(sender.counters(), (sent, 0), "{what}");
+        let o = sender.offload();
+        assert_eq!(o.gso, offload.gso, "{what}: loopback offers GSO");
+        if offload.gso {
+            // Per round and receiver: 30 full frames and the shorter one
+            // (one run of 31 of at most 46), and the token alone.
+            assert_eq!((o.gso_sends, o.gso_segments), (8, 8 * 31), "{what}");
+        } else {
+            assert_eq!((o.gso_sends, o.gso_segments), (0, 0), "{what}");
+        }
+        for b in &receivers {
+            let o = b.offload();
+            assert_eq!(o.gro, offload.gro, "{what}: loopback offers GRO");
+            if offload.gso && offload.gro {
+                assert!(o.gro_receives >= 4 && o.gro_segments >= 4 * 31, "{what}: {o:?}");
+            } else {
+                assert_eq!((o.gro_receives, o.gro_segments), (0, 0), "{what}");
+            }
+            assert_eq!(b.oversize(), 0, "{what}");
+        }
+    }
+
+    #[test]
+    fn gso_batches_arrive_intact_between_every_pair_of_backends() {
+        let half = [Offload { gso: true, gro: false }, Offload { gso: false, gro: true }];
+        for offload in [Offload::ON, Offload::OFF].into_iter().chain(half) {
+            for tx in BACKENDS {
+                for rx in BACKENDS {
+                    gso_batch(tx, rx, offload);
+                }
+            }
+        }
+    }
+
+    /// A socket whose GSO sends the kernel refuses: `SO_NO_CHECK` (no UDP
+    /// checksum) makes `udp_send_skb` fail a segmented send with `EINVAL`,
+    /// as a device without checksum offload fails it with `EIO`.
+    fn refusing_socket() -> UdpSocket {
+        let s = socket();
+        let on: libc::c_int = 1;
+        // SAFETY: a valid socket and a pointer to an `int` of the length given.
+        let r = unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_NO_CHECK,
+                (&raw const on).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(r, 0, "SO_NO_CHECK: {}", io::Error::last_os_error());
+        s
+    }
+
+    #[test]
+    fn a_refused_gso_send_falls_back_to_plain_sends_and_loses_nothing() {
+        for tx in BACKENDS {
+            let a = refusing_socket();
+            let from = a.local_addr().unwrap();
+            let r = socket();
+            let to = r.local_addr().unwrap();
+            let mut sender = (tx.1)(vec![a], Offload::ON);
+            let mut receiver = (BACKENDS[0].1)(vec![r], Offload::ON);
+            assert!(sender.offload().gso, "{}: the probe accepts it", tx.0);
+            for n in 0..2u8 {
+                let datagrams = round(n);
+                for d in &datagrams {
+                    sender.send(to, d);
+                }
+                sender.flush_sends().unwrap();
+                let got = collect(&mut *receiver, datagrams.len());
+                let want: Vec<(SocketAddr, Vec<u8>)> = datagrams.iter().map(|d| (from, d.to_vec())).collect();
+                assert_eq!(got, want, "{}: round {n}", tx.0);
+            }
+            let o = sender.offload();
+            assert!(!o.gso, "{}: GSO turned off", tx.0);
+            assert_eq!((o.gso_sends, o.gso_segments), (0, 0), "{}", tx.0);
+            assert_eq!(sender.counters(), (2 * 32, 0), "{}", tx.0);
+        }
     }
 }

@@ -31,7 +31,10 @@
 #![allow(unsafe_code)]
 
 use crate::backend::Backend;
-use crate::udp::{self, Control, GSO_CONTROL, Offload, OffloadStats, RECV_CONTROL, SendQueue, empty_msghdr};
+use crate::udp::{
+    self, Control, GSO_CONTROL, Offload, OffloadStats, RECV_CONTROL, SendQueue, SendScratch, Sent,
+    empty_msghdr,
+};
 use bytes::Bytes;
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
 use socket2::SockAddr;
@@ -282,6 +285,10 @@ pub(crate) struct Uring {
     /// Datagrams of GSO sends the kernel refused, to send again one by one.
     retry: Vec<(SocketAddr, Bytes)>,
     offload: OffloadStats,
+    /// A GSO send succeeded: the path segments.
+    gso_confirmed: bool,
+    /// Headers of the first GSO send, made with a plain `sendmsg`.
+    scratch: SendScratch,
     max_datagram: usize,
     sent: u64,
     send_errors: u64,
@@ -349,6 +356,8 @@ impl Uring {
             queue: SendQueue::default(),
             retry: Vec::new(),
             offload: OffloadStats { gso: on.gso, gro: on.gro, ..OffloadStats::default() },
+            gso_confirmed: false,
+            scratch: SendScratch::default(),
             max_datagram,
             sent: 0,
             send_errors: 0,
@@ -560,8 +569,19 @@ impl Uring {
     /// Takes every completion: send slots go back to the free list, receive
     /// completions wait in `ready` for the next `wait`.
     fn reap(&mut self) {
-        let Self { ring, sends, free_sends, sends_in_flight, ready, sent, send_errors, wake, retry, offload, .. } =
-            self;
+        let Self {
+            ring,
+            sends,
+            free_sends,
+            sends_in_flight,
+            ready,
+            sent,
+            send_errors,
+            wake,
+            retry,
+            offload,
+            ..
+        } = self;
         for cqe in ring.completion() {
             let user_data = cqe.user_data();
             match user_data >> KIND_SHIFT {
@@ -668,7 +688,7 @@ impl Uring {
                         continue;
                     }
                     let name_len = (s.msg.msg_namelen as usize).min(s.name.0.len());
-                    let control_len = (s.msg.msg_controllen as usize).min(RECV_CONTROL);
+                    let control_len = s.msg.msg_controllen.min(RECV_CONTROL);
                     if let Some(from) = udp::parse_name(&s.name.0[..name_len]) {
                         let r = udp::deliver_segments(
                             from,
@@ -722,6 +742,39 @@ impl Uring {
                 Recv::Pool(slots) => slots.iter().any(|s| s.armed),
                 Recv::Gone => false,
             }
+    }
+
+    /// Sends batch `k` of the planned queue, the first GSO send, with a
+    /// plain `sendmsg` after what was queued before it (so a refusal is
+    /// known at once and nothing is reordered): on success GSO is
+    /// confirmed; if the kernel refuses to segment, GSO is turned off and
+    /// batches `k..` become one datagram each. Returns whether batch `k`
+    /// was dealt with (sent, or lost to another error).
+    fn first_gso_send(&mut self, k: usize) -> bool {
+        if !self.ring.submission().is_empty() && self.submit().is_err() {
+            return false; // sent through the ring instead, like the rest
+        }
+        let b = self.queue.batches()[k];
+        let n = b.len() as u64;
+        match udp::send_batches(&self.sockets[0], &self.queue, k, 1, &mut self.scratch) {
+            Sent::Batches(_) => {
+                self.gso_confirmed = true;
+                self.sent += n;
+                self.offload.gso_sends += 1;
+                self.offload.gso_segments += n;
+                true
+            }
+            Sent::Failed(e) if e.raw_os_error().is_some_and(udp::refuses_gso) => {
+                warn!(error = %e, "UDP GSO send refused; sending without segmentation offload");
+                self.offload.gso = false;
+                self.queue.unsegment_from(k);
+                false
+            }
+            Sent::Failed(_) => {
+                self.send_errors += n;
+                true
+            }
+        }
     }
 
     /// Puts batch `k` of the planned queue into a free send slot and its
@@ -839,8 +892,14 @@ impl Backend for Uring {
         for _ in 0..2 {
             if !self.queue.is_empty() {
                 self.queue.plan(if self.offload.gso { udp::MAX_SEGMENTS } else { 1 });
-                for k in 0..self.queue.batches().len() {
-                    self.push_send(k);
+                // `first_gso_send` may cut the rest into more batches.
+                let mut k = 0;
+                while k < self.queue.batches().len() {
+                    let first_gso = !self.gso_confirmed && self.queue.batches()[k].segment().is_some();
+                    if !(first_gso && self.first_gso_send(k)) {
+                        self.push_send(k);
+                    }
+                    k += 1;
                 }
                 self.queue.clear();
             }
@@ -936,7 +995,6 @@ impl Drop for Uring {
         }
     }
 }
-
 
 /// Whether this kernel (and its seccomp policy) lets a process set up the
 /// io_uring backend: a UDP socket on loopback is opened on it and dropped.
