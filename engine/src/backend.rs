@@ -420,6 +420,17 @@ pub(crate) mod tests {
         want.sort();
         assert_eq!(got, want);
         assert_eq!(u.counters(), (1, 0));
+
+        // A run of equal-size datagrams to the group (one GSO send where
+        // it is on) comes back whole and in order.
+        let run: Vec<Bytes> = (0..4u8).map(|i| Bytes::from(vec![i; if i == 3 { 50 } else { 100 }])).collect();
+        for d in &run {
+            u.send(to, d);
+        }
+        u.flush_sends().unwrap();
+        let got = collect(&mut *u, run.len());
+        assert_eq!(got, run.iter().map(|d| (a_addr, d.to_vec())).collect::<Vec<_>>());
+        assert_eq!(u.counters(), (5, 0));
     }
 
     /// A datagram larger than the backend's maximum (1500 here) is dropped

@@ -59,8 +59,8 @@ const POOL: usize = 32;
 const BGID: u16 = 0x7266;
 /// Bytes of provided buffers to aim for.
 const RING_BYTES: usize = 4 << 20;
-/// ... with GRO on (64 KiB buffers: 128 of them).
-const RING_BYTES_GRO: usize = 8 << 20;
+/// ... with GRO on (buffers of 64 KiB and headers: 128 of them).
+const RING_BYTES_GRO: usize = 9 << 20;
 /// How long `drop` waits for the kernel to finish with our memory.
 const QUIESCE: Duration = Duration::from_secs(2);
 
