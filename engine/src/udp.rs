@@ -1043,11 +1043,10 @@ mod tests {
         }
     }
 
-    /// A socket whose GSO sends the kernel refuses: `SO_NO_CHECK` (no UDP
+    /// Makes the kernel refuse `s`'s GSO sends: `SO_NO_CHECK` (no UDP
     /// checksum) makes `udp_send_skb` fail a segmented send with `EINVAL`,
     /// as a device without checksum offload fails it with `EIO`.
-    fn refusing_socket() -> UdpSocket {
-        let s = socket();
+    fn refuse_gso(s: &UdpSocket) {
         let on: libc::c_int = 1;
         // SAFETY: a valid socket and a pointer to an `int` of the length given.
         let r = unsafe {
@@ -1060,7 +1059,54 @@ mod tests {
             )
         };
         assert_eq!(r, 0, "SO_NO_CHECK: {}", io::Error::last_os_error());
+    }
+
+    fn refusing_socket() -> UdpSocket {
+        let s = socket();
+        refuse_gso(&s);
         s
+    }
+
+    #[test]
+    fn a_gso_send_refused_after_gso_worked_is_resent_one_by_one() {
+        for tx in BACKENDS {
+            let a = socket();
+            let handle = a.try_clone().unwrap();
+            let from = a.local_addr().unwrap();
+            let r = socket();
+            let to = r.local_addr().unwrap();
+            let mut sender = (tx.1)(vec![a], Offload::ON);
+            let mut receiver = (BACKENDS[0].1)(vec![r], Offload::ON);
+            let first = round(0);
+            for d in &first {
+                sender.send(to, d);
+            }
+            sender.flush_sends().unwrap();
+            let want: Vec<(SocketAddr, Vec<u8>)> = first.iter().map(|d| (from, d.to_vec())).collect();
+            assert_eq!(collect(&mut *receiver, first.len()), want, "{}", tx.0);
+            assert_eq!(sender.offload().gso_sends, 1, "{}", tx.0);
+            // The path stops segmenting (a route change, say).
+            refuse_gso(&handle);
+            let second = round(1);
+            for d in &second {
+                sender.send(to, d);
+            }
+            sender.flush_sends().unwrap();
+            let mut got = collect(&mut *receiver, second.len());
+            let mut want: Vec<(SocketAddr, Vec<u8>)> = second.iter().map(|d| (from, d.to_vec())).collect();
+            if tx.0 == "portable" {
+                assert_eq!(got, want, "{}: in order", tx.0);
+            }
+            // io_uring learns of the refusal at the completion, after the
+            // token went: the run comes after it.
+            got.sort();
+            want.sort();
+            assert_eq!(got, want, "{}: every datagram once", tx.0);
+            let o = sender.offload();
+            assert!(!o.gso, "{}: GSO turned off", tx.0);
+            assert_eq!((o.gso_sends, o.gso_segments), (1, 31), "{}", tx.0);
+            assert_eq!(sender.counters(), (64, 0), "{}", tx.0);
+        }
     }
 
     #[test]
