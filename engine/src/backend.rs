@@ -14,23 +14,29 @@
 //! ```
 //!
 //! Every send, including a send to a multicast group, leaves from
-//! `sockets[0]`.
+//! `sockets[0]`. Sends queue until `flush_sends`; both backends then send
+//! runs of equal-size datagrams to one destination as one GSO send and
+//! cut coalesced receives (GRO) into datagrams (`crate::udp`), where the
+//! kernel offers it and `[daemon] gso`/`gro` allow it.
 
 use crate::config::BackendChoice;
+use crate::udp::{self, Offload, OffloadStats, RecvBatch, SendQueue, SendScratch, Sent};
 use bytes::Bytes;
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use nix::sys::socket::{MsgFlags, SockaddrStorage, recvmsg};
 use std::fs::File;
+use std::io;
 use std::io::Read as _;
-use std::io::{self, IoSliceMut};
 use std::net::{SocketAddr, UdpSocket};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::time::Duration;
 use tracing::{info, warn};
 
 /// Datagrams taken from one socket in one wait at most.
 const DRAIN: usize = 256;
+
+/// Datagrams queued at most before `send` flushes on its own.
+pub(crate) const MAX_QUEUED: usize = 1024;
 
 /// Sockets one backend receives on at most.
 pub(crate) const MAX_SOCKETS: usize = 8;
@@ -52,6 +58,8 @@ pub(crate) trait Backend: std::fmt::Debug {
     /// Datagrams received larger than the largest expected (truncated by
     /// the kernel, or over `max_datagram`), dropped unread, so far.
     fn oversize(&self) -> u64;
+    /// Whether GSO and GRO are in use, and their counters so far.
+    fn offload(&self) -> OffloadStats;
     /// The name the log shows.
     fn name(&self) -> &'static str;
     /// Also ends a `wait` when `fd` (an eventfd, `crate::session::Waker`)
@@ -62,29 +70,34 @@ pub(crate) trait Backend: std::fmt::Debug {
 /// Opens the backend `choice` asks for on the bound `sockets`: `sockets[0]`
 /// sends and receives, the others (at most `MAX_SOCKETS` in all) only
 /// receive. `max_datagram` is the largest datagram expected (larger ones
-/// may be truncated and are then dropped).
+/// may be truncated and are then dropped). `offload` says whether GSO and
+/// GRO may be used (each only where the kernel offers it).
 pub(crate) fn open(
     choice: BackendChoice,
     sockets: Vec<UdpSocket>,
     max_datagram: usize,
+    offload: Offload,
 ) -> io::Result<Box<dyn Backend>> {
     check_sockets(&sockets)?;
-    match choice {
-        BackendChoice::Portable => Ok(Box::new(Portable::new(sockets, max_datagram)?)),
-        BackendChoice::IoUring => Ok(uring(crate::uring::Uring::new(sockets, max_datagram)?)),
+    let backend: Box<dyn Backend> = match choice {
+        BackendChoice::Portable => Box::new(Portable::new(sockets, max_datagram, offload)?),
+        BackendChoice::IoUring => uring(crate::uring::Uring::new(sockets, max_datagram, offload)?),
         BackendChoice::Auto => {
             // Setup needs its own handles: on failure the sockets go to the
             // portable backend.
             let probe = sockets.iter().map(UdpSocket::try_clone).collect::<io::Result<Vec<_>>>()?;
-            match crate::uring::Uring::new(probe, max_datagram) {
-                Ok(u) => Ok(uring(u)),
+            match crate::uring::Uring::new(probe, max_datagram, offload) {
+                Ok(u) => uring(u),
                 Err(e) => {
                     warn!(error = %e, "io_uring cannot be set up here: using the portable backend");
-                    Ok(Box::new(Portable::new(sockets, max_datagram)?))
+                    Box::new(Portable::new(sockets, max_datagram, offload)?)
                 }
             }
         }
-    }
+    };
+    let o = backend.offload();
+    info!(backend = backend.name(), gso = o.gso, gro = o.gro, "UDP segmentation offload");
+    Ok(backend)
 }
 
 /// Rejects an empty socket list or one longer than `MAX_SOCKETS` (the
@@ -104,15 +117,21 @@ fn uring(u: crate::uring::Uring) -> Box<dyn Backend> {
     Box::new(u)
 }
 
-/// poll(2) over every socket, then nonblocking receives (`MSG_DONTWAIT`).
-/// The sockets themselves stay blocking, so a send blocks while the send
-/// buffer is full, as a plain `send_to` does.
+/// poll(2) over every socket, then nonblocking batched receives
+/// (`recvmmsg` with `MSG_DONTWAIT`); sends queue until `flush_sends`, which
+/// hands them over in batched `sendmmsg` calls, runs of one size to one
+/// destination as one GSO message each (see `crate::udp`). The sockets
+/// themselves stay blocking, so a flush blocks while the send buffer is
+/// full, as a plain `send_to` does.
 #[derive(Debug)]
 pub(crate) struct Portable {
     sockets: Vec<UdpSocket>,
     /// The ring thread's eventfd (`set_waker`), polled beside the sockets.
     waker: Option<File>,
-    buf: Vec<u8>,
+    rx: RecvBatch,
+    queue: SendQueue,
+    scratch: SendScratch,
+    offload: OffloadStats,
     max_datagram: usize,
     sent: u64,
     send_errors: u64,
@@ -120,13 +139,19 @@ pub(crate) struct Portable {
 }
 
 impl Portable {
-    /// The portable backend on `sockets` (see `open`).
-    pub(crate) fn new(sockets: Vec<UdpSocket>, max_datagram: usize) -> io::Result<Self> {
+    /// The portable backend on `sockets` (see `open`), with the offloads
+    /// of `want` the kernel offers.
+    pub(crate) fn new(sockets: Vec<UdpSocket>, max_datagram: usize, want: Offload) -> io::Result<Self> {
         check_sockets(&sockets)?;
+        let on = udp::enable(&sockets, want);
+        let slot = if on.gro { udp::GRO_BUFFER } else { max_datagram.clamp(64, udp::GRO_BUFFER) + 1 };
         Ok(Self {
             sockets,
             waker: None,
-            buf: vec![0u8; 65_536],
+            rx: RecvBatch::new(slot),
+            queue: SendQueue::default(),
+            scratch: SendScratch::default(),
+            offload: OffloadStats { gso: on.gso, gro: on.gro, ..OffloadStats::default() },
             max_datagram,
             sent: 0,
             send_errors: 0,
@@ -135,49 +160,49 @@ impl Portable {
     }
 }
 
-/// Takes up to `DRAIN` queued datagrams from `socket` without waiting;
-/// counts in `oversize` (and drops) those over `max_datagram`.
+/// Takes up to `DRAIN` queued datagrams from `socket` without waiting, in
+/// batches; cuts coalesced ones (GRO) apart; counts in `oversize` (and
+/// drops) those over `max_datagram`.
 fn drain(
     socket: &UdpSocket,
-    buf: &mut [u8],
+    rx: &mut RecvBatch,
     max_datagram: usize,
     oversize: &mut u64,
+    offload: &mut OffloadStats,
     on_datagram: &mut dyn FnMut(SocketAddr, &[u8]),
 ) {
-    for _ in 0..DRAIN {
-        let (n, from, truncated) = {
-            let mut iov = [IoSliceMut::new(buf)];
-            match recvmsg::<SockaddrStorage>(socket.as_raw_fd(), &mut iov, None, MsgFlags::MSG_DONTWAIT) {
-                Ok(r) => (r.bytes, r.address, r.flags.contains(MsgFlags::MSG_TRUNC)),
-                Err(Errno::EAGAIN | Errno::EINTR) => return,
-                Err(e) => {
-                    warn!(error = %e, "receive failed");
-                    return;
-                }
+    let mut taken = 0;
+    while taken < DRAIN {
+        let n = match rx.recv(socket) {
+            Ok(0) => return,
+            Ok(n) => n,
+            Err(e) => {
+                warn!(error = %e, "receive failed");
+                return;
             }
         };
-        if truncated || n > max_datagram {
-            *oversize += 1; // larger than any datagram we send
-            continue;
+        taken += n;
+        for k in 0..n {
+            let Some(r) = rx.get(k) else { continue };
+            let Some(from) = r.from else { continue };
+            if r.truncated || r.control_truncated {
+                *oversize += 1; // larger than any datagram we send
+                continue;
+            }
+            offload.count(
+                udp::deliver_segments(from, r.payload, r.control, max_datagram, on_datagram),
+                oversize,
+            );
         }
-        if let Some(from) = from.as_ref().and_then(socket_addr) {
-            on_datagram(from, &buf[..n]);
+        if n < udp::MMSG_BATCH {
+            return; // the queue is empty
         }
-    }
-}
-
-/// The source address of a received datagram.
-fn socket_addr(a: &SockaddrStorage) -> Option<SocketAddr> {
-    if let Some(v4) = a.as_sockaddr_in() {
-        Some(SocketAddr::V4((*v4).into()))
-    } else {
-        a.as_sockaddr_in6().map(|v6| SocketAddr::V6((*v6).into()))
     }
 }
 
 impl Backend for Portable {
     fn wait(&mut self, timeout: Duration, on_datagram: &mut dyn FnMut(SocketAddr, &[u8])) -> io::Result<()> {
-        let Self { sockets, waker, buf, max_datagram, oversize, .. } = self;
+        let Self { sockets, waker, rx, max_datagram, oversize, offload, .. } = self;
         let n = sockets.len();
         // A fixed array (no allocation per wait): the sockets, then the
         // waker if any; entries past those repeat the last socket and are
@@ -204,19 +229,52 @@ impl Backend for Portable {
             }
         }
         for (socket, _) in sockets.iter().zip(ready).filter(|(_, r)| *r) {
-            drain(socket, buf, *max_datagram, oversize, on_datagram);
+            drain(socket, rx, *max_datagram, oversize, offload, on_datagram);
         }
         Ok(())
     }
 
     fn send(&mut self, to: SocketAddr, bytes: &Bytes) {
-        match self.sockets[0].send_to(bytes, to) {
-            Ok(_) => self.sent += 1,
-            Err(_) => self.send_errors += 1,
+        self.queue.push(to, bytes);
+        if self.queue.len() >= MAX_QUEUED {
+            let _ = self.flush_sends();
         }
     }
 
     fn flush_sends(&mut self) -> io::Result<()> {
+        if self.queue.is_empty() {
+            return Ok(());
+        }
+        self.queue.plan(if self.offload.gso { udp::MAX_SEGMENTS } else { 1 });
+        let mut next = 0;
+        while next < self.queue.batches().len() {
+            match udp::send_batches(&self.sockets[0], &self.queue, next, udp::MMSG_BATCH, &mut self.scratch) {
+                Sent::Batches(k) => {
+                    for b in &self.queue.batches()[next..next + k] {
+                        self.sent += b.len() as u64;
+                        if b.segment().is_some() {
+                            self.offload.gso_sends += 1;
+                            self.offload.gso_segments += b.len() as u64;
+                        }
+                    }
+                    next += k;
+                }
+                Sent::Failed(e) => {
+                    let b = self.queue.batches()[next];
+                    if b.segment().is_some() && e.raw_os_error().is_some_and(udp::refuses_gso) {
+                        // This path cannot segment: plain sends from now on,
+                        // this batch and the rest included.
+                        warn!(error = %e, "UDP GSO send refused; sending without segmentation offload");
+                        self.offload.gso = false;
+                        self.queue.unsegment_from(next);
+                    } else {
+                        self.send_errors += b.len() as u64;
+                        next += 1;
+                    }
+                }
+            }
+        }
+        self.queue.clear();
         Ok(())
     }
 
@@ -226,6 +284,10 @@ impl Backend for Portable {
 
     fn oversize(&self) -> u64 {
         self.oversize
+    }
+
+    fn offload(&self) -> OffloadStats {
+        self.offload
     }
 
     fn name(&self) -> &'static str {
@@ -262,7 +324,7 @@ pub(crate) mod tests {
     /// Two receive sockets: datagrams to either arrive, in order per socket;
     /// a datagram on the second alone ends a wait; sends leave from the
     /// first; an idle wait lasts about its timeout.
-    pub(crate) fn two_sockets(open: impl FnOnce(Vec<UdpSocket>) -> Box<dyn Backend>) {
+    pub(crate) fn two_sockets(open: &dyn Fn(Vec<UdpSocket>) -> Box<dyn Backend>) {
         let a = UdpSocket::bind("127.0.0.1:0").unwrap();
         let b = UdpSocket::bind("127.0.0.1:0").unwrap();
         let (a_addr, b_addr) = (a.local_addr().unwrap(), b.local_addr().unwrap());
@@ -327,7 +389,7 @@ pub(crate) mod tests {
     /// IP multicast over loopback, as the daemon's multicast transport uses
     /// it: `sockets[0]` is unicast and sends to the group, `sockets[1]` is
     /// bound to the group and joined. Skipped where the join fails.
-    pub(crate) fn multicast(open: impl FnOnce(Vec<UdpSocket>) -> Box<dyn Backend>) {
+    pub(crate) fn multicast(open: &dyn Fn(Vec<UdpSocket>) -> Box<dyn Backend>) {
         let id = std::process::id();
         let group = Ipv4Addr::new(239, 255, (id >> 8) as u8, id as u8);
         let setup = || -> io::Result<(UdpSocket, UdpSocket, UdpSocket)> {
@@ -358,11 +420,22 @@ pub(crate) mod tests {
         want.sort();
         assert_eq!(got, want);
         assert_eq!(u.counters(), (1, 0));
+
+        // A run of equal-size datagrams to the group (one GSO send where
+        // it is on) comes back whole and in order.
+        let run: Vec<Bytes> = (0..4u8).map(|i| Bytes::from(vec![i; if i == 3 { 50 } else { 100 }])).collect();
+        for d in &run {
+            u.send(to, d);
+        }
+        u.flush_sends().unwrap();
+        let got = collect(&mut *u, run.len());
+        assert_eq!(got, run.iter().map(|d| (a_addr, d.to_vec())).collect::<Vec<_>>());
+        assert_eq!(u.counters(), (5, 0));
     }
 
     /// A datagram larger than the backend's maximum (1500 here) is dropped
     /// unread and counted; the next one arrives.
-    pub(crate) fn oversize(open: impl FnOnce(Vec<UdpSocket>) -> Box<dyn Backend>) {
+    pub(crate) fn oversize(open: &dyn Fn(Vec<UdpSocket>) -> Box<dyn Backend>) {
         let a = UdpSocket::bind("127.0.0.1:0").unwrap();
         let to = a.local_addr().unwrap();
         let mut u = open(vec![a]);
@@ -377,7 +450,7 @@ pub(crate) mod tests {
     /// The ring thread's waker: a wake while parked ends a long wait early
     /// (and is read, so the next wait lasts its timeout again); a wake while
     /// not parked writes nothing; datagrams still arrive.
-    pub(crate) fn waker(open: impl FnOnce(Vec<UdpSocket>) -> Box<dyn Backend>) {
+    pub(crate) fn waker(open: &dyn Fn(Vec<UdpSocket>) -> Box<dyn Backend>) {
         let a = UdpSocket::bind("127.0.0.1:0").unwrap();
         let to = a.local_addr().unwrap();
         let mut u = open(vec![a]);
@@ -408,38 +481,48 @@ pub(crate) mod tests {
         assert_eq!(collect(&mut *u, 1), [(c.local_addr().unwrap(), b"after".to_vec())]);
     }
 
+    /// The portable backend with GSO and GRO on, then off.
+    fn portable(body: impl Fn(&dyn Fn(Vec<UdpSocket>) -> Box<dyn Backend>)) {
+        for offload in [Offload::ON, Offload::OFF] {
+            body(&|s| Box::new(Portable::new(s, 1500, offload).unwrap()));
+        }
+    }
+
     #[test]
     fn portable_waker_ends_a_wait() {
-        waker(|s| Box::new(Portable::new(s, 1500).unwrap()));
+        portable(|open| waker(open));
     }
 
     #[test]
     fn portable_counts_oversize_datagrams() {
-        oversize(|s| Box::new(Portable::new(s, 1500).unwrap()));
+        portable(|open| oversize(open));
     }
 
     #[test]
     fn portable_receives_on_two_sockets() {
-        two_sockets(|s| Box::new(Portable::new(s, 1500).unwrap()));
+        portable(|open| two_sockets(open));
     }
 
     #[test]
     fn portable_multicast_on_loopback() {
-        multicast(|s| Box::new(Portable::new(s, 1500).unwrap()));
+        portable(|open| multicast(open));
     }
 
     #[test]
     fn open_rejects_no_sockets_and_too_many() {
         for choice in [BackendChoice::Portable, BackendChoice::IoUring, BackendChoice::Auto] {
-            let e = open(choice, Vec::new(), 1500).unwrap_err();
+            let e = open(choice, Vec::new(), 1500, Offload::ON).unwrap_err();
             assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
             let many = (0..=MAX_SOCKETS).map(|_| UdpSocket::bind("127.0.0.1:0").unwrap()).collect();
-            assert_eq!(open(choice, many, 1500).unwrap_err().kind(), io::ErrorKind::InvalidInput);
+            assert_eq!(
+                open(choice, many, 1500, Offload::ON).unwrap_err().kind(),
+                io::ErrorKind::InvalidInput
+            );
         }
     }
 
     #[test]
     fn auto_opens_on_two_sockets() {
-        two_sockets(|s| open(BackendChoice::Auto, s, 1500).unwrap());
+        two_sockets(&|s| open(BackendChoice::Auto, s, 1500, Offload::ON).unwrap());
     }
 }

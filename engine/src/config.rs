@@ -125,6 +125,9 @@ struct DaemonSection {
     backend: Option<Spanned<String>>,
     ring_core: Option<Spanned<toml::Value>>,
     metrics: Option<Spanned<String>>,
+    // UDP segmentation offload (`crate::udp`).
+    gso: Option<bool>,
+    gro: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -294,6 +297,12 @@ pub struct DaemonConfig {
     /// The OpenMetrics/Prometheus endpoint (`[daemon] metrics`, e.g.
     /// `"127.0.0.1:9464"`); off when absent.
     pub metrics: Option<SocketAddr>,
+    /// Send runs of equal-size datagrams to one peer as one UDP GSO send
+    /// (`[daemon] gso`, default true; used only where the kernel offers it).
+    pub gso: bool,
+    /// Let the kernel coalesce received datagrams (UDP GRO) and cut them
+    /// apart in the backend (`[daemon] gro`, default true; likewise).
+    pub gro: bool,
     /// Link security.
     pub security: Security,
     /// The client group policy (`[[group]]`): modes, access control, key
@@ -734,6 +743,8 @@ impl DaemonConfig {
             backend,
             ring_core,
             metrics,
+            gso: file.daemon.gso.unwrap_or(true),
+            gro: file.daemon.gro.unwrap_or(true),
             security,
             policy,
             clients,
@@ -1121,6 +1132,21 @@ link_security = "none"
         let bad = GOOD.replace("[ring]\n", "[ring]\ntimeouts = \"fast\"\n");
         let e = DaemonConfig::parse(Path::new("x.toml"), &bad, "a").unwrap_err().to_string();
         assert!(e.starts_with("x.toml:16: key `ring.timeouts`") && e.contains("low-latency"), "{e}");
+    }
+
+    #[test]
+    fn gso_and_gro_are_on_unless_turned_off() {
+        let c = DaemonConfig::parse(Path::new("x.toml"), GOOD, "a").unwrap();
+        assert!(c.gso && c.gro);
+        let file = format!("{GOOD}\n[daemon]\ngso = false\n");
+        let c = DaemonConfig::parse(Path::new("x.toml"), &file, "a").unwrap();
+        assert!(!c.gso && c.gro);
+        let file = format!("{GOOD}\n[daemon]\ngso = true\ngro = false\n");
+        let c = DaemonConfig::parse(Path::new("x.toml"), &file, "a").unwrap();
+        assert!(c.gso && !c.gro);
+        let file = format!("{GOOD}\n[daemon]\ngso = \"no\"\n");
+        let e = DaemonConfig::parse(Path::new("x.toml"), &file, "a").unwrap_err().to_string();
+        assert!(e.starts_with("x.toml:22:") && e.contains("boolean"), "{e}");
     }
 
     #[test]

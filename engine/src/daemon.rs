@@ -49,6 +49,14 @@ pub struct DaemonStats {
     pub oversize: u64,
     /// Bytes of the datagrams received.
     pub received_bytes: u64,
+    /// UDP GSO sends (each a run of 2 or more datagrams to one peer).
+    pub gso_sends: u64,
+    /// Datagrams those GSO sends carried.
+    pub gso_segments: u64,
+    /// Receives that handed over datagrams the kernel coalesced (UDP GRO).
+    pub gro_receives: u64,
+    /// Datagrams those receives carried.
+    pub gro_segments: u64,
 }
 
 /// A running daemon: the daemon core, its sockets and its clock.
@@ -172,7 +180,8 @@ impl Daemon {
         // them: announced in Welcome, enforced by the session threads.
         let limits = fit_client_limits(Limits::default(), cfg.ring.max_message, &GroupLimits::default());
         let (to_ring, requests) = bounded::<ToRing>(RING_QUEUE);
-        let mut backend = backend::open(cfg.backend, sockets, cfg.ring.mtu)?;
+        let offload = crate::udp::Offload { gso: cfg.gso, gro: cfg.gro };
+        let mut backend = backend::open(cfg.backend, sockets, cfg.ring.mtu, offload)?;
         let waker = Waker::new()?;
         backend.set_waker(waker.fd()?)?;
         let cores = core_affinity::get_core_ids().map_or(0, |c| c.len());
@@ -622,6 +631,9 @@ impl Daemon {
         }
         (self.stats.sent, self.stats.send_errors) = self.backend.counters();
         self.stats.oversize = self.backend.oversize();
+        let o = self.backend.offload();
+        (self.stats.gso_sends, self.stats.gso_segments) = (o.gso_sends, o.gso_segments);
+        (self.stats.gro_receives, self.stats.gro_segments) = (o.gro_receives, o.gro_segments);
     }
 
     /// Logs a configuration; tells the service manager about regular ones

@@ -13,8 +13,11 @@
 //!
 //! The ring thread's socket I/O runs on one of two backends chosen by
 //! `[daemon] backend`: io_uring (batched sends, multishot receive into a
-//! provided-buffer ring) or portable (a blocking socket with read timeouts);
-//! `auto` tries io_uring and falls back. See `backend` and `uring`.
+//! provided-buffer ring) or portable (poll(2), `recvmmsg`, `sendmmsg`);
+//! `auto` tries io_uring and falls back. Both send runs of equal-size
+//! datagrams as one UDP GSO send and cut GRO-coalesced receives apart where
+//! the kernel offers it (`[daemon] gso`, `gro`). See `backend`, `uring` and
+//! `udp`.
 
 mod backend;
 pub mod config;
@@ -24,6 +27,7 @@ mod notify;
 mod policy_file;
 mod session;
 mod state;
+mod udp;
 mod uring;
 
 pub use config::{

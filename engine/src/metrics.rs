@@ -105,6 +105,18 @@ const METRICS: &[Metric] = &[
         &["runtime", "received_bytes"],
     ),
     counter("send_errors", "Datagram sends that failed.", &["runtime", "send_errors"]),
+    counter(
+        "gso_sends",
+        "UDP GSO sends (a run of datagrams to one peer in one send).",
+        &["runtime", "gso_sends"],
+    ),
+    counter("gso_segments", "Datagrams sent in UDP GSO sends.", &["runtime", "gso_segments"]),
+    counter(
+        "gro_receives",
+        "Receives of datagrams the kernel coalesced (UDP GRO).",
+        &["runtime", "gro_receives"],
+    ),
+    counter("gro_segments", "Datagrams received coalesced (UDP GRO).", &["runtime", "gro_segments"]),
     counter("rings_installed", "Regular configurations (rings) installed.", &["protocol", "rings_installed"]),
     counter(
         "membership_changes",

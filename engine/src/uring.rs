@@ -1,18 +1,25 @@
 //! The io_uring backend of the ring thread.
 //!
-//! - **Sends.** `send` takes a reference to the datagram (no copy: the
-//!   same datagram to every peer is one buffer) into a boxed slot (message
-//!   header, iovec, address, bytes) and puts a `SendMsg` entry on the
-//!   submission queue; `flush_sends` submits every entry of one flush with one
-//!   `io_uring_enter`. A slot returns to the free list only when its
-//!   completion is reaped, so the kernel never sees freed or reused memory.
+//! - **Sends.** `send` queues a reference to the datagram (no copy: the
+//!   same datagram to every peer is one buffer). `flush_sends` cuts the
+//!   queue into runs per destination (`crate::udp::SendQueue`), puts each
+//!   run into a boxed slot (message header, iovecs, address, `UDP_SEGMENT`
+//!   control message, the datagrams' `Bytes`) and a `SendMsg` entry on the
+//!   submission queue, and submits every entry of one flush with one
+//!   `io_uring_enter`. A run of two or more is one GSO send. A slot returns
+//!   to the free list only when its completion is reaped, so the kernel
+//!   never sees freed or reused memory. A GSO send the kernel refuses
+//!   (`EIO`, `EINVAL`) turns GSO off and its datagrams go again, one by
+//!   one, in the same flush.
 //! - **Receives.** One multishot `RecvMsg` per socket, all into one
 //!   provided-buffer ring: the kernel picks a buffer per datagram and writes
 //!   the source address, the header and the payload into it; the buffer goes
 //!   back to the ring after the datagram was handed to the daemon. A
 //!   multishot receive that ends (buffers ran out) is re-armed on its own
 //!   socket. Where buffer rings or multishot receive are missing, a pool of
-//!   single-shot `RecvMsg`s (`POOL` per socket) is used instead.
+//!   single-shot `RecvMsg`s (`POOL` per socket) is used instead. With GRO
+//!   on, each buffer holds 64 KiB and the receive's `UDP_GRO` control
+//!   message says where to cut it into datagrams.
 //! - **Sockets.** `sockets[0]` sends and receives; the others (a multicast
 //!   group's socket) only receive.
 //! - **Waiting.** `io_uring_enter` with a timeout (`EXT_ARG`): it returns at
@@ -24,12 +31,16 @@
 #![allow(unsafe_code)]
 
 use crate::backend::Backend;
+use crate::udp::{
+    self, Control, GSO_CONTROL, Offload, OffloadStats, RECV_CONTROL, SendQueue, SendScratch, Sent,
+    empty_msghdr,
+};
 use bytes::Bytes;
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
 use socket2::SockAddr;
 use std::alloc::Layout;
 use std::io;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU16, Ordering};
@@ -48,6 +59,8 @@ const POOL: usize = 32;
 const BGID: u16 = 0x7266;
 /// Bytes of provided buffers to aim for.
 const RING_BYTES: usize = 4 << 20;
+/// ... with GRO on (buffers of 64 KiB and headers: 128 of them).
+const RING_BYTES_GRO: usize = 9 << 20;
 /// How long `drop` waits for the kernel to finish with our memory.
 const QUIESCE: Duration = Duration::from_secs(2);
 
@@ -78,21 +91,22 @@ struct NameBuf([u8; 128]);
 
 const NAME_LEN: u32 = 128;
 
-/// A zeroed `msghdr`.
-fn empty_msghdr() -> libc::msghdr {
-    // SAFETY: `msghdr` is a plain C struct of integers and raw pointers, for
-    // which all-zero bytes are a valid value (null pointers, zero lengths).
-    unsafe { std::mem::zeroed() }
-}
-
-/// One datagram on its way out: everything the kernel reads for it.
+/// One send on its way out (one datagram, or a run of them cut by the
+/// kernel): everything the kernel reads for it.
 struct SendOp {
     msg: libc::msghdr,
-    iov: libc::iovec,
+    /// The datagrams' memory, adjacent ones merged. Never pushed to while
+    /// the send is in flight, so its buffer does not move.
+    iovs: Vec<libc::iovec>,
     addr: SockAddr,
-    /// The datagram, shared (never written: the kernel only reads it, and
-    /// a `Bytes` never moves its memory). Dropped when the send completes.
-    bytes: Bytes,
+    to: SocketAddr,
+    /// `SOL_UDP`/`UDP_SEGMENT`, for a run of two or more.
+    control: Control<GSO_CONTROL>,
+    segmented: bool,
+    /// The datagrams, shared (never written: the kernel only reads them,
+    /// and a `Bytes` never moves its memory). Dropped when the send
+    /// completes.
+    bytes: Vec<Bytes>,
 }
 
 /// The ring thread's eventfd (`Backend::set_waker`): one `Read` of its
@@ -112,6 +126,7 @@ struct RecvOne {
     msg: libc::msghdr,
     iov: libc::iovec,
     name: NameBuf,
+    control: Control<RECV_CONTROL>,
     buf: Vec<u8>,
     armed: bool,
 }
@@ -265,6 +280,15 @@ pub(crate) struct Uring {
     /// Entries `arm` is about to push (kept to reuse its allocation).
     arming: Vec<squeue::Entry>,
     ready: Vec<Done>,
+    /// Datagrams `send` queued for the next flush.
+    queue: SendQueue,
+    /// Datagrams of GSO sends the kernel refused, to send again one by one.
+    retry: Vec<(SocketAddr, Bytes)>,
+    offload: OffloadStats,
+    /// A GSO send succeeded: the path segments.
+    gso_confirmed: bool,
+    /// Headers of the first GSO send, made with a plain `sendmsg`.
+    scratch: SendScratch,
     max_datagram: usize,
     sent: u64,
     send_errors: u64,
@@ -289,13 +313,19 @@ impl std::fmt::Debug for Uring {
 impl Uring {
     /// Sets up io_uring on `sockets` (`sockets[0]` sends and receives, the
     /// others only receive); `max_datagram` is the largest datagram expected
-    /// (a larger one is dropped).
-    pub(crate) fn new(sockets: Vec<UdpSocket>, max_datagram: usize) -> io::Result<Self> {
-        Self::with_receive(sockets, max_datagram, false)
+    /// (a larger one is dropped); GSO and GRO are used as `offload`
+    /// allows and the kernel offers.
+    pub(crate) fn new(sockets: Vec<UdpSocket>, max_datagram: usize, offload: Offload) -> io::Result<Self> {
+        Self::with_receive(sockets, max_datagram, false, offload)
     }
 
     /// As `new`; `pool` forces the single-shot receive pool.
-    pub(crate) fn with_receive(sockets: Vec<UdpSocket>, max_datagram: usize, pool: bool) -> io::Result<Self> {
+    pub(crate) fn with_receive(
+        sockets: Vec<UdpSocket>,
+        max_datagram: usize,
+        pool: bool,
+        offload: Offload,
+    ) -> io::Result<Self> {
         crate::backend::check_sockets(&sockets)?;
         let ring = IoUring::builder()
             .setup_cqsize(CQ_ENTRIES)
@@ -312,6 +342,7 @@ impl Uring {
             return Err(io::Error::new(io::ErrorKind::Unsupported, "io_uring without NODROP (kernel < 5.5)"));
         }
         let max_datagram = max_datagram.clamp(64, 65_535);
+        let on = udp::enable(&sockets, offload);
         let mut me = Self {
             ring,
             sockets,
@@ -322,6 +353,11 @@ impl Uring {
             wake: None,
             arming: Vec::new(),
             ready: Vec::new(),
+            queue: SendQueue::default(),
+            retry: Vec::new(),
+            offload: OffloadStats { gso: on.gso, gro: on.gro, ..OffloadStats::default() },
+            gso_confirmed: false,
+            scratch: SendScratch::default(),
             max_datagram,
             sent: 0,
             send_errors: 0,
@@ -352,9 +388,18 @@ impl Uring {
         }
     }
 
+    /// Payload bytes a receive buffer holds: the largest datagram, or
+    /// with GRO the largest coalesced one.
+    fn payload_room(&self) -> usize {
+        if self.offload.gro { udp::GRO_BUFFER } else { self.max_datagram }
+    }
+
     fn buffer_ring(&mut self) -> io::Result<Recv> {
-        let buf_len = (16 + NAME_LEN as usize + self.max_datagram).next_multiple_of(64);
-        let n = (RING_BYTES / buf_len).clamp(64, 4096);
+        // What the kernel writes: `io_uring_recvmsg_out`, the name, the
+        // control messages, the payload.
+        let buf_len = (16 + NAME_LEN as usize + RECV_CONTROL + self.payload_room()).next_multiple_of(64);
+        let aim = if self.offload.gro { RING_BYTES_GRO } else { RING_BYTES };
+        let n = (aim / buf_len).clamp(64, 4096);
         let n = u16::try_from(1usize << n.ilog2()).unwrap_or(4096);
         let mut bufs = BufRing::new(n, buf_len)?;
         // SAFETY: the entries are page-aligned and `n` entries long; they
@@ -374,6 +419,7 @@ impl Uring {
             .map(|_| {
                 let mut msg = Box::new(empty_msghdr());
                 msg.msg_namelen = NAME_LEN;
+                msg.msg_controllen = RECV_CONTROL as _;
                 MultiArm { msg, armed: false }
             })
             .collect();
@@ -389,7 +435,8 @@ impl Uring {
                         msg: empty_msghdr(),
                         iov: libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 },
                         name: NameBuf([0; 128]),
-                        buf: vec![0u8; self.max_datagram + 1],
+                        control: Control::default(),
+                        buf: vec![0u8; self.payload_room() + 1],
                         armed: false,
                     })
                 })
@@ -455,6 +502,8 @@ impl Uring {
                     s.msg.msg_namelen = NAME_LEN;
                     s.msg.msg_iov = &raw mut s.iov;
                     s.msg.msg_iovlen = 1;
+                    s.msg.msg_control = s.control.0.as_mut_ptr().cast();
+                    s.msg.msg_controllen = RECV_CONTROL as _;
                     sqes.push(
                         opcode::RecvMsg::new(fd(s.socket), &raw mut s.msg).build().user_data(tag(K_ONE, i)),
                     );
@@ -520,23 +569,52 @@ impl Uring {
     /// Takes every completion: send slots go back to the free list, receive
     /// completions wait in `ready` for the next `wait`.
     fn reap(&mut self) {
-        let Self { ring, sends, free_sends, sends_in_flight, ready, sent, send_errors, wake, .. } = self;
+        let Self {
+            ring,
+            sends,
+            free_sends,
+            sends_in_flight,
+            ready,
+            sent,
+            send_errors,
+            wake,
+            retry,
+            offload,
+            ..
+        } = self;
         for cqe in ring.completion() {
             let user_data = cqe.user_data();
             match user_data >> KIND_SHIFT {
                 K_SEND => {
                     let i = index_of(user_data);
-                    // The kernel is done with it: let the buffer go.
-                    if let Some(op) = sends.get_mut(i) {
-                        op.bytes = Bytes::new();
-                    }
                     free_sends.push(i);
                     *sends_in_flight -= 1;
-                    if cqe.result() < 0 {
-                        *send_errors += 1;
+                    // The kernel is done with it: let the buffers go.
+                    let Some(op) = sends.get_mut(i) else { continue };
+                    let n = op.bytes.len() as u64;
+                    let r = cqe.result();
+                    if r >= 0 {
+                        *sent += n;
+                        if op.segmented {
+                            offload.gso_sends += 1;
+                            offload.gso_segments += n;
+                        }
+                    } else if op.segmented && udp::refuses_gso(-r) {
+                        // This path cannot segment: plain sends from now
+                        // on, and these datagrams again, one by one.
+                        if offload.gso {
+                            warn!(
+                                error = %io::Error::from_raw_os_error(-r),
+                                "UDP GSO send refused; sending without segmentation offload"
+                            );
+                            offload.gso = false;
+                        }
+                        let to = op.to;
+                        retry.extend(op.bytes.drain(..).map(|b| (to, b)));
                     } else {
-                        *sent += 1;
+                        *send_errors += n;
                     }
+                    op.bytes.clear();
                 }
                 K_CANCEL => {}
                 K_WAKE => {
@@ -574,9 +652,20 @@ impl Uring {
                     let Some(bid) = cqueue::buffer_select(d.flags) else { continue };
                     if let Some(data) = bufs.get(bid, d.result as usize) {
                         match types::RecvMsgOut::parse(data, msg) {
-                            Ok(out) if !out.is_payload_truncated() && !out.is_name_data_truncated() => {
-                                if let Some(from) = parse_name(out.name_data()) {
-                                    on_datagram(from, out.payload_data());
+                            Ok(out)
+                                if !out.is_payload_truncated()
+                                    && !out.is_name_data_truncated()
+                                    && !out.is_control_data_truncated() =>
+                            {
+                                if let Some(from) = udp::parse_name(out.name_data()) {
+                                    let r = udp::deliver_segments(
+                                        from,
+                                        out.payload_data(),
+                                        out.control_data(),
+                                        self.max_datagram,
+                                        on_datagram,
+                                    );
+                                    self.offload.count(r, &mut self.truncated);
                                 }
                             }
                             _ => self.truncated += 1,
@@ -593,14 +682,22 @@ impl Uring {
                         }
                         continue;
                     }
-                    let n = d.result as usize;
-                    if s.msg.msg_flags & libc::MSG_TRUNC != 0 || n > self.max_datagram {
+                    let n = (d.result as usize).min(s.buf.len());
+                    if s.msg.msg_flags & (libc::MSG_TRUNC | libc::MSG_CTRUNC) != 0 {
                         self.truncated += 1;
                         continue;
                     }
                     let name_len = (s.msg.msg_namelen as usize).min(s.name.0.len());
-                    if let Some(from) = parse_name(&s.name.0[..name_len]) {
-                        on_datagram(from, &s.buf[..n]);
+                    let control_len = s.msg.msg_controllen.min(RECV_CONTROL);
+                    if let Some(from) = udp::parse_name(&s.name.0[..name_len]) {
+                        let r = udp::deliver_segments(
+                            from,
+                            &s.buf[..n],
+                            &s.control.0[..control_len],
+                            self.max_datagram,
+                            on_datagram,
+                        );
+                        self.offload.count(r, &mut self.truncated);
                     }
                 }
                 _ => {}
@@ -647,6 +744,106 @@ impl Uring {
             }
     }
 
+    /// Sends batch `k` of the planned queue, the first GSO send, with a
+    /// plain `sendmsg` after what was queued before it (so a refusal is
+    /// known at once and nothing is reordered): on success GSO is
+    /// confirmed; if the kernel refuses to segment, GSO is turned off and
+    /// batches `k..` become one datagram each. Returns whether batch `k`
+    /// was dealt with (sent, or lost to another error).
+    fn first_gso_send(&mut self, k: usize) -> bool {
+        if !self.ring.submission().is_empty() && self.submit().is_err() {
+            return false; // sent through the ring instead, like the rest
+        }
+        let b = self.queue.batches()[k];
+        let n = b.len() as u64;
+        match udp::send_batches(&self.sockets[0], &self.queue, k, 1, &mut self.scratch) {
+            Sent::Batches(_) => {
+                self.gso_confirmed = true;
+                self.sent += n;
+                self.offload.gso_sends += 1;
+                self.offload.gso_segments += n;
+                true
+            }
+            Sent::Failed(e) if e.raw_os_error().is_some_and(udp::refuses_gso) => {
+                warn!(error = %e, "UDP GSO send refused; sending without segmentation offload");
+                self.offload.gso = false;
+                self.queue.unsegment_from(k);
+                false
+            }
+            Sent::Failed(_) => {
+                self.send_errors += n;
+                true
+            }
+        }
+    }
+
+    /// Puts batch `k` of the planned queue into a free send slot and its
+    /// `SendMsg` on the submission queue (a send error counted if it
+    /// cannot be queued).
+    fn push_send(&mut self, k: usize) {
+        let b = self.queue.batches()[k];
+        let index = loop {
+            if let Some(i) = self.free_sends.pop() {
+                break i;
+            }
+            if self.sends.len() < MAX_SENDS {
+                self.sends.push(Box::new(SendOp {
+                    msg: empty_msghdr(),
+                    iovs: Vec::new(),
+                    addr: SockAddr::from(b.to),
+                    to: b.to,
+                    control: Control::default(),
+                    segmented: false,
+                    bytes: Vec::new(),
+                }));
+                break self.sends.len() - 1;
+            }
+            // Every slot is in flight: wait for one.
+            if self.enter(Duration::from_millis(100)).and_then(|()| self.submit()).is_err() {
+                self.send_errors += b.len() as u64;
+                return;
+            }
+            self.reap();
+        };
+        let op = &mut *self.sends[index];
+        op.bytes.clear();
+        op.bytes.extend(self.queue.datagrams(&b).cloned());
+        udp::iovecs(&self.queue, &b, &mut op.iovs);
+        op.addr = SockAddr::from(b.to);
+        op.to = b.to;
+        op.msg = empty_msghdr();
+        op.msg.msg_name = op.addr.as_ptr().cast_mut().cast();
+        op.msg.msg_namelen = op.addr.len();
+        op.msg.msg_iov = op.iovs.as_mut_ptr();
+        op.msg.msg_iovlen = op.iovs.len() as _;
+        op.segmented = false;
+        if let Some(size) = b.segment() {
+            op.segmented = true;
+            op.msg.msg_controllen = udp::write_gso(&mut op.control, size) as _;
+            op.msg.msg_control = op.control.0.as_mut_ptr().cast();
+        }
+        let sqe = opcode::SendMsg::new(types::Fd(self.sockets[0].as_raw_fd()), &raw const op.msg)
+            .build()
+            .user_data(tag(K_SEND, index));
+        self.sends_in_flight += 1;
+        // SAFETY: the slot is boxed in `self.sends` (its address does not
+        // change when the vector grows) and it is neither on the free list
+        // nor written again until its completion is reaped in `reap`; the
+        // header, address and control message it points to are inside it,
+        // its iovecs are in its own `Vec`, not pushed to until then (so
+        // their buffer does not move), and they point into the `Bytes` it
+        // holds (shared memory that does not move and is freed only once
+        // every holder dropped it). `Uring::drop` waits for in-flight
+        // sends (or leaks the slots).
+        if unsafe { self.push(&sqe) }.is_err() {
+            // Not queued: nothing refers to the slot.
+            self.sends_in_flight -= 1;
+            self.sends[index].bytes.clear();
+            self.free_sends.push(index);
+            self.send_errors += b.len() as u64;
+        }
+    }
+
     /// Waits for completions at most `timeout`.
     fn enter(&mut self, timeout: Duration) -> io::Result<()> {
         let ts = types::Timespec::from(timeout);
@@ -683,62 +880,41 @@ impl Backend for Uring {
     }
 
     fn send(&mut self, to: SocketAddr, bytes: &Bytes) {
-        let index = loop {
-            if let Some(i) = self.free_sends.pop() {
-                break i;
-            }
-            if self.sends.len() < MAX_SENDS {
-                self.sends.push(Box::new(SendOp {
-                    msg: empty_msghdr(),
-                    iov: libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 },
-                    addr: SockAddr::from(to),
-                    bytes: Bytes::new(),
-                }));
-                break self.sends.len() - 1;
-            }
-            // Every slot is in flight: wait for one.
-            if self.enter(Duration::from_millis(100)).and_then(|()| self.submit()).is_err() {
-                self.send_errors += 1;
-                return;
-            }
-            self.reap();
-        };
-        let op = &mut *self.sends[index];
-        op.bytes = bytes.clone();
-        op.addr = SockAddr::from(to);
-        // The kernel only reads through this pointer (a send).
-        op.iov = libc::iovec { iov_base: op.bytes.as_ptr().cast_mut().cast(), iov_len: op.bytes.len() };
-        op.msg = empty_msghdr();
-        op.msg.msg_name = op.addr.as_ptr().cast_mut().cast();
-        op.msg.msg_namelen = op.addr.len();
-        op.msg.msg_iov = &raw mut op.iov;
-        op.msg.msg_iovlen = 1;
-        let sqe = opcode::SendMsg::new(types::Fd(self.sockets[0].as_raw_fd()), &raw const op.msg)
-            .build()
-            .user_data(tag(K_SEND, index));
-        self.sends_in_flight += 1;
-        // SAFETY: the slot is boxed in `self.sends` (its address does not
-        // change when the vector grows) and it is neither on the free list
-        // nor written again until its completion is reaped in `reap`; the
-        // header, iovec and address it points to are inside it, and the
-        // bytes are held by its `Bytes` (shared memory that does not move
-        // and is freed only once every holder dropped it). `Uring::drop` waits for in-flight sends (or
-        // leaks the slots).
-        if unsafe { self.push(&sqe) }.is_err() {
-            // Not queued: nothing refers to the slot.
-            self.sends_in_flight -= 1;
-            self.sends[index].bytes = Bytes::new();
-            self.free_sends.push(index);
-            self.send_errors += 1;
+        self.queue.push(to, bytes);
+        if self.queue.len() >= crate::backend::MAX_QUEUED {
+            let _ = self.flush_sends();
         }
     }
 
     fn flush_sends(&mut self) -> io::Result<()> {
-        if !self.ring.submission().is_empty() {
-            self.submit()?;
+        // A second round sends again, one by one, what a refused GSO send
+        // carried (GSO is off by then, so there is no third).
+        for _ in 0..2 {
+            if !self.queue.is_empty() {
+                self.queue.plan(if self.offload.gso { udp::MAX_SEGMENTS } else { 1 });
+                // `first_gso_send` may cut the rest into more batches.
+                let mut k = 0;
+                while k < self.queue.batches().len() {
+                    let first_gso = !self.gso_confirmed && self.queue.batches()[k].segment().is_some();
+                    if !(first_gso && self.first_gso_send(k)) {
+                        self.push_send(k);
+                    }
+                    k += 1;
+                }
+                self.queue.clear();
+            }
+            if !self.ring.submission().is_empty() {
+                self.submit()?;
+            }
+            // UDP sends mostly complete inline: take their completions now.
+            self.reap();
+            if self.retry.is_empty() {
+                break;
+            }
+            for (to, bytes) in std::mem::take(&mut self.retry) {
+                self.queue.push(to, &bytes);
+            }
         }
-        // UDP sends complete inline: take their completions now.
-        self.reap();
         Ok(())
     }
 
@@ -748,6 +924,10 @@ impl Backend for Uring {
 
     fn oversize(&self) -> u64 {
         self.truncated
+    }
+
+    fn offload(&self) -> OffloadStats {
+        self.offload
     }
 
     fn name(&self) -> &'static str {
@@ -816,45 +996,28 @@ impl Drop for Uring {
     }
 }
 
-/// A socket address as the kernel wrote it (`sockaddr_in` or `sockaddr_in6`).
-fn parse_name(name: &[u8]) -> Option<SocketAddr> {
-    let family = i32::from(u16::from_ne_bytes(name.get(0..2)?.try_into().ok()?));
-    let port = u16::from_be_bytes(name.get(2..4)?.try_into().ok()?);
-    match family {
-        libc::AF_INET => {
-            let ip: [u8; 4] = name.get(4..8)?.try_into().ok()?;
-            Some(SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::from(ip), port)))
-        }
-        libc::AF_INET6 => {
-            let flowinfo = u32::from_be_bytes(name.get(4..8)?.try_into().ok()?);
-            let ip: [u8; 16] = name.get(8..24)?.try_into().ok()?;
-            let scope = u32::from_ne_bytes(name.get(24..28)?.try_into().ok()?);
-            Some(SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::from(ip), port, flowinfo, scope)))
-        }
-        _ => None,
-    }
-}
-
 /// Whether this kernel (and its seccomp policy) lets a process set up the
 /// io_uring backend: a UDP socket on loopback is opened on it and dropped.
 pub fn available() -> bool {
-    UdpSocket::bind("127.0.0.1:0").and_then(|s| Uring::new(vec![s], 2048)).is_ok()
+    UdpSocket::bind("127.0.0.1:0").and_then(|s| Uring::new(vec![s], 2048, Offload::OFF)).is_ok()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn exchange(pool: bool) {
+    fn exchange(pool: bool, offload: Offload) {
         let a = UdpSocket::bind("127.0.0.1:0").unwrap();
         let a_addr = a.local_addr().unwrap();
-        let mut u = Uring::with_receive(vec![a], 1500, pool).unwrap();
+        let mut u = Uring::with_receive(vec![a], 1500, pool, offload).unwrap();
         assert_eq!(u.receive_mode(), if pool { "pool" } else { "multishot" });
         let b = UdpSocket::bind("127.0.0.1:0").unwrap();
         let b_addr = b.local_addr().unwrap();
         b.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
 
-        // Sends of one flush: all arrive, in order (loopback keeps it).
+        // Sends of one flush: all arrive, in order (loopback keeps it);
+        // with GSO as two segmented sends, cut by the kernel for a socket
+        // without GRO.
         for i in 0..100u32 {
             u.send(b_addr, &Bytes::copy_from_slice(&i.to_be_bytes()));
         }
@@ -865,6 +1028,12 @@ mod tests {
             assert_eq!((from, &buf[..n]), (a_addr, &i.to_be_bytes()[..]));
         }
         assert_eq!(u.counters(), (100, 0));
+        let o = u.offload();
+        if o.gso {
+            assert_eq!((o.gso_sends, o.gso_segments), (2, 100));
+        } else {
+            assert_eq!((o.gso_sends, o.gso_segments), (0, 0));
+        }
 
         // Receives, more than the pool and than one wait, with the source,
         // in rounds (the test socket's receive buffer is the default).
@@ -895,6 +1064,7 @@ mod tests {
             assert_eq!(g[..], (i as u32).to_be_bytes());
         }
         assert_eq!(got[2000], vec![7u8; 1500]);
+        assert_eq!(u.oversize(), 1);
 
         // A wait with nothing to receive returns after about its timeout.
         let t = Instant::now();
@@ -905,74 +1075,65 @@ mod tests {
 
     #[test]
     fn multishot_receive_and_batched_sends() {
-        exchange(false);
+        exchange(false, Offload::ON);
+        exchange(false, Offload::OFF);
     }
 
     #[test]
     fn single_shot_pool_receive_and_batched_sends() {
-        exchange(true);
+        exchange(true, Offload::ON);
+        exchange(true, Offload::OFF);
     }
 
-    fn two_sockets(pool: bool) {
-        crate::backend::tests::two_sockets(|s| {
-            let u = Uring::with_receive(s, 1500, pool).unwrap();
-            assert_eq!(u.receive_mode(), if pool { "pool" } else { "multishot" });
-            Box::new(u)
-        });
+    /// `body` on io_uring with multishot receive (`pool` false) or the
+    /// single-shot pool, with GSO and GRO on, then off.
+    fn uring(pool: bool, body: impl Fn(&dyn Fn(Vec<UdpSocket>) -> Box<dyn Backend>)) {
+        for offload in [Offload::ON, Offload::OFF] {
+            body(&|s| {
+                let u = Uring::with_receive(s, 1500, pool, offload).unwrap();
+                assert_eq!(u.receive_mode(), if pool { "pool" } else { "multishot" });
+                Box::new(u)
+            });
+        }
     }
 
     #[test]
     fn multishot_receive_on_two_sockets() {
-        two_sockets(false);
+        uring(false, |open| crate::backend::tests::two_sockets(open));
     }
 
     #[test]
     fn single_shot_pool_receive_on_two_sockets() {
-        two_sockets(true);
+        uring(true, |open| crate::backend::tests::two_sockets(open));
     }
 
     #[test]
     fn multishot_waker_ends_a_wait() {
-        crate::backend::tests::waker(|s| Box::new(Uring::with_receive(s, 1500, false).unwrap()));
+        uring(false, |open| crate::backend::tests::waker(open));
     }
 
     #[test]
     fn single_shot_pool_waker_ends_a_wait() {
-        crate::backend::tests::waker(|s| Box::new(Uring::with_receive(s, 1500, true).unwrap()));
+        uring(true, |open| crate::backend::tests::waker(open));
     }
 
     #[test]
     fn multishot_receive_counts_oversize_datagrams() {
-        crate::backend::tests::oversize(|s| Box::new(Uring::with_receive(s, 1500, false).unwrap()));
+        uring(false, |open| crate::backend::tests::oversize(open));
     }
 
     #[test]
     fn single_shot_pool_counts_oversize_datagrams() {
-        crate::backend::tests::oversize(|s| Box::new(Uring::with_receive(s, 1500, true).unwrap()));
+        uring(true, |open| crate::backend::tests::oversize(open));
     }
 
     #[test]
     fn multishot_multicast_on_loopback() {
-        crate::backend::tests::multicast(|s| Box::new(Uring::with_receive(s, 1500, false).unwrap()));
+        uring(false, |open| crate::backend::tests::multicast(open));
     }
 
     #[test]
     fn single_shot_pool_multicast_on_loopback() {
-        crate::backend::tests::multicast(|s| Box::new(Uring::with_receive(s, 1500, true).unwrap()));
-    }
-
-    #[test]
-    fn names_parse() {
-        let v4: SocketAddr = "127.0.0.2:4801".parse().unwrap();
-        let s = SockAddr::from(v4);
-        // SAFETY: `as_ptr` points at `len` initialised bytes of `s`.
-        let bytes = unsafe { std::slice::from_raw_parts(s.as_ptr().cast::<u8>(), s.len() as usize) };
-        assert_eq!(parse_name(bytes), Some(v4));
-        let v6: SocketAddr = "[::1]:4801".parse().unwrap();
-        let s = SockAddr::from(v6);
-        // SAFETY: as above.
-        let bytes = unsafe { std::slice::from_raw_parts(s.as_ptr().cast::<u8>(), s.len() as usize) };
-        assert_eq!(parse_name(bytes), Some(v6));
-        assert_eq!(parse_name(&[0, 0]), None);
+        uring(true, |open| crate::backend::tests::multicast(open));
     }
 }
