@@ -1195,7 +1195,7 @@ impl Node {
             } else {
                 self.read_grace()
             };
-            self.graced_until = f + by + grace;
+            self.graced_until = now + grace;
             (by + grace, stalled)
         } else {
             return;
@@ -1614,17 +1614,19 @@ impl Node {
         j.max_ring_seq = self.bound_ring_seq(j.max_ring_seq);
         let accuses_us = j.suspects.contains(&self.id);
         // A join of a round that began before our ring was formed is stale.
-        if matches!(self.state, State::Operational)
-            && self.ring.as_ref().is_some_and(|r| j.max_ring_seq < r.ring_id().seq)
-        {
+        let stale_from = self
+            .ring
+            .as_ref()
+            .filter(|r| matches!(self.state, State::Operational) && j.max_ring_seq < r.ring_id().seq)
+            .map(|r| r.is_member(j.sender));
+        if let Some(member) = stale_from {
             // Its sender, outside our ring, would wait for our agreement
             // until its consensus timeout and then hold us "stuck" in
             // quarantine (seed 2367: three daemons gathered in a round older
             // than the ring a fourth had just formed alone, timed it out,
             // and the quarantines kept the rings apart for 2 s). Our ring's
             // beacon, sent to it, moves its gather to a round we take part in.
-            if self.ring.as_ref().is_some_and(|r| !r.is_member(j.sender)) && !self.quarantined(j.sender, now)
-            {
+            if !member && !self.quarantined(j.sender, now) {
                 self.echo_beacon(now, j.sender);
             }
             return;
@@ -2153,6 +2155,9 @@ impl Node {
                 q.until = q.until.min(now);
             }
         }
+        // Those ended over `quarantine_max` ago would start afresh anyway.
+        let max = self.cfg.quarantine_max;
+        self.quarantine.retain(|_, q| now.saturating_since(q.until) <= max);
         self.retired.rings_installed += 1;
         self.formed_ring_seq = self.formed_ring_seq.max(rec.token.ring_id.seq);
         self.ring = Some(next);
