@@ -669,7 +669,9 @@ pub(crate) fn deliver_segments(
     let segment = gro_segment(control).ok()?;
     let coalesced = segment.is_some_and(|s| payload.len() > s);
     let parts = segments(payload, segment).ok()?;
-    if parts.clone().any(|d| d.len() > max_datagram) {
+    // The first datagram is the largest (every one but the last is cut at
+    // the segment size).
+    if parts.clone().next().is_some_and(|d| d.len() > max_datagram) {
         return None;
     }
     let mut n = 0;
